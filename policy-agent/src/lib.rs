@@ -1,0 +1,8 @@
+//! The node agent: resolves NetworkPolicies into per-endpoint allow maps and programs the TC
+//! eBPF datapath that enforces them.
+
+pub mod policy;
+
+/// The compiled `policy-ebpf` object, embedded at build time.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policy-ebpf"));

@@ -1,0 +1,336 @@
+//! Keys and values of every map, with their sizes.
+//!
+//! Byte order: IP addresses are in network order (as on the wire); every integer field, ports
+//! included, is in host order. The agent's `datapath` module is the only place that converts.
+//! An IPv4 address sits in the first 4 bytes of a 16-byte address field; the other 12 are zero.
+
+use core::mem::size_of;
+
+use crate::verdict::{Direction, OUTCOMES};
+
+/// Endpoint ids run from 1 to `MAX_ENDPOINTS - 1`; 0 is never assigned.
+pub const MAX_ENDPOINTS: u32 = 1024;
+/// Capacity of the peer-class LPM tries, per family.
+pub const MAX_PEER_PREFIXES: u32 = 262_144;
+/// Capacity of the policy map, all endpoints together.
+pub const MAX_POLICY_ENTRIES: u32 = 524_288;
+/// Capacity of the connection-tracking LRU map.
+pub const MAX_CONNECTIONS: u32 = 131_072;
+/// Capacity of the fragment LRU map.
+pub const MAX_FRAGMENTS: u32 = 8192;
+/// Capacity of the host address map.
+pub const MAX_HOST_ADDRS: u32 = 256;
+/// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// The class of every address no LPM entry covers.
+pub const WORLD_CLASS: u32 = 0;
+/// In a [`PolicyKey`] only: an entry that matches every peer class.
+pub const ANY_PEER_CLASS: u32 = u32::MAX;
+/// In a [`PolicyKey`] only: an entry that matches every IP protocol (its port and prefix are 0).
+pub const ANY_PROTOCOL: u8 = 0;
+
+/// Address families as they appear in `family` fields.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// `EndpointInfo::flags`: the endpoint is isolated for ingress.
+pub const ENDPOINT_INGRESS_ISOLATED: u32 = 1 << 0;
+/// `EndpointInfo::flags`: the endpoint is isolated for egress.
+pub const ENDPOINT_EGRESS_ISOLATED: u32 = 1 << 1;
+/// `EndpointInfo::flags`: report new allowed flows to the event ring, not only drops.
+pub const ENDPOINT_LOG_ALLOWED: u32 = 1 << 2;
+/// `EndpointInfo::flags`: the endpoint is not programmed yet; drop all its traffic.
+pub const ENDPOINT_NOT_READY: u32 = 1 << 3;
+
+/// `LookupPlan` bits 0 to 16: some entry of this direction has that port prefix length.
+pub const PLAN_PORT_PREFIX_BITS: u32 = (1 << 17) - 1;
+/// `LookupPlan` bit: some entry of this direction has protocol [`ANY_PROTOCOL`].
+pub const PLAN_ANY_PROTOCOL: u32 = 1 << 24;
+/// `LookupPlan` bit: some entry of this direction has peer class [`ANY_PEER_CLASS`].
+pub const PLAN_ANY_PEER: u32 = 1 << 25;
+
+/// Which policy-map keys can exist for one endpoint and direction, so the programs probe only
+/// those: bits 0 to 16 are port prefix lengths, plus [`PLAN_ANY_PROTOCOL`] and [`PLAN_ANY_PEER`].
+pub type LookupPlan = u32;
+
+/// Value of [`crate::names::ENDPOINTS_MAP`], keyed by the host-side ifindex (`u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// 1 to `MAX_ENDPOINTS - 1`, stable while the pod lives.
+    pub endpoint_id: u32,
+    /// `ENDPOINT_*` bits.
+    pub flags: u32,
+    /// Probes for packets to the pod.
+    pub ingress_plan: LookupPlan,
+    /// Probes for packets from the pod.
+    pub egress_plan: LookupPlan,
+}
+
+impl EndpointInfo {
+    pub const fn plan(&self, direction: Direction) -> LookupPlan {
+        match direction {
+            Direction::Ingress => self.ingress_plan,
+            Direction::Egress => self.egress_plan,
+        }
+    }
+
+    pub const fn isolated(&self, direction: Direction) -> bool {
+        let bit = match direction {
+            Direction::Ingress => ENDPOINT_INGRESS_ISOLATED,
+            Direction::Egress => ENDPOINT_EGRESS_ISOLATED,
+        };
+        self.flags & bit != 0
+    }
+}
+
+/// Value of the peer-class LPM tries: the set of addresses no policy tells apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerClass {
+    pub id: u32,
+}
+
+/// Key of [`crate::names::POLICY_MAP`]: one allowed (peer class, protocol, port prefix) of one
+/// endpoint and direction. `port` keeps only its top `port_prefix_len` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub endpoint_id: u32,
+    /// A peer class, or [`ANY_PEER_CLASS`].
+    pub peer_class: u32,
+    /// Host order, masked to `port_prefix_len` bits.
+    pub port: u16,
+    /// [`Direction`] as `u8`.
+    pub direction: u8,
+    /// IP protocol number, or [`ANY_PROTOCOL`].
+    pub protocol: u8,
+    /// 0 to 16.
+    pub port_prefix_len: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`crate::names::POLICY_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// The rule that allows this key (the agent's rule table names it); never 0.
+    pub rule_id: u32,
+}
+
+/// Key of [`crate::names::CONNTRACK_MAP`]: a flow as one endpoint saw its first packet.
+///
+/// For ICMP echo, `src_port` is the identifier of a request and `dst_port` 0, and the other way
+/// round for a reply, so a reply's reversed key is its request's key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub endpoint_id: u32,
+    /// Host order.
+    pub src_port: u16,
+    /// Host order.
+    pub dst_port: u16,
+    /// [`Direction`] of the flow's first packet, as `u8`.
+    pub direction: u8,
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: u8,
+    /// Network order.
+    pub src_addr: [u8; 16],
+    /// Network order.
+    pub dst_addr: [u8; 16],
+}
+
+impl CtKey {
+    /// The key a reply to this flow is looked up under, at the same endpoint.
+    pub const fn reversed(&self) -> CtKey {
+        let direction = match Direction::from_u8(self.direction) {
+            Some(direction) => direction.opposite() as u8,
+            None => self.direction,
+        };
+        CtKey {
+            endpoint_id: self.endpoint_id,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            direction,
+            protocol: self.protocol,
+            family: self.family,
+            _pad: 0,
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+        }
+    }
+}
+
+/// `CtValue::flags`: a FIN or RST was seen; the entry expires after [`CT_CLOSING_TIMEOUT_NS`].
+pub const CT_CLOSING: u32 = 1 << 0;
+
+/// Idle time after which a TCP entry no longer counts (as Linux's established timeout, shorter).
+pub const CT_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
+/// Idle time after which a UDP, SCTP or ICMP entry no longer counts.
+pub const CT_OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
+/// Idle time after which a closing TCP entry no longer counts.
+pub const CT_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+/// `last_seen_ns` is refreshed at most this often, to keep map writes off most packets.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Value of [`crate::names::CONNTRACK_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` when a packet of the flow was last seen (refreshed at most once a second).
+    pub last_seen_ns: u64,
+    /// The rule that allowed the first packet; 0 when the endpoint was not isolated.
+    pub rule_id: u32,
+    /// `CT_*` bits.
+    pub flags: u32,
+}
+
+/// Key of [`crate::names::FRAGMENTS_MAP`]: one fragmented datagram at one endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub endpoint_id: u32,
+    /// IPv4 identification (zero-extended) or IPv6 fragment identification, host order.
+    pub id: u32,
+    pub direction: u8,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: u8,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+}
+
+/// Value of [`crate::names::FRAGMENTS_MAP`]: what the first fragment got.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub rule_id: u32,
+    /// Host order, from the first fragment's L4 header.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// 1 when the first fragment passed.
+    pub allowed: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of [`crate::names::HOST_ADDRS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostAddrKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Network order.
+    pub addr: [u8; 16],
+}
+
+/// One slot of [`crate::names::COUNTERS_MAP`] (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Number of slots in [`crate::names::COUNTERS_MAP`].
+pub const COUNTER_SLOTS: u32 = MAX_ENDPOINTS * 2 * OUTCOMES;
+
+/// The counter slot of an endpoint, a direction and an outcome code (below [`OUTCOMES`]).
+pub const fn counter_index(endpoint_id: u32, direction: Direction, outcome: u8) -> u32 {
+    (endpoint_id % MAX_ENDPOINTS) * 2 * OUTCOMES
+        + (direction as u32) * OUTCOMES
+        + (outcome as u32 % OUTCOMES)
+}
+
+/// One record of [`crate::names::EVENTS_MAP`]: a drop, or a new allowed flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    pub endpoint_id: u32,
+    pub ifindex: u32,
+    /// The rule that allowed the flow; 0 for drops and for flows no rule decided.
+    pub rule_id: u32,
+    /// [`crate::verdict::Outcome`] code.
+    pub outcome: u8,
+    pub direction: u8,
+    pub family: u8,
+    pub protocol: u8,
+    /// Host order; 0 where the protocol has no ports.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad: [u8; 4],
+    /// Network order.
+    pub src_addr: [u8; 16],
+    /// Network order.
+    pub dst_addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<EndpointInfo>() == 16);
+const _: () = assert!(size_of::<PeerClass>() == 4);
+const _: () = assert!(size_of::<PolicyKey>() == 16);
+const _: () = assert!(size_of::<PolicyValue>() == 4);
+const _: () = assert!(size_of::<CtKey>() == 44);
+const _: () = assert!(size_of::<CtValue>() == 16);
+const _: () = assert!(size_of::<FragKey>() == 44);
+const _: () = assert!(size_of::<FragValue>() == 12);
+const _: () = assert!(size_of::<HostAddrKey>() == 20);
+const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(size_of::<FlowEvent>() == 64);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: each type is `repr(C)`, `Copy`, and made of integers and byte arrays with explicit
+    // padding fields, so every bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for PeerClass {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for HostAddrKey {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FlowEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_slots_are_distinct_and_in_range() {
+        let a = counter_index(1, Direction::Ingress, 0);
+        let b = counter_index(1, Direction::Egress, 0);
+        let c = counter_index(2, Direction::Ingress, 0);
+        let d = counter_index(1, Direction::Ingress, 15);
+        assert_eq!([a, b, c, d], [32, 48, 64, 47]);
+        assert!(counter_index(MAX_ENDPOINTS - 1, Direction::Egress, 15) < COUNTER_SLOTS);
+    }
+
+    #[test]
+    fn reversed_ct_key_swaps_ends_and_direction() {
+        let key = CtKey {
+            endpoint_id: 7,
+            src_port: 40000,
+            dst_port: 80,
+            direction: Direction::Egress as u8,
+            protocol: 6,
+            family: FAMILY_V4,
+            _pad: 0,
+            src_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst_addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let reply = key.reversed();
+        assert_eq!(reply.src_port, 80);
+        assert_eq!(reply.dst_addr[3], 1);
+        assert_eq!(reply.direction, Direction::Ingress as u8);
+        assert_eq!(reply.reversed(), key);
+    }
+}

@@ -1,0 +1,53 @@
+//! Every map and program name, defined once for both sides.
+//!
+//! A map name carries its layout version (`_V1`): when a key or value layout changes the name
+//! changes too, so a pinned map of an older layout is replaced instead of misread. Names are at
+//! most 15 characters, the kernel's limit for object names.
+
+/// Endpoints by host-side ifindex: `u32` (host order) -> [`crate::maps::EndpointInfo`].
+pub const ENDPOINTS_MAP: &str = "NP_ENDPOINT_V1";
+/// Peer classes of IPv4 prefixes: LPM trie of `[u8; 4]` -> [`crate::maps::PeerClass`].
+pub const PEERS_V4_MAP: &str = "NP_PEER4_V1";
+/// Peer classes of IPv6 prefixes: LPM trie of `[u8; 16]` -> [`crate::maps::PeerClass`].
+pub const PEERS_V6_MAP: &str = "NP_PEER6_V1";
+/// Allowed (endpoint, class, direction, protocol, port prefix): [`crate::maps::PolicyKey`] -> [`crate::maps::PolicyValue`].
+pub const POLICY_MAP: &str = "NP_POLICY_V1";
+/// Connection tracking: [`crate::maps::CtKey`] -> [`crate::maps::CtValue`].
+pub const CONNTRACK_MAP: &str = "NP_CT_V1";
+/// Verdicts of first fragments, for the fragments that follow: [`crate::maps::FragKey`] -> [`crate::maps::FragValue`].
+pub const FRAGMENTS_MAP: &str = "NP_FRAG_V1";
+/// This node's own addresses: [`crate::maps::HostAddrKey`] -> `u8` (always 1).
+pub const HOST_ADDRS_MAP: &str = "NP_HOSTADDR_V1";
+/// Per-CPU packet and byte counters, indexed by [`crate::maps::counter_index`].
+pub const COUNTERS_MAP: &str = "NP_COUNTER_V1";
+/// Drop events and (when enabled per endpoint) new allowed flows: [`crate::maps::FlowEvent`] records.
+pub const EVENTS_MAP: &str = "NP_EVENTS_V1";
+
+/// Program on the host veth's TC ingress: decides what the pod sends (the pod's egress).
+pub const FROM_POD_PROG: &str = "from_pod";
+/// Program on the host veth's TC egress: decides what the pod receives (the pod's ingress).
+pub const TO_POD_PROG: &str = "to_pod";
+
+/// Every map name, for checks that the built object defines them all.
+pub const ALL_MAPS: [&str; 9] = [
+    ENDPOINTS_MAP,
+    PEERS_V4_MAP,
+    PEERS_V6_MAP,
+    POLICY_MAP,
+    CONNTRACK_MAP,
+    FRAGMENTS_MAP,
+    HOST_ADDRS_MAP,
+    COUNTERS_MAP,
+    EVENTS_MAP,
+];
+
+/// Every program name.
+pub const ALL_PROGRAMS: [&str; 2] = [FROM_POD_PROG, TO_POD_PROG];
+
+const _: () = {
+    let mut i = 0;
+    while i < ALL_MAPS.len() {
+        assert!(ALL_MAPS[i].len() <= 15);
+        i += 1;
+    }
+};
