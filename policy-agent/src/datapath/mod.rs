@@ -67,13 +67,13 @@ use policy_common::{
 };
 use tracing::{info, warn};
 
+use self::{bpffs::PinLayout, record::Record};
 pub use self::{
-    bpffs::BPFFS_ROOT,
+    bpffs::{BPFFS_ROOT, ensure_bpffs},
     error::{ApplyError, DatapathError, UpdateError},
     sync::{ApplyStats, delta_between},
     telemetry::{AsyncEventReader, CounterReading, EventError, EventReader, Flow},
 };
-use self::{bpffs::PinLayout, record::Record};
 #[cfg(doc)]
 use crate::policy::state::{Delta, NodeState};
 
