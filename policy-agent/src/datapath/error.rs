@@ -115,6 +115,12 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot detach link {path}")]
+    DetachLink {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot pin the link of {hook} on interface {ifindex} at {path}")]
     PinLink {
         ifindex: u32,

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeSet,
     fs, io,
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -157,6 +157,36 @@ fn update_link(
     Ok(())
 }
 
+/// `BPF_LINK_DETACH`: detaches a link from its hook now, whoever else holds it. aya has no
+/// call for it.
+fn link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
+    /// The `link_detach` member of `union bpf_attr`.
+    #[repr(C)]
+    struct LinkDetachAttr {
+        link_fd: u32,
+    }
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let attr = LinkDetachAttr {
+        link_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for this command, alive for the call, and its
+    // size is passed along; the kernel reads nothing past it.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &raw const attr,
+            size_of::<LinkDetachAttr>(),
+        )
+    };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 impl Datapath {
     /// Attaches `from_pod` to TC ingress and `to_pod` to TC egress of the pod's host-side
     /// interface through TCX, and pins both links. Idempotent: a hook already attached with the
@@ -221,11 +251,25 @@ impl Datapath {
         Ok(ifindex)
     }
 
-    /// Detaches both programs from the interface by removing the link pins (the agent holds no
-    /// other reference to its links). Detaching what is not attached is not an error.
+    /// Detaches both programs from the interface, then removes the link pins. Removing a pin
+    /// alone would release the link only once the kernel frees the pin's inode, some time
+    /// later; `BPF_LINK_DETACH` takes the program off the interface at once. Detaching what is
+    /// not attached is not an error.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         for hook in Hook::ALL {
             let path = self.layout.links.join(link_pin_name(ifindex, hook));
+            if !path.exists() {
+                continue;
+            }
+            let link = open_link(&path)?;
+            let fd = link.fd().map_err(|source| DatapathError::NotTcxLink {
+                path: path.clone(),
+                source,
+            })?;
+            link_detach(fd).map_err(|source| DatapathError::DetachLink {
+                path: path.clone(),
+                source,
+            })?;
             match fs::remove_file(&path) {
                 Ok(()) => info!(ifindex, %hook, "detached"),
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}

@@ -73,6 +73,11 @@ impl Netns {
     pub fn new(name: String) -> Netns {
         ip(&["netns", "add", &name]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
+        // Addresses usable at once: duplicate address detection would hold new interfaces'
+        // link-local addresses back for a second or more.
+        for conf in ["all", "default"] {
+            sysctl(&name, &format!("net.ipv6.conf.{conf}.accept_dad"), "0");
+        }
         Netns { name }
     }
 
