@@ -329,6 +329,26 @@ fn allowed_flows_pass_and_denied_flows_drop() {
     assert_eq!(drop.src, IpAddr::V4(c_v4));
     assert_eq!(drop.ifindex, lab.c.ifindex);
     assert_eq!(drop.rule_id, 0);
+
+    // The async reader wakes for new events.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let a_v6 = lab.a.v6;
+    let flows = runtime.block_on(async {
+        let mut events = events.into_async().expect("async reader");
+        assert!(!tcp_works(&lab.b.netns, v6(&lab.a, 7070)));
+        tokio::time::timeout(Duration::from_secs(2), events.next_batch())
+            .await
+            .expect("events arrive")
+            .expect("ring readable")
+    });
+    assert!(flows.iter().any(|flow| matches!(
+        flow,
+        Ok(Flow { endpoint_id: 1, dst, dst_port: 7070, outcome: Err(DropReason::PolicyDenied), direction: Direction::Ingress, .. })
+            if *dst == IpAddr::V6(a_v6)
+    )), "{flows:?}");
 }
 
 #[test]
