@@ -57,8 +57,8 @@ impl Lab {
         let b = node.add_pod(3);
         let c = node.add_pod(4);
         let config = DatapathConfig {
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/np-test-{tag}")),
-            state_file: std::env::temp_dir().join(format!("np-test-{tag}/datapath.json")),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/dpt-{tag}")),
+            state_file: std::env::temp_dir().join(format!("dpt-{tag}/datapath.json")),
         };
         Lab {
             node,
@@ -422,8 +422,8 @@ fn pinned_maps_of_another_layout_are_removed_or_replaced() {
     }
     let tag = netns::unique_tag("ly");
     let config = DatapathConfig {
-        pin_dir: PathBuf::from(format!("/sys/fs/bpf/np-test-{tag}")),
-        state_file: std::env::temp_dir().join(format!("np-test-{tag}/datapath.json")),
+        pin_dir: PathBuf::from(format!("/sys/fs/bpf/dpt-{tag}")),
+        state_file: std::env::temp_dir().join(format!("dpt-{tag}/datapath.json")),
     };
     ensure_bpffs(&config.pin_dir).expect("bpffs");
     let maps_dir = config.pin_dir.join("maps");

@@ -147,17 +147,18 @@ impl Datapath {
         {
             failures.push(failure.into());
         }
-        let mut written = BTreeSet::new();
         for (ifindex, endpoint, previous) in targets {
             let mut info = endpoint.info;
-            if fence.applies(&info) {
+            let fencing = fence.applies(&info);
+            if fencing {
                 info.flags |= ENDPOINT_NOT_READY;
-                fenced.push(endpoint.pod.clone());
             }
             match self.maps.endpoints.insert(&ifindex, &info, 0) {
                 Ok(()) => {
                     stats.writes += 1;
-                    written.insert(ifindex);
+                    if fencing {
+                        fenced.push(endpoint.pod.clone());
+                    }
                 }
                 Err(source) => failures.push(UpdateError::EndpointUpsert {
                     pod: endpoint.pod.clone(),
@@ -214,7 +215,7 @@ impl Datapath {
         }
 
         if fence.all_isolated || !fence.endpoint_ids.is_empty() {
-            self.fence_others(&fence, &written, &mut stats, &mut failures, &mut fenced);
+            self.fence_others(&fence, &mut stats, &mut failures, &mut fenced);
         }
         if failures.is_empty() {
             debug!(writes = stats.writes, "delta applied");
@@ -227,12 +228,11 @@ impl Datapath {
         }
     }
 
-    /// Fences the endpoints already in the map that a failure concerns and that this update did
-    /// not just write.
+    /// Fences every endpoint in the map that a failure concerns and that does not deny all
+    /// traffic yet (including endpoints this update wrote before a later step failed).
     fn fence_others(
         &mut self,
         fence: &Fence,
-        written: &BTreeSet<u32>,
         stats: &mut super::ApplyStats,
         failures: &mut Vec<UpdateError>,
         fenced: &mut Vec<PodRef>,
@@ -242,7 +242,7 @@ impl Datapath {
             .endpoints
             .iter()
             .filter_map(Result::ok)
-            .filter(|(ifindex, info)| !written.contains(ifindex) && fence.applies(info))
+            .filter(|(_, info)| info.flags & ENDPOINT_NOT_READY == 0 && fence.applies(info))
             .collect();
         for (ifindex, mut info) in entries {
             let pod = self

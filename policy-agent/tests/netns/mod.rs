@@ -57,9 +57,8 @@ fn sysctl(netns: &str, key: &str, value: &str) {
 pub fn unique_tag(test: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!(
-        "{}{}{}",
-        test,
-        std::process::id() % 100_000,
+        "{test}-{}-{}",
+        std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -132,7 +131,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(tag: &str) -> Node {
-        let netns = Netns::new(format!("np-{tag}-node"));
+        let netns = Netns::new(format!("dpt-{tag}-node"));
         sysctl(&netns.name, "net.ipv4.ip_forward", "1");
         sysctl(&netns.name, "net.ipv6.conf.all.forwarding", "1");
         Node {
@@ -144,7 +143,7 @@ impl Node {
     /// Adds pod number `n` (2 to 254): `10.70.0.n/32` and `fd70::n/128`, its veth `hv-<n>` on
     /// the node, the node as its default gateway.
     pub fn add_pod(&self, n: u8) -> Pod {
-        let netns = Netns::new(format!("np-{}-p{n}", self.tag));
+        let netns = Netns::new(format!("dpt-{}-p{n}", self.tag));
         let node = &self.netns.name;
         let pod = &netns.name;
         let host_if = format!("hv-{n}");
