@@ -4,8 +4,6 @@
 //! lies past the linear part of a non-linear skb (GSO/GRO), pulls exactly up to that header with
 //! `bpf_skb_pull_data` and checks again. Nothing else touches packet memory.
 
-use core::mem::size_of;
-
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
 use policy_common::maps::{FAMILY_V4, FAMILY_V6};
 
