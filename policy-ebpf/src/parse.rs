@@ -242,7 +242,9 @@ fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Sha
                 } else {
                     (ext_len + 1) * 8
                 };
-                if !present(ctx, offset + len) {
+                // An authentication header is at least 12 bytes (RFC 4302: length field >= 1).
+                let too_short = next == IPPROTO_AH && ext_len == 0;
+                if too_short || !present(ctx, offset + len) {
                     return Err(ParseError::Malformed);
                 }
                 next = ext_next;
