@@ -1999,3 +1999,144 @@ fn ipv6_fragments_after_other_extension_headers() {
         Err(DropReason::FragmentDenied),
     );
 }
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn authentication_header_with_length_zero_is_malformed() {
+    let mut dp = setup_web();
+    let mut frame = pkt_tcp6_with(&[Ext::Authentication], 80);
+    frame[14 + 40 + 1] = 0;
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &frame,
+        Err(DropReason::Malformed),
+    );
+}
+
+// ---- measurements ----
+
+const REPEAT: u32 = 100_000;
+
+/// An endpoint whose ingress has `entries` policy entries: half as many peer classes (one /32
+/// each), every class allowing TCP 80 and TCP 8000-8007, so the plan probes two prefix lengths
+/// whatever the size. Returns the peer address of the middle class.
+fn setup_sized(entries: u32) -> (Datapath, Ipv4Addr) {
+    let classes = entries / 2;
+    let mut allows = Vec::new();
+    for class in 1..=classes {
+        allows.push(allow(Direction::Ingress, class, TCP, 80, 80, class));
+        allows.push(allow(Direction::Ingress, class, TCP, 8000, 8007, class));
+    }
+    let mut dp = Datapath::load();
+    dp.setup_endpoint(setup_test_ifindex(), EP, ENDPOINT_INGRESS_ISOLATED, &allows);
+    for class in 1..=classes {
+        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + class);
+        dp.set_peer(v4(addr), 32, class);
+    }
+    let middle = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + classes / 2);
+    (dp, middle)
+}
+
+/// Mean kernel-measured ns over `REPEAT` single runs of the frames `frame_of(i)`.
+fn single_runs_ns(dp: &Datapath, frame_of: impl Fn(u32) -> Vec<u8>, expected: i32) -> f64 {
+    let mut total = 0u128;
+    for i in 0..REPEAT {
+        let (action, duration) = dp.run_repeat(Direction::Ingress, &frame_of(i), 1);
+        assert_eq!(action, expected, "run {i}");
+        total += duration.as_nanos();
+    }
+    total as f64 / f64::from(REPEAT)
+}
+
+/// Pod address and source port of the `i`-th distinct new flow: the peer, and with it the
+/// class, stays the same.
+fn fresh_flow(i: u32) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::from(u32::from(POD4) + i / 60_000),
+        1024 + (i % 60_000) as u16,
+    )
+}
+
+/// Prints verifier-accepted instruction counts and ns per packet of the established, new
+/// allowed and new denied paths with 10 and 10,000 policy entries.
+///
+/// Established and new denied packets leave no new state, so one TEST_RUN with `REPEAT`
+/// repetitions times them. A new allowed packet creates its flow, so a repeat would time the
+/// established path after the first run: instead each of `REPEAT` runs gets a fresh source and
+/// runs once. A single run's kernel time includes the timer's own cost, which the same
+/// single-run method on the established packet reveals (single-run mean minus repeat mean);
+/// the new-flow figure is the single-run mean minus that cost.
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn measure_instructions_and_ns_per_packet() {
+    let dp = Datapath::load();
+    for name in policy_common::names::ALL_PROGRAMS {
+        let info = dp.info(name);
+        let xlated = info.size_translated().expect("xlated size");
+        let jited = info.size_jitted();
+        println!(
+            "{name}: {} xlated instructions, {jited} bytes jitted",
+            xlated / 8
+        );
+        assert!(xlated > 0 && jited > 0);
+    }
+    drop(dp);
+    for entries in [10, 10_000] {
+        let (mut dp, peer) = setup_sized(entries);
+        assert_eq!(
+            dp.run(Direction::Ingress, &pkt_tcp4(peer, POD4, 999, 80, SYN)),
+            PASS
+        );
+        let established = pkt_tcp4(peer, POD4, 999, 80, ACK);
+        let (action, per_run) = dp.run_repeat(Direction::Ingress, &established, REPEAT);
+        assert_eq!(action, PASS);
+        let established_ns = per_run.as_nanos() as f64;
+        let established_single = single_runs_ns(&dp, |_| established.clone(), PASS);
+        let timer_ns = (established_single - established_ns).max(0.0);
+        let denied = pkt_tcp4(peer, POD4, 999, 81, SYN);
+        let (action, per_run) = dp.run_repeat(Direction::Ingress, &denied, REPEAT);
+        assert_eq!(action, DROP);
+        let denied_ns = per_run.as_nanos() as f64;
+        let new_single = single_runs_ns(
+            &dp,
+            |i| {
+                let (pod, port) = fresh_flow(i);
+                pkt_tcp4(peer, pod, port, 80, SYN)
+            },
+            PASS,
+        );
+        let counted = dp
+            .counter(EP, Direction::Ingress, code(Ok(Verdict::Policy)))
+            .packets;
+        assert_eq!(
+            counted,
+            u64::from(REPEAT) + 1,
+            "every new flow decided by policy"
+        );
+        // The repeated denied run fills the ring, after which reserving fails fast: time the
+        // denied path with a ring that has room, too, draining it between batches.
+        let ring_capacity = (policy_common::maps::EVENTS_BYTES / (8 + 64)) as usize;
+        assert_eq!(dp.events().len(), ring_capacity, "the ring holds what fits");
+        let mut denied_total = 0u128;
+        for batch in 0..REPEAT / 2_000 {
+            for i in 0..2_000 {
+                let (action, duration) = dp.run_repeat(Direction::Ingress, &denied, 1);
+                assert_eq!(action, DROP, "denied run {batch}/{i}");
+                denied_total += duration.as_nanos();
+            }
+            assert_eq!(dp.events().len(), 2_000, "one drop event per denied run");
+        }
+        let denied_single = denied_total as f64 / f64::from(REPEAT);
+        let dropped = dp.counter(EP, Direction::Ingress, code(Err(DropReason::PolicyDenied)));
+        assert_eq!(dropped.packets, 2 * u64::from(REPEAT));
+        println!(
+            "{entries} entries: established {established_ns:.1} ns; new allowed {:.1} ns \
+             (single-run {new_single:.1} minus timer {timer_ns:.1}); new denied {:.1} ns with \
+             room in the ring (single-run {denied_single:.1} minus timer), {denied_ns:.1} ns \
+             with the ring full",
+            new_single - timer_ns,
+            denied_single - timer_ns,
+        );
+    }
+}
