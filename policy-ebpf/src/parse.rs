@@ -4,8 +4,6 @@
 //! lies past the linear part of a non-linear skb (GSO/GRO), pulls exactly up to that header with
 //! `bpf_skb_pull_data` and checks again. Nothing else touches packet memory.
 
-use core::mem::size_of;
-
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
 use policy_common::maps::{FAMILY_V4, FAMILY_V6};
 
@@ -244,7 +242,9 @@ fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Sha
                 } else {
                     (ext_len + 1) * 8
                 };
-                if !present(ctx, offset + len) {
+                // An authentication header is at least 12 bytes (RFC 4302: length field >= 1).
+                let too_short = next == IPPROTO_AH && ext_len == 0;
+                if too_short || !present(ctx, offset + len) {
                     return Err(ParseError::Malformed);
                 }
                 next = ext_next;

@@ -18,7 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions},
+    programs::{ProgramError, ProgramInfo, SchedClassifier, TestRun, TestRunOptions},
 };
 use policy_common::{
     maps::{
@@ -170,6 +170,16 @@ impl Datapath {
         self.run_repeat(direction, frame, 1).0
     }
 
+    /// Runs the program of `direction` once, or says why the kernel refused to.
+    pub fn try_run(&self, direction: Direction, frame: &[u8]) -> Result<i32, ProgramError> {
+        self.program(Self::program_for(direction))
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::new()
+            })
+            .map(|result| result.return_value as i32)
+    }
+
     /// Runs the program `repeat` times; returns the action and the kernel's time per run.
     pub fn run_repeat(&self, direction: Direction, frame: &[u8], repeat: u32) -> (i32, Duration) {
         let result = self
@@ -201,7 +211,13 @@ impl Datapath {
 
     /// Programs an endpoint on `ifindex` with `flags` and the policy entries and lookup plans
     /// of `allows`.
-    pub fn setup_endpoint(&mut self, ifindex: u32, endpoint_id: u32, flags: u32, allows: &[Allow]) {
+    pub fn setup_endpoint(
+        &mut self,
+        ifindex: u32,
+        endpoint_id: u32,
+        flags: u32,
+        allows: &[Allow],
+    ) -> EndpointInfo {
         let mut info = EndpointInfo {
             endpoint_id,
             flags,
@@ -242,6 +258,7 @@ impl Datapath {
             }
         }
         self.set_endpoint(ifindex, info);
+        info
     }
 
     pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) {
