@@ -1,16 +1,258 @@
+//! TC programs that give every packet of a managed pod its NetworkPolicy verdict.
+//!
+//! Both programs run the same decision, [`decide`], from the pod's point of view: `from_pod` for
+//! what the pod sends (its egress), `to_pod` for what it receives (its ingress).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+mod conntrack;
+mod events;
+mod maps;
+mod parse;
+mod policy;
 
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::classifier,
+    programs::TcContext,
+};
+use policy_common::{
+    maps::{ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo},
+    verdict::{Direction, DropReason, Verdict, outcome},
+};
+
+use crate::{
+    maps::NP_ENDPOINT_V1,
+    parse::{FRAGMENT_FIRST, Packet, ParseError, Shape},
+};
+
+/// The pod's egress, on the host veth's TC ingress.
+///
+/// Passes (`TC_ACT_UNSPEC`, so later programs and the stack still decide):
+/// - packets on an interface that is not in `NP_ENDPOINT_V1` (not counted);
+/// - non-IP frames such as ARP, and ICMPv6 neighbour discovery (`Exempt`);
+/// - packets to an address of this node (`Host`);
+/// - packets of a flow this endpoint allowed (`Established`), replies to flows it allowed
+///   inbound (`Reply`), and ICMP errors quoting either (`Related`);
+/// - non-first fragments whose first fragment passed (`Fragment`);
+/// - the first packet of a flow a rule allows (`Policy`), or any packet when the pod is not
+///   egress-isolated (`NotIsolated`, also for malformed packets: the stack discards those).
+///
+/// Drops (`TC_ACT_SHOT`), each counted and reported with its reason:
+/// - everything while the endpoint is flagged not ready (`NotReady`);
+/// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`), truncated or malformed
+///   headers (`Malformed`), IPv6 extension chains longer than the parser walks and stacked VLAN
+///   tags (`Unparsed`), non-first fragments without a first one (`FragmentUnknown`);
+/// - non-first fragments whose first fragment dropped (`FragmentDenied`).
+///
+/// Protocols without ports (ICMP other than echo, unknown L4 protocols) are looked up with
+/// port 0, so only any-protocol entries and whole-port-range entries of that protocol match.
 #[classifier]
-pub fn from_pod(_ctx: TcContext) -> i32 {
-    TC_ACT_UNSPEC
+pub fn from_pod(ctx: TcContext) -> i32 {
+    run(&ctx, Direction::Egress)
 }
 
+/// The pod's ingress, on the host veth's TC egress.
+///
+/// The same decision as [`from_pod`] with the roles swapped: the peer is the packet's source,
+/// `Host` applies to packets from an address of this node, and isolation is the ingress flag.
 #[classifier]
-pub fn to_pod(_ctx: TcContext) -> i32 {
-    TC_ACT_UNSPEC
+pub fn to_pod(ctx: TcContext) -> i32 {
+    run(&ctx, Direction::Ingress)
+}
+
+/// A packet's decision and what it carries into counters and events.
+struct Decision {
+    result: Result<Verdict, DropReason>,
+    /// The rule behind the verdict; 0 when no rule decided.
+    rule_id: u32,
+    /// The packet started a tracked flow.
+    new_flow: bool,
+}
+
+impl Decision {
+    #[inline(always)]
+    const fn pass(verdict: Verdict, rule_id: u32) -> Decision {
+        Decision {
+            result: Ok(verdict),
+            rule_id,
+            new_flow: false,
+        }
+    }
+
+    #[inline(always)]
+    const fn drop(reason: DropReason) -> Decision {
+        Decision {
+            result: Err(reason),
+            rule_id: 0,
+            new_flow: false,
+        }
+    }
+}
+
+/// Decides one packet, accounts for it, and turns the decision into a TC action.
+#[inline(always)]
+fn run(ctx: &TcContext, direction: Direction) -> i32 {
+    // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
+    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
+    let Some(endpoint) = NP_ENDPOINT_V1.get_ptr(&ifindex) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: a live map value, copied out once.
+    let endpoint = unsafe { *endpoint };
+    let mut packet = Packet::new();
+    let decision = decide(ctx, &endpoint, direction, &mut packet);
+    let code = outcome(decision.result);
+    events::count(endpoint.endpoint_id, direction, code, ctx.len());
+    let logged = decision.new_flow && endpoint.flags & ENDPOINT_LOG_ALLOWED != 0;
+    if decision.result.is_err() || logged {
+        events::report(
+            endpoint.endpoint_id,
+            ifindex,
+            direction,
+            &packet,
+            code,
+            decision.rule_id,
+        );
+    }
+    match decision.result {
+        Ok(_) => TC_ACT_UNSPEC,
+        Err(_) => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn decide(
+    ctx: &TcContext,
+    endpoint: &EndpointInfo,
+    direction: Direction,
+    packet: &mut Packet,
+) -> Decision {
+    if endpoint.flags & ENDPOINT_NOT_READY != 0 {
+        return Decision::drop(DropReason::NotReady);
+    }
+    let isolated = endpoint.isolated(direction);
+    let shape = match parse::parse(ctx, packet) {
+        Ok(shape) => shape,
+        Err(_) if !isolated => return Decision::pass(Verdict::NotIsolated, 0),
+        Err(ParseError::Malformed) => return Decision::drop(DropReason::Malformed),
+        Err(ParseError::Unparsed) => return Decision::drop(DropReason::Unparsed),
+    };
+    match shape {
+        Shape::NonIp | Shape::NeighbourDiscovery => return Decision::pass(Verdict::Exempt, 0),
+        Shape::Flow | Shape::LaterFragment | Shape::IcmpError => {}
+    }
+    if policy::is_host(packet, direction) {
+        return Decision::pass(Verdict::Host, 0);
+    }
+    if shape == Shape::LaterFragment {
+        return later_fragment(endpoint, direction, packet, isolated);
+    }
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let decision = if shape == Shape::IcmpError {
+        icmp_error(ctx, endpoint, direction, packet, isolated, now)
+    } else {
+        flow(endpoint, direction, packet, isolated, now)
+    };
+    if packet.fragment == FRAGMENT_FIRST {
+        let key = conntrack::fragment_key(endpoint.endpoint_id, direction, packet);
+        conntrack::record_fragment(&key, packet, decision.result.is_ok(), decision.rule_id);
+    }
+    decision
+}
+
+/// A packet with an L4 tuple: conntrack first, then policy for the first packet of a flow.
+#[inline(always)]
+fn flow(
+    endpoint: &EndpointInfo,
+    direction: Direction,
+    packet: &Packet,
+    isolated: bool,
+    now: u64,
+) -> Decision {
+    let key = conntrack::flow_key(endpoint.endpoint_id, direction, packet);
+    if let Some((verdict, rule_id)) = conntrack::lookup(&key, packet.tcp_flags, now) {
+        return Decision::pass(verdict, rule_id);
+    }
+    let (verdict, rule_id) = if isolated {
+        match policy::allowing_rule(endpoint, direction, packet) {
+            Some(rule_id) => (Verdict::Policy, rule_id),
+            None => return Decision::drop(DropReason::PolicyDenied),
+        }
+    } else {
+        (Verdict::NotIsolated, 0)
+    };
+    conntrack::insert(&key, rule_id, packet.tcp_flags, now);
+    Decision {
+        result: Ok(verdict),
+        rule_id,
+        new_flow: true,
+    }
+}
+
+/// An ICMP error: passes as `Related` when it quotes a tracked flow, else is decided by policy
+/// like an ICMP packet without ports. Errors are not flows: they create no entry.
+#[inline(always)]
+fn icmp_error(
+    ctx: &TcContext,
+    endpoint: &EndpointInfo,
+    direction: Direction,
+    packet: &Packet,
+    isolated: bool,
+    now: u64,
+) -> Decision {
+    if let Some((protocol, src_addr, dst_addr, src_port, dst_port)) =
+        parse::quoted_tuple(ctx, packet)
+    {
+        let quoted = policy_common::maps::CtKey {
+            endpoint_id: endpoint.endpoint_id,
+            src_port,
+            dst_port,
+            direction: direction.opposite() as u8,
+            protocol,
+            family: packet.family,
+            _pad: 0,
+            src_addr,
+            dst_addr,
+        };
+        if let Some(rule_id) = conntrack::related(&quoted, now) {
+            return Decision::pass(Verdict::Related, rule_id);
+        }
+    }
+    if !isolated {
+        return Decision::pass(Verdict::NotIsolated, 0);
+    }
+    match policy::allowing_rule(endpoint, direction, packet) {
+        Some(rule_id) => Decision::pass(Verdict::Policy, rule_id),
+        None => Decision::drop(DropReason::PolicyDenied),
+    }
+}
+
+/// A non-first fragment gets what its first fragment got.
+#[inline(always)]
+fn later_fragment(
+    endpoint: &EndpointInfo,
+    direction: Direction,
+    packet: &mut Packet,
+    isolated: bool,
+) -> Decision {
+    let key = conntrack::fragment_key(endpoint.endpoint_id, direction, packet);
+    match conntrack::fragment(&key) {
+        Some(first) => {
+            packet.src_port = first.src_port;
+            packet.dst_port = first.dst_port;
+            if first.allowed != 0 {
+                Decision::pass(Verdict::Fragment, first.rule_id)
+            } else {
+                Decision::drop(DropReason::FragmentDenied)
+            }
+        }
+        None if isolated => Decision::drop(DropReason::FragmentUnknown),
+        None => Decision::pass(Verdict::NotIsolated, 0),
+    }
 }
 
 #[cfg(not(test))]

@@ -1,0 +1,686 @@
+//! Map synchronisation: applying deltas, reading back what is programmed, and host addresses.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use policy_common::maps::{ENDPOINT_NOT_READY, EndpointInfo, PeerClass};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    ApplyError, Datapath, DatapathError, UpdateError,
+    encode::{self, PeerKey},
+    error::is_not_found,
+    record::EndpointRecord,
+};
+use crate::policy::state::{Delta, EndpointState, NodeState, PodRef, Prefix, RuleRef};
+
+/// What one update wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Map entries written or removed.
+    pub writes: usize,
+}
+
+/// The delta that turns `programmed` into `desired`. Endpoints are compared by pod; callers
+/// that track interfaces add the endpoints whose interface changed.
+pub fn delta_between(programmed: &NodeState, desired: &NodeState) -> Delta {
+    fn changed<'a, K: Ord + Clone, V: PartialEq + Clone>(
+        from: &'a BTreeMap<K, V>,
+        to: &'a BTreeMap<K, V>,
+    ) -> Vec<(K, V)> {
+        to.iter()
+            .filter(|(key, value)| from.get(key) != Some(value))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+    fn gone<K: Ord + Clone, V>(from: &BTreeMap<K, V>, to: &BTreeMap<K, V>) -> Vec<K> {
+        from.keys()
+            .filter(|key| !to.contains_key(key))
+            .cloned()
+            .collect()
+    }
+    Delta {
+        policy_upserts: changed(&programmed.policy, &desired.policy),
+        peer_upserts: changed(&programmed.peers, &desired.peers),
+        endpoint_upserts: changed(&programmed.endpoints, &desired.endpoints)
+            .into_iter()
+            .map(|(_, endpoint)| endpoint)
+            .collect(),
+        peer_removals: gone(&programmed.peers, &desired.peers),
+        policy_removals: gone(&programmed.policy, &desired.policy),
+        endpoint_removals: gone(&programmed.endpoints, &desired.endpoints),
+    }
+}
+
+fn isolated(info: &EndpointInfo) -> bool {
+    info.flags
+        & (policy_common::maps::ENDPOINT_INGRESS_ISOLATED
+            | policy_common::maps::ENDPOINT_EGRESS_ISOLATED)
+        != 0
+}
+
+/// Which endpoints must deny all traffic after failed writes.
+#[derive(Default)]
+struct Fence {
+    /// Every isolated endpoint (a peer prefix is wrong).
+    all_isolated: bool,
+    endpoint_ids: BTreeSet<u32>,
+}
+
+impl Fence {
+    fn applies(&self, info: &EndpointInfo) -> bool {
+        (self.all_isolated && isolated(info)) || self.endpoint_ids.contains(&info.endpoint_id)
+    }
+}
+
+impl Datapath {
+    /// Writes `delta` to the maps in its documented order: policy upserts, peer upserts,
+    /// endpoint upserts, peer removals, policy removals, endpoint removals. `ifindex_of` gives
+    /// the host-side interface of each upserted pod. Every write is attempted; failures are
+    /// collected, and the endpoints they could open up are fenced (module documentation).
+    pub fn apply(
+        &mut self,
+        delta: &Delta,
+        ifindex_of: impl Fn(&PodRef) -> Option<u32>,
+    ) -> Result<ApplyStats, ApplyError> {
+        let mut stats = ApplyStats::default();
+        let mut failures = Vec::new();
+        let mut fence = Fence::default();
+        let mut fenced = Vec::new();
+        debug!(
+            policy_upserts = delta.policy_upserts.len(),
+            peer_upserts = delta.peer_upserts.len(),
+            endpoint_upserts = delta.endpoint_upserts.len(),
+            peer_removals = delta.peer_removals.len(),
+            policy_removals = delta.policy_removals.len(),
+            endpoint_removals = delta.endpoint_removals.len(),
+            "applying delta"
+        );
+
+        for (key, value) in &delta.policy_upserts {
+            match self.maps.policy.insert(key, value, 0) {
+                Ok(()) => stats.writes += 1,
+                Err(source) => {
+                    fence.endpoint_ids.insert(key.endpoint_id);
+                    failures.push(UpdateError::PolicyUpsert { key: *key, source });
+                }
+            }
+        }
+
+        for &(prefix, class) in &delta.peer_upserts {
+            match self.write_peer(prefix, Some(class)) {
+                Ok(()) => stats.writes += 1,
+                Err(failure) => {
+                    fence.all_isolated = true;
+                    failures.push(*failure);
+                }
+            }
+        }
+
+        // The record learns each endpoint before the map does, so a restart can always name
+        // what the endpoint map holds.
+        let mut targets = Vec::new();
+        for endpoint in &delta.endpoint_upserts {
+            let Some(ifindex) = ifindex_of(&endpoint.pod) else {
+                failures.push(UpdateError::NoInterface {
+                    pod: endpoint.pod.clone(),
+                });
+                continue;
+            };
+            let previous = self
+                .record
+                .ifindex_of(&endpoint.pod)
+                .filter(|&previous| previous != ifindex);
+            self.record.endpoints.insert(
+                ifindex,
+                EndpointRecord {
+                    pod: endpoint.pod.clone(),
+                    ips: endpoint.ips.clone(),
+                },
+            );
+            targets.push((ifindex, endpoint, previous));
+        }
+        if !targets.is_empty()
+            && let Err(failure) = self.record.save(&self.config.state_file)
+        {
+            failures.push(failure.into());
+        }
+        for (ifindex, endpoint, previous) in targets {
+            let mut info = endpoint.info;
+            let fencing = fence.applies(&info);
+            if fencing {
+                info.flags |= ENDPOINT_NOT_READY;
+            }
+            match self.maps.endpoints.insert(&ifindex, &info, 0) {
+                Ok(()) => {
+                    stats.writes += 1;
+                    if fencing {
+                        fenced.push(endpoint.pod.clone());
+                    }
+                }
+                Err(source) => failures.push(UpdateError::EndpointUpsert {
+                    pod: endpoint.pod.clone(),
+                    ifindex,
+                    source,
+                }),
+            }
+            if let Some(previous) = previous {
+                match self.remove_endpoint_entry(previous, &endpoint.pod) {
+                    Ok(removed) => stats.writes += removed,
+                    Err(failure) => failures.push(*failure),
+                }
+                self.record.endpoints.remove(&previous);
+            }
+        }
+
+        for &prefix in &delta.peer_removals {
+            match self.write_peer(prefix, None) {
+                Ok(()) => stats.writes += 1,
+                Err(failure) => {
+                    fence.all_isolated = true;
+                    failures.push(*failure);
+                }
+            }
+        }
+
+        for key in &delta.policy_removals {
+            match self.maps.policy.remove(key) {
+                Ok(()) => stats.writes += 1,
+                Err(source) if is_not_found(&source) => {}
+                Err(source) => {
+                    fence.endpoint_ids.insert(key.endpoint_id);
+                    failures.push(UpdateError::PolicyRemoval { key: *key, source });
+                }
+            }
+        }
+
+        let mut record_changed = false;
+        for pod in &delta.endpoint_removals {
+            let Some(ifindex) = self.record.ifindex_of(pod) else {
+                continue;
+            };
+            match self.remove_endpoint_entry(ifindex, pod) {
+                Ok(removed) => {
+                    stats.writes += removed;
+                    self.record.endpoints.remove(&ifindex);
+                    record_changed = true;
+                }
+                Err(failure) => failures.push(*failure),
+            }
+        }
+        if record_changed && let Err(failure) = self.record.save(&self.config.state_file) {
+            failures.push(failure.into());
+        }
+
+        if fence.all_isolated || !fence.endpoint_ids.is_empty() {
+            self.fence_others(&fence, &mut stats, &mut failures, &mut fenced);
+        }
+        if failures.is_empty() {
+            debug!(writes = stats.writes, "delta applied");
+            Ok(stats)
+        } else {
+            for pod in &fenced {
+                error!(%pod, "endpoint denies all traffic after a failed map update");
+            }
+            Err(ApplyError { failures, fenced })
+        }
+    }
+
+    /// Fences every endpoint in the map that a failure concerns and that does not deny all
+    /// traffic yet (including endpoints this update wrote before a later step failed).
+    fn fence_others(
+        &mut self,
+        fence: &Fence,
+        stats: &mut super::ApplyStats,
+        failures: &mut Vec<UpdateError>,
+        fenced: &mut Vec<PodRef>,
+    ) {
+        let entries: Vec<(u32, EndpointInfo)> = self
+            .maps
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, info)| info.flags & ENDPOINT_NOT_READY == 0 && fence.applies(info))
+            .collect();
+        for (ifindex, mut info) in entries {
+            let pod = self
+                .record
+                .endpoints
+                .get(&ifindex)
+                .map(|record| record.pod.clone())
+                .unwrap_or_else(|| PodRef {
+                    namespace: String::new(),
+                    name: format!("ifindex {ifindex}"),
+                });
+            info.flags |= ENDPOINT_NOT_READY;
+            match self.maps.endpoints.insert(&ifindex, &info, 0) {
+                Ok(()) => {
+                    stats.writes += 1;
+                    fenced.push(pod);
+                }
+                Err(source) => failures.push(UpdateError::Fence {
+                    pod,
+                    ifindex,
+                    source,
+                }),
+            }
+        }
+    }
+
+    fn remove_endpoint_entry(
+        &mut self,
+        ifindex: u32,
+        pod: &PodRef,
+    ) -> Result<usize, Box<UpdateError>> {
+        match self.maps.endpoints.remove(&ifindex) {
+            Ok(()) => Ok(1),
+            Err(source) if is_not_found(&source) => Ok(0),
+            Err(source) => Err(Box::new(UpdateError::EndpointRemoval {
+                pod: pod.clone(),
+                ifindex,
+                source,
+            })),
+        }
+    }
+
+    /// Writes (`Some(class)`) or removes (`None`) one prefix of the peer tries.
+    fn write_peer(&mut self, prefix: Prefix, class: Option<u32>) -> Result<(), Box<UpdateError>> {
+        let key = encode::peer_key(&prefix).ok_or(UpdateError::InvalidPrefix {
+            prefix,
+            len: prefix.len,
+        })?;
+        let result = match (key, class) {
+            (PeerKey::V4(key), Some(id)) => self.maps.peers_v4.insert(&key, &PeerClass { id }, 0),
+            (PeerKey::V6(key), Some(id)) => self.maps.peers_v6.insert(&key, &PeerClass { id }, 0),
+            (PeerKey::V4(key), None) => self.maps.peers_v4.remove(&key),
+            (PeerKey::V6(key), None) => self.maps.peers_v6.remove(&key),
+        };
+        match (result, class) {
+            (Ok(()), _) => Ok(()),
+            (Err(source), None) if is_not_found(&source) => Ok(()),
+            (Err(source), Some(class)) => Err(Box::new(UpdateError::PeerUpsert {
+                prefix,
+                class,
+                source,
+            })),
+            (Err(source), None) => Err(Box::new(UpdateError::PeerRemoval { prefix, source })),
+        }
+    }
+
+    /// Records what each rule id stands for (no map holds it).
+    pub fn set_rules(&mut self, rules: &BTreeMap<u32, RuleRef>) -> Result<(), DatapathError> {
+        if &self.record.rules != rules {
+            self.record.rules = rules.clone();
+            self.record.save(&self.config.state_file)?;
+        }
+        Ok(())
+    }
+
+    /// The rule a rule id stands for, as last recorded.
+    pub fn rule(&self, rule_id: u32) -> Option<&RuleRef> {
+        self.record.rules.get(&rule_id)
+    }
+
+    /// Brings the maps to `desired`, writing only what differs from what they hold now (a
+    /// restarted agent that adopted its pins writes nothing for unchanged state). Endpoint-map
+    /// entries that no desired pod owns are removed.
+    pub fn sync(
+        &mut self,
+        desired: &NodeState,
+        ifindex_of: impl Fn(&PodRef) -> Option<u32>,
+    ) -> Result<ApplyStats, ApplyError> {
+        let (programmed, unknown) = self.read_programmed().map_err(|failure| ApplyError {
+            failures: vec![failure.into()],
+            fenced: Vec::new(),
+        })?;
+        let mut delta = delta_between(&programmed, desired);
+        for (pod, endpoint) in &desired.endpoints {
+            let moved =
+                ifindex_of(pod).is_some_and(|ifindex| self.record.ifindex_of(pod) != Some(ifindex));
+            if moved
+                && !delta
+                    .endpoint_upserts
+                    .iter()
+                    .any(|upsert| &upsert.pod == pod)
+            {
+                delta.endpoint_upserts.push(endpoint.clone());
+            }
+        }
+        if let Err(failure) = self.set_rules(&desired.rules) {
+            return Err(ApplyError {
+                failures: vec![failure.into()],
+                fenced: Vec::new(),
+            });
+        }
+        let mut stats = self.apply(&delta, &ifindex_of)?;
+        let owned: BTreeSet<u32> = desired.endpoints.keys().filter_map(&ifindex_of).collect();
+        let mut failures = Vec::new();
+        for ifindex in unknown
+            .into_iter()
+            .filter(|ifindex| !owned.contains(ifindex))
+        {
+            let pod = PodRef {
+                namespace: String::new(),
+                name: format!("ifindex {ifindex}"),
+            };
+            match self.remove_endpoint_entry(ifindex, &pod) {
+                Ok(removed) => {
+                    stats.writes += removed;
+                    warn!(ifindex, "removed an endpoint entry no recorded pod owns");
+                }
+                Err(failure) => failures.push(*failure),
+            }
+        }
+        if failures.is_empty() {
+            if stats.writes > 0 {
+                info!(writes = stats.writes, "datapath converged");
+            }
+            Ok(stats)
+        } else {
+            Err(ApplyError {
+                failures,
+                fenced: Vec::new(),
+            })
+        }
+    }
+
+    /// What the maps hold now, in the shape of the desired state. Endpoints are named through the
+    /// record; entries it cannot name are left out (and logged).
+    pub fn programmed_state(&self) -> Result<NodeState, DatapathError> {
+        let (state, unknown) = self.read_programmed()?;
+        for ifindex in unknown {
+            warn!(
+                ifindex,
+                "endpoint entry of an interface no recorded pod owns"
+            );
+        }
+        Ok(state)
+    }
+
+    fn read_programmed(&self) -> Result<(NodeState, Vec<u32>), DatapathError> {
+        use policy_common::names::{ENDPOINTS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP};
+        let mut state = NodeState {
+            rules: self.record.rules.clone(),
+            ..NodeState::default()
+        };
+        let mut unknown = Vec::new();
+        for entry in self.maps.endpoints.iter() {
+            let (ifindex, info) = entry.map_err(|source| DatapathError::ReadMap {
+                name: ENDPOINTS_MAP,
+                source,
+            })?;
+            match self.record.endpoints.get(&ifindex) {
+                Some(record) => {
+                    state.endpoints.insert(
+                        record.pod.clone(),
+                        EndpointState {
+                            pod: record.pod.clone(),
+                            ips: record.ips.clone(),
+                            info,
+                        },
+                    );
+                }
+                None => unknown.push(ifindex),
+            }
+        }
+        for entry in self.maps.peers_v4.iter() {
+            let (key, class) = entry.map_err(|source| DatapathError::ReadMap {
+                name: PEERS_V4_MAP,
+                source,
+            })?;
+            state.peers.insert(encode::prefix_from_v4(&key), class.id);
+        }
+        for entry in self.maps.peers_v6.iter() {
+            let (key, class) = entry.map_err(|source| DatapathError::ReadMap {
+                name: PEERS_V6_MAP,
+                source,
+            })?;
+            state.peers.insert(encode::prefix_from_v6(&key), class.id);
+        }
+        for entry in self.maps.policy.iter() {
+            let (key, value) = entry.map_err(|source| DatapathError::ReadMap {
+                name: POLICY_MAP,
+                source,
+            })?;
+            state.policy.insert(key, value);
+        }
+        Ok((state, unknown))
+    }
+
+    /// The interface each programmed pod's endpoint entry is keyed by.
+    pub fn programmed_ifindexes(&self) -> BTreeMap<PodRef, u32> {
+        self.record
+            .endpoints
+            .iter()
+            .map(|(&ifindex, record)| (record.pod.clone(), ifindex))
+            .collect()
+    }
+
+    /// Makes the host address map hold exactly `addrs` (traffic between a pod and these
+    /// addresses is always allowed).
+    pub fn set_host_addrs(&mut self, addrs: &[IpAddr]) -> Result<ApplyStats, ApplyError> {
+        use policy_common::names::HOST_ADDRS_MAP;
+        let mut stats = ApplyStats::default();
+        let mut failures = Vec::new();
+        let wanted: BTreeMap<_, IpAddr> = addrs
+            .iter()
+            .map(|&addr| (host_key_bytes(addr), addr))
+            .collect();
+        let mut present = BTreeSet::new();
+        let mut stale = Vec::new();
+        for key in self.maps.host_addrs.keys() {
+            let key = key.map_err(|source| ApplyError {
+                failures: vec![
+                    DatapathError::ReadMap {
+                        name: HOST_ADDRS_MAP,
+                        source,
+                    }
+                    .into(),
+                ],
+                fenced: Vec::new(),
+            })?;
+            if wanted.contains_key(&(key.family, key.addr)) {
+                present.insert((key.family, key.addr));
+            } else {
+                stale.push(key);
+            }
+        }
+        for (bytes, &addr) in &wanted {
+            if present.contains(bytes) {
+                continue;
+            }
+            match self
+                .maps
+                .host_addrs
+                .insert(&encode::host_addr_key(addr), &1, 0)
+            {
+                Ok(()) => stats.writes += 1,
+                Err(source) => failures.push(UpdateError::HostAddrUpsert { addr, source }),
+            }
+        }
+        for key in stale {
+            match self.maps.host_addrs.remove(&key) {
+                Ok(()) => stats.writes += 1,
+                Err(source) if is_not_found(&source) => {}
+                Err(source) => failures.push(UpdateError::HostAddrRemoval {
+                    addr: encode::addr_from_bytes(key.family, key.addr)
+                        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                    source,
+                }),
+            }
+        }
+        if stats.writes > 0 {
+            info!(addrs = ?addrs, "host addresses updated");
+        }
+        if failures.is_empty() {
+            Ok(stats)
+        } else {
+            Err(ApplyError {
+                failures,
+                fenced: Vec::new(),
+            })
+        }
+    }
+
+    /// The addresses in the host address map.
+    pub fn host_addrs(&self) -> Result<Vec<IpAddr>, DatapathError> {
+        let mut addrs = Vec::new();
+        for key in self.maps.host_addrs.keys() {
+            let key = key.map_err(|source| DatapathError::ReadMap {
+                name: policy_common::names::HOST_ADDRS_MAP,
+                source,
+            })?;
+            addrs.extend(encode::addr_from_bytes(key.family, key.addr));
+        }
+        addrs.sort();
+        Ok(addrs)
+    }
+}
+
+fn host_key_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
+    encode::addr_bytes(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use policy_common::maps::{PolicyKey, PolicyValue};
+
+    use super::*;
+
+    fn pod(name: &str) -> PodRef {
+        PodRef {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn endpoint(name: &str, id: u32, flags: u32) -> EndpointState {
+        EndpointState {
+            pod: pod(name),
+            ips: vec![format!("10.0.0.{id}").parse().unwrap()],
+            info: EndpointInfo {
+                endpoint_id: id,
+                flags,
+                ingress_plan: 0,
+                egress_plan: 0,
+            },
+        }
+    }
+
+    fn key(endpoint_id: u32, port: u16) -> PolicyKey {
+        PolicyKey {
+            endpoint_id,
+            peer_class: 1,
+            port,
+            direction: 0,
+            protocol: 6,
+            port_prefix_len: 16,
+            _pad: [0; 3],
+        }
+    }
+
+    fn state(
+        endpoints: &[EndpointState],
+        policy: &[(PolicyKey, u32)],
+        peers: &[(&str, u8, u32)],
+    ) -> NodeState {
+        NodeState {
+            endpoints: endpoints
+                .iter()
+                .map(|endpoint| (endpoint.pod.clone(), endpoint.clone()))
+                .collect(),
+            peers: peers
+                .iter()
+                .map(|&(addr, len, class)| {
+                    (
+                        Prefix {
+                            addr: addr.parse().unwrap(),
+                            len,
+                        },
+                        class,
+                    )
+                })
+                .collect(),
+            policy: policy
+                .iter()
+                .map(|&(key, rule_id)| (key, PolicyValue { rule_id }))
+                .collect(),
+            rules: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn equal_states_have_an_empty_delta() {
+        let a = state(
+            &[endpoint("a", 1, 1)],
+            &[(key(1, 80), 3)],
+            &[("10.0.0.0", 24, 1)],
+        );
+        assert!(delta_between(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn delta_upserts_changes_and_removes_leftovers() {
+        let from = state(
+            &[endpoint("a", 1, 1), endpoint("b", 2, 0)],
+            &[(key(1, 80), 3), (key(1, 443), 3)],
+            &[("10.0.0.0", 24, 1), ("fd00::", 64, 2)],
+        );
+        let to = state(
+            &[endpoint("a", 1, 3), endpoint("c", 3, 0)],
+            &[(key(1, 80), 4), (key(3, 53), 5)],
+            &[("10.0.0.0", 24, 1), ("10.1.0.0", 16, 2)],
+        );
+        let delta = delta_between(&from, &to);
+        assert_eq!(
+            delta.policy_upserts,
+            vec![
+                (key(1, 80), PolicyValue { rule_id: 4 }),
+                (key(3, 53), PolicyValue { rule_id: 5 })
+            ]
+        );
+        assert_eq!(delta.policy_removals, vec![key(1, 443)]);
+        assert_eq!(
+            delta.peer_upserts,
+            vec![(
+                Prefix {
+                    addr: "10.1.0.0".parse().unwrap(),
+                    len: 16
+                },
+                2
+            )]
+        );
+        assert_eq!(
+            delta.peer_removals,
+            vec![Prefix {
+                addr: "fd00::".parse().unwrap(),
+                len: 64
+            }]
+        );
+        assert_eq!(
+            delta.endpoint_upserts,
+            vec![endpoint("a", 1, 3), endpoint("c", 3, 0)]
+        );
+        assert_eq!(delta.endpoint_removals, vec![pod("b")]);
+    }
+
+    #[test]
+    fn fence_covers_named_endpoints_and_all_isolated_ones() {
+        let open = endpoint("a", 1, 0).info;
+        let isolated = endpoint("b", 2, 1).info;
+        let named = Fence {
+            all_isolated: false,
+            endpoint_ids: [1].into(),
+        };
+        assert!(named.applies(&open));
+        assert!(!named.applies(&isolated));
+        let all = Fence {
+            all_isolated: true,
+            endpoint_ids: BTreeSet::new(),
+        };
+        assert!(!all.applies(&open));
+        assert!(all.applies(&isolated));
+    }
+}

@@ -1,0 +1,378 @@
+//! Network namespaces for real-traffic tests: a node namespace, pod namespaces wired to it
+//! ptp style (a veth per pod, /32 and /128 routes on the node side, the node as each pod's
+//! gateway), and sockets run inside a namespace. Everything is owned by guards that delete it on
+//! drop, so a failing test leaves nothing behind.
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// The node side of every pod veth: the pods' gateway.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 1);
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, 1);
+
+/// How long a connection attempt may take before it counts as dropped.
+pub const DROP_TIMEOUT: Duration = Duration::from_millis(600);
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs `ip` with the arguments, panicking with its output when it fails.
+pub fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run ip {args:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn sysctl(netns: &str, key: &str, value: &str) {
+    ip(&[
+        "netns",
+        "exec",
+        netns,
+        "sysctl",
+        "-qw",
+        &format!("{key}={value}"),
+    ]);
+}
+
+/// A unique short tag for one test's objects, so tests can run in parallel.
+pub fn unique_tag(test: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        // Addresses usable at once: duplicate address detection would hold new interfaces'
+        // link-local addresses back for a second or more.
+        for conf in ["all", "default"] {
+            sysctl(&name, &format!("net.ipv6.conf.{conf}.accept_dad"), "0");
+        }
+        Netns { name }
+    }
+
+    /// Runs `f` on a thread that entered this namespace, and returns its result.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("thread in netns panicked")
+    }
+
+    /// Starts `f` on a thread that entered this namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|error| panic!("{path}: {error}"));
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+
+    /// The index of an interface of this namespace.
+    pub fn ifindex(&self, name: &str) -> u32 {
+        let name = name.to_owned();
+        self.run(move || nix::net::if_::if_nametoindex(name.as_str()).expect("if_nametoindex"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A pod: its namespace, its addresses, and the node side of its veth.
+pub struct Pod {
+    pub netns: Netns,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    /// The host-side veth, in the node namespace.
+    pub host_if: String,
+    pub ifindex: u32,
+}
+
+/// A node namespace routing for its pods.
+pub struct Node {
+    pub netns: Netns,
+    tag: String,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Node {
+        let netns = Netns::new(format!("dpt-{tag}-node"));
+        sysctl(&netns.name, "net.ipv4.ip_forward", "1");
+        sysctl(&netns.name, "net.ipv6.conf.all.forwarding", "1");
+        Node {
+            netns,
+            tag: tag.to_owned(),
+        }
+    }
+
+    /// Adds pod number `n` (2 to 254): `10.70.0.n/32` and `fd70::n/128`, its veth `hv-<n>` on
+    /// the node, the node as its default gateway.
+    pub fn add_pod(&self, n: u8) -> Pod {
+        let netns = Netns::new(format!("dpt-{}-p{n}", self.tag));
+        let node = &self.netns.name;
+        let pod = &netns.name;
+        let host_if = format!("hv-{n}");
+        let v4 = Ipv4Addr::new(10, 70, 0, n);
+        let v6 = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, u16::from(n));
+        ip(&[
+            "-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+            pod,
+        ]);
+        ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{GATEWAY_V4}/32"),
+            "dev",
+            &host_if,
+        ]);
+        ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{GATEWAY_V6}/128"),
+            "dev",
+            &host_if,
+            "nodad",
+        ]);
+        ip(&["-n", node, "link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            node,
+            "route",
+            "add",
+            &format!("{v4}/32"),
+            "dev",
+            &host_if,
+        ]);
+        ip(&[
+            "-n",
+            node,
+            "-6",
+            "route",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            &host_if,
+        ]);
+        ip(&["-n", pod, "addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            pod,
+            "addr",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&["-n", pod, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            pod,
+            "route",
+            "add",
+            &GATEWAY_V4.to_string(),
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ip(&[
+            "-n",
+            pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_V4.to_string(),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            pod,
+            "-6",
+            "route",
+            "add",
+            &GATEWAY_V6.to_string(),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            pod,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_V6.to_string(),
+            "dev",
+            "eth0",
+        ]);
+        let ifindex = self.netns.ifindex(&host_if);
+        Pod {
+            netns,
+            v4,
+            v6,
+            host_if,
+            ifindex,
+        }
+    }
+}
+
+/// The wildcard address of a dual-stack socket: it serves IPv4 (as mapped addresses) and IPv6.
+const ANY: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+
+/// An echo server in a pod's namespace, on both families; stops on drop.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn tcp(netns: &Netns, port: u16) -> EchoServer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = netns.run(move || {
+            let listener = TcpListener::bind(SocketAddr::new(ANY.ip(), port)).expect("bind tcp");
+            listener.set_nonblocking(true).expect("nonblocking");
+            listener
+        });
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        thread::spawn(move || echo_stream(stream));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        EchoServer {
+            stop,
+            threads: vec![thread],
+        }
+    }
+
+    pub fn udp(netns: &Netns, port: u16) -> EchoServer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket = netns.run(move || {
+            let socket = UdpSocket::bind(SocketAddr::new(ANY.ip(), port)).expect("bind udp");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            socket
+        });
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut buf = [0; 1500];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..len], from);
+                }
+            }
+        });
+        EchoServer {
+            stop,
+            threads: vec![thread],
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn echo_stream(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0; 1500];
+    while let Ok(len) = stream.read(&mut buf) {
+        if len == 0 || stream.write_all(&buf[..len]).is_err() {
+            break;
+        }
+    }
+}
+
+/// Opens a TCP connection from inside `netns`, or `None` when it does not complete in time.
+pub fn connect(netns: &Netns, to: SocketAddr) -> Option<TcpStream> {
+    netns.run(move || TcpStream::connect_timeout(&to, DROP_TIMEOUT).ok())
+}
+
+/// Sends a message on the stream and whether the same bytes come back in time.
+pub fn echoes(stream: &mut TcpStream, message: &[u8]) -> bool {
+    stream
+        .set_read_timeout(Some(DROP_TIMEOUT))
+        .expect("read timeout");
+    if stream.write_all(message).is_err() {
+        return false;
+    }
+    let mut buf = vec![0; message.len()];
+    stream.read_exact(&mut buf).is_ok() && buf == message
+}
+
+/// Whether a TCP connection from `netns` to `to` opens and echoes.
+pub fn tcp_works(netns: &Netns, to: SocketAddr) -> bool {
+    connect(netns, to).is_some_and(|mut stream| echoes(&mut stream, b"ping"))
+}
+
+/// Whether a UDP datagram from `netns` to `to` is echoed back in time.
+pub fn udp_works(netns: &Netns, to: SocketAddr) -> bool {
+    netns.run(move || {
+        let local: SocketAddr = match to {
+            SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("addr"),
+            SocketAddr::V6(_) => "[::]:0".parse().expect("addr"),
+        };
+        let socket = UdpSocket::bind(local).expect("bind udp client");
+        socket
+            .set_read_timeout(Some(DROP_TIMEOUT))
+            .expect("timeout");
+        socket.send_to(b"ping", to).expect("send");
+        let mut buf = [0; 16];
+        matches!(socket.recv_from(&mut buf), Ok((4, from)) if from == to && &buf[..4] == b"ping")
+    })
+}

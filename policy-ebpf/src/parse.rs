@@ -1,0 +1,410 @@
+//! Header parsing with direct packet access.
+//!
+//! Every read goes through [`header`], which bounds-checks against `data_end` and, when a header
+//! lies past the linear part of a non-linear skb (GSO/GRO), pulls exactly up to that header with
+//! `bpf_skb_pull_data` and checks again. Nothing else touches packet memory.
+
+use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
+use policy_common::maps::{FAMILY_V4, FAMILY_V6};
+
+const ETH_HEADER: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// How many IPv6 extension headers the parser walks; a longer chain is [`ParseError::Unparsed`].
+pub const MAX_IPV6_EXTENSIONS: usize = 6;
+/// No header is read past this offset; only a pathological extension chain gets near it.
+const MAX_HEADER_OFFSET: usize = 16 * 1024;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// `Packet::fragment`: not a fragment, or an IPv6 atomic fragment.
+pub const FRAGMENT_NONE: u8 = 0;
+/// `Packet::fragment`: offset 0 with more fragments to follow.
+pub const FRAGMENT_FIRST: u8 = 1;
+/// `Packet::fragment`: offset above 0: no L4 header.
+pub const FRAGMENT_LATER: u8 = 2;
+
+/// What the parser learnt about a packet. Fields past the point where parsing stopped stay 0.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    /// Network order; IPv4 in the first 4 bytes.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Host order. ICMP echo: the identifier in `src_port` of a request, `dst_port` of a reply.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// 0 until the IP header is parsed, then `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// The L4 protocol (IPv6: the first header past the walked extension headers).
+    pub protocol: u8,
+    pub tcp_flags: u8,
+    /// `FRAGMENT_*`.
+    pub fragment: u8,
+    /// IPv4 identification (zero-extended) or IPv6 fragment identification.
+    pub fragment_id: u32,
+    /// Offset of the L4 header from the start of the frame.
+    pub l4_offset: u32,
+}
+
+impl Packet {
+    pub const fn new() -> Packet {
+        Packet {
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            family: 0,
+            protocol: 0,
+            tcp_flags: 0,
+            fragment: FRAGMENT_NONE,
+            fragment_id: 0,
+            l4_offset: 0,
+        }
+    }
+
+    /// The port a policy entry matches: the destination port where the protocol has ports.
+    #[inline(always)]
+    pub const fn policy_port(&self) -> u16 {
+        match self.protocol {
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => self.dst_port,
+            _ => 0,
+        }
+    }
+}
+
+/// The kinds of packet the programs decide differently.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NonIp,
+    /// ICMPv6 neighbour discovery (types 133 to 137).
+    NeighbourDiscovery,
+    /// A packet with a full L4 tuple (ports 0 for protocols without ports).
+    Flow,
+    /// A non-first fragment: addresses and fragment id only.
+    LaterFragment,
+    /// An ICMP or ICMPv6 error; the offending packet's header follows at `l4_offset + 8`.
+    IcmpError,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// A header is truncated or carries an impossible value.
+    Malformed,
+    /// The headers are well-formed but more than the parser walks (long IPv6 chains, stacked VLANs).
+    Unparsed,
+}
+
+/// A bounds-checked pointer to `N` bytes at `offset`, pulling non-linear data in when needed.
+#[inline(always)]
+fn header<const N: usize>(ctx: &TcContext, offset: usize) -> Option<*const [u8; N]> {
+    if offset > MAX_HEADER_OFFSET {
+        return None;
+    }
+    let start = data(ctx) + offset;
+    if start + N <= data_end(ctx) {
+        return Some(start as *const [u8; N]);
+    }
+    let end = offset + N;
+    if end > ctx.len() as usize || ctx.pull_data(end as u32).is_err() {
+        return None;
+    }
+    // The pull moved the packet: the checked pointer is derived afresh.
+    let start = data(ctx) + offset;
+    if start + N > data_end(ctx) {
+        return None;
+    }
+    Some(start as *const [u8; N])
+}
+
+/// `skb->data`, read afresh at every use: a value the compiler kept across a loop or a helper
+/// call would reach the verifier as a scalar, or as a stale pointer after a pull.
+#[inline(always)]
+fn data(ctx: &TcContext) -> usize {
+    let skb = ctx.as_ptr() as *const __sk_buff;
+    // SAFETY: the context of a TC program is a `__sk_buff`.
+    unsafe { core::ptr::read_volatile(&raw const (*skb).data) as usize }
+}
+
+/// `skb->data_end`, read like [`data`].
+#[inline(always)]
+fn data_end(ctx: &TcContext) -> usize {
+    let skb = ctx.as_ptr() as *const __sk_buff;
+    // SAFETY: the context of a TC program is a `__sk_buff`.
+    unsafe { core::ptr::read_volatile(&raw const (*skb).data_end) as usize }
+}
+
+/// Checks that the byte before `end` is present (pulling it in when needed).
+#[inline(always)]
+fn present(ctx: &TcContext, end: usize) -> bool {
+    end > 0 && header::<1>(ctx, end - 1).is_some()
+}
+
+#[inline(always)]
+const fn be16(high: u8, low: u8) -> u16 {
+    u16::from_be_bytes([high, low])
+}
+
+/// Parses Ethernet, one 802.1Q/802.1ad tag, IPv4 (options) or IPv6 (extension headers) and the
+/// L4 header, filling `packet`.
+#[inline(always)]
+pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError> {
+    let eth = header::<ETH_HEADER>(ctx, 0).ok_or(ParseError::Malformed)?;
+    // SAFETY: `header` checked that all ETH_HEADER bytes are inside the packet.
+    let (mut ethertype, mut offset) = unsafe { (be16((*eth)[12], (*eth)[13]), ETH_HEADER) };
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let tag = header::<4>(ctx, ETH_HEADER).ok_or(ParseError::Malformed)?;
+        // SAFETY: bounds-checked by `header`.
+        ethertype = unsafe { be16((*tag)[2], (*tag)[3]) };
+        offset += 4;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            return Err(ParseError::Unparsed);
+        }
+    }
+    match ethertype {
+        ETH_P_IPV4 => parse_ipv4(ctx, offset, packet),
+        ETH_P_IPV6 => parse_ipv6(ctx, offset, packet),
+        _ => Ok(Shape::NonIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
+    let ip = header::<20>(ctx, offset).ok_or(ParseError::Malformed)?;
+    // SAFETY: bounds-checked by `header`; the copy keeps later helper calls from invalidating it.
+    let ip = unsafe { *ip };
+    if ip[0] >> 4 != 4 {
+        return Err(ParseError::Malformed);
+    }
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    if header_len < 20 || usize::from(be16(ip[2], ip[3])) < header_len {
+        return Err(ParseError::Malformed);
+    }
+    packet.family = FAMILY_V4;
+    packet.protocol = ip[9];
+    packet.src_addr[..4].copy_from_slice(&ip[12..16]);
+    packet.dst_addr[..4].copy_from_slice(&ip[16..20]);
+    if !present(ctx, offset + header_len) {
+        return Err(ParseError::Malformed);
+    }
+    let flags_offset = be16(ip[6], ip[7]);
+    packet.fragment_id = u32::from(be16(ip[4], ip[5]));
+    if flags_offset & 0x1fff != 0 {
+        packet.fragment = FRAGMENT_LATER;
+        return Ok(Shape::LaterFragment);
+    }
+    if flags_offset & 0x2000 != 0 {
+        packet.fragment = FRAGMENT_FIRST;
+    }
+    parse_l4(ctx, offset + header_len, ip[9], packet)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
+    let ip = header::<40>(ctx, offset).ok_or(ParseError::Malformed)?;
+    // SAFETY: bounds-checked by `header`.
+    let (version, mut next) = unsafe { ((*ip)[0] >> 4, (*ip)[6]) };
+    if version != 6 {
+        return Err(ParseError::Malformed);
+    }
+    // SAFETY: bounds-checked by `header`.
+    unsafe {
+        packet.src_addr = *(ip as *const u8).add(8).cast::<[u8; 16]>();
+        packet.dst_addr = *(ip as *const u8).add(24).cast::<[u8; 16]>();
+    }
+    packet.family = FAMILY_V6;
+    let mut offset = offset + 40;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let ext = header::<2>(ctx, offset).ok_or(ParseError::Malformed)?;
+                // SAFETY: bounds-checked by `header`.
+                let (ext_next, ext_len) = unsafe { ((*ext)[0], usize::from((*ext)[1])) };
+                let len = if next == IPPROTO_AH {
+                    (ext_len + 2) * 4
+                } else {
+                    (ext_len + 1) * 8
+                };
+                // An authentication header is at least 12 bytes (RFC 4302: length field >= 1).
+                let too_short = next == IPPROTO_AH && ext_len == 0;
+                if too_short || !present(ctx, offset + len) {
+                    return Err(ParseError::Malformed);
+                }
+                next = ext_next;
+                offset += len;
+            }
+            IPPROTO_FRAGMENT => {
+                let frag = header::<8>(ctx, offset).ok_or(ParseError::Malformed)?;
+                // SAFETY: bounds-checked by `header`.
+                let frag = unsafe { *frag };
+                let offset_flags = be16(frag[2], frag[3]);
+                packet.fragment_id = u32::from_be_bytes([frag[4], frag[5], frag[6], frag[7]]);
+                packet.protocol = frag[0];
+                if offset_flags & 0xfff8 != 0 {
+                    packet.fragment = FRAGMENT_LATER;
+                    return Ok(Shape::LaterFragment);
+                }
+                if offset_flags & 1 != 0 {
+                    packet.fragment = FRAGMENT_FIRST;
+                }
+                next = frag[0];
+                offset += 8;
+            }
+            _ => return parse_l4(ctx, offset, next, packet),
+        }
+    }
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Err(ParseError::Unparsed)
+        }
+        _ => parse_l4(ctx, offset, next, packet),
+    }
+}
+
+#[inline(always)]
+fn parse_l4(
+    ctx: &TcContext,
+    offset: usize,
+    protocol: u8,
+    packet: &mut Packet,
+) -> Result<Shape, ParseError> {
+    packet.protocol = protocol;
+    packet.l4_offset = offset as u32;
+    match protocol {
+        IPPROTO_TCP => {
+            let tcp = header::<20>(ctx, offset).ok_or(ParseError::Malformed)?;
+            // SAFETY: bounds-checked by `header`.
+            let tcp = unsafe { *tcp };
+            let header_len = usize::from(tcp[12] >> 4) * 4;
+            if header_len < 20 || !present(ctx, offset + header_len) {
+                return Err(ParseError::Malformed);
+            }
+            packet.src_port = be16(tcp[0], tcp[1]);
+            packet.dst_port = be16(tcp[2], tcp[3]);
+            packet.tcp_flags = tcp[13];
+            Ok(Shape::Flow)
+        }
+        IPPROTO_UDP => ports::<8>(ctx, offset, packet),
+        IPPROTO_SCTP => ports::<12>(ctx, offset, packet),
+        IPPROTO_ICMP if packet.family == FAMILY_V4 => parse_icmp(ctx, offset, packet),
+        IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => parse_icmp(ctx, offset, packet),
+        _ => Ok(Shape::Flow),
+    }
+}
+
+/// UDP and SCTP: the ports lead a header of `N` bytes.
+#[inline(always)]
+fn ports<const N: usize>(
+    ctx: &TcContext,
+    offset: usize,
+    packet: &mut Packet,
+) -> Result<Shape, ParseError> {
+    let l4 = header::<N>(ctx, offset).ok_or(ParseError::Malformed)?;
+    // SAFETY: bounds-checked by `header`; N >= 4.
+    unsafe {
+        packet.src_port = be16((*l4)[0], (*l4)[1]);
+        packet.dst_port = be16((*l4)[2], (*l4)[3]);
+    }
+    Ok(Shape::Flow)
+}
+
+/// The echo identifier as CtKey ports: `(id, 0)` for a request, `(0, id)` for a reply, else
+/// `(0, 0)`.
+#[inline(always)]
+const fn echo_ports(family: u8, icmp_type: u8, id: u16) -> (u16, u16) {
+    match (family, icmp_type) {
+        (FAMILY_V4, 8) | (FAMILY_V6, 128) => (id, 0),
+        (FAMILY_V4, 0) | (FAMILY_V6, 129) => (0, id),
+        _ => (0, 0),
+    }
+}
+
+#[inline(always)]
+fn parse_icmp(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
+    let icmp = header::<8>(ctx, offset).ok_or(ParseError::Malformed)?;
+    // SAFETY: bounds-checked by `header`.
+    let (icmp_type, id) = unsafe { ((*icmp)[0], be16((*icmp)[4], (*icmp)[5])) };
+    let v4 = packet.family == FAMILY_V4;
+    if !v4 && (133..=137).contains(&icmp_type) {
+        return Ok(Shape::NeighbourDiscovery);
+    }
+    let error = if v4 {
+        matches!(icmp_type, 3 | 11 | 12)
+    } else {
+        matches!(icmp_type, 1..=4)
+    };
+    if error {
+        return Ok(Shape::IcmpError);
+    }
+    (packet.src_port, packet.dst_port) = echo_ports(packet.family, icmp_type, id);
+    Ok(Shape::Flow)
+}
+
+/// The tuple of the packet an ICMP error quotes, as seen by whoever sent that packet:
+/// `(protocol, src_addr, dst_addr, src_port, dst_port)`. `None` when the quote is too short,
+/// is a non-first fragment, or (IPv6) starts with an extension header.
+#[inline(always)]
+pub fn quoted_tuple(
+    ctx: &TcContext,
+    packet: &Packet,
+) -> Option<(u8, [u8; 16], [u8; 16], u16, u16)> {
+    let offset = packet.l4_offset as usize + 8;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    let (protocol, l4_offset) = if packet.family == FAMILY_V4 {
+        let ip = header::<20>(ctx, offset)?;
+        // SAFETY: bounds-checked by `header`.
+        let ip = unsafe { *ip };
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        if ip[0] >> 4 != 4 || header_len < 20 || be16(ip[6], ip[7]) & 0x1fff != 0 {
+            return None;
+        }
+        src[..4].copy_from_slice(&ip[12..16]);
+        dst[..4].copy_from_slice(&ip[16..20]);
+        (ip[9], offset + header_len)
+    } else {
+        let ip = header::<40>(ctx, offset)?;
+        // SAFETY: bounds-checked by `header`.
+        let (version, next) = unsafe { ((*ip)[0] >> 4, (*ip)[6]) };
+        if version != 6 {
+            return None;
+        }
+        // SAFETY: bounds-checked by `header`.
+        unsafe {
+            src = *(ip as *const u8).add(8).cast::<[u8; 16]>();
+            dst = *(ip as *const u8).add(24).cast::<[u8; 16]>();
+        }
+        (next, offset + 40)
+    };
+    let l4 = header::<8>(ctx, l4_offset)?;
+    // SAFETY: bounds-checked by `header`.
+    let l4 = unsafe { *l4 };
+    let (src_port, dst_port) = match protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => (be16(l4[0], l4[1]), be16(l4[2], l4[3])),
+        IPPROTO_ICMP if packet.family == FAMILY_V4 => {
+            echo_ports(FAMILY_V4, l4[0], be16(l4[4], l4[5]))
+        }
+        IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => {
+            echo_ports(FAMILY_V6, l4[0], be16(l4[4], l4[5]))
+        }
+        _ => (0, 0),
+    };
+    Some((protocol, src, dst, src_port, dst_port))
+}

@@ -1,0 +1,70 @@
+//! Policy lookup: the peer's class from the LPM tries, then the endpoint's allow entries.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use policy_common::{
+    maps::{EndpointInfo, FAMILY_V4, HostAddrKey, WORLD_CLASS},
+    ports::probe_policy,
+    verdict::Direction,
+};
+
+use crate::{
+    maps::{NP_HOSTADDR_V1, NP_PEER4_V1, NP_PEER6_V1, NP_POLICY_V1},
+    parse::Packet,
+};
+
+/// The address on the far side of the endpoint: the destination of what the pod sends, the
+/// source of what it receives.
+#[inline(always)]
+pub const fn peer_addr(packet: &Packet, direction: Direction) -> &[u8; 16] {
+    match direction {
+        Direction::Egress => &packet.dst_addr,
+        Direction::Ingress => &packet.src_addr,
+    }
+}
+
+/// Whether the peer is an address of this node.
+#[inline(always)]
+pub fn is_host(packet: &Packet, direction: Direction) -> bool {
+    let key = HostAddrKey {
+        family: packet.family,
+        _pad: [0; 3],
+        addr: *peer_addr(packet, direction),
+    };
+    NP_HOSTADDR_V1.get_ptr(&key).is_some()
+}
+
+/// The class of the peer: the longest matching prefix, or `WORLD_CLASS`.
+#[inline(always)]
+fn peer_class(packet: &Packet, direction: Direction) -> u32 {
+    let addr = peer_addr(packet, direction);
+    let class = if packet.family == FAMILY_V4 {
+        let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        NP_PEER4_V1.get(&key).map(|class| class.id)
+    } else {
+        NP_PEER6_V1.get(&Key::new(128, *addr)).map(|class| class.id)
+    };
+    class.unwrap_or(WORLD_CLASS)
+}
+
+/// The rule of the endpoint that allows `packet` in `direction`, if any.
+#[inline(always)]
+pub fn allowing_rule(
+    endpoint: &EndpointInfo,
+    direction: Direction,
+    packet: &Packet,
+) -> Option<u32> {
+    probe_policy(
+        endpoint.endpoint_id,
+        endpoint.plan(direction),
+        direction as u8,
+        peer_class(packet, direction),
+        packet.protocol,
+        packet.policy_port(),
+        |key| {
+            NP_POLICY_V1.get_ptr(key).map(|value| {
+                // SAFETY: a live map value, read once.
+                unsafe { (*value).rule_id }
+            })
+        },
+    )
+}
