@@ -1,12 +1,19 @@
 //! The desired datapath state of one node, in the map types of `policy-common`, and the delta
 //! between two such states.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use policy_common::{
     maps::{EndpointInfo, PolicyKey, PolicyValue},
     verdict::Direction,
 };
+
+use crate::policy::model::{ContainerPort, Peer};
 
 /// A pod, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +38,85 @@ pub struct Prefix {
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Prefix {
+    /// The prefix of `len` bits (clamped to the family's width) that contains `addr`.
+    pub fn new(addr: IpAddr, len: u8) -> Prefix {
+        let len = len.min(Prefix::max_len(addr));
+        let addr = match addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & mask))
+            }
+        };
+        Prefix { addr, len }
+    }
+
+    /// The single-address prefix of `addr` (/32 or /128).
+    pub fn host(addr: IpAddr) -> Prefix {
+        Prefix::new(addr, Prefix::max_len(addr))
+    }
+
+    /// 32 for IPv4, 128 for IPv6.
+    pub const fn max_len(addr: IpAddr) -> u8 {
+        match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.addr.is_ipv4() == ip.is_ipv4() && Prefix::new(ip, self.len) == *self
+    }
+
+    /// Whether every address of `other` is in `self`.
+    pub fn covers(&self, other: &Prefix) -> bool {
+        other.len >= self.len && self.contains(other.addr)
+    }
+}
+
+/// Why a string is not a CIDR.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PrefixParseError {
+    #[error("{text:?} is not ADDRESS/LENGTH")]
+    Shape { text: String },
+    #[error("{text:?} has an invalid address")]
+    Address {
+        text: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("{text:?} has an invalid prefix length (0 to 32 for IPv4, 0 to 128 for IPv6)")]
+    Length { text: String },
+}
+
+impl FromStr for Prefix {
+    type Err = PrefixParseError;
+
+    /// Parses `ADDRESS/LENGTH`; host bits past the length are cleared, as the API server's
+    /// CIDR parsing does.
+    fn from_str(text: &str) -> Result<Prefix, PrefixParseError> {
+        let (addr, len) = text.split_once('/').ok_or_else(|| PrefixParseError::Shape {
+            text: text.to_owned(),
+        })?;
+        let addr: IpAddr = addr.parse().map_err(|source| PrefixParseError::Address {
+            text: text.to_owned(),
+            source,
+        })?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|len| *len <= Prefix::max_len(addr))
+            .ok_or_else(|| PrefixParseError::Length {
+                text: text.to_owned(),
+            })?;
+        Ok(Prefix::new(addr, len))
     }
 }
 
@@ -76,8 +162,43 @@ pub struct NodeState {
     pub peers: BTreeMap<Prefix, u32>,
     /// Every entry of the policy map.
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
-    /// Every rule id in `policy`, and what it stands for.
+    /// Every rule of the policies that select a local endpoint (so every rule id in `policy`),
+    /// and what it stands for.
     pub rules: BTreeMap<u32, RuleRef>,
+    /// What each peer class stands for, and where the next new ids start.
+    pub ids: Allocations,
+}
+
+/// What a peer class is: the relevant policy peers its addresses match, and (when an egress
+/// rule names a port) the pod's containerPorts of the names such rules use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassKey {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<ContainerPort>,
+}
+
+/// The ids handed out so far. Ids are kept for as long as what they stand for exists, so an
+/// incremental change gives a small [`Delta`]; new ids are taken from counters that only move
+/// forward (wrapping past their range), so an id is not reused while the map updates of its
+/// previous meaning may still be in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocations {
+    /// Every class in use but [`policy_common::maps::WORLD_CLASS`] (the empty key).
+    pub classes: BTreeMap<ClassKey, u32>,
+    pub next_class: u32,
+    pub next_endpoint: u32,
+    pub next_rule: u32,
+}
+
+impl Default for Allocations {
+    fn default() -> Allocations {
+        Allocations {
+            classes: BTreeMap::new(),
+            next_class: 1,
+            next_endpoint: 1,
+            next_rule: 1,
+        }
+    }
 }
 
 /// The map changes that turn one [`NodeState`] into another.
@@ -96,6 +217,40 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// The changes that turn `old` into `new`: only entries that differ.
+    pub fn between(old: &NodeState, new: &NodeState) -> Delta {
+        let mut delta = Delta::default();
+        diff_maps(
+            &old.policy,
+            &new.policy,
+            |key, value| delta.policy_upserts.push((*key, *value)),
+            |key| delta.policy_removals.push(*key),
+        );
+        diff_maps(
+            &old.peers,
+            &new.peers,
+            |prefix, class| delta.peer_upserts.push((*prefix, *class)),
+            |prefix| delta.peer_removals.push(*prefix),
+        );
+        diff_maps(
+            &old.endpoints,
+            &new.endpoints,
+            |_, endpoint| delta.endpoint_upserts.push(endpoint.clone()),
+            |pod| delta.endpoint_removals.push(pod.clone()),
+        );
+        delta
+    }
+
+    /// Number of map operations.
+    pub fn len(&self) -> usize {
+        self.policy_upserts.len()
+            + self.peer_upserts.len()
+            + self.endpoint_upserts.len()
+            + self.peer_removals.len()
+            + self.policy_removals.len()
+            + self.endpoint_removals.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.policy_upserts.is_empty()
             && self.peer_upserts.is_empty()
@@ -103,5 +258,48 @@ impl Delta {
             && self.peer_removals.is_empty()
             && self.policy_removals.is_empty()
             && self.endpoint_removals.is_empty()
+    }
+}
+
+/// Walks two sorted maps together, reporting keys new or changed in `new` and keys gone from it.
+fn diff_maps<K: Ord, V: PartialEq>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    mut upsert: impl FnMut(&K, &V),
+    mut remove: impl FnMut(&K),
+) {
+    let mut old_iter = old.iter().peekable();
+    let mut new_iter = new.iter().peekable();
+    loop {
+        match (old_iter.peek(), new_iter.peek()) {
+            (None, None) => break,
+            (Some((old_key, _)), None) => {
+                remove(old_key);
+                old_iter.next();
+            }
+            (None, Some((new_key, new_value))) => {
+                upsert(new_key, new_value);
+                new_iter.next();
+            }
+            (Some((old_key, old_value)), Some((new_key, new_value))) => {
+                match old_key.cmp(new_key) {
+                    std::cmp::Ordering::Less => {
+                        remove(old_key);
+                        old_iter.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        upsert(new_key, new_value);
+                        new_iter.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if old_value != new_value {
+                            upsert(new_key, new_value);
+                        }
+                        old_iter.next();
+                        new_iter.next();
+                    }
+                }
+            }
+        }
     }
 }
