@@ -14,15 +14,19 @@ use crate::policy::{
 /// How one side of a connection treats a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Evaluation {
-    /// Some policy selects the pod with this direction in its types.
-    pub isolated: bool,
+    /// The policies (`namespace/name`) that select the pod with this direction in their types.
+    pub isolated_by: Vec<String>,
     /// Every rule that allows the packet.
     pub allowing: Vec<RuleRef>,
 }
 
 impl Evaluation {
+    pub fn isolated(&self) -> bool {
+        !self.isolated_by.is_empty()
+    }
+
     pub fn allows(&self) -> bool {
-        !self.isolated || !self.allowing.is_empty()
+        !self.isolated() || !self.allowing.is_empty()
     }
 }
 
@@ -41,14 +45,16 @@ pub fn evaluate(
         .iter()
         .find(|candidate| candidate.is_peer() && candidate.ips.contains(&peer));
     let mut evaluation = Evaluation {
-        isolated: false,
+        isolated_by: Vec::new(),
         allowing: Vec::new(),
     };
     for policy in &snapshot.policies {
         if !policy.selects(pod) || !policy.has_type(direction) {
             continue;
         }
-        evaluation.isolated = true;
+        evaluation
+            .isolated_by
+            .push(format!("{}/{}", policy.namespace, policy.name));
         for (index, rule) in policy.rules(direction).iter().enumerate() {
             let packet = Packet {
                 snapshot,
@@ -69,6 +75,7 @@ pub fn evaluate(
             }
         }
     }
+    evaluation.isolated_by.sort();
     evaluation.allowing.sort();
     evaluation
 }
