@@ -322,3 +322,60 @@ impl fmt::Display for PortValue {
         }
     }
 }
+
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.match_labels.is_empty() && self.match_expressions.is_empty() {
+            return f.write_str("{}");
+        }
+        let mut parts: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        for requirement in &self.match_expressions {
+            parts.push(match requirement.operator {
+                Operator::In => format!("{} in ({})", requirement.key, requirement.values.join(",")),
+                Operator::NotIn => {
+                    format!("{} notin ({})", requirement.key, requirement.values.join(","))
+                }
+                Operator::Exists => requirement.key.clone(),
+                Operator::DoesNotExist => format!("!{}", requirement.key),
+            });
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Pods(PodPeer { namespaces, pods }) => match namespaces {
+                NamespaceScope::Own(namespace) => write!(f, "pods {pods} in {namespace}"),
+                NamespaceScope::Selected(selector) => {
+                    write!(f, "pods {pods} in namespaces {selector}")
+                }
+            },
+            Peer::IpBlock(block) => {
+                write!(f, "ipBlock {}", block.cidr)?;
+                if !block.except.is_empty() {
+                    let except: Vec<String> = block.except.iter().map(ToString::to_string).collect();
+                    write!(f, " except {}", except.join(","))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Display for ContainerPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={}/{}",
+            self.name.as_deref().unwrap_or("-"),
+            self.port,
+            self.protocol
+        )
+    }
+}

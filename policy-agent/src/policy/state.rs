@@ -141,10 +141,7 @@ pub struct RuleRef {
 
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let direction = match self.direction {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        };
+        let direction = direction_name(self.direction);
         write!(
             f,
             "{}/{}, {} rule {}",
@@ -301,5 +298,92 @@ fn diff_maps<K: Ord, V: PartialEq>(
                 }
             }
         }
+    }
+}
+
+impl NodeState {
+    /// The whole state as readable text, one map entry per line, in key order: what golden
+    /// tests compare and what a person reads to see what the kernel got.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+
+        use policy_common::maps::{ANY_PEER_CLASS, ANY_PROTOCOL};
+
+        let mut text = String::new();
+        let plan = |plan: u32| {
+            let mut parts: Vec<String> = (0..=16u32)
+                .rev()
+                .filter(|len| plan & (1 << len) != 0)
+                .map(|len| format!("/{len}"))
+                .collect();
+            if plan & policy_common::maps::PLAN_ANY_PROTOCOL != 0 {
+                parts.push("any-protocol".to_owned());
+            }
+            if plan & policy_common::maps::PLAN_ANY_PEER != 0 {
+                parts.push("any-peer".to_owned());
+            }
+            parts.join(" ")
+        };
+        let mut pods_by_id = BTreeMap::new();
+        text.push_str("endpoints:\n");
+        for endpoint in self.endpoints.values() {
+            let info = endpoint.info;
+            pods_by_id.insert(info.endpoint_id, endpoint.pod.to_string());
+            let ips: Vec<String> = endpoint.ips.iter().map(ToString::to_string).collect();
+            let _ = write!(text, "  {} id={} ips={}", endpoint.pod, info.endpoint_id, ips.join(","));
+            for direction in Direction::ALL {
+                let name = direction_name(direction);
+                if info.isolated(direction) {
+                    let _ = write!(text, " {name}=isolated[{}]", plan(info.plan(direction)));
+                } else {
+                    let _ = write!(text, " {name}=open");
+                }
+            }
+            text.push('\n');
+        }
+        text.push_str("classes:\n");
+        let mut classes: Vec<(&u32, &ClassKey)> =
+            self.ids.classes.iter().map(|(key, id)| (id, key)).collect();
+        classes.sort();
+        for (id, key) in classes {
+            let mut parts: Vec<String> = key.peers.iter().map(ToString::to_string).collect();
+            parts.extend(key.ports.iter().map(|port| format!("port {port}")));
+            let _ = writeln!(text, "  {id}: {}", parts.join(" | "));
+        }
+        text.push_str("peers:\n");
+        for (prefix, class) in &self.peers {
+            let _ = writeln!(text, "  {prefix} -> {class}");
+        }
+        text.push_str("policy:\n");
+        for (key, value) in &self.policy {
+            let pod = pods_by_id.get(&key.endpoint_id).map_or("?", String::as_str);
+            let direction = Direction::from_u8(key.direction).map_or("?", direction_name);
+            let class = if key.peer_class == ANY_PEER_CLASS {
+                "any".to_owned()
+            } else {
+                key.peer_class.to_string()
+            };
+            let port = match key.protocol {
+                ANY_PROTOCOL => "any".to_owned(),
+                protocol => format!("{protocol}:{}/{}", key.port, key.port_prefix_len),
+            };
+            let _ = writeln!(
+                text,
+                "  {pod} {direction} class={class} port={port} -> rule {}",
+                value.rule_id
+            );
+        }
+        text.push_str("rules:\n");
+        for (id, rule) in &self.rules {
+            let _ = writeln!(text, "  {id}: {rule}");
+        }
+        text
+    }
+}
+
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
     }
 }
