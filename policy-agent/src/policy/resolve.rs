@@ -489,18 +489,21 @@ impl Classes {
         }
 
         for (index, pod) in cluster.peers.iter().enumerate() {
-            let mut ports: Vec<ContainerPort> = pod
-                .ports
-                .iter()
-                .filter(|port| {
-                    port.name.as_deref().is_some_and(|name| {
-                        peers.egress_port_names.contains(&(name, port.protocol))
-                    })
-                })
-                .cloned()
-                .collect();
+            // What each relevant name resolves to on this pod: its first declaration, as
+            // `Pod::named_port` reads it.
+            let mut ports: Vec<ContainerPort> = Vec::new();
+            for port in &pod.ports {
+                let relevant = port.name.as_deref().is_some_and(|name| {
+                    peers.egress_port_names.contains(&(name, port.protocol))
+                });
+                let shadowed = ports
+                    .iter()
+                    .any(|p| p.name == port.name && p.protocol == port.protocol);
+                if relevant && !shadowed {
+                    ports.push(port.clone());
+                }
+            }
             ports.sort();
-            ports.dedup();
             for &ip in &pod.ips {
                 let mut members = pod_peers[index].clone();
                 members.extend(
