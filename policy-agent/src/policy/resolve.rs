@@ -9,7 +9,7 @@
 //! then gives every address exactly its class, with memory in pods plus rules.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map::Entry},
+    collections::{BTreeMap, BTreeSet, hash_map::Entry},
     net::IpAddr,
 };
 
@@ -23,8 +23,10 @@ use policy_common::{
     verdict::Direction,
 };
 
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
 use crate::policy::{
-    model::{ContainerPort, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortValue, Snapshot},
+    model::{ContainerPort, IpBlock, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortValue, Snapshot},
     state::{Allocations, ClassKey, EndpointState, NodeState, Prefix, RuleRef},
 };
 
@@ -123,14 +125,16 @@ pub fn resolve(
             .collect(),
         ..NodeState::default()
     };
-    for (prefix, class) in &classes.prefixes {
-        state.peers.insert(*prefix, class_ids[*class]);
-    }
+    state.peers = classes
+        .prefixes
+        .iter()
+        .map(|(prefix, class)| (*prefix, class_ids[*class]))
+        .collect();
     for family in [Family::V4, Family::V6] {
-        let count = state
-            .peers
-            .keys()
-            .filter(|prefix| Family::of(prefix.addr) == family)
+        let count = classes
+            .prefixes
+            .iter()
+            .filter(|(prefix, _)| Family::of(prefix.addr) == family)
             .count();
         if count > MAX_PEER_PREFIXES as usize {
             return Err(ResolveError::TooManyPeerPrefixes {
@@ -229,6 +233,8 @@ struct Cluster<'a> {
     peers_by_namespace: HashMap<&'a str, Vec<usize>>,
     /// Labels (with the implicit name label) of every namespace that has peers.
     namespace_labels: Vec<(&'a str, Labels)>,
+    /// Indices into `peers`, by namespace, label key and label value.
+    peers_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
     /// Indices into the sorted policy list, by namespace.
     policies_by_namespace: HashMap<&'a str, Vec<usize>>,
 }
@@ -236,12 +242,19 @@ struct Cluster<'a> {
 impl<'a> Cluster<'a> {
     fn index(snapshot: &'a Snapshot) -> Cluster<'a> {
         let peers: Vec<&Pod> = snapshot.pods.iter().filter(|pod| pod.is_peer()).collect();
-        let mut peers_by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut peers_by_namespace: HashMap<&str, Vec<usize>> = HashMap::default();
+        let mut peers_by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::default();
         for (index, pod) in peers.iter().enumerate() {
             peers_by_namespace
                 .entry(pod.namespace.as_str())
                 .or_default()
                 .push(index);
+            for (key, value) in &pod.labels {
+                peers_by_label
+                    .entry((pod.namespace.as_str(), key.as_str(), value.as_str()))
+                    .or_default()
+                    .push(index);
+            }
         }
         let declared: HashMap<&str, &crate::policy::model::Namespace> = snapshot
             .namespaces
@@ -266,8 +279,9 @@ impl<'a> Cluster<'a> {
         Cluster {
             peers,
             peers_by_namespace,
+            peers_by_label,
             namespace_labels,
-            policies_by_namespace: HashMap::new(),
+            policies_by_namespace: HashMap::default(),
         }
     }
 
@@ -292,8 +306,16 @@ impl<'a> Cluster<'a> {
 
     /// Indices into `peers` of the pods a pod peer selects.
     fn select(&self, peer: &crate::policy::model::PodPeer, mut found: impl FnMut(usize)) {
+        // With a label to require, only the pods that carry it are candidates.
+        let required = peer.pods.match_labels.iter().next();
         let mut visit = |namespace: &str| {
-            for &index in self.peers_by_namespace.get(namespace).into_iter().flatten() {
+            let candidates = match required {
+                Some((key, value)) => self
+                    .peers_by_label
+                    .get(&(namespace, key.as_str(), value.as_str())),
+                None => self.peers_by_namespace.get(namespace),
+            };
+            for &index in candidates.into_iter().flatten() {
                 if peer.pods.matches(&self.peers[index].labels) {
                     found(index);
                 }
@@ -338,7 +360,7 @@ fn allocate_rules(
         .filter_map(|rule| known.get(&rule).copied())
         .collect();
     let mut rules = BTreeMap::new();
-    let mut fresh = HashSet::new();
+    let mut fresh = HashSet::default();
     for &(index, direction) in relevant {
         let policy = policies[index];
         for rule_index in 0..policy.rules(direction).len() {
@@ -399,8 +421,8 @@ impl<'a> RelevantPeers<'a> {
     ) -> RelevantPeers<'a> {
         let mut peers = RelevantPeers {
             peers: Vec::new(),
-            ids: HashMap::new(),
-            egress_port_names: HashSet::new(),
+            ids: HashMap::default(),
+            egress_port_names: HashSet::default(),
         };
         for &(index, direction) in relevant {
             for rule in policies[index].rules(direction) {
@@ -433,12 +455,12 @@ struct Classes {
     keys: Vec<(Vec<usize>, Vec<ContainerPort>)>,
     /// Per relevant peer: the classes it matches.
     of_peer: Vec<Vec<usize>>,
-    /// Every LPM prefix and its class.
-    prefixes: BTreeMap<Prefix, usize>,
+    /// Every LPM prefix and its class, sorted by prefix.
+    prefixes: Vec<(Prefix, usize)>,
 }
 
 impl Classes {
-    fn compute(cluster: &Cluster<'_>, peers: &RelevantPeers<'_>) -> Classes {
+    fn compute<'a>(cluster: &Cluster<'a>, peers: &RelevantPeers<'_>) -> Classes {
         // The selector peers each pod matches.
         let mut pod_peers: Vec<Vec<usize>> = vec![Vec::new(); cluster.peers.len()];
         let mut blocks = Vec::new();
@@ -448,30 +470,37 @@ impl Classes {
                 Peer::IpBlock(block) => blocks.push((id, block)),
             }
         }
+        // Blocks by cidr, so each address is tested once per distinct cidr.
+        let mut by_cidr: BTreeMap<Prefix, Vec<(usize, &IpBlock)>> = BTreeMap::new();
+        for &(id, block) in &blocks {
+            by_cidr.entry(block.cidr).or_default().push((id, block));
+        }
 
         let mut classes = Classes {
             keys: vec![(Vec::new(), Vec::new())],
             of_peer: vec![Vec::new(); peers.peers.len()],
-            prefixes: BTreeMap::new(),
+            prefixes: Vec::new(),
         };
-        let mut interned: HashMap<(Vec<usize>, Vec<ContainerPort>), usize> = HashMap::new();
+        let mut interned: HashMap<(Vec<usize>, Vec<&'a ContainerPort>), usize> = HashMap::default();
         interned.insert((Vec::new(), Vec::new()), 0);
-        let mut intern = |key: (Vec<usize>, Vec<ContainerPort>), classes: &mut Classes| -> usize {
-            match interned.entry(key) {
-                Entry::Occupied(occupied) => *occupied.get(),
-                Entry::Vacant(vacant) => {
-                    let class = classes.keys.len();
-                    for &peer in &vacant.key().0 {
-                        classes.of_peer[peer].push(class);
+        let mut intern =
+            |key: (Vec<usize>, Vec<&'a ContainerPort>), classes: &mut Classes| -> usize {
+                match interned.entry(key) {
+                    Entry::Occupied(occupied) => *occupied.get(),
+                    Entry::Vacant(vacant) => {
+                        let class = classes.keys.len();
+                        for &peer in &vacant.key().0 {
+                            classes.of_peer[peer].push(class);
+                        }
+                        let ports = vacant.key().1.iter().map(|&p| p.clone()).collect();
+                        classes.keys.push((vacant.key().0.clone(), ports));
+                        vacant.insert(class);
+                        class
                     }
-                    classes.keys.push(vacant.key().clone());
-                    vacant.insert(class);
-                    class
                 }
-            }
-        };
+            };
 
-        // ipBlock prefixes first: a pod's host prefix replaces an equal one below.
+        // ipBlock prefixes first: a pod's host prefix replaces an equal one (see the end).
         let block_prefixes: BTreeSet<Prefix> = blocks
             .iter()
             .flat_map(|(_, block)| std::iter::once(block.cidr).chain(block.except.iter().copied()))
@@ -485,13 +514,13 @@ impl Classes {
                 .map(|(id, _)| *id)
                 .collect();
             let class = intern((members, Vec::new()), &mut classes);
-            classes.prefixes.insert(prefix, class);
+            classes.prefixes.push((prefix, class));
         }
 
         for (index, pod) in cluster.peers.iter().enumerate() {
             // What each relevant name resolves to on this pod: its first declaration, as
             // `Pod::named_port` reads it.
-            let mut ports: Vec<ContainerPort> = Vec::new();
+            let mut ports: Vec<&'a ContainerPort> = Vec::new();
             for port in &pod.ports {
                 let relevant = port.name.as_deref().is_some_and(|name| {
                     peers.egress_port_names.contains(&(name, port.protocol))
@@ -500,23 +529,40 @@ impl Classes {
                     .iter()
                     .any(|p| p.name == port.name && p.protocol == port.protocol);
                 if relevant && !shadowed {
-                    ports.push(port.clone());
+                    ports.push(port);
                 }
             }
             ports.sort();
+            let mut pod_class = None;
             for &ip in &pod.ips {
-                let mut members = pod_peers[index].clone();
-                members.extend(
-                    blocks
-                        .iter()
-                        .filter(|(_, block)| block.contains(ip))
-                        .map(|(id, _)| *id),
-                );
-                members.sort_unstable();
-                let class = intern((members, ports.clone()), &mut classes);
-                classes.prefixes.insert(Prefix::host(ip), class);
+                let mut in_blocks: Vec<usize> = Vec::new();
+                for (cidr, with_cidr) in &by_cidr {
+                    if cidr.contains(ip) {
+                        in_blocks.extend(
+                            with_cidr
+                                .iter()
+                                .filter(|(_, block)| !block.except.iter().any(|e| e.contains(ip)))
+                                .map(|(id, _)| *id),
+                        );
+                    }
+                }
+                let class = if in_blocks.is_empty() {
+                    *pod_class.get_or_insert_with(|| {
+                        intern((pod_peers[index].clone(), ports.clone()), &mut classes)
+                    })
+                } else {
+                    let mut members = pod_peers[index].clone();
+                    members.extend(in_blocks);
+                    members.sort_unstable();
+                    intern((members, ports.clone()), &mut classes)
+                };
+                classes.prefixes.push((Prefix::host(ip), class));
             }
         }
+        // Sorted, and where a host prefix equals an ipBlock prefix the pod's (later) entry wins.
+        classes.prefixes.reverse();
+        classes.prefixes.sort_by_key(|(prefix, _)| *prefix);
+        classes.prefixes.dedup_by_key(|(prefix, _)| *prefix);
         classes
     }
 
