@@ -83,7 +83,10 @@ fn cluster() -> Snapshot {
     for n in 0..NAMESPACES {
         let labels: Labels = [
             ("team".to_owned(), format!("team-{}", n % 10)),
-            ("env".to_owned(), ["prod", "staging", "dev"][n % 3].to_owned()),
+            (
+                "env".to_owned(),
+                ["prod", "staging", "dev"][n % 3].to_owned(),
+            ),
         ]
         .into_iter()
         .collect();
@@ -112,7 +115,9 @@ fn cluster() -> Snapshot {
             host_network: false,
             ips: vec![
                 IpAddr::V4(Ipv4Addr::from_bits(0x0af4_0000 + host)),
-                IpAddr::V6(Ipv6Addr::from_bits(0xfd00_0010_0244_0000_0000_0000_0000_0000 + u128::from(host))),
+                IpAddr::V6(Ipv6Addr::from_bits(
+                    0xfd00_0010_0244_0000_0000_0000_0000_0000 + u128::from(host),
+                )),
             ],
             ports: vec![
                 ContainerPort {
@@ -221,10 +226,7 @@ fn policy(i: usize, variant: u16) -> NetworkPolicy {
             };
             policy.ingress.push(Rule {
                 peers: vec![Peer::Pods(PodPeer {
-                    namespaces: NamespaceScope::Selected(selector(&[(
-                        "env",
-                        "prod".to_owned(),
-                    )])),
+                    namespaces: NamespaceScope::Selected(selector(&[("env", "prod".to_owned())])),
                     pods: LabelSelector::default(),
                 })],
                 ports: vec![PortSpec {
@@ -247,7 +249,10 @@ fn policy(i: usize, variant: u16) -> NetworkPolicy {
             });
             policy.egress.push(Rule {
                 peers: vec![Peer::IpBlock(IpBlock {
-                    cidr: Prefix::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0)), 32),
+                    cidr: Prefix::new(
+                        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0)),
+                        32,
+                    ),
                     except: Vec::new(),
                 })],
                 ports: vec![port(443 + variant)],

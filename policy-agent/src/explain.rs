@@ -339,10 +339,7 @@ impl Matrix {
         }
         text.push('\n');
         for (row, client) in self.pods.iter().enumerate() {
-            text.push_str(&format!(
-                "{:>number_width$}  {client:<width$} ",
-                row + 1
-            ));
+            text.push_str(&format!("{:>number_width$}  {client:<width$} ", row + 1));
             for server in &self.pods {
                 let allowed = self
                     .allowed
@@ -397,7 +394,9 @@ impl Verdict {
             self.from, self.to, self.protocol, self.port
         );
         if self.same_pod {
-            text.push_str("  a pod always reaches itself: its own traffic never crosses its veth\n");
+            text.push_str(
+                "  a pod always reaches itself: its own traffic never crosses its veth\n",
+            );
             return text;
         }
         match (&self.egress, &self.ingress) {
@@ -415,13 +414,12 @@ impl Side {
     fn text(&self, direction: &str, preposition: &str) -> String {
         let mut text = format!("  {} {direction} ({preposition} {}): ", self.pod, self.peer);
         if self.isolated_by.is_empty() {
-            text.push_str(&format!("allowed, not isolated (no policy selects it for {direction})\n"));
+            text.push_str(&format!(
+                "allowed, not isolated (no policy selects it for {direction})\n"
+            ));
             return text;
         }
-        text.push_str(&format!(
-            "isolated by {}; ",
-            self.isolated_by.join(", ")
-        ));
+        text.push_str(&format!("isolated by {}; ", self.isolated_by.join(", ")));
         match &self.decided_by {
             Some(rule) => {
                 text.push_str(&format!("allowed by {rule}\n"));

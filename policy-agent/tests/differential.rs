@@ -115,9 +115,10 @@ fn namespace_selector(rng: &mut StdRng) -> LabelSelector {
             );
         }
         2 => {
-            selector
-                .match_labels
-                .insert("team".to_owned(), (*["x", "y"].choose(rng).unwrap()).to_owned());
+            selector.match_labels.insert(
+                "team".to_owned(),
+                (*["x", "y"].choose(rng).unwrap()).to_owned(),
+            );
         }
         _ => selector.match_expressions.push(Requirement {
             key: "team".to_owned(),
@@ -137,9 +138,15 @@ fn namespace_selector(rng: &mut StdRng) -> LabelSelector {
 
 fn prefix(rng: &mut StdRng) -> Prefix {
     if rng.random_bool(0.6) {
-        Prefix::new(v4(rng), *[0, 8, 15, 16, 22, 24, 27, 32].choose(rng).unwrap())
+        Prefix::new(
+            v4(rng),
+            *[0, 8, 15, 16, 22, 24, 27, 32].choose(rng).unwrap(),
+        )
     } else {
-        Prefix::new(v6(rng), *[0, 16, 100, 112, 120, 124, 128].choose(rng).unwrap())
+        Prefix::new(
+            v6(rng),
+            *[0, 16, 100, 112, 120, 124, 128].choose(rng).unwrap(),
+        )
     }
 }
 
@@ -198,7 +205,9 @@ fn rule(rng: &mut StdRng, namespace: &str) -> Rule {
         let (port, end_port) = match rng.random_range(0..5) {
             0 => (None, None),
             1 | 2 => (
-                Some(PortValue::Name((*PORT_NAMES.choose(rng).unwrap()).to_owned())),
+                Some(PortValue::Name(
+                    (*PORT_NAMES.choose(rng).unwrap()).to_owned(),
+                )),
                 None,
             ),
             3 => (Some(PortValue::Number(*PORTS.choose(rng).unwrap())), None),
@@ -222,7 +231,10 @@ fn cluster(rng: &mut StdRng) -> Snapshot {
     for name in NAMESPACES {
         let mut labels = Labels::new();
         if rng.random_bool(0.7) {
-            labels.insert("team".to_owned(), (*["x", "y"].choose(rng).unwrap()).to_owned());
+            labels.insert(
+                "team".to_owned(),
+                (*["x", "y"].choose(rng).unwrap()).to_owned(),
+            );
         }
         snapshot.namespaces.push(Namespace {
             name: name.to_owned(),
@@ -330,9 +342,9 @@ fn probe_addresses(snapshot: &Snapshot, rng: &mut StdRng) -> Vec<IpAddr> {
 
 fn last_address(prefix: Prefix) -> IpAddr {
     match prefix.addr {
-        IpAddr::V4(a) => {
-            IpAddr::V4(Ipv4Addr::from_bits(a.to_bits() | (u32::MAX.checked_shr(u32::from(prefix.len)).unwrap_or(0))))
-        }
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from_bits(
+            a.to_bits() | (u32::MAX.checked_shr(u32::from(prefix.len)).unwrap_or(0)),
+        )),
         IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from_bits(
             a.to_bits() | (u128::MAX.checked_shr(u32::from(prefix.len)).unwrap_or(0)),
         )),
@@ -346,9 +358,25 @@ struct Tally {
 }
 
 /// Compares compiled and reference verdicts for `count` random packets at `node`'s endpoints.
-fn compare(snapshot: &Snapshot, state: &NodeState, node: &str, rng: &mut StdRng, count: usize, tally: &mut Tally, context: &str) {
-    let endpoints: Vec<&Pod> = snapshot.pods.iter().filter(|p| p.is_endpoint_of(node)).collect();
-    assert_eq!(endpoints.len(), state.endpoints.len(), "{context}: endpoint count");
+fn compare(
+    snapshot: &Snapshot,
+    state: &NodeState,
+    node: &str,
+    rng: &mut StdRng,
+    count: usize,
+    tally: &mut Tally,
+    context: &str,
+) {
+    let endpoints: Vec<&Pod> = snapshot
+        .pods
+        .iter()
+        .filter(|p| p.is_endpoint_of(node))
+        .collect();
+    assert_eq!(
+        endpoints.len(),
+        state.endpoints.len(),
+        "{context}: endpoint count"
+    );
     if endpoints.is_empty() {
         return;
     }
@@ -412,7 +440,9 @@ fn apply(old: &NodeState, delta: &Delta) -> NodeState {
         state.peers.insert(*prefix, *class);
     }
     for endpoint in &delta.endpoint_upserts {
-        state.endpoints.insert(endpoint.pod.clone(), endpoint.clone());
+        state
+            .endpoints
+            .insert(endpoint.pod.clone(), endpoint.clone());
     }
     for prefix in &delta.peer_removals {
         state.peers.remove(prefix);
@@ -463,8 +493,18 @@ fn mutate(snapshot: &Snapshot, rng: &mut StdRng) -> Snapshot {
     next
 }
 
-fn key_maps(state: &NodeState) -> (impl PartialEq + std::fmt::Debug, impl PartialEq + std::fmt::Debug, impl PartialEq + std::fmt::Debug) {
-    (state.policy.clone(), state.peers.clone(), state.endpoints.clone())
+fn key_maps(
+    state: &NodeState,
+) -> (
+    impl PartialEq + std::fmt::Debug,
+    impl PartialEq + std::fmt::Debug,
+    impl PartialEq + std::fmt::Debug,
+) {
+    (
+        state.policy.clone(),
+        state.peers.clone(),
+        state.endpoints.clone(),
+    )
 }
 
 #[test]
@@ -485,18 +525,39 @@ fn compiled_state_agrees_with_the_reference_evaluator() {
 
             // Same input against its own result: nothing changes, ids included.
             let again = resolve(&snapshot, node, &state).expect("resolves");
-            assert!(Delta::between(&state, &again).is_empty(), "{context}: re-resolve changed state");
-            assert_eq!(again.ids.classes, state.ids.classes, "{context}: class ids moved");
+            assert!(
+                Delta::between(&state, &again).is_empty(),
+                "{context}: re-resolve changed state"
+            );
+            assert_eq!(
+                again.ids.classes, state.ids.classes,
+                "{context}: class ids moved"
+            );
 
             // A small change, resolved against the previous state.
             let incremental = resolve(&next, node, &state).expect("resolves");
             let context = format!("{context} after change");
-            compare(&next, &incremental, node, &mut rng, 25, &mut tally, &context);
+            compare(
+                &next,
+                &incremental,
+                node,
+                &mut rng,
+                25,
+                &mut tally,
+                &context,
+            );
             let delta = Delta::between(&state, &incremental);
-            assert_eq!(key_maps(&apply(&state, &delta)), key_maps(&incremental), "{context}: delta");
+            assert_eq!(
+                key_maps(&apply(&state, &delta)),
+                key_maps(&incremental),
+                "{context}: delta"
+            );
             for (pod, endpoint) in &incremental.endpoints {
                 if let Some(old) = state.endpoints.get(pod) {
-                    assert_eq!(old.info.endpoint_id, endpoint.info.endpoint_id, "{context}: endpoint id of {pod} moved");
+                    assert_eq!(
+                        old.info.endpoint_id, endpoint.info.endpoint_id,
+                        "{context}: endpoint id of {pod} moved"
+                    );
                 }
             }
             let old_ids: BTreeMap<_, _> = state.ids.classes.iter().collect();
@@ -509,7 +570,20 @@ fn compiled_state_agrees_with_the_reference_evaluator() {
     }
     assert!(tally.packets >= 20_000, "only {} packets", tally.packets);
     // The random mix must exercise both outcomes and isolation substantially.
-    assert!(tally.allowed > tally.packets / 10, "allowed {} of {}", tally.allowed, tally.packets);
-    assert!(tally.packets - tally.allowed > tally.packets / 10, "denied too rare");
-    assert!(tally.isolated > tally.packets / 5, "isolated {} of {}", tally.isolated, tally.packets);
+    assert!(
+        tally.allowed > tally.packets / 10,
+        "allowed {} of {}",
+        tally.allowed,
+        tally.packets
+    );
+    assert!(
+        tally.packets - tally.allowed > tally.packets / 10,
+        "denied too rare"
+    );
+    assert!(
+        tally.isolated > tally.packets / 5,
+        "isolated {} of {}",
+        tally.isolated,
+        tally.packets
+    );
 }

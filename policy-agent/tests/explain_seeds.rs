@@ -30,7 +30,13 @@ impl Drop for ManifestDir {
     }
 }
 
-fn explain(dir: &ManifestDir, protocol: Protocol, port: u16, pair: Option<(&str, &str)>, output: OutputFormat) -> (String, String) {
+fn explain(
+    dir: &ManifestDir,
+    protocol: Protocol,
+    port: u16,
+    pair: Option<(&str, &str)>,
+    output: OutputFormat,
+) -> (String, String) {
     let options = ExplainOptions {
         paths: vec![dir.0.clone()],
         port,
@@ -42,7 +48,10 @@ fn explain(dir: &ManifestDir, protocol: Protocol, port: u16, pair: Option<(&str,
     let mut out = Vec::new();
     let mut notes = Vec::new();
     run(&options, &mut out, &mut notes).expect("explain runs");
-    (String::from_utf8(out).unwrap(), String::from_utf8(notes).unwrap())
+    (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(notes).unwrap(),
+    )
 }
 
 /// Asserts the JSON matrix: `rows[i]` has one character per server, `Y` allowed and `-` denied.
@@ -54,7 +63,12 @@ fn assert_matrix(dir: &ManifestDir, protocol: Protocol, port: u16, pods: &[&str]
     assert_eq!(keys.len(), 4, "{keys:?}");
     assert_eq!(json["protocol"], protocol.name());
     assert_eq!(json["port"], port);
-    let listed: Vec<&str> = json["pods"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let listed: Vec<&str> = json["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
     assert_eq!(listed, pods);
     let mut actual = Vec::new();
     for client in pods {
@@ -68,7 +82,10 @@ fn assert_matrix(dir: &ManifestDir, protocol: Protocol, port: u16, pods: &[&str]
             .collect();
         actual.push(row);
     }
-    assert_eq!(actual, rows, "{protocol}/{port}, rows are clients of {pods:?}");
+    assert_eq!(
+        actual, rows,
+        "{protocol}/{port}, rows are clients of {pods:?}"
+    );
 }
 
 fn pod(namespace: &str, name: &str, labels: &str, extra: &str) -> String {
@@ -78,7 +95,9 @@ fn pod(namespace: &str, name: &str, labels: &str, extra: &str) -> String {
 }
 
 fn namespace(name: &str, labels: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n---\n")
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n---\n"
+    )
 }
 
 #[test]
@@ -86,7 +105,12 @@ fn database_only_from_the_api_tier_on_3306() {
     let pods = [
         pod("default", "web", "role: web", ""),
         pod("default", "api", "role: api", ""),
-        pod("default", "db", "role: db", ", ports: [{containerPort: 3306}]"),
+        pod(
+            "default",
+            "db",
+            "role: db",
+            ", ports: [{containerPort: 3306}]",
+        ),
     ]
     .concat();
     let dir = ManifestDir::new(
@@ -119,8 +143,18 @@ spec:
 fn payroll_and_internal() {
     let pods = [
         pod("default", "internal", "name: internal", ""),
-        pod("default", "payroll", "name: payroll", ", ports: [{containerPort: 8080}]"),
-        pod("default", "mysql", "name: mysql", ", ports: [{containerPort: 3306}]"),
+        pod(
+            "default",
+            "payroll",
+            "name: payroll",
+            ", ports: [{containerPort: 8080}]",
+        ),
+        pod(
+            "default",
+            "mysql",
+            "name: mysql",
+            ", ports: [{containerPort: 3306}]",
+        ),
         pod("default", "other", "name: other", ""),
     ]
     .concat();
@@ -156,9 +190,26 @@ spec:
             ),
         ],
     );
-    let pods = ["default/internal", "default/mysql", "default/other", "default/payroll"];
-    assert_matrix(&dir, Protocol::Tcp, 8080, &pods, &["Y--Y", "YYY-", "YYY-", "YYYY"]);
-    assert_matrix(&dir, Protocol::Tcp, 3306, &pods, &["YY--", "YYY-", "YYY-", "YYYY"]);
+    let pods = [
+        "default/internal",
+        "default/mysql",
+        "default/other",
+        "default/payroll",
+    ];
+    assert_matrix(
+        &dir,
+        Protocol::Tcp,
+        8080,
+        &pods,
+        &["Y--Y", "YYY-", "YYY-", "YYYY"],
+    );
+    assert_matrix(
+        &dir,
+        Protocol::Tcp,
+        3306,
+        &pods,
+        &["YY--", "YYY-", "YYY-", "YYYY"],
+    );
 }
 
 #[test]
@@ -187,7 +238,10 @@ kind: NetworkPolicy
 metadata: {name: default-deny-ingress, namespace: np}
 spec: {podSelector: {}, policyTypes: [Ingress]}
 "#;
-    let dir = ManifestDir::new("deny-ingress", &[("base.yaml", &base), ("deny.yaml", deny_ingress)]);
+    let dir = ManifestDir::new(
+        "deny-ingress",
+        &[("base.yaml", &base), ("deny.yaml", deny_ingress)],
+    );
     assert_matrix(&dir, Protocol::Tcp, 80, &pods, &["Y-Y", "-YY", "--Y"]);
     drop(dir);
 
@@ -197,7 +251,10 @@ kind: NetworkPolicy
 metadata: {name: default-deny-egress, namespace: np}
 spec: {podSelector: {}, policyTypes: [Egress]}
 "#;
-    let dir = ManifestDir::new("deny-egress", &[("base.yaml", &base), ("deny.yaml", deny_egress)]);
+    let dir = ManifestDir::new(
+        "deny-egress",
+        &[("base.yaml", &base), ("deny.yaml", deny_egress)],
+    );
     assert_matrix(&dir, Protocol::Tcp, 80, &pods, &["Y--", "-Y-", "YYY"]);
     drop(dir);
 
@@ -214,7 +271,11 @@ spec: {podSelector: {}, egress: [{}], policyTypes: [Egress]}
 "#;
     let dir = ManifestDir::new(
         "allow-all",
-        &[("base.yaml", &base), ("deny.yaml", deny), ("allow.yaml", allow_all)],
+        &[
+            ("base.yaml", &base),
+            ("deny.yaml", deny),
+            ("allow.yaml", allow_all),
+        ],
     );
     assert_matrix(&dir, Protocol::Tcp, 80, &pods, &["YYY", "YYY", "YYY"]);
 }
@@ -252,7 +313,10 @@ spec:
       podSelector: {matchLabels: {k8s-app: kube-dns}}
     ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
 "#;
-    let dir = ManifestDir::new("dns", &[("objects.yaml", &objects), ("policies.yaml", policies)]);
+    let dir = ManifestDir::new(
+        "dns",
+        &[("objects.yaml", &objects), ("policies.yaml", policies)],
+    );
     let pods = ["app/back", "app/front", "kube-system/coredns"];
     assert_matrix(&dir, Protocol::Udp, 53, &pods, &["Y-Y", "-YY", "YYY"]);
     assert_matrix(&dir, Protocol::Tcp, 53, &pods, &["Y-Y", "-YY", "YYY"]);
@@ -283,7 +347,13 @@ spec:
     - namespaceSelector: {matchLabels: {user: alice}}
       podSelector: {matchLabels: {role: client}}
 "#;
-    let pods = ["alice/client", "alice/other", "bob/client", "db/client", "db/server"];
+    let pods = [
+        "alice/client",
+        "alice/other",
+        "bob/client",
+        "db/client",
+        "db/server",
+    ];
     let dir = ManifestDir::new("and", &[("objects.yaml", &objects), ("policy.yaml", and)]);
     assert_matrix(
         &dir,
@@ -395,7 +465,12 @@ spec:
 #[test]
 fn frontend_only_demo_with_reasons() {
     let objects = [
-        pod("np-demo", "web", "app: web, tier: backend", ", ports: [{containerPort: 80}]"),
+        pod(
+            "np-demo",
+            "web",
+            "app: web, tier: backend",
+            ", ports: [{containerPort: 80}]",
+        ),
         pod("np-demo", "frontend", "app: frontend", ""),
         pod("np-demo", "other", "app: other", ""),
     ]
@@ -411,23 +486,64 @@ spec:
   - from: [{podSelector: {matchLabels: {app: frontend}}}]
     ports: [{protocol: TCP, port: 80}]
 "#;
-    let dir = ManifestDir::new("demo", &[("objects.yaml", &objects), ("policy.yaml", policy)]);
+    let dir = ManifestDir::new(
+        "demo",
+        &[("objects.yaml", &objects), ("policy.yaml", policy)],
+    );
     let pods = ["np-demo/frontend", "np-demo/other", "np-demo/web"];
     assert_matrix(&dir, Protocol::Tcp, 80, &pods, &["YYY", "YY-", "YYY"]);
 
-    let (text, _) = explain(&dir, Protocol::Tcp, 80, Some(("np-demo/frontend", "np-demo/web")), OutputFormat::Table);
-    assert!(text.starts_with("np-demo/frontend -> np-demo/web TCP/80: ALLOWED\n"), "{text}");
+    let (text, _) = explain(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Some(("np-demo/frontend", "np-demo/web")),
+        OutputFormat::Table,
+    );
+    assert!(
+        text.starts_with("np-demo/frontend -> np-demo/web TCP/80: ALLOWED\n"),
+        "{text}"
+    );
     assert!(text.contains("not isolated"), "{text}");
-    assert!(text.contains("isolated by np-demo/allow-frontend; allowed by np-demo/allow-frontend, ingress rule 0"), "{text}");
+    assert!(
+        text.contains(
+            "isolated by np-demo/allow-frontend; allowed by np-demo/allow-frontend, ingress rule 0"
+        ),
+        "{text}"
+    );
 
-    let (text, _) = explain(&dir, Protocol::Tcp, 80, Some(("np-demo/other", "np-demo/web")), OutputFormat::Table);
-    assert!(text.starts_with("np-demo/other -> np-demo/web TCP/80: DENIED\n"), "{text}");
+    let (text, _) = explain(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Some(("np-demo/other", "np-demo/web")),
+        OutputFormat::Table,
+    );
+    assert!(
+        text.starts_with("np-demo/other -> np-demo/web TCP/80: DENIED\n"),
+        "{text}"
+    );
     assert!(text.contains("denied: no rule allows it"), "{text}");
 
-    let (text, _) = explain(&dir, Protocol::Tcp, 80, Some(("np-demo/web", "np-demo/web")), OutputFormat::Table);
-    assert!(text.contains("ALLOWED") && text.contains("always reaches itself"), "{text}");
+    let (text, _) = explain(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Some(("np-demo/web", "np-demo/web")),
+        OutputFormat::Table,
+    );
+    assert!(
+        text.contains("ALLOWED") && text.contains("always reaches itself"),
+        "{text}"
+    );
 
-    let (json, _) = explain(&dir, Protocol::Tcp, 80, Some(("np-demo/other", "np-demo/web")), OutputFormat::Json);
+    let (json, _) = explain(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Some(("np-demo/other", "np-demo/web")),
+        OutputFormat::Json,
+    );
     let json: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["allowed"], false);
     assert_eq!(json["ingress"]["isolated_by"][0], "np-demo/allow-frontend");
@@ -436,7 +552,10 @@ spec:
     let (table, _) = explain(&dir, Protocol::Tcp, 80, None, OutputFormat::Table);
     let rows: Vec<&str> = table.lines().filter(|l| l.contains("np-demo/")).collect();
     assert_eq!(rows.len(), 3, "{table}");
-    assert!(rows[1].contains("np-demo/other") && rows[1].trim_end().ends_with("Y Y -"), "{table}");
+    assert!(
+        rows[1].contains("np-demo/other") && rows[1].trim_end().ends_with("Y Y -"),
+        "{table}"
+    );
 }
 
 #[test]

@@ -86,8 +86,12 @@ fn check(name: &str, actual: &str) {
         fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
     assert!(
         expected == actual,
         "{name}: compiled state differs from {}:\n{}",
@@ -122,10 +126,17 @@ fn shop_delta_when_web_2_becomes_an_api_pod() {
     let cluster = compile("shop");
     let before = &cluster.states["node-1"];
     let mut snapshot = cluster.snapshot.clone();
-    let pod = snapshot.pods.iter_mut().find(|p| p.name == "web-2").unwrap();
+    let pod = snapshot
+        .pods
+        .iter_mut()
+        .find(|p| p.name == "web-2")
+        .unwrap();
     pod.labels.insert("tier".to_owned(), "api".to_owned());
     let after = resolve(&snapshot, "node-1", before).unwrap();
-    check("shop-relabel-delta", &render_delta(&Delta::between(before, &after)));
+    check(
+        "shop-relabel-delta",
+        &render_delta(&Delta::between(before, &after)),
+    );
     // Resolving the same snapshot again changes nothing.
     let again = resolve(&snapshot, "node-1", &after).unwrap();
     assert!(Delta::between(&after, &again).is_empty());

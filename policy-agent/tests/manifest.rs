@@ -85,22 +85,38 @@ fn real_yaml_converts_to_the_snapshot() {
     assert_eq!(pod.ports[1].protocol, Protocol::Udp);
 
     let service = &snapshot.services[0];
-    assert_eq!(service.cluster_ips, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
-    assert_eq!(service.ports[0].target_port, PortValue::Name("http".to_owned()));
+    assert_eq!(
+        service.cluster_ips,
+        vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        service.ports[0].target_port,
+        PortValue::Name("http".to_owned())
+    );
 
     let policy = &snapshot.policies[0];
     assert!(policy.has_type(Direction::Ingress) && !policy.has_type(Direction::Egress));
-    assert_eq!(policy.pod_selector.match_expressions[0].operator, Operator::NotIn);
-    assert_eq!(policy.pod_selector.match_expressions[0].values, ["cache", "db"]);
+    assert_eq!(
+        policy.pod_selector.match_expressions[0].operator,
+        Operator::NotIn
+    );
+    assert_eq!(
+        policy.pod_selector.match_expressions[0].values,
+        ["cache", "db"]
+    );
     let rule = &policy.ingress[0];
     match &rule.peers[0] {
         Peer::Pods(peer) => {
-            assert!(matches!(&peer.namespaces, NamespaceScope::Selected(s) if s.match_labels["team"] == "a"));
+            assert!(
+                matches!(&peer.namespaces, NamespaceScope::Selected(s) if s.match_labels["team"] == "a")
+            );
             assert_eq!(peer.pods.match_labels["app"], "web");
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(&rule.peers[1], Peer::Pods(p) if p.namespaces == NamespaceScope::Own("shop".to_owned())));
+    assert!(
+        matches!(&rule.peers[1], Peer::Pods(p) if p.namespaces == NamespaceScope::Own("shop".to_owned()))
+    );
     match &rule.peers[2] {
         Peer::IpBlock(block) => {
             assert_eq!(block.cidr.to_string(), "2001:db8::/32");
@@ -111,7 +127,10 @@ fn real_yaml_converts_to_the_snapshot() {
     assert_eq!(rule.ports[0].protocol, Protocol::Tcp);
     assert_eq!(rule.ports[0].port, Some(PortValue::Name("http".to_owned())));
     assert_eq!(rule.ports[1].end_port, Some(2000));
-    assert_eq!((rule.ports[2].protocol, &rule.ports[2].port), (Protocol::Sctp, &None));
+    assert_eq!(
+        (rule.ports[2].protocol, &rule.ports[2].port),
+        (Protocol::Sctp, &None)
+    );
 }
 
 /// Each invalid object next to a valid policy: (the broken policy's spec, field, message part).
@@ -208,16 +227,26 @@ fn each_invalid_policy_is_reported_with_file_object_and_field_and_the_rest_loads
         assert_eq!(loaded.errors.len(), 1, "{spec}: {:?}", loaded.errors);
         let error = &loaded.errors[0];
         match error {
-            ManifestError::Invalid { object, field: f, .. } => {
+            ManifestError::Invalid {
+                object, field: f, ..
+            } => {
                 assert_eq!(object, "NetworkPolicy ns/bad");
                 assert_eq!(f, field, "{spec}");
             }
             other => panic!("{spec}: {other:?}"),
         }
         let text = policy_agent::explain::error_chain(error);
-        assert!(text.starts_with(&format!("test.yaml: NetworkPolicy ns/bad: {field}: ")), "{text}");
+        assert!(
+            text.starts_with(&format!("test.yaml: NetworkPolicy ns/bad: {field}: ")),
+            "{text}"
+        );
         assert!(text.contains(message), "{spec}: {text}");
-        let names: Vec<&str> = loaded.snapshot.policies.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<&str> = loaded
+            .snapshot
+            .policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(names, ["broken", "p"], "{spec}");
         assert_eq!(loaded.snapshot.pods.len(), 1);
     }
@@ -261,7 +290,11 @@ fn invalid_pods_and_services_are_reported_by_field() {
         let loaded = load_str(&format!("{text}---\n{GOOD}"));
         assert_eq!(loaded.errors.len(), 1, "{text}: {:?}", loaded.errors);
         match &loaded.errors[0] {
-            ManifestError::Invalid { object: o, field: f, .. } => {
+            ManifestError::Invalid {
+                object: o,
+                field: f,
+                ..
+            } => {
                 assert_eq!((o.as_str(), f.as_str()), (object, field), "{text}");
             }
             other => panic!("{text}: {other:?}"),
@@ -283,11 +316,21 @@ fn unparsable_documents_and_schema_errors_are_reported_and_skipped() {
         .map(|e| policy_agent::explain::error_chain(e))
         .collect();
     assert_eq!(loaded.errors.len(), 3, "{messages:#?}");
-    assert!(matches!(loaded.errors[0], ManifestError::Yaml { document: 5, .. }), "{messages:#?}");
+    assert!(
+        matches!(loaded.errors[0], ManifestError::Yaml { document: 5, .. }),
+        "{messages:#?}"
+    );
     assert!(messages[0].contains("not valid YAML"));
-    assert!(matches!(&loaded.errors[1], ManifestError::Schema { object, .. } if object == "Pod default/typed"));
+    assert!(
+        matches!(&loaded.errors[1], ManifestError::Schema { object, .. } if object == "Pod default/typed")
+    );
     assert!(matches!(loaded.errors[2], ManifestError::Shape { .. }));
-    let names: Vec<&str> = loaded.snapshot.pods.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = loaded
+        .snapshot
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     assert_eq!(names, ["web", "last"]);
 }
 
@@ -346,8 +389,15 @@ fn directories_load_recursively_and_unreadable_paths_are_errors() {
     fs::write(dir.0.join("notes.txt"), "kind: [ignored").unwrap();
     let loaded = load(&[dir.0.clone(), dir.0.join("missing.yaml")]);
     assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
-    assert!(matches!(&loaded.errors[0], ManifestError::Read { path, .. } if path.ends_with("missing.yaml")));
-    let names: Vec<&str> = loaded.snapshot.pods.iter().map(|p| p.name.as_str()).collect();
+    assert!(
+        matches!(&loaded.errors[0], ManifestError::Read { path, .. } if path.ends_with("missing.yaml"))
+    );
+    let names: Vec<&str> = loaded
+        .snapshot
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     assert_eq!(names, ["web", "json-pod"]);
 }
 
@@ -430,17 +480,37 @@ spec: {nodeName: worker}
             )
         })
         .collect();
-    let expect = |node: &str, ips: &[&str]| (node.to_owned(), ips.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+    let expect = |node: &str, ips: &[&str]| {
+        (
+            node.to_owned(),
+            ips.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+        )
+    };
     // Unscheduled pods sorted: x/a, x/b, x/c, y/done, y/host -> node-1, node-2, node-1, node-2, node-1.
-    assert_eq!(got["x/a"], expect("node-1", &["10.244.1.3", "fd00:10:244:1::3"]));
-    assert_eq!(got["x/b"], expect("node-2", &["10.244.2.2", "fd00:10:244:2::2"]));
-    assert_eq!(got["x/c"], expect("node-1", &["10.244.1.4", "fd00:10:244:1::4"]));
-    assert_eq!(got["y/pinned"], expect("node-2", &["10.244.2.3", "fd00:10:244:2::3"]));
+    assert_eq!(
+        got["x/a"],
+        expect("node-1", &["10.244.1.3", "fd00:10:244:1::3"])
+    );
+    assert_eq!(
+        got["x/b"],
+        expect("node-2", &["10.244.2.2", "fd00:10:244:2::2"])
+    );
+    assert_eq!(
+        got["x/c"],
+        expect("node-1", &["10.244.1.4", "fd00:10:244:1::4"])
+    );
+    assert_eq!(
+        got["y/pinned"],
+        expect("node-2", &["10.244.2.3", "fd00:10:244:2::3"])
+    );
     assert_eq!(got["w/own"], expect("node-1", &["10.244.1.2"]));
     assert_eq!(got["y/done"], expect("node-2", &[]));
     assert_eq!(got["y/host"], expect("node-1", &[]));
     // A node not named node-K is numbered after the others.
-    assert_eq!(got["z/odd"], expect("worker", &["10.244.3.2", "fd00:10:244:3::2"]));
+    assert_eq!(
+        got["z/odd"],
+        expect("worker", &["10.244.3.2", "fd00:10:244:3::2"])
+    );
 }
 
 #[test]

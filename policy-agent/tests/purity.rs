@@ -35,7 +35,11 @@ fn policy_core_names_no_adapter_crate() {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src/policy"));
     let mut files = Vec::new();
     rust_files(dir, &mut files);
-    assert!(files.len() >= 5, "expected the policy sources in {}", dir.display());
+    assert!(
+        files.len() >= 5,
+        "expected the policy sources in {}",
+        dir.display()
+    );
     let mut offences = Vec::new();
     for file in &files {
         let source = fs::read_to_string(file).unwrap();
@@ -45,7 +49,11 @@ fn policy_core_names_no_adapter_crate() {
             }
         }
     }
-    assert!(offences.is_empty(), "the pure core names adapter crates:\n{}", offences.join("\n"));
+    assert!(
+        offences.is_empty(),
+        "the pure core names adapter crates:\n{}",
+        offences.join("\n")
+    );
 }
 
 #[test]

@@ -155,7 +155,14 @@ fn end<'a>(cluster: &'a Cluster, text: &str) -> End<'a> {
 }
 
 /// The verdict (compiled, reference) for one side of the connection.
-fn side(cluster: &Cluster, pod: &Pod, direction: Direction, peer: IpAddr, p: u8, port: u16) -> (bool, bool) {
+fn side(
+    cluster: &Cluster,
+    pod: &Pod,
+    direction: Direction,
+    peer: IpAddr,
+    p: u8,
+    port: u16,
+) -> (bool, bool) {
     let state = &cluster.states[pod.node.as_deref().unwrap()];
     let compiled = state
         .decide(&pod.pod_ref(), direction, peer, p, port)
@@ -241,7 +248,12 @@ fn semantics_table() {
         count += 1;
     }
     assert!(count >= 80, "only {count} cases");
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -272,7 +284,10 @@ fn every_case_has_a_distinct_name_and_checks_its_policies_decide() {
             vague.push(case.name);
         }
     }
-    assert!(vague.is_empty(), "checks cannot tell the policy apart: {vague:#?}");
+    assert!(
+        vague.is_empty(),
+        "checks cannot tell the policy apart: {vague:#?}"
+    );
 }
 
 const DENY_INGRESS_PROD: &str = r#"

@@ -33,10 +33,7 @@ pub fn node_name(number: usize) -> String {
 }
 
 fn node_number(name: &str) -> Option<usize> {
-    name.strip_prefix("node-")?
-        .parse()
-        .ok()
-        .filter(|n| *n >= 1)
+    name.strip_prefix("node-")?.parse().ok().filter(|n| *n >= 1)
 }
 
 /// The number of nodes `explain` assumes: 2, or the largest `K` of a `node-K` a pod names.
@@ -131,7 +128,16 @@ fn addresses(node: usize, host: u16) -> [IpAddr; 2] {
     let node = node as u8;
     [
         IpAddr::V4(Ipv4Addr::new(10, 244, node, host as u8)),
-        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(node), 0, 0, 0, host)),
+        IpAddr::V6(Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            u16::from(node),
+            0,
+            0,
+            0,
+            host,
+        )),
     ]
 }
 

@@ -14,9 +14,9 @@ use policy_common::verdict::Direction;
 
 use crate::policy::{
     model::{
-        ContainerPort, IpBlock, LabelSelector, NAMESPACE_NAME_LABEL, Namespace,
-        NamespaceScope, NetworkPolicy, Operator, Peer, Pod, PodPeer, PodPhase, PortSpec,
-        PortValue, Protocol, Requirement, Rule, Service, ServicePort,
+        ContainerPort, IpBlock, LabelSelector, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope,
+        NetworkPolicy, Operator, Peer, Pod, PodPeer, PodPhase, PortSpec, PortValue, Protocol,
+        Requirement, Rule, Service, ServicePort,
     },
     state::{Prefix, PrefixParseError},
 };
@@ -111,7 +111,10 @@ pub fn pod(object: &core::Pod) -> Result<Pod> {
             ports.push(ContainerPort {
                 name: port.name.clone(),
                 protocol: protocol(port.protocol.as_deref(), &field)?,
-                port: port_number(i64::from(port.container_port), &format!("{field}.containerPort"))?,
+                port: port_number(
+                    i64::from(port.container_port),
+                    &format!("{field}.containerPort"),
+                )?,
             });
         }
     }
@@ -378,7 +381,10 @@ fn label_selector(selector: &meta::LabelSelector, field: &str) -> Result<LabelSe
         let name = requirement.operator.clone();
         match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
-                return Err(invalid(values_field, FieldError::NoValues { operator: name }));
+                return Err(invalid(
+                    values_field,
+                    FieldError::NoValues { operator: name },
+                ));
             }
             Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
                 return Err(invalid(

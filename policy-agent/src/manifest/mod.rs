@@ -97,7 +97,9 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                 for file in files {
                     match fs::read_to_string(&file) {
                         Ok(text) => load_text(&file, &text, &mut loaded),
-                        Err(source) => loaded.errors.push(ManifestError::Read { path: file, source }),
+                        Err(source) => loaded
+                            .errors
+                            .push(ManifestError::Read { path: file, source }),
                     }
                 }
             }
@@ -132,8 +134,14 @@ pub fn load_text(path: &Path, text: &str, loaded: &mut Loaded) {
             line,
             problem,
         };
-        let Some(kind) = value.get("kind").and_then(|k| k.as_str()).map(str::to_owned) else {
-            loaded.errors.push(shape_error("not a Kubernetes object (no kind)"));
+        let Some(kind) = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .map(str::to_owned)
+        else {
+            loaded
+                .errors
+                .push(shape_error("not a Kubernetes object (no kind)"));
             continue;
         };
         if kind == "List" {
@@ -179,7 +187,9 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
     let result = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => typed(path, &object, &kind, value, convert::namespace)
             .map(|ns| snapshot.namespaces.push(ns)),
-        ("v1", "Pod") => typed(path, &object, &kind, value, convert::pod).map(|pod| snapshot.pods.push(pod)),
+        ("v1", "Pod") => {
+            typed(path, &object, &kind, value, convert::pod).map(|pod| snapshot.pods.push(pod))
+        }
         ("v1", "Service") => typed(path, &object, &kind, value, convert::service)
             .map(|service| snapshot.services.push(service)),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
@@ -296,7 +306,11 @@ pub fn generation(dir: &Path) -> Result<String, ManifestError> {
     let mut files: Vec<(String, PathBuf)> = manifest_files(dir)?
         .into_iter()
         .map(|file| {
-            let relative = file.strip_prefix(dir).unwrap_or(&file).to_string_lossy().into_owned();
+            let relative = file
+                .strip_prefix(dir)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .into_owned();
             (relative, file)
         })
         .collect();

@@ -335,9 +335,15 @@ impl fmt::Display for LabelSelector {
             .collect();
         for requirement in &self.match_expressions {
             parts.push(match requirement.operator {
-                Operator::In => format!("{} in ({})", requirement.key, requirement.values.join(",")),
+                Operator::In => {
+                    format!("{} in ({})", requirement.key, requirement.values.join(","))
+                }
                 Operator::NotIn => {
-                    format!("{} notin ({})", requirement.key, requirement.values.join(","))
+                    format!(
+                        "{} notin ({})",
+                        requirement.key,
+                        requirement.values.join(",")
+                    )
                 }
                 Operator::Exists => requirement.key.clone(),
                 Operator::DoesNotExist => format!("!{}", requirement.key),
@@ -359,7 +365,8 @@ impl fmt::Display for Peer {
             Peer::IpBlock(block) => {
                 write!(f, "ipBlock {}", block.cidr)?;
                 if !block.except.is_empty() {
-                    let except: Vec<String> = block.except.iter().map(ToString::to_string).collect();
+                    let except: Vec<String> =
+                        block.except.iter().map(ToString::to_string).collect();
                     write!(f, " except {}", except.join(","))?;
                 }
                 Ok(())

@@ -22,11 +22,13 @@ use policy_common::{
     ports::range_to_prefixes,
     verdict::Direction,
 };
-
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::policy::{
-    model::{ContainerPort, IpBlock, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortValue, Snapshot},
+    model::{
+        ContainerPort, IpBlock, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortValue,
+        Snapshot,
+    },
     state::{Allocations, ClassKey, EndpointState, NodeState, Prefix, RuleRef},
 };
 
@@ -119,10 +121,7 @@ pub fn resolve(
     let class_ids = allocate_classes(&classes, &peers, &mut ids);
 
     let mut state = NodeState {
-        rules: rules
-            .iter()
-            .map(|(rule, id)| (*id, rule.clone()))
-            .collect(),
+        rules: rules.iter().map(|(rule, id)| (*id, rule.clone())).collect(),
         ..NodeState::default()
     };
     state.peers = classes
@@ -310,9 +309,10 @@ impl<'a> Cluster<'a> {
         let required = peer.pods.match_labels.iter().next();
         let mut visit = |namespace: &str| {
             let candidates = match required {
-                Some((key, value)) => self
-                    .peers_by_label
-                    .get(&(namespace, key.as_str(), value.as_str())),
+                Some((key, value)) => {
+                    self.peers_by_label
+                        .get(&(namespace, key.as_str(), value.as_str()))
+                }
                 None => self.peers_by_namespace.get(namespace),
             };
             for &index in candidates.into_iter().flatten() {
@@ -402,7 +402,9 @@ fn allocate_endpoint(previous: &NodeState, ids: &mut Allocations) -> u32 {
         .values()
         .map(|endpoint| endpoint.info.endpoint_id)
         .collect();
-    next_free(&mut ids.next_endpoint, MAX_ENDPOINTS, |id| used.contains(&id))
+    next_free(&mut ids.next_endpoint, MAX_ENDPOINTS, |id| {
+        used.contains(&id)
+    })
 }
 
 /// The peers of the relevant policies' rules, deduplicated by content.
@@ -522,9 +524,10 @@ impl Classes {
             // `Pod::named_port` reads it.
             let mut ports: Vec<&'a ContainerPort> = Vec::new();
             for port in &pod.ports {
-                let relevant = port.name.as_deref().is_some_and(|name| {
-                    peers.egress_port_names.contains(&(name, port.protocol))
-                });
+                let relevant = port
+                    .name
+                    .as_deref()
+                    .is_some_and(|name| peers.egress_port_names.contains(&(name, port.protocol)));
                 let shadowed = ports
                     .iter()
                     .any(|p| p.name == port.name && p.protocol == port.protocol);
@@ -700,13 +703,9 @@ impl EntryCompiler<'_> {
                         continue;
                     };
                     match &through_pods {
-                        None => self.emit(
-                            ANY_PEER_CLASS,
-                            Some(protocol.number()),
-                            port,
-                            port,
-                            rule_id,
-                        ),
+                        None => {
+                            self.emit(ANY_PEER_CLASS, Some(protocol.number()), port, port, rule_id)
+                        }
                         Some(reached) => {
                             for &class in reached {
                                 self.emit(

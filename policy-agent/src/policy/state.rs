@@ -126,9 +126,11 @@ impl FromStr for Prefix {
     /// Parses `ADDRESS/LENGTH`; host bits past the length are cleared, as the API server's
     /// CIDR parsing does.
     fn from_str(text: &str) -> Result<Prefix, PrefixParseError> {
-        let (addr, len) = text.split_once('/').ok_or_else(|| PrefixParseError::Shape {
-            text: text.to_owned(),
-        })?;
+        let (addr, len) = text
+            .split_once('/')
+            .ok_or_else(|| PrefixParseError::Shape {
+                text: text.to_owned(),
+            })?;
         let addr: IpAddr = addr.parse().map_err(|source| PrefixParseError::Address {
             text: text.to_owned(),
             source,
@@ -354,7 +356,13 @@ impl NodeState {
             let info = endpoint.info;
             pods_by_id.insert(info.endpoint_id, endpoint.pod.to_string());
             let ips: Vec<String> = endpoint.ips.iter().map(ToString::to_string).collect();
-            let _ = write!(text, "  {} id={} ips={}", endpoint.pod, info.endpoint_id, ips.join(","));
+            let _ = write!(
+                text,
+                "  {} id={} ips={}",
+                endpoint.pod,
+                info.endpoint_id,
+                ips.join(",")
+            );
             for direction in Direction::ALL {
                 let name = direction_name(direction);
                 if info.isolated(direction) {
