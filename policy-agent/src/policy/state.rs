@@ -419,3 +419,82 @@ fn direction_name(direction: Direction) -> &'static str {
         Direction::Egress => "egress",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(text: &str) -> Prefix {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn parsing_clears_host_bits_and_checks_length() {
+        assert_eq!(prefix("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert_eq!(prefix("fd00::1:2/112").to_string(), "fd00::1:0/112");
+        assert_eq!(prefix("0.0.0.0/0").len, 0);
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Prefix>(),
+            Err(PrefixParseError::Length { .. })
+        ));
+        assert!(matches!(
+            "::/129".parse::<Prefix>(),
+            Err(PrefixParseError::Length { .. })
+        ));
+        assert!(matches!(
+            "10.0.0.0".parse::<Prefix>(),
+            Err(PrefixParseError::Shape { .. })
+        ));
+        assert!(matches!(
+            "10.0.0/8".parse::<Prefix>(),
+            Err(PrefixParseError::Address { .. })
+        ));
+    }
+
+    #[test]
+    fn containment_respects_family_and_length() {
+        let net = prefix("10.0.0.0/8");
+        assert!(net.contains("10.255.0.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(!prefix("::/0").contains("10.0.0.1".parse().unwrap()));
+        assert!(prefix("0.0.0.0/0").contains("10.0.0.1".parse().unwrap()));
+        assert!(net.covers(&prefix("10.1.0.0/16")));
+        assert!(net.covers(&net));
+        assert!(!prefix("10.1.0.0/16").covers(&net));
+    }
+
+    #[test]
+    fn order_is_ipv4_first_then_address_then_length() {
+        let mut prefixes = [
+            prefix("fd00::/8"),
+            prefix("10.0.0.0/16"),
+            prefix("10.0.0.0/8"),
+            prefix("9.0.0.0/8"),
+        ];
+        prefixes.sort();
+        let shown: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["9.0.0.0/8", "10.0.0.0/8", "10.0.0.0/16", "fd00::/8"]
+        );
+    }
+
+    #[test]
+    fn delta_lists_only_differences() {
+        let mut old = NodeState::default();
+        old.peers.insert(prefix("10.0.0.1/32"), 1);
+        old.peers.insert(prefix("10.0.0.2/32"), 2);
+        let mut new = old.clone();
+        new.peers.insert(prefix("10.0.0.2/32"), 3);
+        new.peers.insert(prefix("10.0.0.3/32"), 1);
+        new.peers.remove(&prefix("10.0.0.1/32"));
+        let delta = Delta::between(&old, &new);
+        assert_eq!(
+            delta.peer_upserts,
+            [(prefix("10.0.0.2/32"), 3), (prefix("10.0.0.3/32"), 1)]
+        );
+        assert_eq!(delta.peer_removals, [prefix("10.0.0.1/32")]);
+        assert_eq!(delta.len(), 3);
+        assert!(Delta::between(&new, &new).is_empty());
+    }
+}
