@@ -47,6 +47,8 @@ pub enum ResolveError {
         count: usize,
         capacity: u32,
     },
+    #[error("every {what} id is in use")]
+    IdsExhausted { what: &'static str },
     #[error("node {node} needs {count} {family} peer prefixes; the peer map holds {capacity}")]
     TooManyPeerPrefixes {
         node: String,
@@ -115,10 +117,10 @@ pub fn resolve(
         })
         .collect();
 
-    let rules = allocate_rules(&policies, &relevant, previous, &mut ids);
+    let rules = allocate_rules(&policies, &relevant, previous, &mut ids)?;
     let peers = RelevantPeers::collect(&policies, &relevant);
     let classes = Classes::compute(&cluster, &peers);
-    let class_ids = allocate_classes(&classes, &peers, &mut ids);
+    let class_ids = allocate_classes(&classes, &peers, &mut ids)?;
 
     let mut state = NodeState {
         rules: rules.iter().map(|(rule, id)| (*id, rule.clone())).collect(),
@@ -145,12 +147,9 @@ pub fn resolve(
         }
     }
 
-    for (pod, by_direction) in endpoints.iter().zip(&selecting) {
+    let endpoint_ids = allocate_endpoints(&endpoints, node, previous, &mut ids)?;
+    for ((pod, by_direction), endpoint_id) in endpoints.iter().zip(&selecting).zip(endpoint_ids) {
         let pod_ref = pod.pod_ref();
-        let endpoint_id = match previous.endpoints.get(&pod_ref) {
-            Some(existing) => existing.info.endpoint_id,
-            None => allocate_endpoint(previous, &mut ids),
-        };
         let mut info = EndpointInfo {
             endpoint_id,
             ..EndpointInfo::default()
@@ -349,9 +348,10 @@ fn allocate_rules(
     relevant: &BTreeSet<(usize, Direction)>,
     previous: &NodeState,
     ids: &mut Allocations,
-) -> BTreeMap<RuleRef, u32> {
+) -> Result<BTreeMap<RuleRef, u32>, ResolveError> {
     let known: HashMap<&RuleRef, u32> = previous.rules.iter().map(|(id, r)| (r, *id)).collect();
-    let in_use: HashSet<u32> = relevant
+    let recent: HashSet<u32> = previous.rules.keys().copied().collect();
+    let mut in_use: HashSet<u32> = relevant
         .iter()
         .flat_map(|&(index, direction)| {
             let policy = policies[index];
@@ -360,7 +360,6 @@ fn allocate_rules(
         .filter_map(|rule| known.get(&rule).copied())
         .collect();
     let mut rules = BTreeMap::new();
-    let mut fresh = HashSet::default();
     for &(index, direction) in relevant {
         let policy = policies[index];
         for rule_index in 0..policy.rules(direction).len() {
@@ -368,43 +367,87 @@ fn allocate_rules(
             let id = match known.get(&rule) {
                 Some(id) => *id,
                 None => {
-                    let id = next_free(&mut ids.next_rule, u32::MAX, |id| {
-                        in_use.contains(&id) || fresh.contains(&id)
-                    });
-                    fresh.insert(id);
+                    let id = next_free(
+                        &mut ids.next_rule,
+                        u32::MAX,
+                        |id| in_use.contains(&id),
+                        |id| recent.contains(&id),
+                    )
+                    .ok_or(ResolveError::IdsExhausted { what: "rule" })?;
+                    in_use.insert(id);
                     id
                 }
             };
             rules.insert(rule, id);
         }
     }
-    rules
+    Ok(rules)
 }
 
-/// The next id from `counter` (1 to `limit - 1`, wrapping) that `taken` does not refuse.
-fn next_free(counter: &mut u32, limit: u32, taken: impl Fn(u32) -> bool) -> u32 {
-    loop {
-        if *counter == 0 || *counter >= limit {
-            *counter = 1;
-        }
-        let id = *counter;
-        *counter += 1;
-        if !taken(id) {
-            return id;
+/// The next id from `counter` (1 to `limit - 1`, wrapping) that `in_use` does not hold,
+/// preferring ids `recent` does not hold either: map entries of an id's previous meaning may
+/// still be in place while a delta applies. `None` when every id is in use.
+fn next_free(
+    counter: &mut u32,
+    limit: u32,
+    in_use: impl Fn(u32) -> bool,
+    recent: impl Fn(u32) -> bool,
+) -> Option<u32> {
+    for avoid_recent in [true, false] {
+        for _ in 1..limit {
+            if *counter == 0 || *counter >= limit {
+                *counter = 1;
+            }
+            let id = *counter;
+            *counter += 1;
+            if !in_use(id) && !(avoid_recent && recent(id)) {
+                return Some(id);
+            }
         }
     }
+    None
 }
 
-fn allocate_endpoint(previous: &NodeState, ids: &mut Allocations) -> u32 {
-    // The caller checked that fewer than MAX_ENDPOINTS - 1 endpoints exist, so one id is free.
-    let used: HashSet<u32> = previous
+/// Endpoint ids for `endpoints`: kept from `previous`, new ones for new pods.
+fn allocate_endpoints(
+    endpoints: &[&Pod],
+    node: &str,
+    previous: &NodeState,
+    ids: &mut Allocations,
+) -> Result<Vec<u32>, ResolveError> {
+    let known = |pod: &Pod| {
+        previous
+            .endpoints
+            .get(&pod.pod_ref())
+            .map(|endpoint| endpoint.info.endpoint_id)
+    };
+    let recent: HashSet<u32> = previous
         .endpoints
         .values()
         .map(|endpoint| endpoint.info.endpoint_id)
         .collect();
-    next_free(&mut ids.next_endpoint, MAX_ENDPOINTS, |id| {
-        used.contains(&id)
-    })
+    let mut in_use: HashSet<u32> = endpoints.iter().filter_map(|pod| known(pod)).collect();
+    endpoints
+        .iter()
+        .map(|pod| match known(pod) {
+            Some(id) => Ok(id),
+            None => {
+                let id = next_free(
+                    &mut ids.next_endpoint,
+                    MAX_ENDPOINTS,
+                    |id| in_use.contains(&id),
+                    |id| recent.contains(&id),
+                )
+                .ok_or_else(|| ResolveError::TooManyEndpoints {
+                    node: node.to_owned(),
+                    count: endpoints.len(),
+                    capacity: MAX_ENDPOINTS - 1,
+                })?;
+                in_use.insert(id);
+                Ok(id)
+            }
+        })
+        .collect()
 }
 
 /// The peers of the relevant policies' rules, deduplicated by content.
@@ -579,7 +622,7 @@ fn allocate_classes(
     classes: &Classes,
     peers: &RelevantPeers<'_>,
     ids: &mut Allocations,
-) -> Vec<u32> {
+) -> Result<Vec<u32>, ResolveError> {
     let keys: Vec<ClassKey> = classes
         .keys
         .iter()
@@ -593,7 +636,7 @@ fn allocate_classes(
         })
         .collect();
     let previous = std::mem::take(&mut ids.classes);
-    let in_use: HashSet<u32> = previous.values().copied().collect();
+    let recent: HashSet<u32> = previous.values().copied().collect();
     let mut assigned = vec![WORLD_CLASS; keys.len()];
     let mut fresh: Vec<usize> = Vec::new();
     for (class, key) in keys.iter().enumerate() {
@@ -606,12 +649,16 @@ fn allocate_classes(
         }
     }
     fresh.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
-    let mut taken: HashSet<u32> = assigned.iter().copied().collect();
+    let mut in_use: HashSet<u32> = assigned.iter().copied().collect();
     for class in fresh {
-        let id = next_free(&mut ids.next_class, ANY_PEER_CLASS, |id| {
-            in_use.contains(&id) || taken.contains(&id)
-        });
-        taken.insert(id);
+        let id = next_free(
+            &mut ids.next_class,
+            ANY_PEER_CLASS,
+            |id| in_use.contains(&id),
+            |id| recent.contains(&id),
+        )
+        .ok_or(ResolveError::IdsExhausted { what: "peer class" })?;
+        in_use.insert(id);
         assigned[class] = id;
     }
     for (class, key) in keys.into_iter().enumerate() {
@@ -619,7 +666,7 @@ fn allocate_classes(
             ids.classes.insert(key, assigned[class]);
         }
     }
-    assigned
+    Ok(assigned)
 }
 
 /// Writes the policy entries of one endpoint and direction, and collects its lookup plan.
@@ -779,5 +826,128 @@ impl EntryCompiler<'_> {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::policy::model::{LabelSelector, PodPeer, PodPhase, Rule};
+
+    fn pod(name: &str, host: u32, app: &str) -> Pod {
+        Pod {
+            namespace: "ns".to_owned(),
+            name: name.to_owned(),
+            labels: [("app".to_owned(), app.to_owned())].into_iter().collect(),
+            node: Some("node-1".to_owned()),
+            phase: PodPhase::Running,
+            host_network: false,
+            ips: vec![IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 + host))],
+            ports: Vec::new(),
+        }
+    }
+
+    fn ids(state: &NodeState) -> BTreeMap<String, u32> {
+        state
+            .endpoints
+            .iter()
+            .map(|(pod, endpoint)| (pod.name.clone(), endpoint.info.endpoint_id))
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_ids_stay_and_departed_ids_are_not_reused_at_once() {
+        let mut snapshot = Snapshot {
+            pods: vec![pod("a", 1, "x"), pod("b", 2, "x"), pod("c", 3, "x")],
+            ..Snapshot::default()
+        };
+        let first = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        assert_eq!(
+            ids(&first),
+            [("a".into(), 1), ("b".into(), 2), ("c".into(), 3)].into()
+        );
+        snapshot.pods.remove(1);
+        snapshot.pods.push(pod("d", 4, "x"));
+        let second = resolve(&snapshot, "node-1", &first).unwrap();
+        assert_eq!(
+            ids(&second),
+            [("a".into(), 1), ("c".into(), 3), ("d".into(), 4)].into()
+        );
+    }
+
+    #[test]
+    fn replacing_every_endpoint_at_full_capacity_still_finds_ids() {
+        let count = MAX_ENDPOINTS - 1;
+        let old = Snapshot {
+            pods: (0..count)
+                .map(|i| pod(&format!("old-{i}"), i, "x"))
+                .collect(),
+            ..Snapshot::default()
+        };
+        let first = resolve(&old, "node-1", &NodeState::default()).unwrap();
+        let new = Snapshot {
+            pods: (0..count)
+                .map(|i| pod(&format!("new-{i}"), i + 5000, "x"))
+                .collect(),
+            ..Snapshot::default()
+        };
+        let second = resolve(&new, "node-1", &first).unwrap();
+        let distinct: BTreeSet<u32> = ids(&second).into_values().collect();
+        assert_eq!(distinct.len(), count as usize);
+        assert!(distinct.iter().all(|id| (1..MAX_ENDPOINTS).contains(id)));
+        let too_many = Snapshot {
+            pods: (0..=count)
+                .map(|i| pod(&format!("p-{i}"), i, "x"))
+                .collect(),
+            ..Snapshot::default()
+        };
+        assert!(matches!(
+            resolve(&too_many, "node-1", &NodeState::default()),
+            Err(ResolveError::TooManyEndpoints { count: 1024, .. })
+        ));
+    }
+
+    #[test]
+    fn a_new_class_does_not_take_the_id_of_one_that_just_went_away() {
+        let selector = |app: &str| LabelSelector {
+            match_labels: [("app".to_owned(), app.to_owned())].into_iter().collect(),
+            match_expressions: Vec::new(),
+        };
+        let policy = NetworkPolicy {
+            namespace: "ns".to_owned(),
+            name: "p".to_owned(),
+            pod_selector: selector("server"),
+            policy_types: Vec::new(),
+            ingress: ["x", "y"]
+                .into_iter()
+                .map(|app| Rule {
+                    peers: vec![Peer::Pods(PodPeer {
+                        namespaces: NamespaceScope::Own("ns".to_owned()),
+                        pods: selector(app),
+                    })],
+                    ports: Vec::new(),
+                })
+                .collect(),
+            egress: Vec::new(),
+        };
+        let mut snapshot = Snapshot {
+            pods: vec![pod("server", 1, "server"), pod("client", 2, "x")],
+            policies: vec![policy],
+            ..Snapshot::default()
+        };
+        let first = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        let client: IpAddr = "10.0.0.2".parse().unwrap();
+        let old_class = first.peer_class(client);
+        assert_ne!(old_class, WORLD_CLASS);
+        snapshot.pods[1]
+            .labels
+            .insert("app".to_owned(), "y".to_owned());
+        let second = resolve(&snapshot, "node-1", &first).unwrap();
+        let new_class = second.peer_class(client);
+        assert_ne!(new_class, WORLD_CLASS);
+        assert_ne!(new_class, old_class);
+        assert!(!second.ids.classes.values().any(|id| *id == old_class));
     }
 }
