@@ -36,6 +36,7 @@ struct ExplainArgs {
     /// The server's port.
     #[arg(long, default_value_t = 80)]
     port: u16,
+    /// The connection's protocol.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
     protocol: ProtocolArg,
     /// The client, as NAMESPACE/POD (with --to).
@@ -44,6 +45,7 @@ struct ExplainArgs {
     /// The server, as NAMESPACE/POD (with --from).
     #[arg(long, requires = "from")]
     to: Option<String>,
+    /// A readable grid (or verdict with reasons), or JSON.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Table)]
     output: OutputArg,
 }
