@@ -27,7 +27,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use crate::policy::{
     model::{
         ContainerPort, IpBlock, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortValue,
-        Snapshot,
+        Protocol, Snapshot,
     },
     state::{Allocations, ClassKey, EndpointState, NodeState, Prefix, RuleRef},
 };
@@ -454,9 +454,10 @@ fn allocate_endpoints(
 struct RelevantPeers<'a> {
     peers: Vec<&'a Peer>,
     ids: HashMap<&'a Peer, usize>,
-    /// Named ports of egress rules that can match pods: a peer pod's containerPorts of these
-    /// names are part of its class.
-    egress_port_names: HashSet<(&'a str, crate::policy::model::Protocol)>,
+    /// Named ports (name, protocol) of egress rules that can match pods, by index: a peer pod's
+    /// containerPorts of these names are part of its class.
+    egress_port_names: Vec<(&'a str, Protocol)>,
+    egress_port_name_ids: HashMap<(&'a str, Protocol), u32>,
 }
 
 impl<'a> RelevantPeers<'a> {
@@ -467,7 +468,8 @@ impl<'a> RelevantPeers<'a> {
         let mut peers = RelevantPeers {
             peers: Vec::new(),
             ids: HashMap::default(),
-            egress_port_names: HashSet::default(),
+            egress_port_names: Vec::new(),
+            egress_port_name_ids: HashMap::default(),
         };
         for &(index, direction) in relevant {
             for rule in policies[index].rules(direction) {
@@ -481,10 +483,13 @@ impl<'a> RelevantPeers<'a> {
                     || rule.peers.iter().any(|peer| matches!(peer, Peer::Pods(_)));
                 if direction == Direction::Egress && reaches_pods {
                     for spec in &rule.ports {
-                        if let Some(PortValue::Name(name)) = &spec.port {
-                            peers
-                                .egress_port_names
-                                .insert((name.as_str(), spec.protocol));
+                        if let Some(PortValue::Name(name)) = &spec.port
+                            && let Entry::Vacant(vacant) = peers
+                                .egress_port_name_ids
+                                .entry((name.as_str(), spec.protocol))
+                        {
+                            vacant.insert(peers.egress_port_names.len() as u32);
+                            peers.egress_port_names.push((name.as_str(), spec.protocol));
                         }
                     }
                 }
@@ -505,18 +510,34 @@ struct Classes {
 }
 
 impl Classes {
-    fn compute<'a>(cluster: &Cluster<'a>, peers: &RelevantPeers<'_>) -> Classes {
-        // The selector peers each pod matches.
-        let mut pod_peers: Vec<Vec<usize>> = vec![Vec::new(); cluster.peers.len()];
+    fn compute(cluster: &Cluster<'_>, peers: &RelevantPeers<'_>) -> Classes {
+        // The selector peers each pod matches: pairs gathered per peer (so in ascending peer
+        // order), then grouped by pod in one flat list.
+        let mut pairs: Vec<(usize, u32)> = Vec::new();
         let mut blocks = Vec::new();
         for (id, peer) in peers.peers.iter().enumerate() {
             match peer {
-                Peer::Pods(pod_peer) => cluster.select(pod_peer, |pod| pod_peers[pod].push(id)),
-                Peer::IpBlock(block) => blocks.push((id, block)),
+                Peer::Pods(pod_peer) => {
+                    cluster.select(pod_peer, |pod| pairs.push((pod, id as u32)))
+                }
+                Peer::IpBlock(block) => blocks.push((id as u32, block)),
             }
         }
+        let mut starts = vec![0usize; cluster.peers.len() + 1];
+        for &(pod, _) in &pairs {
+            starts[pod + 1] += 1;
+        }
+        for pod in 0..cluster.peers.len() {
+            starts[pod + 1] += starts[pod];
+        }
+        let mut pod_peers = vec![0u32; pairs.len()];
+        let mut fill = starts.clone();
+        for &(pod, peer) in &pairs {
+            pod_peers[fill[pod]] = peer;
+            fill[pod] += 1;
+        }
         // Blocks by cidr, so each address is tested once per distinct cidr.
-        let mut by_cidr: BTreeMap<Prefix, Vec<(usize, &IpBlock)>> = BTreeMap::new();
+        let mut by_cidr: BTreeMap<Prefix, Vec<(u32, &IpBlock)>> = BTreeMap::new();
         for &(id, block) in &blocks {
             by_cidr.entry(block.cidr).or_default().push((id, block));
         }
@@ -526,62 +547,85 @@ impl Classes {
             of_peer: vec![Vec::new(); peers.peers.len()],
             prefixes: Vec::new(),
         };
-        let mut interned: HashMap<(Vec<usize>, Vec<&'a ContainerPort>), usize> = HashMap::default();
-        interned.insert((Vec::new(), Vec::new()), 0);
-        let mut intern =
-            |key: (Vec<usize>, Vec<&'a ContainerPort>), classes: &mut Classes| -> usize {
-                match interned.entry(key) {
-                    Entry::Occupied(occupied) => *occupied.get(),
-                    Entry::Vacant(vacant) => {
-                        let class = classes.keys.len();
-                        for &peer in &vacant.key().0 {
-                            classes.of_peer[peer].push(class);
-                        }
-                        let ports = vacant.key().1.iter().map(|&p| p.clone()).collect();
-                        classes.keys.push((vacant.key().0.clone(), ports));
-                        vacant.insert(class);
-                        class
+        // A class signature: its peer ids (ascending), a separator, then (port name index, port)
+        // pairs in ascending name index. Looked up by slice, so only new classes allocate.
+        const SEPARATOR: u32 = u32::MAX;
+        let mut interned: HashMap<Box<[u32]>, usize> = HashMap::default();
+        interned.insert(Box::new([SEPARATOR]), 0);
+        let mut intern = |signature: &[u32], classes: &mut Classes| -> usize {
+            if let Some(class) = interned.get(signature) {
+                return *class;
+            }
+            let class = classes.keys.len();
+            let split = signature
+                .iter()
+                .position(|&word| word == SEPARATOR)
+                .unwrap_or(signature.len());
+            let members: Vec<usize> = signature[..split].iter().map(|&id| id as usize).collect();
+            for &peer in &members {
+                classes.of_peer[peer].push(class);
+            }
+            let ports = signature[split + 1..]
+                .as_chunks::<2>()
+                .0
+                .iter()
+                .map(|&[name, port]| {
+                    let (name, protocol) = peers.egress_port_names[name as usize];
+                    ContainerPort {
+                        name: Some(name.to_owned()),
+                        protocol,
+                        port: port as u16,
                     }
-                }
-            };
+                })
+                .collect();
+            classes.keys.push((members, ports));
+            interned.insert(signature.into(), class);
+            class
+        };
 
         // ipBlock prefixes first: a pod's host prefix replaces an equal one (see the end).
         let block_prefixes: BTreeSet<Prefix> = blocks
             .iter()
             .flat_map(|(_, block)| std::iter::once(block.cidr).chain(block.except.iter().copied()))
             .collect();
+        let mut signature: Vec<u32> = Vec::new();
         for prefix in block_prefixes {
-            let members: Vec<usize> = blocks
-                .iter()
-                .filter(|(_, block)| {
-                    block.cidr.covers(&prefix) && !block.except.iter().any(|e| e.covers(&prefix))
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            let class = intern((members, Vec::new()), &mut classes);
+            signature.clear();
+            signature.extend(
+                blocks
+                    .iter()
+                    .filter(|(_, block)| {
+                        block.cidr.covers(&prefix)
+                            && !block.except.iter().any(|e| e.covers(&prefix))
+                    })
+                    .map(|(id, _)| *id),
+            );
+            signature.push(SEPARATOR);
+            let class = intern(&signature, &mut classes);
             classes.prefixes.push((prefix, class));
         }
 
+        let mut ports: Vec<(u32, u32)> = Vec::new();
+        let mut in_blocks: Vec<u32> = Vec::new();
         for (index, pod) in cluster.peers.iter().enumerate() {
             // What each relevant name resolves to on this pod: its first declaration, as
             // `Pod::named_port` reads it.
-            let mut ports: Vec<&'a ContainerPort> = Vec::new();
+            ports.clear();
             for port in &pod.ports {
-                let relevant = port
-                    .name
-                    .as_deref()
-                    .is_some_and(|name| peers.egress_port_names.contains(&(name, port.protocol)));
-                let shadowed = ports
-                    .iter()
-                    .any(|p| p.name == port.name && p.protocol == port.protocol);
-                if relevant && !shadowed {
-                    ports.push(port);
+                let Some(name) = port.name.as_deref() else {
+                    continue;
+                };
+                let Some(&name_id) = peers.egress_port_name_ids.get(&(name, port.protocol)) else {
+                    continue;
+                };
+                if !ports.iter().any(|(seen, _)| *seen == name_id) {
+                    ports.push((name_id, u32::from(port.port)));
                 }
             }
-            ports.sort();
-            let mut pod_class = None;
+            ports.sort_unstable();
+            let own_peers = &pod_peers[starts[index]..starts[index + 1]];
             for &ip in &pod.ips {
-                let mut in_blocks: Vec<usize> = Vec::new();
+                in_blocks.clear();
                 for (cidr, with_cidr) in &by_cidr {
                     if cidr.contains(ip) {
                         in_blocks.extend(
@@ -592,16 +636,15 @@ impl Classes {
                         );
                     }
                 }
-                let class = if in_blocks.is_empty() {
-                    *pod_class.get_or_insert_with(|| {
-                        intern((pod_peers[index].clone(), ports.clone()), &mut classes)
-                    })
-                } else {
-                    let mut members = pod_peers[index].clone();
-                    members.extend(in_blocks);
-                    members.sort_unstable();
-                    intern((members, ports.clone()), &mut classes)
-                };
+                signature.clear();
+                signature.extend_from_slice(own_peers);
+                if !in_blocks.is_empty() {
+                    signature.extend_from_slice(&in_blocks);
+                    signature.sort_unstable();
+                }
+                signature.push(SEPARATOR);
+                signature.extend(ports.iter().flat_map(|&(name, port)| [name, port]));
+                let class = intern(&signature, &mut classes);
                 classes.prefixes.push((Prefix::host(ip), class));
             }
         }
@@ -632,6 +675,7 @@ fn allocate_classes(
                 ports: ports.clone(),
             };
             key.peers.sort();
+            key.ports.sort();
             key
         })
         .collect();
