@@ -3,6 +3,8 @@
 
 pub mod datapath;
 pub mod discovery;
+pub mod explain;
+pub mod manifest;
 pub mod policy;
 
 /// The compiled `policy-ebpf` object, embedded at build time.

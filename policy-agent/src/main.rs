@@ -1,1 +1,106 @@
-fn main() {}
+//! `policy-agent`: the command line.
+
+use std::{io, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use policy_agent::{
+    explain::{self, ExplainOptions, OutputFormat},
+    manifest,
+    policy::model::Protocol,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(about = "Kubernetes NetworkPolicy enforcement with TC eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Who can reach whom under a set of manifests, decided by the compiled datapath state.
+    Explain(ExplainArgs),
+    /// Print the generation (a hex hash of the manifests) of a manifest directory.
+    Generation {
+        /// The manifest directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// Manifest files or directories (multi-document YAML or JSON).
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    paths: Vec<PathBuf>,
+    /// The server's port.
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+    /// The connection's protocol.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+    protocol: ProtocolArg,
+    /// The client, as NAMESPACE/POD (with --to).
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// The server, as NAMESPACE/POD (with --from).
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// A readable grid (or verdict with reasons), or JSON.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Table)]
+    output: OutputArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    #[value(name = "TCP")]
+    Tcp,
+    #[value(name = "UDP")]
+    Udp,
+    #[value(name = "SCTP")]
+    Sctp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputArg {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::from_default_env())
+        .with_writer(io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Explain(args) => {
+            let options = ExplainOptions {
+                paths: args.paths,
+                port: args.port,
+                protocol: match args.protocol {
+                    ProtocolArg::Tcp => Protocol::Tcp,
+                    ProtocolArg::Udp => Protocol::Udp,
+                    ProtocolArg::Sctp => Protocol::Sctp,
+                },
+                from: args.from,
+                to: args.to,
+                output: match args.output {
+                    OutputArg::Table => OutputFormat::Table,
+                    OutputArg::Json => OutputFormat::Json,
+                },
+            };
+            explain::run(&options, &mut io::stdout().lock(), &mut io::stderr().lock())?;
+        }
+        Command::Generation { dir } => println!("{}", manifest::generation(&dir)?),
+    }
+    Ok(())
+}

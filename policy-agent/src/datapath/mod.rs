@@ -71,7 +71,7 @@ use self::{bpffs::PinLayout, record::Record};
 pub use self::{
     bpffs::{BPFFS_ROOT, ensure_bpffs},
     error::{ApplyError, DatapathError, UpdateError},
-    sync::{ApplyStats, delta_between},
+    sync::ApplyStats,
     telemetry::{AsyncEventReader, CounterReading, EventError, EventReader, Flow},
 };
 #[cfg(doc)]

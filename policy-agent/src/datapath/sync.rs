@@ -23,37 +23,6 @@ pub struct ApplyStats {
     pub writes: usize,
 }
 
-/// The delta that turns `programmed` into `desired`. Endpoints are compared by pod; callers
-/// that track interfaces add the endpoints whose interface changed.
-pub fn delta_between(programmed: &NodeState, desired: &NodeState) -> Delta {
-    fn changed<'a, K: Ord + Clone, V: PartialEq + Clone>(
-        from: &'a BTreeMap<K, V>,
-        to: &'a BTreeMap<K, V>,
-    ) -> Vec<(K, V)> {
-        to.iter()
-            .filter(|(key, value)| from.get(key) != Some(value))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect()
-    }
-    fn gone<K: Ord + Clone, V>(from: &BTreeMap<K, V>, to: &BTreeMap<K, V>) -> Vec<K> {
-        from.keys()
-            .filter(|key| !to.contains_key(key))
-            .cloned()
-            .collect()
-    }
-    Delta {
-        policy_upserts: changed(&programmed.policy, &desired.policy),
-        peer_upserts: changed(&programmed.peers, &desired.peers),
-        endpoint_upserts: changed(&programmed.endpoints, &desired.endpoints)
-            .into_iter()
-            .map(|(_, endpoint)| endpoint)
-            .collect(),
-        peer_removals: gone(&programmed.peers, &desired.peers),
-        policy_removals: gone(&programmed.policy, &desired.policy),
-        endpoint_removals: gone(&programmed.endpoints, &desired.endpoints),
-    }
-}
-
 fn isolated(info: &EndpointInfo) -> bool {
     info.flags
         & (policy_common::maps::ENDPOINT_INGRESS_ISOLATED
@@ -335,7 +304,7 @@ impl Datapath {
             failures: vec![failure.into()],
             fenced: Vec::new(),
         })?;
-        let mut delta = delta_between(&programmed, desired);
+        let mut delta = Delta::between(&programmed, desired);
         for (pod, endpoint) in &desired.endpoints {
             let moved =
                 ifindex_of(pod).is_some_and(|ifindex| self.record.ifindex_of(pod) != Some(ifindex));
@@ -545,8 +514,6 @@ fn host_key_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
 
 #[cfg(test)]
 mod tests {
-    use policy_common::maps::{PolicyKey, PolicyValue};
-
     use super::*;
 
     fn pod(name: &str) -> PodRef {
@@ -567,103 +534,6 @@ mod tests {
                 egress_plan: 0,
             },
         }
-    }
-
-    fn key(endpoint_id: u32, port: u16) -> PolicyKey {
-        PolicyKey {
-            endpoint_id,
-            peer_class: 1,
-            port,
-            direction: 0,
-            protocol: 6,
-            port_prefix_len: 16,
-            _pad: [0; 3],
-        }
-    }
-
-    fn state(
-        endpoints: &[EndpointState],
-        policy: &[(PolicyKey, u32)],
-        peers: &[(&str, u8, u32)],
-    ) -> NodeState {
-        NodeState {
-            endpoints: endpoints
-                .iter()
-                .map(|endpoint| (endpoint.pod.clone(), endpoint.clone()))
-                .collect(),
-            peers: peers
-                .iter()
-                .map(|&(addr, len, class)| {
-                    (
-                        Prefix {
-                            addr: addr.parse().unwrap(),
-                            len,
-                        },
-                        class,
-                    )
-                })
-                .collect(),
-            policy: policy
-                .iter()
-                .map(|&(key, rule_id)| (key, PolicyValue { rule_id }))
-                .collect(),
-            rules: BTreeMap::new(),
-        }
-    }
-
-    #[test]
-    fn equal_states_have_an_empty_delta() {
-        let a = state(
-            &[endpoint("a", 1, 1)],
-            &[(key(1, 80), 3)],
-            &[("10.0.0.0", 24, 1)],
-        );
-        assert!(delta_between(&a, &a).is_empty());
-    }
-
-    #[test]
-    fn delta_upserts_changes_and_removes_leftovers() {
-        let from = state(
-            &[endpoint("a", 1, 1), endpoint("b", 2, 0)],
-            &[(key(1, 80), 3), (key(1, 443), 3)],
-            &[("10.0.0.0", 24, 1), ("fd00::", 64, 2)],
-        );
-        let to = state(
-            &[endpoint("a", 1, 3), endpoint("c", 3, 0)],
-            &[(key(1, 80), 4), (key(3, 53), 5)],
-            &[("10.0.0.0", 24, 1), ("10.1.0.0", 16, 2)],
-        );
-        let delta = delta_between(&from, &to);
-        assert_eq!(
-            delta.policy_upserts,
-            vec![
-                (key(1, 80), PolicyValue { rule_id: 4 }),
-                (key(3, 53), PolicyValue { rule_id: 5 })
-            ]
-        );
-        assert_eq!(delta.policy_removals, vec![key(1, 443)]);
-        assert_eq!(
-            delta.peer_upserts,
-            vec![(
-                Prefix {
-                    addr: "10.1.0.0".parse().unwrap(),
-                    len: 16
-                },
-                2
-            )]
-        );
-        assert_eq!(
-            delta.peer_removals,
-            vec![Prefix {
-                addr: "fd00::".parse().unwrap(),
-                len: 64
-            }]
-        );
-        assert_eq!(
-            delta.endpoint_upserts,
-            vec![endpoint("a", 1, 3), endpoint("c", 3, 0)]
-        );
-        assert_eq!(delta.endpoint_removals, vec![pod("b")]);
     }
 
     #[test]

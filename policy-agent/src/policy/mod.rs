@@ -3,4 +3,8 @@
 //! Nothing here names kube, k8s_openapi, aya or tokio, so every NetworkPolicy rule is testable in
 //! milliseconds without a cluster or a kernel.
 
+pub mod lookup;
+pub mod model;
+pub mod resolve;
+pub mod spec;
 pub mod state;

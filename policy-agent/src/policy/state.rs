@@ -1,12 +1,19 @@
 //! The desired datapath state of one node, in the map types of `policy-common`, and the delta
 //! between two such states.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use policy_common::{
     maps::{EndpointInfo, PolicyKey, PolicyValue},
     verdict::Direction,
 };
+
+use crate::policy::model::{ContainerPort, Peer};
 
 /// A pod, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,15 +29,120 @@ impl fmt::Display for PodRef {
 }
 
 /// An IP prefix of the peer-class LPM tries. `addr` has no bits set past `len`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Ordered IPv4 before IPv6, then by address, then by length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Prefix {
     pub addr: IpAddr,
     pub len: u8,
 }
 
+impl Prefix {
+    /// The order as integers, which compare faster than the address types do.
+    fn order_key(&self) -> (bool, u128, u8) {
+        match self.addr {
+            IpAddr::V4(v4) => (false, u128::from(v4.to_bits()), self.len),
+            IpAddr::V6(v6) => (true, v6.to_bits(), self.len),
+        }
+    }
+}
+
+impl Ord for Prefix {
+    fn cmp(&self, other: &Prefix) -> std::cmp::Ordering {
+        self.order_key().cmp(&other.order_key())
+    }
+}
+
+impl PartialOrd for Prefix {
+    fn partial_cmp(&self, other: &Prefix) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Prefix {
+    /// The prefix of `len` bits (clamped to the family's width) that contains `addr`.
+    pub fn new(addr: IpAddr, len: u8) -> Prefix {
+        let len = len.min(Prefix::max_len(addr));
+        let addr = match addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & mask))
+            }
+        };
+        Prefix { addr, len }
+    }
+
+    /// The single-address prefix of `addr` (/32 or /128).
+    pub fn host(addr: IpAddr) -> Prefix {
+        Prefix::new(addr, Prefix::max_len(addr))
+    }
+
+    /// 32 for IPv4, 128 for IPv6.
+    pub const fn max_len(addr: IpAddr) -> u8 {
+        match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.addr.is_ipv4() == ip.is_ipv4() && Prefix::new(ip, self.len) == *self
+    }
+
+    /// Whether every address of `other` is in `self`.
+    pub fn covers(&self, other: &Prefix) -> bool {
+        other.len >= self.len && self.contains(other.addr)
+    }
+}
+
+/// Why a string is not a CIDR.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PrefixParseError {
+    #[error("{text:?} is not ADDRESS/LENGTH")]
+    Shape { text: String },
+    #[error("{text:?} has an invalid address")]
+    Address {
+        text: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("{text:?} has an invalid prefix length (0 to 32 for IPv4, 0 to 128 for IPv6)")]
+    Length { text: String },
+}
+
+impl FromStr for Prefix {
+    type Err = PrefixParseError;
+
+    /// Parses `ADDRESS/LENGTH`; host bits past the length are cleared, as the API server's
+    /// CIDR parsing does.
+    fn from_str(text: &str) -> Result<Prefix, PrefixParseError> {
+        let (addr, len) = text
+            .split_once('/')
+            .ok_or_else(|| PrefixParseError::Shape {
+                text: text.to_owned(),
+            })?;
+        let addr: IpAddr = addr.parse().map_err(|source| PrefixParseError::Address {
+            text: text.to_owned(),
+            source,
+        })?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|len| *len <= Prefix::max_len(addr))
+            .ok_or_else(|| PrefixParseError::Length {
+                text: text.to_owned(),
+            })?;
+        Ok(Prefix::new(addr, len))
     }
 }
 
@@ -55,10 +167,7 @@ pub struct RuleRef {
 
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let direction = match self.direction {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        };
+        let direction = direction_name(self.direction);
         write!(
             f,
             "{}/{}, {} rule {}",
@@ -76,8 +185,43 @@ pub struct NodeState {
     pub peers: BTreeMap<Prefix, u32>,
     /// Every entry of the policy map.
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
-    /// Every rule id in `policy`, and what it stands for.
+    /// Every rule of the policies that select a local endpoint (so every rule id in `policy`),
+    /// and what it stands for.
     pub rules: BTreeMap<u32, RuleRef>,
+    /// What each peer class stands for, and where the next new ids start.
+    pub ids: Allocations,
+}
+
+/// What a peer class is: the relevant policy peers its addresses match, and (when an egress
+/// rule names a port) the pod's containerPorts of the names such rules use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassKey {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<ContainerPort>,
+}
+
+/// The ids handed out so far. Ids are kept for as long as what they stand for exists, so an
+/// incremental change gives a small [`Delta`]; new ids are taken from counters that only move
+/// forward (wrapping past their range), so an id is not reused while the map updates of its
+/// previous meaning may still be in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocations {
+    /// Every class in use but [`policy_common::maps::WORLD_CLASS`] (the empty key).
+    pub classes: BTreeMap<ClassKey, u32>,
+    pub next_class: u32,
+    pub next_endpoint: u32,
+    pub next_rule: u32,
+}
+
+impl Default for Allocations {
+    fn default() -> Allocations {
+        Allocations {
+            classes: BTreeMap::new(),
+            next_class: 1,
+            next_endpoint: 1,
+            next_rule: 1,
+        }
+    }
 }
 
 /// The map changes that turn one [`NodeState`] into another.
@@ -96,6 +240,40 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// The changes that turn `old` into `new`: only entries that differ.
+    pub fn between(old: &NodeState, new: &NodeState) -> Delta {
+        let mut delta = Delta::default();
+        diff_maps(
+            &old.policy,
+            &new.policy,
+            |key, value| delta.policy_upserts.push((*key, *value)),
+            |key| delta.policy_removals.push(*key),
+        );
+        diff_maps(
+            &old.peers,
+            &new.peers,
+            |prefix, class| delta.peer_upserts.push((*prefix, *class)),
+            |prefix| delta.peer_removals.push(*prefix),
+        );
+        diff_maps(
+            &old.endpoints,
+            &new.endpoints,
+            |_, endpoint| delta.endpoint_upserts.push(endpoint.clone()),
+            |pod| delta.endpoint_removals.push(pod.clone()),
+        );
+        delta
+    }
+
+    /// Number of map operations.
+    pub fn len(&self) -> usize {
+        self.policy_upserts.len()
+            + self.peer_upserts.len()
+            + self.endpoint_upserts.len()
+            + self.peer_removals.len()
+            + self.policy_removals.len()
+            + self.endpoint_removals.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.policy_upserts.is_empty()
             && self.peer_upserts.is_empty()
@@ -103,5 +281,220 @@ impl Delta {
             && self.peer_removals.is_empty()
             && self.policy_removals.is_empty()
             && self.endpoint_removals.is_empty()
+    }
+}
+
+/// Walks two sorted maps together, reporting keys new or changed in `new` and keys gone from it.
+fn diff_maps<K: Ord, V: PartialEq>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    mut upsert: impl FnMut(&K, &V),
+    mut remove: impl FnMut(&K),
+) {
+    let mut old_iter = old.iter().peekable();
+    let mut new_iter = new.iter().peekable();
+    loop {
+        match (old_iter.peek(), new_iter.peek()) {
+            (None, None) => break,
+            (Some((old_key, _)), None) => {
+                remove(old_key);
+                old_iter.next();
+            }
+            (None, Some((new_key, new_value))) => {
+                upsert(new_key, new_value);
+                new_iter.next();
+            }
+            (Some((old_key, old_value)), Some((new_key, new_value))) => {
+                match old_key.cmp(new_key) {
+                    std::cmp::Ordering::Less => {
+                        remove(old_key);
+                        old_iter.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        upsert(new_key, new_value);
+                        new_iter.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if old_value != new_value {
+                            upsert(new_key, new_value);
+                        }
+                        old_iter.next();
+                        new_iter.next();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl NodeState {
+    /// The whole state as readable text, one map entry per line, in key order: what golden
+    /// tests compare and what a person reads to see what the kernel got.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+
+        use policy_common::maps::{ANY_PEER_CLASS, ANY_PROTOCOL};
+
+        let mut text = String::new();
+        let plan = |plan: u32| {
+            let mut parts: Vec<String> = (0..=16u32)
+                .rev()
+                .filter(|len| plan & (1 << len) != 0)
+                .map(|len| format!("/{len}"))
+                .collect();
+            if plan & policy_common::maps::PLAN_ANY_PROTOCOL != 0 {
+                parts.push("any-protocol".to_owned());
+            }
+            if plan & policy_common::maps::PLAN_ANY_PEER != 0 {
+                parts.push("any-peer".to_owned());
+            }
+            parts.join(" ")
+        };
+        let mut pods_by_id = BTreeMap::new();
+        text.push_str("endpoints:\n");
+        for endpoint in self.endpoints.values() {
+            let info = endpoint.info;
+            pods_by_id.insert(info.endpoint_id, endpoint.pod.to_string());
+            let ips: Vec<String> = endpoint.ips.iter().map(ToString::to_string).collect();
+            let _ = write!(
+                text,
+                "  {} id={} ips={}",
+                endpoint.pod,
+                info.endpoint_id,
+                ips.join(",")
+            );
+            for direction in Direction::ALL {
+                let name = direction_name(direction);
+                if info.isolated(direction) {
+                    let _ = write!(text, " {name}=isolated[{}]", plan(info.plan(direction)));
+                } else {
+                    let _ = write!(text, " {name}=open");
+                }
+            }
+            text.push('\n');
+        }
+        text.push_str("classes:\n");
+        let mut classes: Vec<(&u32, &ClassKey)> =
+            self.ids.classes.iter().map(|(key, id)| (id, key)).collect();
+        classes.sort();
+        for (id, key) in classes {
+            let mut parts: Vec<String> = key.peers.iter().map(ToString::to_string).collect();
+            parts.extend(key.ports.iter().map(|port| format!("port {port}")));
+            let _ = writeln!(text, "  {id}: {}", parts.join(" | "));
+        }
+        text.push_str("peers:\n");
+        for (prefix, class) in &self.peers {
+            let _ = writeln!(text, "  {prefix} -> {class}");
+        }
+        text.push_str("policy:\n");
+        for (key, value) in &self.policy {
+            let pod = pods_by_id.get(&key.endpoint_id).map_or("?", String::as_str);
+            let direction = Direction::from_u8(key.direction).map_or("?", direction_name);
+            let class = if key.peer_class == ANY_PEER_CLASS {
+                "any".to_owned()
+            } else {
+                key.peer_class.to_string()
+            };
+            let port = match key.protocol {
+                ANY_PROTOCOL => "any".to_owned(),
+                protocol => format!("{protocol}:{}/{}", key.port, key.port_prefix_len),
+            };
+            let _ = writeln!(
+                text,
+                "  {pod} {direction} class={class} port={port} -> rule {}",
+                value.rule_id
+            );
+        }
+        text.push_str("rules:\n");
+        for (id, rule) in &self.rules {
+            let _ = writeln!(text, "  {id}: {rule}");
+        }
+        text
+    }
+}
+
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(text: &str) -> Prefix {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn parsing_clears_host_bits_and_checks_length() {
+        assert_eq!(prefix("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert_eq!(prefix("fd00::1:2/112").to_string(), "fd00::1:0/112");
+        assert_eq!(prefix("0.0.0.0/0").len, 0);
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Prefix>(),
+            Err(PrefixParseError::Length { .. })
+        ));
+        assert!(matches!(
+            "::/129".parse::<Prefix>(),
+            Err(PrefixParseError::Length { .. })
+        ));
+        assert!(matches!(
+            "10.0.0.0".parse::<Prefix>(),
+            Err(PrefixParseError::Shape { .. })
+        ));
+        assert!(matches!(
+            "10.0.0/8".parse::<Prefix>(),
+            Err(PrefixParseError::Address { .. })
+        ));
+    }
+
+    #[test]
+    fn containment_respects_family_and_length() {
+        let net = prefix("10.0.0.0/8");
+        assert!(net.contains("10.255.0.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(!prefix("::/0").contains("10.0.0.1".parse().unwrap()));
+        assert!(prefix("0.0.0.0/0").contains("10.0.0.1".parse().unwrap()));
+        assert!(net.covers(&prefix("10.1.0.0/16")));
+        assert!(net.covers(&net));
+        assert!(!prefix("10.1.0.0/16").covers(&net));
+    }
+
+    #[test]
+    fn order_is_ipv4_first_then_address_then_length() {
+        let mut prefixes = [
+            prefix("fd00::/8"),
+            prefix("10.0.0.0/16"),
+            prefix("10.0.0.0/8"),
+            prefix("9.0.0.0/8"),
+        ];
+        prefixes.sort();
+        let shown: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["9.0.0.0/8", "10.0.0.0/8", "10.0.0.0/16", "fd00::/8"]
+        );
+    }
+
+    #[test]
+    fn delta_lists_only_differences() {
+        let mut old = NodeState::default();
+        old.peers.insert(prefix("10.0.0.1/32"), 1);
+        old.peers.insert(prefix("10.0.0.2/32"), 2);
+        let mut new = old.clone();
+        new.peers.insert(prefix("10.0.0.2/32"), 3);
+        new.peers.insert(prefix("10.0.0.3/32"), 1);
+        new.peers.remove(&prefix("10.0.0.1/32"));
+        let delta = Delta::between(&old, &new);
+        assert_eq!(
+            delta.peer_upserts,
+            [(prefix("10.0.0.2/32"), 3), (prefix("10.0.0.3/32"), 1)]
+        );
+        assert_eq!(delta.peer_removals, [prefix("10.0.0.1/32")]);
+        assert_eq!(delta.len(), 3);
+        assert!(Delta::between(&new, &new).is_empty());
     }
 }

@@ -1,0 +1,436 @@
+//! `policy-agent explain`: who can reach whom under a set of manifests, decided by the same
+//! compiled state the kernel programs use.
+//!
+//! Every pod's node gets its own resolved [`NodeState`] (pods without a node are scheduled and
+//! addressed by [`crate::manifest::assign_addresses`], on `node-1..node-N` with N = 2 unless pods
+//! name more). A connection from `a` to `b` is allowed when `a`'s node state lets `a` send it
+//! (egress) and `b`'s node state lets `b` receive it (ingress), each looked up as the kernel does:
+//! longest-prefix match for the peer's class, then the policy-map probes. A pod always reaches
+//! itself: that traffic never crosses its veth. Pods that are not policy peers (hostNetwork,
+//! Succeeded or Failed) are left out. The address pair is the server's first address (IPv4
+//! first) and the client's address of the same family.
+
+use std::{collections::BTreeMap, io, net::IpAddr, path::PathBuf};
+
+use policy_common::verdict::Direction;
+use serde::Serialize;
+
+use crate::{
+    manifest::{self, AddressError},
+    policy::{
+        lookup::Decision,
+        model::{Pod, Protocol, Snapshot},
+        resolve::{ResolveError, resolve},
+        spec::{Evaluation, evaluate},
+        state::NodeState,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("cannot assign pod addresses")]
+    Addresses(#[source] AddressError),
+    #[error("cannot resolve the policies of node {node}")]
+    Resolve {
+        node: String,
+        #[source]
+        source: ResolveError,
+    },
+    #[error("pod {pod} is not among the loaded pods that take part in policy")]
+    UnknownPod { pod: String },
+    #[error("--from and --to go together")]
+    HalfPair,
+    #[error("cannot write the output")]
+    Write(#[source] io::Error),
+    #[error("cannot encode the output")]
+    Json(#[source] serde_json::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExplainOptions {
+    pub paths: Vec<PathBuf>,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub output: OutputFormat,
+}
+
+/// Runs `explain`: the answer goes to `out`, load problems to `notes`.
+pub fn run(
+    options: &ExplainOptions,
+    out: &mut dyn io::Write,
+    notes: &mut dyn io::Write,
+) -> Result<(), ExplainError> {
+    let loaded = manifest::load(&options.paths);
+    for error in &loaded.errors {
+        writeln!(notes, "error: {}", error_chain(error)).map_err(ExplainError::Write)?;
+    }
+    for skipped in &loaded.skipped {
+        writeln!(notes, "note: {skipped}").map_err(ExplainError::Write)?;
+    }
+    let cluster = Cluster::compile(loaded.snapshot)?;
+    match (&options.from, &options.to) {
+        (None, None) => {
+            let matrix = cluster.matrix(options.protocol, options.port);
+            match options.output {
+                OutputFormat::Json => {
+                    let text = serde_json::to_string_pretty(&matrix).map_err(ExplainError::Json)?;
+                    writeln!(out, "{text}").map_err(ExplainError::Write)
+                }
+                OutputFormat::Table => out
+                    .write_all(matrix.table().as_bytes())
+                    .map_err(ExplainError::Write),
+            }
+        }
+        (Some(from), Some(to)) => {
+            let verdict = cluster.verdict(from, to, options.protocol, options.port)?;
+            match options.output {
+                OutputFormat::Json => {
+                    let text =
+                        serde_json::to_string_pretty(&verdict).map_err(ExplainError::Json)?;
+                    writeln!(out, "{text}").map_err(ExplainError::Write)
+                }
+                OutputFormat::Table => out
+                    .write_all(verdict.text().as_bytes())
+                    .map_err(ExplainError::Write),
+            }
+        }
+        _ => Err(ExplainError::HalfPair),
+    }
+}
+
+/// An error and its sources, on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A snapshot with every pod addressed and every node's state compiled.
+pub struct Cluster {
+    pub snapshot: Snapshot,
+    pub states: BTreeMap<String, NodeState>,
+    /// The pods that take part, sorted by `namespace/name`.
+    pods: Vec<usize>,
+}
+
+impl Cluster {
+    pub fn compile(mut snapshot: Snapshot) -> Result<Cluster, ExplainError> {
+        let nodes = manifest::node_count(&snapshot);
+        manifest::assign_addresses(&mut snapshot, nodes).map_err(ExplainError::Addresses)?;
+        let mut states = BTreeMap::new();
+        let node_names: Vec<String> = snapshot
+            .pods
+            .iter()
+            .filter_map(|pod| pod.node.clone())
+            .collect();
+        for node in node_names {
+            if states.contains_key(&node) {
+                continue;
+            }
+            let state = resolve(&snapshot, &node, &NodeState::default()).map_err(|source| {
+                ExplainError::Resolve {
+                    node: node.clone(),
+                    source,
+                }
+            })?;
+            states.insert(node, state);
+        }
+        let mut pods: Vec<usize> = (0..snapshot.pods.len())
+            .filter(|&i| snapshot.pods[i].is_peer())
+            .collect();
+        pods.sort_by_key(|&i| snapshot.pods[i].pod_ref().to_string());
+        Ok(Cluster {
+            snapshot,
+            states,
+            pods,
+        })
+    }
+
+    fn pod(&self, index: usize) -> &Pod {
+        &self.snapshot.pods[index]
+    }
+
+    fn find(&self, name: &str) -> Result<usize, ExplainError> {
+        self.pods
+            .iter()
+            .copied()
+            .find(|&i| self.pod(i).pod_ref().to_string() == name)
+            .ok_or_else(|| ExplainError::UnknownPod {
+                pod: name.to_owned(),
+            })
+    }
+
+    /// The kernel's decision at `pod` for a packet whose other end is `peer`.
+    fn decide(
+        &self,
+        pod: &Pod,
+        direction: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Decision {
+        // Every pod in `pods` is an endpoint of its node, whose state is compiled.
+        pod.node
+            .as_ref()
+            .and_then(|node| self.states.get(node))
+            .and_then(|state| {
+                state.decide(&pod.pod_ref(), direction, peer, protocol.number(), port)
+            })
+            .unwrap_or(Decision::Denied)
+    }
+
+    /// Whether `client` may open a connection to `server`'s `port`, over the address pair the
+    /// module documentation describes.
+    pub fn allowed(&self, client: &Pod, server: &Pod, protocol: Protocol, port: u16) -> bool {
+        if client.pod_ref() == server.pod_ref() {
+            return true;
+        }
+        let Some((client_ip, server_ip)) = address_pair(client, server) else {
+            return false;
+        };
+        self.decide(client, Direction::Egress, server_ip, protocol, port)
+            .allows()
+            && self
+                .decide(server, Direction::Ingress, client_ip, protocol, port)
+                .allows()
+    }
+
+    pub fn matrix(&self, protocol: Protocol, port: u16) -> Matrix {
+        let names: Vec<String> = self
+            .pods
+            .iter()
+            .map(|&i| self.pod(i).pod_ref().to_string())
+            .collect();
+        let mut allowed = BTreeMap::new();
+        for (&client, client_name) in self.pods.iter().zip(&names) {
+            let row: BTreeMap<String, bool> = self
+                .pods
+                .iter()
+                .zip(&names)
+                .map(|(&server, server_name)| {
+                    let verdict = self.allowed(self.pod(client), self.pod(server), protocol, port);
+                    (server_name.clone(), verdict)
+                })
+                .collect();
+            allowed.insert(client_name.clone(), row);
+        }
+        Matrix {
+            protocol: protocol.name(),
+            port,
+            pods: names,
+            allowed,
+        }
+    }
+
+    pub fn verdict(
+        &self,
+        from: &str,
+        to: &str,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Verdict, ExplainError> {
+        let client = self.pod(self.find(from)?);
+        let server = self.pod(self.find(to)?);
+        let mut verdict = Verdict {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            protocol: protocol.name(),
+            port,
+            allowed: self.allowed(client, server, protocol, port),
+            same_pod: client.pod_ref() == server.pod_ref(),
+            egress: None,
+            ingress: None,
+        };
+        if verdict.same_pod {
+            return Ok(verdict);
+        }
+        let Some((client_ip, server_ip)) = address_pair(client, server) else {
+            return Ok(verdict);
+        };
+        verdict.egress = Some(self.side(client, Direction::Egress, server_ip, protocol, port));
+        verdict.ingress = Some(self.side(server, Direction::Ingress, client_ip, protocol, port));
+        Ok(verdict)
+    }
+
+    fn side(
+        &self,
+        pod: &Pod,
+        direction: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Side {
+        let decision = self.decide(pod, direction, peer, protocol, port);
+        let Evaluation {
+            isolated_by,
+            allowing,
+        } = evaluate(
+            &self.snapshot,
+            pod,
+            direction,
+            peer,
+            protocol.number(),
+            port,
+        );
+        let state = pod.node.as_ref().and_then(|node| self.states.get(node));
+        let decided_by = match decision {
+            Decision::Allowed { rule_id } => state
+                .and_then(|state| state.rules.get(&rule_id))
+                .map(ToString::to_string),
+            Decision::NotIsolated | Decision::Denied => None,
+        };
+        Side {
+            pod: pod.pod_ref().to_string(),
+            peer: peer.to_string(),
+            allowed: decision.allows(),
+            isolated_by,
+            decided_by,
+            allowing_rules: allowing.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// The server's first address and the client's address of the same family.
+fn address_pair(client: &Pod, server: &Pod) -> Option<(IpAddr, IpAddr)> {
+    server.ips.iter().find_map(|&server_ip| {
+        client
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == server_ip.is_ipv4())
+            .map(|&client_ip| (client_ip, server_ip))
+    })
+}
+
+/// The reachability of every ordered pair: `allowed[client][server]`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Matrix {
+    pub protocol: &'static str,
+    pub port: u16,
+    pub pods: Vec<String>,
+    pub allowed: BTreeMap<String, BTreeMap<String, bool>>,
+}
+
+impl Matrix {
+    /// A grid: rows are clients, columns servers (numbered as the rows).
+    pub fn table(&self) -> String {
+        let mut text = format!(
+            "{}/{}: rows are clients (from), columns servers (to); Y allowed, - denied.\n\
+             A pod always reaches itself (its own traffic never crosses its veth).\n\n",
+            self.protocol, self.port
+        );
+        let width = self.pods.iter().map(String::len).max().unwrap_or(0);
+        let number_width = self.pods.len().to_string().len();
+        text.push_str(&format!("{:>w$}  {:<width$} ", "", "", w = number_width));
+        for column in 1..=self.pods.len() {
+            text.push_str(&format!(" {column:>number_width$}"));
+        }
+        text.push('\n');
+        for (row, client) in self.pods.iter().enumerate() {
+            text.push_str(&format!("{:>number_width$}  {client:<width$} ", row + 1));
+            for server in &self.pods {
+                let allowed = self
+                    .allowed
+                    .get(client)
+                    .and_then(|r| r.get(server))
+                    .copied()
+                    .unwrap_or(false);
+                let mark = if allowed { "Y" } else { "-" };
+                text.push_str(&format!(" {mark:>number_width$}"));
+            }
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// One connection's verdict and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub from: String,
+    pub to: String,
+    pub protocol: &'static str,
+    pub port: u16,
+    pub allowed: bool,
+    /// A pod always reaches itself.
+    pub same_pod: bool,
+    /// The client's side; absent for a pod reaching itself or pods with no common family.
+    pub egress: Option<Side>,
+    pub ingress: Option<Side>,
+}
+
+/// How one pod's programs treat the connection.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Side {
+    pub pod: String,
+    /// The address at the other end.
+    pub peer: String,
+    pub allowed: bool,
+    /// The policies that isolate the pod in this direction.
+    pub isolated_by: Vec<String>,
+    /// The rule of the policy-map entry the kernel finds.
+    pub decided_by: Option<String>,
+    /// Every rule that allows the connection.
+    pub allowing_rules: Vec<String>,
+}
+
+impl Verdict {
+    pub fn text(&self) -> String {
+        let outcome = if self.allowed { "ALLOWED" } else { "DENIED" };
+        let mut text = format!(
+            "{} -> {} {}/{}: {outcome}\n",
+            self.from, self.to, self.protocol, self.port
+        );
+        if self.same_pod {
+            text.push_str(
+                "  a pod always reaches itself: its own traffic never crosses its veth\n",
+            );
+            return text;
+        }
+        match (&self.egress, &self.ingress) {
+            (Some(egress), Some(ingress)) => {
+                text.push_str(&egress.text("egress", "to"));
+                text.push_str(&ingress.text("ingress", "from"));
+            }
+            _ => text.push_str("  the pods have no address family in common\n"),
+        }
+        text
+    }
+}
+
+impl Side {
+    fn text(&self, direction: &str, preposition: &str) -> String {
+        let mut text = format!("  {} {direction} ({preposition} {}): ", self.pod, self.peer);
+        if self.isolated_by.is_empty() {
+            text.push_str(&format!(
+                "allowed, not isolated (no policy selects it for {direction})\n"
+            ));
+            return text;
+        }
+        text.push_str(&format!("isolated by {}; ", self.isolated_by.join(", ")));
+        match &self.decided_by {
+            Some(rule) => {
+                text.push_str(&format!("allowed by {rule}\n"));
+                let others: Vec<&String> =
+                    self.allowing_rules.iter().filter(|r| *r != rule).collect();
+                for other in others {
+                    text.push_str(&format!("    also allowed by {other}\n"));
+                }
+            }
+            None => text.push_str("denied: no rule allows it\n"),
+        }
+        text
+    }
+}
