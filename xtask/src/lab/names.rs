@@ -1,0 +1,112 @@
+//! Names of the lab's network namespaces, links and files. Link names are at most 15 characters,
+//! so per-pod links are named by a hash of the pod.
+
+use std::path::PathBuf;
+
+use super::manifest::ObjectKey;
+
+/// Every network namespace of the lab starts with this.
+pub const NETNS_PREFIX: &str = "np-";
+/// The namespace of the link layer between nodes.
+pub const UNDERLAY_NETNS: &str = "np-underlay";
+/// The bridge in the underlay namespace.
+pub const UNDERLAY_BRIDGE: &str = "underlay0";
+/// Each node's link to the underlay, inside the node.
+pub const NODE_UPLINK: &str = "eth0";
+/// The bridge of bridge-style nodes.
+pub const NODE_BRIDGE: &str = "cni0";
+/// A pod's interface, inside the pod.
+pub const POD_LINK: &str = "eth0";
+/// The lab's runtime directory.
+pub const RUN_DIR: &str = "/run/netpol-lab";
+/// Where the lab pins are kept (one directory per node, used by its agent).
+pub const PIN_DIR: &str = "/sys/fs/bpf/netpol-lab";
+
+/// The record of the lab that is up.
+pub fn state_file() -> PathBuf {
+    PathBuf::from(RUN_DIR).join("lab.json")
+}
+
+/// The rendered manifests the agents watch.
+pub fn rendered_dir() -> PathBuf {
+    PathBuf::from(RUN_DIR).join("manifests")
+}
+
+/// Where rendered files are written before they are moved into [`rendered_dir`].
+pub fn render_scratch_dir() -> PathBuf {
+    PathBuf::from(RUN_DIR).join(".render")
+}
+
+/// Node `k`'s agent state directory (its log and its applied generation).
+pub fn node_run_dir(node: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(node)
+}
+
+/// Logs and readiness markers of the pods' servers.
+pub fn pods_run_dir() -> PathBuf {
+    PathBuf::from(RUN_DIR).join("pods")
+}
+
+pub fn node_netns(k: usize) -> String {
+    format!("{NETNS_PREFIX}node-{k}")
+}
+
+/// `np-node-<k>-<namespace>-<pod>`, or a hash of the pod where that would be too long.
+pub fn pod_netns(node: usize, pod: &ObjectKey) -> String {
+    let name = format!("{NETNS_PREFIX}node-{node}-{}-{}", pod.namespace, pod.name);
+    if name.len() <= 200 {
+        name
+    } else {
+        format!("{NETNS_PREFIX}node-{node}-{:016x}", fnv1a(&pod.to_string()))
+    }
+}
+
+/// The node-side veth of a pod.
+pub fn host_veth(pod: &ObjectKey) -> String {
+    format!("vnp{:08x}", fnv1a(&pod.to_string()) as u32)
+}
+
+/// Node `k`'s link to the underlay, inside the underlay namespace.
+pub fn underlay_port(k: usize) -> String {
+    format!("node-{k}")
+}
+
+/// A locally administered MAC address for the pod's interface, stable across `up`s.
+pub fn pod_mac(pod: &ObjectKey) -> String {
+    let bytes = fnv1a(&pod.to_string()).to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]
+    )
+}
+
+/// FNV-1a, 64 bits: short stable names from long ones.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_pod_names_fit_and_differ() {
+        let a = ObjectKey {
+            namespace: "a-very-long-namespace-name".into(),
+            name: "a-very-long-pod-name-0".into(),
+        };
+        let b = ObjectKey {
+            name: "a-very-long-pod-name-1".into(),
+            ..a.clone()
+        };
+        assert!(host_veth(&a).len() <= 15);
+        assert_ne!(host_veth(&a), host_veth(&b));
+        assert_ne!(pod_mac(&a), pod_mac(&b));
+        assert_eq!(
+            pod_netns(2, &a),
+            "np-node-2-a-very-long-namespace-name-a-very-long-pod-name-0"
+        );
+    }
+}
