@@ -60,7 +60,9 @@ fn running_agent(k: usize) -> Result<Option<u32>> {
     if !netns::exists(&node) {
         return Ok(None);
     }
-    Ok(netns::pids(&node)?.first().map(|pid| pid.as_raw().unsigned_abs()))
+    Ok(netns::pids(&node)?
+        .first()
+        .map(|pid| pid.as_raw().unsigned_abs()))
 }
 
 /// Starts the agent of every node that has none running.
@@ -97,9 +99,11 @@ pub fn start_all(binary: &Path, nodes: usize) -> Result<()> {
 pub fn expected_generation(binary: &Path) -> Result<String> {
     let binary_text = binary.to_string_lossy();
     let dir = names::rendered_dir();
-    Ok(cmd::run(&binary_text, &["generation", &dir.to_string_lossy()])?
-        .trim()
-        .to_owned())
+    Ok(
+        cmd::run(&binary_text, &["generation", &dir.to_string_lossy()])?
+            .trim()
+            .to_owned(),
+    )
 }
 
 /// Waits until every node's agent reports `generation` as applied; returns how long it took.
@@ -122,7 +126,9 @@ pub fn wait_applied(generation: &str, nodes: usize, timeout: Duration) -> Result
                 bail!(
                     "the agent of {} is not running; see {}",
                     node_name(*k),
-                    names::node_run_dir(&node_name(*k)).join("agent.log").display()
+                    names::node_run_dir(&node_name(*k))
+                        .join("agent.log")
+                        .display()
                 );
             }
         }

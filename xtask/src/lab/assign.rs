@@ -66,7 +66,9 @@ impl Cidr {
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -101,7 +103,16 @@ pub fn node_cidr_v4(k: usize) -> Cidr {
 /// Node `k`'s IPv6 pod CIDR.
 pub fn node_cidr_v6(k: usize) -> Cidr {
     Cidr {
-        addr: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x244, decimal_segment(k), 0, 0, 0, 0)),
+        addr: IpAddr::V6(Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            decimal_segment(k),
+            0,
+            0,
+            0,
+            0,
+        )),
         len: 64,
     }
 }
@@ -186,7 +197,10 @@ pub fn place_pods(
         for pod in on_node.iter().filter(|pod| !pod.ips.is_empty()) {
             for ip in &pod.ips {
                 if !family.allows(*ip) {
-                    bail!("pod {}: address {ip} is of a family the lab does not run", pod.key);
+                    bail!(
+                        "pod {}: address {ip} is of a family the lab does not run",
+                        pod.key
+                    );
                 }
                 let cidr = cidrs.iter().find(|cidr| cidr.contains(*ip));
                 let Some(cidr) = cidr else {
@@ -194,11 +208,19 @@ pub fn place_pods(
                         "pod {}: address {ip} is outside the pod CIDRs of {} ({})",
                         pod.key,
                         node_name(k),
-                        cidrs.iter().map(Cidr::to_string).collect::<Vec<_>>().join(", ")
+                        cidrs
+                            .iter()
+                            .map(Cidr::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                 };
                 if matches!(host_number(*ip), Some(0 | 1)) || *ip == cidr.addr {
-                    bail!("pod {}: address {ip} is reserved for {}", pod.key, node_name(k));
+                    bail!(
+                        "pod {}: address {ip} is reserved for {}",
+                        pod.key,
+                        node_name(k)
+                    );
                 }
                 if !used_ips.insert(*ip) {
                     bail!("pod {}: address {ip} is used twice", pod.key);
@@ -218,10 +240,15 @@ pub fn place_pods(
             while u8::try_from(next).is_ok_and(|host| taken.contains(&host)) {
                 next += 1;
             }
-            let Ok(host) = u8::try_from(next).map_err(drop).and_then(|host| {
-                if host == u8::MAX { Err(()) } else { Ok(host) }
-            }) else {
-                bail!("{} has no free pod address left for {}", node_name(k), pod.key);
+            let Ok(host) = u8::try_from(next)
+                .map_err(drop)
+                .and_then(|host| if host == u8::MAX { Err(()) } else { Ok(host) })
+            else {
+                bail!(
+                    "{} has no free pod address left for {}",
+                    node_name(k),
+                    pod.key
+                );
             };
             next += 1;
             let ips = cidrs.iter().map(|cidr| host_address(*cidr, host)).collect();
@@ -237,7 +264,10 @@ fn sorted_v4_first(mut ips: Vec<IpAddr>) -> Vec<IpAddr> {
 }
 
 /// The cluster IPs of every Service that has (or gets) a virtual IP, IPv4 first.
-pub fn service_ips(services: &[ServiceDecl], family: IpFamily) -> Result<BTreeMap<ObjectKey, Vec<IpAddr>>> {
+pub fn service_ips(
+    services: &[ServiceDecl],
+    family: IpFamily,
+) -> Result<BTreeMap<ObjectKey, Vec<IpAddr>>> {
     let mut sorted: Vec<&ServiceDecl> = services.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
     let mut result = BTreeMap::new();
@@ -248,9 +278,15 @@ pub fn service_ips(services: &[ServiceDecl], family: IpFamily) -> Result<BTreeMa
         }
         if !service.cluster_ips.is_empty() {
             if let Some(ip) = service.cluster_ips.iter().find(|ip| !family.allows(**ip)) {
-                bail!("service {}: cluster IP {ip} is of a family the lab does not run", service.key);
+                bail!(
+                    "service {}: cluster IP {ip} is of a family the lab does not run",
+                    service.key
+                );
             }
-            result.insert(service.key.clone(), sorted_v4_first(service.cluster_ips.clone()));
+            result.insert(
+                service.key.clone(),
+                sorted_v4_first(service.cluster_ips.clone()),
+            );
             continue;
         }
         let host = 10 + j;
@@ -263,7 +299,16 @@ pub fn service_ips(services: &[ServiceDecl], family: IpFamily) -> Result<BTreeMa
             ips.push(IpAddr::V4(Ipv4Addr::new(10, 96, 0, host as u8)));
         }
         if family.has_v6() {
-            ips.push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, host as u16)));
+            ips.push(IpAddr::V6(Ipv6Addr::new(
+                0xfd00,
+                0x10,
+                0x96,
+                0,
+                0,
+                0,
+                0,
+                host as u16,
+            )));
         }
         result.insert(service.key.clone(), ips);
     }
@@ -310,11 +355,23 @@ mod tests {
         ];
         let placed = place_pods(&pods, 2, IpFamily::Dual).unwrap();
         assert_eq!(placed[&key("x/a")].node, 1);
-        assert_eq!(placed[&key("x/a")].ips, ips(&["10.244.1.2", "fd00:10:244:1::2"]));
+        assert_eq!(
+            placed[&key("x/a")].ips,
+            ips(&["10.244.1.2", "fd00:10:244:1::2"])
+        );
         assert_eq!(placed[&key("x/b")].node, 2);
-        assert_eq!(placed[&key("x/b")].ips, ips(&["10.244.2.2", "fd00:10:244:2::2"]));
-        assert_eq!(placed[&key("x/c")].ips, ips(&["10.244.1.3", "fd00:10:244:1::3"]));
-        assert_eq!(placed[&key("y/a")].ips, ips(&["10.244.2.3", "fd00:10:244:2::3"]));
+        assert_eq!(
+            placed[&key("x/b")].ips,
+            ips(&["10.244.2.2", "fd00:10:244:2::2"])
+        );
+        assert_eq!(
+            placed[&key("x/c")].ips,
+            ips(&["10.244.1.3", "fd00:10:244:1::3"])
+        );
+        assert_eq!(
+            placed[&key("y/a")].ips,
+            ips(&["10.244.2.3", "fd00:10:244:2::3"])
+        );
     }
 
     #[test]
@@ -334,13 +391,27 @@ mod tests {
     fn given_addresses_are_kept_and_their_host_numbers_skipped() {
         let pods = [
             pod("x", "a", None, &[]),
-            pod("x", "b", Some("node-1"), &["fd00:10:244:1::2", "10.244.1.2"]),
+            pod(
+                "x",
+                "b",
+                Some("node-1"),
+                &["fd00:10:244:1::2", "10.244.1.2"],
+            ),
             pod("x", "c", Some("node-1"), &[]),
         ];
         let placed = place_pods(&pods, 1, IpFamily::Dual).unwrap();
-        assert_eq!(placed[&key("x/b")].ips, ips(&["10.244.1.2", "fd00:10:244:1::2"]));
-        assert_eq!(placed[&key("x/a")].ips, ips(&["10.244.1.3", "fd00:10:244:1::3"]));
-        assert_eq!(placed[&key("x/c")].ips, ips(&["10.244.1.4", "fd00:10:244:1::4"]));
+        assert_eq!(
+            placed[&key("x/b")].ips,
+            ips(&["10.244.1.2", "fd00:10:244:1::2"])
+        );
+        assert_eq!(
+            placed[&key("x/a")].ips,
+            ips(&["10.244.1.3", "fd00:10:244:1::3"])
+        );
+        assert_eq!(
+            placed[&key("x/c")].ips,
+            ips(&["10.244.1.4", "fd00:10:244:1::4"])
+        );
     }
 
     #[test]
@@ -367,12 +438,20 @@ mod tests {
     fn inconsistent_input_is_rejected_with_the_pod_named() {
         let cases = [
             (pod("x", "a", Some("node-3"), &[]), "not a lab node"),
-            (pod("x", "a", Some("node-1"), &["10.244.2.5"]), "outside the pod CIDRs"),
+            (
+                pod("x", "a", Some("node-1"), &["10.244.2.5"]),
+                "outside the pod CIDRs",
+            ),
             (pod("x", "a", Some("node-1"), &["10.244.1.1"]), "reserved"),
-            (pod("x", "a", Some("node-1"), &["fd00:10:244:1::5"]), "family"),
+            (
+                pod("x", "a", Some("node-1"), &["fd00:10:244:1::5"]),
+                "family",
+            ),
         ];
         for (pod, expected) in cases {
-            let error = place_pods(&[pod], 2, IpFamily::Ipv4).unwrap_err().to_string();
+            let error = place_pods(&[pod], 2, IpFamily::Ipv4)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("x/a") && error.contains(expected), "{error}");
         }
     }

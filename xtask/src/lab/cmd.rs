@@ -65,7 +65,12 @@ pub fn ip_batch(netns: &str, commands: &[String]) -> Result<()> {
 
 /// Runs `program args...` inside the network namespace `netns` through `ip netns exec`,
 /// writing `input` to its standard input.
-pub fn in_netns_with_input(netns: &str, program: &str, args: &[&str], input: &str) -> Result<String> {
+pub fn in_netns_with_input(
+    netns: &str,
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<String> {
     let mut full = vec!["netns", "exec", netns, program];
     full.extend_from_slice(args);
     run_with_input("ip", &full, Some(input))

@@ -4,8 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
-    fs,
+    fmt, fs,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -32,8 +31,19 @@ impl fmt::Display for ObjectKey {
 }
 
 /// A transport protocol of Kubernetes ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[derive(clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "UPPERCASE")]
 #[value(rename_all = "UPPERCASE")]
 pub enum Protocol {
@@ -157,10 +167,10 @@ pub fn load_dir(dir: &Path) -> Result<Manifests> {
     paths.sort();
     let mut files = Vec::new();
     for path in paths {
-        let text = fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let documents = parse_documents(&text)
-            .with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let documents =
+            parse_documents(&text).with_context(|| format!("parsing {}", path.display()))?;
         let name = path
             .file_name()
             .and_then(|name| name.to_str())
@@ -175,8 +185,8 @@ pub fn load_dir(dir: &Path) -> Result<Manifests> {
 pub fn parse_documents(text: &str) -> Result<Vec<Document>> {
     let mut documents = Vec::new();
     for (index, deserializer) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(deserializer)
-            .with_context(|| format!("document {}", index + 1))?;
+        let value =
+            Value::deserialize(deserializer).with_context(|| format!("document {}", index + 1))?;
         match value {
             Value::Null => {}
             Value::Object(ref object) if object.get("kind") == Some(&Value::from("List")) => {
@@ -220,13 +230,13 @@ pub fn from_files(files: Vec<ManifestFile>) -> Result<Manifests> {
             }
             match kind {
                 Some("Pod") => {
-                    let pod: Pod = serde_json::from_value(document.value.clone())
-                        .with_context(context)?;
+                    let pod: Pod =
+                        serde_json::from_value(document.value.clone()).with_context(context)?;
                     manifests.pods.push(pod_decl(&pod).with_context(context)?);
                 }
                 Some("Service") => {
-                    let service: Service = serde_json::from_value(document.value.clone())
-                        .with_context(context)?;
+                    let service: Service =
+                        serde_json::from_value(document.value.clone()).with_context(context)?;
                     manifests
                         .services
                         .push(service_decl(&service).with_context(context)?);
@@ -254,7 +264,9 @@ pub fn from_files(files: Vec<ManifestFile>) -> Result<Manifests> {
     Ok(manifests)
 }
 
-fn object_key(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<ObjectKey> {
+fn object_key(
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<ObjectKey> {
     let name = metadata.name.clone().context("metadata.name is missing")?;
     let namespace = metadata
         .namespace
@@ -292,7 +304,10 @@ fn pod_decl(pod: &Pod) -> Result<PodDecl> {
         }
     }
     let mut ports = Vec::new();
-    for container in spec.map(|spec| spec.containers.as_slice()).unwrap_or_default() {
+    for container in spec
+        .map(|spec| spec.containers.as_slice())
+        .unwrap_or_default()
+    {
         for port in container.ports.iter().flatten() {
             ports.push(ContainerPort {
                 name: port.name.clone(),

@@ -47,6 +47,16 @@ pub fn pods_run_dir() -> PathBuf {
     PathBuf::from(RUN_DIR).join("pods")
 }
 
+/// Created by a pod's server once it listens.
+pub fn server_ready_file(pod_netns: &str) -> PathBuf {
+    pods_run_dir().join(format!("{pod_netns}.ready"))
+}
+
+/// The output of a pod's server.
+pub fn server_log(pod_netns: &str) -> PathBuf {
+    pods_run_dir().join(format!("{pod_netns}.log"))
+}
+
 pub fn node_netns(k: usize) -> String {
     format!("{NETNS_PREFIX}node-{k}")
 }

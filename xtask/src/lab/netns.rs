@@ -109,10 +109,7 @@ pub fn spawn_detached(netns: &str, command: &mut Command, log: &Path) -> Result<
     let errors = output
         .try_clone()
         .with_context(|| format!("opening {}", log.display()))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(output)
-        .stderr(errors);
+    command.stdin(Stdio::null()).stdout(output).stderr(errors);
     // SAFETY: between fork and exec the closure only makes the setns and setsid system calls,
     // which are async-signal-safe, and allocates nothing.
     unsafe {

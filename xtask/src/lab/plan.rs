@@ -2,11 +2,7 @@
 //! their virtual IPs and the backend each port is translated to. It is also the lab's record of
 //! what it built (`/run/netpol-lab/lab.json`), read by `status`, `probe` and the next `up`.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    path::PathBuf,
-};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -88,7 +84,12 @@ impl Plan {
     /// A Service port is translated to one backend, the first selected pod in (namespace, name)
     /// order that has the target port, not to a random one as kube-proxy does: the lab must know
     /// which pod a probe through a Service reaches.
-    pub fn new(source: PathBuf, manifests: &Manifests, nodes: usize, family: IpFamily) -> Result<Self> {
+    pub fn new(
+        source: PathBuf,
+        manifests: &Manifests,
+        nodes: usize,
+        family: IpFamily,
+    ) -> Result<Self> {
         let placements = assign::place_pods(&manifests.pods, nodes, family)?;
         let pods: Vec<LabPod> = manifests
             .pods
@@ -132,13 +133,15 @@ impl Plan {
                     backend: selected.iter().find_map(|pod| {
                         let target = match &port.target {
                             TargetPort::Number(number) => *number,
-                            TargetPort::Name(name) => pod
-                                .ports
-                                .iter()
-                                .find(|p| {
-                                    p.name.as_deref() == Some(name) && p.protocol == port.protocol
-                                })?
-                                .port,
+                            TargetPort::Name(name) => {
+                                pod.ports
+                                    .iter()
+                                    .find(|p| {
+                                        p.name.as_deref() == Some(name)
+                                            && p.protocol == port.protocol
+                                    })?
+                                    .port
+                            }
                         };
                         Some(Backend {
                             pod: pod.key.clone(),
@@ -207,10 +210,18 @@ spec:
         .unwrap();
         let plan = Plan::new("/src".into(), &manifests, 2, IpFamily::Ipv4).unwrap();
         let ports = &plan.services[0].ports;
-        let backend = |i: usize| ports[i].backend.as_ref().map(|b| (b.pod.to_string(), b.port));
+        let backend = |i: usize| {
+            ports[i]
+                .backend
+                .as_ref()
+                .map(|b| (b.pod.to_string(), b.port))
+        };
         assert_eq!(backend(0), Some(("x/a".to_owned(), 8080)));
         assert_eq!(backend(1), Some(("x/b".to_owned(), 53)));
         assert_eq!(backend(2), None, "a named port matches its protocol too");
-        assert_eq!(plan.services[0].cluster_ips, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            plan.services[0].cluster_ips,
+            vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+        );
     }
 }

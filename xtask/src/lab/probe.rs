@@ -117,7 +117,11 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         None => !state.plan.family.has_v4(),
     };
     if (v6 && !state.plan.family.has_v6()) || (!v6 && !state.plan.family.has_v4()) {
-        bail!("the lab runs {:?}: no IPv{} to probe", state.plan.family, if v6 { 6 } else { 4 });
+        bail!(
+            "the lab runs {:?}: no IPv{} to probe",
+            state.plan.family,
+            if v6 { 6 } else { 4 }
+        );
     }
     let wait = match &state.agent {
         Some(binary) => {
@@ -137,7 +141,14 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     let start = Instant::now();
     let outcomes = probe_all(&state.plan, args.port, args.protocol, args.via, v6);
     let elapsed = start.elapsed();
-    let matrix = matrix(&state.plan, args.port, args.protocol, args.via, &outcomes, wait);
+    let matrix = matrix(
+        &state.plan,
+        args.port,
+        args.protocol,
+        args.via,
+        &outcomes,
+        wait,
+    );
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
         Output::Table => print_table(&state.plan, &args, v6, &outcomes, elapsed),
@@ -147,7 +158,14 @@ pub fn run(args: ProbeArgs) -> Result<()> {
 
 /// Where a probe of `server` goes: its IP, or the ClusterIP:port of a Service in its namespace
 /// whose backend for `port` is this pod.
-fn target(plan: &Plan, server: &LabPod, port: u16, protocol: Protocol, via: Via, v6: bool) -> Option<SocketAddr> {
+fn target(
+    plan: &Plan,
+    server: &LabPod,
+    port: u16,
+    protocol: Protocol,
+    via: Via,
+    v6: bool,
+) -> Option<SocketAddr> {
     match via {
         Via::Pod => server.ip(v6).map(|ip| SocketAddr::new(ip, port)),
         Via::Service => plan
@@ -155,13 +173,16 @@ fn target(plan: &Plan, server: &LabPod, port: u16, protocol: Protocol, via: Via,
             .iter()
             .filter(|service| service.key.namespace == server.key.namespace)
             .find_map(|service| {
-                let ip = service.cluster_ips.iter().copied().find(|ip| ip.is_ipv6() == v6)?;
+                let ip = service
+                    .cluster_ips
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv6() == v6)?;
                 let service_port = service.ports.iter().find(|service_port| {
                     service_port.protocol == protocol
-                        && service_port
-                            .backend
-                            .as_ref()
-                            .is_some_and(|backend| backend.pod == server.key && backend.port == port)
+                        && service_port.backend.as_ref().is_some_and(|backend| {
+                            backend.pod == server.key && backend.port == port
+                        })
                 })?;
                 Some(SocketAddr::new(ip, service_port.port))
             }),
@@ -305,11 +326,17 @@ fn print_table(
     for (c, client) in names.iter().enumerate() {
         let cells: Vec<String> = (0..names.len())
             .map(|s| {
-                let cell = outcomes.get(&(c, s)).copied().flatten().map_or(".", Outcome::cell);
+                let cell = outcomes
+                    .get(&(c, s))
+                    .copied()
+                    .flatten()
+                    .map_or(".", Outcome::cell);
                 format!("{cell:>4}")
             })
             .collect();
         println!("{client:width$} {:>3} {}", c + 1, cells.join(""));
     }
-    println!("ok: answered   rst: refused (reached the pod, nothing listens)   --: no answer in 1 s   unr: unreachable   .: no target");
+    println!(
+        "ok: answered   rst: refused (reached the pod, nothing listens)   --: no answer in 1 s   unr: unreachable   .: no target"
+    );
 }

@@ -3,12 +3,7 @@
 //! Service's cluster IPs) and a Namespace object for every namespace only named by objects.
 //! Files are written elsewhere and renamed into place, so a watcher never reads half a file.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    net::IpAddr,
-    path::Path,
-};
+use std::{collections::BTreeMap, fs, net::IpAddr, path::Path};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -76,7 +71,10 @@ fn family_name(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
-fn object_field<'a>(value: &'a mut Value, field: &str) -> Option<&'a mut serde_json::Map<String, Value>> {
+fn object_field<'a>(
+    value: &'a mut Value,
+    field: &str,
+) -> Option<&'a mut serde_json::Map<String, Value>> {
     let object = value.as_object_mut()?;
     let entry = object
         .entry(field)
@@ -105,7 +103,11 @@ fn fill_in(value: &mut Value, plan: &Plan) {
                 if let Some(first) = pod.ips.first() {
                     status.insert("podIP".into(), json!(first.to_string()));
                 }
-                let ips: Vec<Value> = pod.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+                let ips: Vec<Value> = pod
+                    .ips
+                    .iter()
+                    .map(|ip| json!({"ip": ip.to_string()}))
+                    .collect();
                 status.insert("podIPs".into(), Value::Array(ips));
             }
         }
@@ -200,14 +202,20 @@ spec: {podSelector: {}}
             Some(&json!([{"ip": "10.244.1.2"}, {"ip": "fd00:10:244:1::2"}]))
         );
         let service = &rendered[1].value;
-        assert_eq!(service.pointer("/spec/clusterIP"), Some(&json!("10.96.0.10")));
+        assert_eq!(
+            service.pointer("/spec/clusterIP"),
+            Some(&json!("10.96.0.10"))
+        );
         assert_eq!(
             service.pointer("/spec/ipFamilies"),
             Some(&json!(["IPv4", "IPv6"]))
         );
         assert_eq!(rendered[2].value, parse_documents(text).unwrap()[2].value);
         let namespaces = parse_documents(&files[IMPLIED_NAMESPACES_FILE]).unwrap();
-        assert_eq!(namespaces[0].value.pointer("/metadata/name"), Some(&json!("x")));
+        assert_eq!(
+            namespaces[0].value.pointer("/metadata/name"),
+            Some(&json!("x"))
+        );
     }
 
     #[test]

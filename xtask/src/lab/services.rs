@@ -9,12 +9,7 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use anyhow::{Context, Result};
 
-use super::{
-    cmd,
-    manifest::Protocol,
-    names,
-    plan::Plan,
-};
+use super::{cmd, manifest::Protocol, names, plan::Plan};
 
 /// The mark of packets to masquerade (kube-proxy's value).
 const MASQUERADE_MARK: &str = "0x4000/0x4000";
@@ -133,13 +128,25 @@ spec: {selector: {app: none}, ports: [{port: 80}]}
         .unwrap();
         let plan = Plan::new("/src".into(), &manifests, 2, IpFamily::Dual).unwrap();
         let v4 = nat_table(&plan, false);
-        assert!(v4.contains("-A NP-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 3306"), "{v4}");
+        assert!(
+            v4.contains("-A NP-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 3306"),
+            "{v4}"
+        );
         assert!(v4.contains("DNAT --to-destination 10.244.1.2:3306"), "{v4}");
-        assert!(v4.contains("-p udp -m udp -j DNAT --to-destination 10.244.1.2:53"), "{v4}");
+        assert!(
+            v4.contains("-p udp -m udp -j DNAT --to-destination 10.244.1.2:53"),
+            "{v4}"
+        );
         assert!(v4.contains("-s 10.244.1.2/32 -j MARK"), "{v4}");
-        assert!(!v4.contains("10.96.0.11"), "a Service without backends gets no rule: {v4}");
+        assert!(
+            !v4.contains("10.96.0.11"),
+            "a Service without backends gets no rule: {v4}"
+        );
         let v6 = nat_table(&plan, true);
         assert!(v6.contains("-d fd00:10:96::a/128"), "{v6}");
-        assert!(v6.contains("--to-destination [fd00:10:244:1::2]:3306"), "{v6}");
+        assert!(
+            v6.contains("--to-destination [fd00:10:244:1::2]:3306"),
+            "{v6}"
+        );
     }
 }

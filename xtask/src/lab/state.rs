@@ -24,9 +24,12 @@ impl State {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
         };
-        serde_json::from_str(&text)
-            .map(Some)
-            .with_context(|| format!("{} is not a lab record; run `cargo xtask lab down`", path.display()))
+        serde_json::from_str(&text).map(Some).with_context(|| {
+            format!(
+                "{} is not a lab record; run `cargo xtask lab down`",
+                path.display()
+            )
+        })
     }
 
     /// The record of the lab that is up, or an error that says to bring one up.

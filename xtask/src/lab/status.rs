@@ -87,7 +87,11 @@ fn status(plan: &Plan) -> Status {
             .iter()
             .map(|service| ServiceStatus {
                 name: service.key.to_string(),
-                cluster_ips: service.cluster_ips.iter().map(ToString::to_string).collect(),
+                cluster_ips: service
+                    .cluster_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
                 ports: service
                     .ports
                     .iter()
@@ -127,10 +131,21 @@ fn print_table(state: &State, status: &Status) {
             node.pod_cidrs.join(", ")
         );
     }
-    let width = status.pods.iter().map(|pod| pod.name.len()).max().unwrap_or(3).max(3);
+    let width = status
+        .pods
+        .iter()
+        .map(|pod| pod.name.len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
     println!("\n{:<width$}  NODE      IPS", "POD");
     for pod in &status.pods {
-        println!("{:<width$}  {:<9} {}", pod.name, pod.node, pod.ips.join(", "));
+        println!(
+            "{:<width$}  {:<9} {}",
+            pod.name,
+            pod.node,
+            pod.ips.join(", ")
+        );
     }
     if status.services.is_empty() {
         return;
@@ -142,7 +157,10 @@ fn print_table(state: &State, status: &Status) {
         .max()
         .unwrap_or(7)
         .max(7);
-    println!("\n{:<width$}  CLUSTER IPS                  PORTS", "SERVICE");
+    println!(
+        "\n{:<width$}  CLUSTER IPS                  PORTS",
+        "SERVICE"
+    );
     for (service, planned) in status.services.iter().zip(&state.plan.services) {
         let ports: Vec<String> = planned
             .ports
@@ -156,7 +174,11 @@ fn print_table(state: &State, status: &Status) {
                     || "no backend".to_owned(),
                     |backend| format!("{}:{}", backend.pod, backend.port),
                 );
-                format!("{}/{}->{target} ({backend})", port.port, port.protocol.name())
+                format!(
+                    "{}/{}->{target} ({backend})",
+                    port.port,
+                    port.protocol.name()
+                )
             })
             .collect();
         println!(

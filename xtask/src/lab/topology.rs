@@ -27,7 +27,11 @@ pub enum CniStyle {
 
 impl CniStyle {
     pub fn of_node(k: usize) -> Self {
-        if k % 2 == 0 { Self::Bridge } else { Self::Ptp }
+        if k.is_multiple_of(2) {
+            Self::Bridge
+        } else {
+            Self::Ptp
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -123,12 +127,19 @@ pub fn create_node(k: usize, nodes: usize, family: IpFamily) -> Result<()> {
     }
     if CniStyle::of_node(k) == CniStyle::Bridge {
         let bridge = names::NODE_BRIDGE;
-        commands.push(format!("link add {bridge} type bridge"));
+        // A bridge without a MAC of its own takes its lowest port's, and every change of it
+        // flushes the static neighbour entries of its pods.
+        commands.push(format!(
+            "link add {bridge} address 02:00:0a:f4:{k:02x}:01 type bridge"
+        ));
         if family.has_v4() {
             commands.push(format!("addr add {} dev {bridge}", gateway(k, false, true)));
         }
         if family.has_v6() {
-            commands.push(format!("addr add {} dev {bridge} nodad", gateway(k, true, true)));
+            commands.push(format!(
+                "addr add {} dev {bridge} nodad",
+                gateway(k, true, true)
+            ));
         }
         commands.push(format!("link set {bridge} up"));
     }
@@ -173,8 +184,20 @@ pub fn create_pod(pod: &LabPod) -> Result<()> {
     cmd::run(
         "ip",
         &[
-            "-n", &node_netns, "link", "add", &veth, "type", "veth", "peer", "name", link,
-            "address", &mac, "netns", &pod_netns,
+            "-n",
+            &node_netns,
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            link,
+            "address",
+            &mac,
+            "netns",
+            &pod_netns,
         ],
     )
     .with_context(|| format!("attaching pod {} to {}", pod.key, node_name(pod.node)))?;
@@ -199,6 +222,9 @@ pub fn create_pod(pod: &LabPod) -> Result<()> {
         }
         CniStyle::Bridge => {
             let bridge = names::NODE_BRIDGE;
+            // Hairpin, as the bridge plugin's hairpinMode: a pod reaching itself through its
+            // Service leaves and re-enters the bridge through its own port.
+            in_node.insert(0, format!("link set {veth} type bridge_slave hairpin on"));
             in_node.insert(0, format!("link set {veth} master {bridge}"));
             for ip in &pod.ips {
                 let v6 = ip.is_ipv6();
@@ -220,7 +246,17 @@ pub fn create_pod(pod: &LabPod) -> Result<()> {
     if CniStyle::of_node(pod.node) == CniStyle::Bridge {
         cmd::run(
             "bridge",
-            &["-n", &node_netns, "fdb", "replace", &mac, "dev", &veth, "master", "static"],
+            &[
+                "-n",
+                &node_netns,
+                "fdb",
+                "replace",
+                &mac,
+                "dev",
+                &veth,
+                "master",
+                "static",
+            ],
         )?;
     }
     Ok(())
@@ -238,5 +274,17 @@ pub fn delete_pod(pod: &LabPod) -> Result<()> {
             );
         }
     }
-    netns::delete(&pod.netns())
+    netns::delete(&pod.netns())?;
+    for file in [
+        names::server_ready_file(&pod.netns()),
+        names::server_log(&pod.netns()),
+    ] {
+        match std::fs::remove_file(&file) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("removing {}", file.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -104,7 +104,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         .unwrap_or_default();
     let unchanged = |pod: &LabPod| {
         built.iter().any(|old| {
-            old.key == pod.key && old.node == pod.node && old.ips == pod.ips && old.ports == pod.ports
+            old.key == pod.key
+                && old.node == pod.node
+                && old.ips == pod.ips
+                && old.ports == pod.ports
         }) && netns::exists(&pod.netns())
     };
     let keep: Vec<&LabPod> = plan.pods.iter().filter(|pod| unchanged(pod)).collect();
@@ -169,17 +172,13 @@ pub fn run(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
-fn ready_file(pod: &LabPod) -> PathBuf {
-    names::pods_run_dir().join(format!("{}.ready", pod.netns()))
-}
-
 /// Starts the pod's server on its containerPorts; a pod without ports gets none.
 fn start_server(pod: &LabPod) -> Result<()> {
     let ports = pod.served_ports();
     if ports.is_empty() {
         return Ok(());
     }
-    let ready = ready_file(pod);
+    let ready = names::server_ready_file(&pod.netns());
     if ready.exists() {
         fs::remove_file(&ready).with_context(|| format!("removing {}", ready.display()))?;
     }
@@ -192,7 +191,7 @@ fn start_server(pod: &LabPod) -> Result<()> {
     for port in ports {
         command.args(["--port", &port.to_string()]);
     }
-    let log = names::pods_run_dir().join(format!("{}.log", pod.netns()));
+    let log = names::server_log(&pod.netns());
     netns::spawn_detached(&pod.netns(), &mut command, &log)?;
     Ok(())
 }
@@ -200,9 +199,9 @@ fn start_server(pod: &LabPod) -> Result<()> {
 fn wait_servers_ready(pods: &[&LabPod]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     for pod in pods.iter().filter(|pod| !pod.served_ports().is_empty()) {
-        while !ready_file(pod).exists() {
+        while !names::server_ready_file(&pod.netns()).exists() {
             if Instant::now() > deadline {
-                let log = names::pods_run_dir().join(format!("{}.log", pod.netns()));
+                let log = names::server_log(&pod.netns());
                 bail!(
                     "the server of pod {} did not start: {}",
                     pod.key,
