@@ -85,11 +85,7 @@ pub fn start_all(binary: &Path, nodes: usize) -> Result<()> {
             .arg(&pin_dir)
             .arg("--state-dir")
             .arg(&state_dir);
-        let pid = netns::spawn_detached(
-            &names::node_netns(k),
-            &mut command,
-            &state_dir.join("agent.log"),
-        )?;
+        let pid = netns::spawn_detached(&names::node_netns(k), &mut command, &agent_log(k))?;
         println!("started the agent of {node} (pid {pid})");
     }
     Ok(())
@@ -110,7 +106,7 @@ pub fn expected_generation(binary: &Path) -> Result<String> {
 pub fn wait_applied(generation: &str, nodes: usize, timeout: Duration) -> Result<Duration> {
     let start = Instant::now();
     let mut pending: Vec<usize> = (1..=nodes).collect();
-    let mut last_liveness_check = start;
+    let mut next_liveness_check = start;
     loop {
         pending.retain(|k| {
             let file = names::node_run_dir(&node_name(*k)).join("generation");
@@ -119,28 +115,43 @@ pub fn wait_applied(generation: &str, nodes: usize, timeout: Duration) -> Result
         if pending.is_empty() {
             return Ok(start.elapsed());
         }
-        let check_liveness = last_liveness_check.elapsed() > Duration::from_millis(200);
-        for k in pending.iter().filter(|_| check_liveness) {
-            last_liveness_check = Instant::now();
-            if running_agent(*k)?.is_none() {
-                bail!(
-                    "the agent of {} is not running; see {}",
-                    node_name(*k),
-                    names::node_run_dir(&node_name(*k))
-                        .join("agent.log")
-                        .display()
-                );
+        if Instant::now() >= next_liveness_check {
+            next_liveness_check = Instant::now() + Duration::from_millis(200);
+            for k in &pending {
+                if running_agent(*k)?.is_none() {
+                    bail!(
+                        "the agent of {} is not running; see {}",
+                        node_name(*k),
+                        agent_log(*k).display()
+                    );
+                }
             }
         }
         if start.elapsed() > timeout {
             let lagging: Vec<String> = pending.iter().map(|k| node_name(*k)).collect();
             bail!(
                 "after {timeout:?} the agents of {} have not applied generation {generation}; \
-                 see their agent.log under {}",
+                 see {}",
                 lagging.join(", "),
-                names::RUN_DIR
+                agent_log(pending[0]).display()
             );
         }
-        thread::sleep(Duration::from_millis(2));
+        thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Node `k`'s agent log.
+pub fn agent_log(k: usize) -> PathBuf {
+    names::node_run_dir(&node_name(k)).join("agent.log")
+}
+
+/// Stops the agents of every node.
+pub fn stop_all(nodes: usize) -> Result<()> {
+    for k in 1..=nodes {
+        let node = names::node_netns(k);
+        if netns::exists(&node) {
+            netns::stop_processes(&node)?;
+        }
+    }
+    Ok(())
 }

@@ -2,17 +2,16 @@
 //! assigns addresses to manifests without them by the same rule, so both agree:
 //!
 //! - nodes are `node-1..node-N`; a pod without `spec.nodeName` goes to node `1 + (i mod N)`, where
-//!   `i` is its index among such pods sorted by (namespace, name);
+//!   `i` is its index among all such pods (terminated ones included) sorted by (namespace, name);
 //! - within node `k`, pods sorted by (namespace, name) get host numbers 2, 3, ..., skipping numbers
 //!   already taken by pods that carry their own addresses: IPv4 `10.244.<k>.<host>`, IPv6
-//!   `fd00:10:244:<k>::<host in hex>` (the node number is written as is, so node 10's prefix is
-//!   `fd00:10:244:10::/64`);
-//! - node `k`'s pod CIDRs are `10.244.<k>.0/24` and `fd00:10:244:<k>::/64`;
+//!   `fd00:10:244:<k in hex>::<host in hex>`;
+//! - node `k`'s pod CIDRs are `10.244.<k>.0/24` and `fd00:10:244:<k in hex>::/64`;
 //! - Services without a cluster IP get `10.96.0.<10+j>` and `fd00:10:96::<10+j in hex>`, `j` being
 //!   their index in (namespace, name) order among such Services;
 //! - `--ip-family` decides which families pods and Services get.
 //!
-//! Terminated pods (phase Succeeded or Failed) get no node and no address: they are no peers.
+//! Terminated pods (phase Succeeded or Failed) get no address and no network: they are no peers.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -87,11 +86,6 @@ pub fn node_name(k: usize) -> String {
     format!("node-{k}")
 }
 
-/// The IPv6 segment that reads as the decimal number `k`, so node 10's prefix is `fd00:10:244:10::`.
-fn decimal_segment(k: usize) -> u16 {
-    u16::from_str_radix(&k.to_string(), 16).unwrap_or(u16::MAX)
-}
-
 /// Node `k`'s IPv4 pod CIDR.
 pub fn node_cidr_v4(k: usize) -> Cidr {
     Cidr {
@@ -103,16 +97,7 @@ pub fn node_cidr_v4(k: usize) -> Cidr {
 /// Node `k`'s IPv6 pod CIDR.
 pub fn node_cidr_v6(k: usize) -> Cidr {
     Cidr {
-        addr: IpAddr::V6(Ipv6Addr::new(
-            0xfd00,
-            0x10,
-            0x244,
-            decimal_segment(k),
-            0,
-            0,
-            0,
-            0,
-        )),
+        addr: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x244, k as u16, 0, 0, 0, 0)),
         len: 64,
     }
 }
@@ -165,12 +150,12 @@ pub fn place_pods(
     if nodes == 0 || nodes > 250 {
         bail!("the lab supports 1 to 250 nodes, not {nodes}");
     }
-    let mut live: Vec<&PodDecl> = pods.iter().filter(|pod| !pod.terminated).collect();
-    live.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut sorted: Vec<&PodDecl> = pods.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
 
     let mut node_of = BTreeMap::new();
     let mut spread = 0;
-    for pod in &live {
+    for pod in &sorted {
         let node = match &pod.node_name {
             Some(name) => (1..=nodes)
                 .find(|k| node_name(*k) == *name)
@@ -187,13 +172,25 @@ pub fn place_pods(
         };
         node_of.insert(pod.key.clone(), node);
     }
+    let live: Vec<&PodDecl> = sorted
+        .iter()
+        .copied()
+        .filter(|pod| !pod.terminated)
+        .collect();
 
     let mut placements = BTreeMap::new();
     let mut used_ips = BTreeSet::new();
     for k in 1..=nodes {
         let cidrs = node_cidrs(k, family);
         let on_node: Vec<&&PodDecl> = live.iter().filter(|pod| node_of[&pod.key] == k).collect();
-        let mut taken = BTreeSet::new();
+        // A terminated pod's address is no peer, but it is not handed out again either.
+        let mut taken: BTreeSet<u8> = sorted
+            .iter()
+            .filter(|pod| pod.terminated)
+            .flat_map(|pod| &pod.ips)
+            .filter(|ip| cidrs.iter().any(|cidr| cidr.contains(**ip)))
+            .filter_map(|ip| host_number(*ip))
+            .collect();
         for pod in on_node.iter().filter(|pod| !pod.ips.is_empty()) {
             for ip in &pod.ips {
                 if !family.allows(*ip) {
@@ -415,23 +412,24 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_host_numbers_are_hex_and_node_numbers_read_as_written() {
+    fn ipv6_node_and_host_numbers_are_hex() {
         let pods: Vec<PodDecl> = (0..10)
             .map(|i| pod("x", &format!("p{i:02}"), Some("node-10"), &[]))
             .collect();
         let placed = place_pods(&pods, 10, IpFamily::Ipv6).unwrap();
-        assert_eq!(placed[&key("x/p09")].ips, ips(&["fd00:10:244:10::b"]));
-        assert_eq!(node_cidr_v6(10).to_string(), "fd00:10:244:10::/64");
+        assert_eq!(placed[&key("x/p09")].ips, ips(&["fd00:10:244:a::b"]));
+        assert_eq!(node_cidr_v6(10).to_string(), "fd00:10:244:a::/64");
     }
 
     #[test]
-    fn terminated_pods_get_nothing() {
+    fn terminated_pods_get_nothing_but_count_in_the_spread() {
         let mut done = pod("x", "a", None, &[]);
         done.terminated = true;
-        let pods = [done, pod("x", "b", None, &[])];
+        let pods = [done, pod("x", "b", None, &[]), pod("x", "c", None, &[])];
         let placed = place_pods(&pods, 2, IpFamily::Ipv4).unwrap();
         assert!(!placed.contains_key(&key("x/a")));
-        assert_eq!(placed[&key("x/b")].node, 1);
+        assert_eq!(placed[&key("x/b")].ips, ips(&["10.244.2.2"]));
+        assert_eq!(placed[&key("x/c")].ips, ips(&["10.244.1.2"]));
     }
 
     #[test]

@@ -316,6 +316,9 @@ fn pod_decl(pod: &Pod) -> Result<PodDecl> {
             });
         }
     }
+    if spec.and_then(|spec| spec.host_network) == Some(true) {
+        bail!("hostNetwork pods are not supported by the lab");
+    }
     let phase = status.and_then(|status| status.phase.as_deref());
     Ok(PodDecl {
         key,

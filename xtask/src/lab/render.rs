@@ -129,19 +129,38 @@ fn fill_in(value: &mut Value, plan: &Plan) {
     }
 }
 
-/// Makes `dir` hold exactly `files`: changed files are written to `scratch` and renamed into
-/// place, files that are gone are removed, unchanged files are left alone. Returns whether
-/// anything changed.
+/// Every file under `dir`, by its path relative to `dir`.
+fn existing_files(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        for entry in
+            fs::read_dir(&current).with_context(|| format!("listing {}", current.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("listing {}", current.display()))?
+                .path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Some(name) = path.strip_prefix(dir).ok().and_then(|name| name.to_str()) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Makes `dir` hold exactly `files` (named by relative path): changed files are written to
+/// `scratch` and renamed into place, files that are gone are removed, unchanged files are left
+/// alone. Returns whether anything changed.
 pub fn write(dir: &Path, scratch: &Path, files: &BTreeMap<String, String>) -> Result<bool> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let mut changed = false;
-    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in existing_files(dir)? {
         if !files.contains_key(&name) {
-            fs::remove_file(entry.path())
-                .with_context(|| format!("removing {}", entry.path().display()))?;
+            let path = dir.join(&name);
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             changed = true;
         }
     }
@@ -150,7 +169,10 @@ pub fn write(dir: &Path, scratch: &Path, files: &BTreeMap<String, String>) -> Re
         if fs::read_to_string(&target).is_ok_and(|current| current == *text) {
             continue;
         }
-        let staged = scratch.join(name);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let staged = scratch.join(name.replace('/', "%"));
         fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
         fs::rename(&staged, &target)
             .with_context(|| format!("moving {} to {}", staged.display(), target.display()))?;
@@ -228,10 +250,18 @@ spec: {podSelector: {}}
         ]);
         assert!(write(&dir, &scratch, &first).unwrap());
         assert!(!write(&dir, &scratch, &first).unwrap(), "nothing changed");
-        let second = BTreeMap::from([("a.yaml".to_owned(), "a: 2\n".to_owned())]);
+        let second = BTreeMap::from([
+            ("a.yaml".to_owned(), "a: 2\n".to_owned()),
+            ("sub/c.yaml".to_owned(), "c: 1\n".to_owned()),
+        ]);
         assert!(write(&dir, &scratch, &second).unwrap());
         assert_eq!(fs::read_to_string(dir.join("a.yaml")).unwrap(), "a: 2\n");
+        assert_eq!(
+            fs::read_to_string(dir.join("sub/c.yaml")).unwrap(),
+            "c: 1\n"
+        );
         assert!(!dir.join("b.yaml").exists());
+        assert!(!write(&dir, &scratch, &second).unwrap(), "nothing changed");
         fs::remove_dir_all(&base).unwrap();
     }
 }

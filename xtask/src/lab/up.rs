@@ -14,12 +14,15 @@ use anyhow::{Context, Result, bail};
 use super::{
     agent,
     assign::IpFamily,
-    cmd, manifest, names, netns,
+    cmd, down, manifest, names, netns,
     plan::{LabPod, Plan},
     render, services,
     state::State,
     topology::{self, CniStyle},
 };
+
+/// How long `up` waits for the agents to apply the manifests.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Arguments of `lab up`.
 #[derive(clap::Args)]
@@ -51,6 +54,10 @@ pub fn run(args: UpArgs) -> Result<()> {
     let manifests = manifest::load_dir(&source)?;
     let plan = Plan::new(source, &manifests, args.nodes, args.ip_family)?;
     let previous = State::load()?;
+    if previous.is_none() && !netns::lab_namespaces()?.is_empty() {
+        println!("removing what a lab that did not finish coming up left behind");
+        down::run()?;
+    }
     if let Some(previous) = &previous
         && (previous.plan.nodes != plan.nodes || previous.plan.family != plan.family)
     {
@@ -137,6 +144,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     services::apply(&plan)?;
 
     let files = render::render(&manifests, &plan)?;
+    let rendered_at = Instant::now();
     let changed = render::write(&names::rendered_dir(), &names::render_scratch_dir(), &files)?;
 
     let state = State {
@@ -144,11 +152,21 @@ pub fn run(args: UpArgs) -> Result<()> {
         agent: agent.clone(),
     };
     state.save()?;
+    let previous_agent = previous
+        .as_ref()
+        .and_then(|previous| previous.agent.clone());
+    if previous_agent.is_some() && previous_agent != agent {
+        agent::stop_all(plan.nodes)?;
+    }
+    let mut applied = None;
     if let Some(binary) = &agent {
         mount_bpffs()?;
         fs::create_dir_all(names::PIN_DIR)
             .with_context(|| format!("creating {}", names::PIN_DIR))?;
         agent::start_all(binary, plan.nodes)?;
+        let generation = agent::expected_generation(binary)?;
+        agent::wait_applied(&generation, plan.nodes, APPLY_TIMEOUT)?;
+        applied = Some((generation, rendered_at.elapsed()));
     }
 
     for k in 1..=plan.nodes {
@@ -169,6 +187,12 @@ pub fn run(args: UpArgs) -> Result<()> {
         names::rendered_dir().display(),
         if agent.is_some() { "" } else { "; no agents" },
     );
+    if let Some((generation, latency)) = applied {
+        println!(
+            "agents applied generation {generation} {} ms after the manifests were written",
+            latency.as_millis()
+        );
+    }
     Ok(())
 }
 
