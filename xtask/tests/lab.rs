@@ -127,7 +127,7 @@ fn lab_namespaces() -> Vec<String> {
             entries
                 .flatten()
                 .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with("np-"))
+                .filter(|name| name.starts_with("np-node-") || name == "np-underlay")
                 .collect()
         })
         .unwrap_or_default()

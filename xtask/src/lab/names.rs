@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use super::manifest::ObjectKey;
 
-/// Every network namespace of the lab starts with this.
-pub const NETNS_PREFIX: &str = "np-";
+/// Node namespaces, and the pod namespaces named after their node, start with this.
+const NODE_NETNS_PREFIX: &str = "np-node-";
 /// The namespace of the link layer between nodes.
 pub const UNDERLAY_NETNS: &str = "np-underlay";
 /// The bridge in the underlay namespace.
@@ -58,16 +58,29 @@ pub fn server_log(pod_netns: &str) -> PathBuf {
 }
 
 pub fn node_netns(k: usize) -> String {
-    format!("{NETNS_PREFIX}node-{k}")
+    format!("{NODE_NETNS_PREFIX}{k}")
+}
+
+/// Whether `name` is a network namespace of the lab: the underlay, `np-node-<k>` or
+/// `np-node-<k>-...`. Other `np-` names are not the lab's business.
+pub fn is_lab_netns(name: &str) -> bool {
+    if name == UNDERLAY_NETNS {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix(NODE_NETNS_PREFIX) else {
+        return false;
+    };
+    let (number, _) = rest.split_once('-').unwrap_or((rest, ""));
+    !number.is_empty() && number.bytes().all(|byte| byte.is_ascii_digit())
 }
 
 /// `np-node-<k>-<namespace>-<pod>`, or a hash of the pod where that would be too long.
 pub fn pod_netns(node: usize, pod: &ObjectKey) -> String {
-    let name = format!("{NETNS_PREFIX}node-{node}-{}-{}", pod.namespace, pod.name);
+    let name = format!("{NODE_NETNS_PREFIX}{node}-{}-{}", pod.namespace, pod.name);
     if name.len() <= 200 {
         name
     } else {
-        format!("{NETNS_PREFIX}node-{node}-{:016x}", fnv1a(&pod.to_string()))
+        format!("{NODE_NETNS_PREFIX}{node}-{:016x}", fnv1a(&pod.to_string()))
     }
 }
 
@@ -100,6 +113,22 @@ fn fnv1a(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lab_namespaces_are_told_from_other_np_names() {
+        for name in ["np-underlay", "np-node-1", "np-node-12-x-a"] {
+            assert!(is_lab_netns(name), "{name}");
+        }
+        for name in [
+            "np-test-31549-10",
+            "np-node-",
+            "np-node-x",
+            "np-nodes-1",
+            "other",
+        ] {
+            assert!(!is_lab_netns(name), "{name}");
+        }
+    }
 
     #[test]
     fn per_pod_names_fit_and_differ() {

@@ -17,7 +17,7 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{cmd, names::NETNS_PREFIX};
+use super::{cmd, names};
 
 const NETNS_DIR: &str = "/run/netns";
 
@@ -77,7 +77,7 @@ pub fn lab_namespaces() -> Result<Vec<String>> {
             .file_name()
             .to_string_lossy()
             .into_owned();
-        if name.starts_with(NETNS_PREFIX) {
+        if names::is_lab_netns(&name) {
             names.push(name);
         }
     }
