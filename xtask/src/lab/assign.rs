@@ -34,6 +34,14 @@ pub enum IpFamily {
 }
 
 impl IpFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+            Self::Dual => "dual",
+        }
+    }
+
     pub fn has_v4(self) -> bool {
         matches!(self, Self::Ipv4 | Self::Dual)
     }

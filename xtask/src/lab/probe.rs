@@ -139,7 +139,7 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         }
     };
     let start = Instant::now();
-    let outcomes = probe_all(&state.plan, args.port, args.protocol, args.via, v6);
+    let outcomes = probe_all(&state.plan, args.port, args.protocol, args.via, v6)?;
     let elapsed = start.elapsed();
     let matrix = matrix(
         &state.plan,
@@ -197,7 +197,7 @@ pub fn probe_all(
     protocol: Protocol,
     via: Via,
     v6: bool,
-) -> BTreeMap<(usize, usize), Option<Outcome>> {
+) -> Result<BTreeMap<(usize, usize), Option<Outcome>>> {
     let mut jobs = Vec::new();
     let mut results = BTreeMap::new();
     for (c, client) in plan.pods.iter().enumerate() {
@@ -212,6 +212,7 @@ pub fn probe_all(
     }
     let queue = Mutex::new(jobs.into_iter());
     let done = Mutex::new(Vec::new());
+    let errors = Mutex::new(Vec::new());
     thread::scope(|scope| {
         for _ in 0..PARALLEL_PROBES {
             scope.spawn(|| {
@@ -220,19 +221,32 @@ pub fn probe_all(
                     let Some((pair, netns_name, address)) = job else {
                         return;
                     };
-                    let outcome = match netns::enter(&netns_name) {
-                        Ok(()) => probe(protocol, address),
-                        Err(_) => Outcome::Unreachable,
-                    };
-                    if let Ok(mut done) = done.lock() {
-                        done.push((pair, Some(outcome)));
+                    match netns::enter(&netns_name) {
+                        Ok(()) => {
+                            let outcome = probe(protocol, address);
+                            if let Ok(mut done) = done.lock() {
+                                done.push((pair, Some(outcome)));
+                            }
+                        }
+                        Err(error) => {
+                            if let Ok(mut errors) = errors.lock() {
+                                errors.push(error);
+                            }
+                        }
                     }
                 }
             });
         }
     });
-    results.extend(done.into_inner().unwrap_or_default());
-    results
+    if let Some(error) = errors.into_inner().unwrap_or_default().into_iter().next() {
+        return Err(error.context("probing from a pod"));
+    }
+    let done = done.into_inner().unwrap_or_default();
+    if done.len() + results.len() != plan.pods.len() * plan.pods.len() {
+        bail!("a probe thread failed");
+    }
+    results.extend(done);
+    Ok(results)
 }
 
 /// One probe from the calling thread's network namespace.

@@ -78,6 +78,8 @@ pub fn create_node(k: usize, nodes: usize, family: IpFamily) -> Result<()> {
         ],
     )?;
     let port = names::underlay_port(k);
+    // The port of a node whose namespace was deleted outside the lab may not be gone yet.
+    let _ = cmd::ip(names::UNDERLAY_NETNS, &["link", "del", &port]);
     cmd::run(
         "ip",
         &[

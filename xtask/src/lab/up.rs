@@ -62,9 +62,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         && (previous.plan.nodes != plan.nodes || previous.plan.family != plan.family)
     {
         bail!(
-            "the lab is up with {} nodes ({:?}); run `cargo xtask lab down` before changing that",
+            "the lab is up with {} nodes ({}); run `cargo xtask lab down` before changing that",
             previous.plan.nodes,
-            previous.plan.family
+            previous.plan.family.name()
         );
     }
     let agent = match (&previous, args.no_agent) {
@@ -98,9 +98,11 @@ pub fn run(args: UpArgs) -> Result<()> {
     if !netns::exists(names::UNDERLAY_NETNS) {
         topology::create_underlay()?;
     }
+    let mut fresh_nodes = Vec::new();
     for k in 1..=plan.nodes {
         if !netns::exists(&names::node_netns(k)) {
             topology::create_node(k, plan.nodes, plan.family)?;
+            fresh_nodes.push(k);
         }
     }
 
@@ -116,6 +118,7 @@ pub fn run(args: UpArgs) -> Result<()> {
                 && old.ips == pod.ips
                 && old.ports == pod.ports
         }) && netns::exists(&pod.netns())
+            && !fresh_nodes.contains(&pod.node)
     };
     let keep: Vec<&LabPod> = plan.pods.iter().filter(|pod| unchanged(pod)).collect();
     let mut wanted: Vec<String> = vec![names::UNDERLAY_NETNS.to_owned()];
