@@ -54,7 +54,8 @@ pub fn run(args: UpArgs) -> Result<()> {
     let manifests = manifest::load_dir(&source)?;
     let plan = Plan::new(source, &manifests, args.nodes, args.ip_family)?;
     let previous = State::load()?;
-    if previous.is_none() && !netns::lab_namespaces()?.is_empty() {
+    let leftovers = !netns::lab_namespaces()?.is_empty() || Path::new(names::PIN_DIR).exists();
+    if previous.is_none() && leftovers {
         println!("removing what a lab that did not finish coming up left behind");
         down::run()?;
     }
