@@ -214,11 +214,11 @@ pub fn create_pod(pod: &LabPod) -> Result<()> {
                     in_pod.push(format!("addr add {ip}/32 dev {link}"));
                     in_pod.push(format!("route add {PTP_GATEWAY_V4} dev {link} scope link"));
                     in_pod.push(format!("route add default via {PTP_GATEWAY_V4} dev {link}"));
-                    in_node.push(format!("route add {ip}/32 dev {veth}"));
+                    in_node.push(format!("route replace {ip}/32 dev {veth}"));
                 } else {
                     in_pod.push(format!("addr add {ip}/128 dev {link} nodad"));
                     in_pod.push(format!("route add default via {PTP_GATEWAY_V6} dev {link}"));
-                    in_node.push(format!("route add {ip}/128 dev {veth}"));
+                    in_node.push(format!("route replace {ip}/128 dev {veth}"));
                 }
             }
         }
@@ -275,6 +275,11 @@ pub fn delete_pod(pod: &LabPod) -> Result<()> {
                 &["neigh", "del", &ip.to_string(), "dev", names::NODE_BRIDGE],
             );
         }
+    }
+    // Deleting the veth here removes it and its routes at once; a deleted namespace takes its
+    // links down only later, and the pod's addresses may be handed out again right away.
+    if netns::exists(&node_netns) {
+        let _ = cmd::ip(&node_netns, &["link", "del", &names::host_veth(&pod.key)]);
     }
     netns::delete(&pod.netns())?;
     for file in [
