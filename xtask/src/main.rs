@@ -1,6 +1,11 @@
 //! `cargo xtask`: the project's build, check, test, lab, demo and benchmark tasks.
 
+mod build;
+mod check;
 mod lab;
+mod run;
+mod setup;
+mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -13,12 +18,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Install what building and testing need (bpf-linker against rustc's LLVM, Debian packages).
+    Setup(setup::Args),
+    /// Build the agent with its embedded eBPF object.
+    Build(build::Args),
+    /// rustfmt, clippy -D warnings (host and eBPF crates) and the policy core's purity.
+    Check,
+    /// Every test; the privileged ones need root.
+    Test(test::Args),
     /// Network-namespace cluster: nodes, pods, Services and one agent per node.
     Lab(lab::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Build(args) => build::run(&args),
+        Command::Check => check::run(),
+        Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(args),
     }
 }

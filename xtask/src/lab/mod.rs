@@ -64,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn require_root() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
+    if !crate::run::is_root() {
         bail!("the lab creates network namespaces: run it as root");
     }
     Ok(())

@@ -1,0 +1,48 @@
+//! `cargo xtask test`: every test of the project.
+//!
+//! Runs the checks, the unprivileged tests, and, as root, the privileged ones (BPF_PROG_TEST_RUN,
+//! attach and real traffic in network namespaces), which are marked `#[ignore = "needs root..."]`
+//! so that a plain `cargo test` passes without root. Without root it runs what it can and fails
+//! with a message saying what did not run.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{check, run, setup};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Skip formatting and clippy.
+    #[arg(long)]
+    pub no_check: bool,
+    /// Only run tests whose name contains this filter.
+    pub filter: Option<String>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    setup::ensure_bpf_linker(false)?;
+    setup::ensure_debian_packages()?;
+    if !args.no_check {
+        check::run()?;
+    }
+    let root = run::is_root();
+    let mut cargo = Command::new("cargo");
+    cargo.args(["test", "--workspace"]);
+    cargo.arg("--");
+    if let Some(filter) = &args.filter {
+        cargo.arg(filter);
+    }
+    if root {
+        cargo.arg("--include-ignored");
+    }
+    run::status(&mut cargo)?;
+    if !root {
+        bail!(
+            "the privileged tests (BPF_PROG_TEST_RUN, attach, real traffic) did not run: they need \
+             root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run `sudo -E cargo xtask test`"
+        );
+    }
+    println!("test: all tests passed, privileged ones included");
+    Ok(())
+}
