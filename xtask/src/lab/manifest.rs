@@ -221,11 +221,13 @@ pub fn from_files(files: Vec<ManifestFile>) -> Result<Manifests> {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             let context = || format!("{}: {} {name:?}", file.name, kind.unwrap_or("object"));
-            if let Some(namespace) = document
+            let namespaced = matches!(kind, Some("Pod" | "Service" | "NetworkPolicy"));
+            let namespace = document
                 .value
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
-            {
+                .or(namespaced.then_some("default"));
+            if let Some(namespace) = namespace {
                 manifests.used_namespaces.insert(namespace.to_owned());
             }
             match kind {
@@ -467,13 +469,15 @@ items:
 
     #[test]
     fn a_headless_service_has_no_cluster_ip() {
-        let text = "kind: Service\napiVersion: v1\nmetadata: {name: h, namespace: x}\nspec: {clusterIP: None, selector: {a: b}}\n";
+        let text = "kind: Service\napiVersion: v1\nmetadata: {name: h}\nspec: {clusterIP: None, selector: {a: b}}\n";
         let manifests = from_files(vec![ManifestFile {
             name: "h.yaml".into(),
             documents: parse_documents(text).unwrap(),
         }])
         .unwrap();
         assert!(manifests.services[0].headless);
+        assert_eq!(manifests.services[0].key.namespace, "default");
+        assert!(manifests.used_namespaces.contains("default"));
         assert!(manifests.services[0].cluster_ips.is_empty());
     }
 }
