@@ -1,8 +1,71 @@
-//! `cargo xtask lab`: a cluster of network namespaces that behaves like a small Kubernetes cluster.
+//! `cargo xtask lab`: a cluster of network namespaces that behaves like a small Kubernetes cluster:
+//! nodes linked by an underlay, pods wired like the ptp and bridge CNI plugins, Services translated
+//! like kube-proxy does, and the real agent on every node.
 
+mod agent;
+mod assign;
+mod cmd;
+mod down;
+mod manifest;
+mod names;
+mod netns;
+mod plan;
+mod probe;
+mod render;
+mod serve;
+mod services;
+mod state;
+mod status;
+mod topology;
+mod up;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+
+/// Arguments of `cargo xtask lab`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: LabCommand,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("the lab is not built yet")
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build the lab from a manifest directory, or update the lab that is up to match it.
+    Up(up::UpArgs),
+    /// Show the nodes, pods and Services of the lab.
+    Status(status::StatusArgs),
+    /// Probe every ordered pod pair and print the reachability matrix.
+    Probe(probe::ProbeArgs),
+    /// Remove everything the lab created, also after a crash.
+    Down,
+    /// The server inside each pod.
+    #[command(hide = true)]
+    Serve(serve::ServeArgs),
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        LabCommand::Up(args) => {
+            require_root()?;
+            up::run(args)
+        }
+        LabCommand::Status(args) => status::run(args),
+        LabCommand::Probe(args) => {
+            require_root()?;
+            probe::run(args)
+        }
+        LabCommand::Down => {
+            require_root()?;
+            down::run()
+        }
+        LabCommand::Serve(args) => serve::run(args),
+    }
+}
+
+fn require_root() -> Result<()> {
+    if !crate::run::is_root() {
+        bail!("the lab creates network namespaces: run it as root");
+    }
+    Ok(())
 }

@@ -1,0 +1,169 @@
+//! Network namespaces: entering one from a thread, starting a detached process inside one, and
+//! stopping every process inside one.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use super::{cmd, names};
+
+const NETNS_DIR: &str = "/run/netns";
+
+fn open(netns: &str) -> Result<File> {
+    let path = Path::new(NETNS_DIR).join(netns);
+    File::open(&path).with_context(|| format!("opening network namespace {}", path.display()))
+}
+
+/// Moves the calling thread into `netns`. Only this thread changes namespace.
+pub fn enter(netns: &str) -> Result<()> {
+    let file = open(netns)?;
+    setns(&file, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {netns}"))
+}
+
+/// Runs `work` on a thread inside `netns`.
+pub fn run_inside<T: Send>(netns: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(netns)?;
+                work()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread inside {netns} panicked"))?
+    })
+}
+
+/// Sets sysctls of `netns` (`net.*` keys are per network namespace).
+pub fn sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<()> {
+    run_inside(netns, || {
+        for (key, value) in settings {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            fs::write(&path, value)
+                .with_context(|| format!("setting {key}={value} in network namespace {netns}"))?;
+        }
+        Ok(())
+    })
+}
+
+/// Whether the network namespace exists.
+pub fn exists(netns: &str) -> bool {
+    Path::new(NETNS_DIR).join(netns).exists()
+}
+
+/// Every lab network namespace, sorted.
+pub fn lab_namespaces() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let entries = match fs::read_dir(NETNS_DIR) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(error) => return Err(error).context("listing /run/netns"),
+    };
+    for entry in entries {
+        let name = entry
+            .context("listing /run/netns")?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if names::is_lab_netns(&name) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Creates `netns` with IPv6 duplicate address detection off, so addresses work at once.
+pub fn create(netns: &str) -> Result<()> {
+    cmd::run("ip", &["netns", "add", netns])?;
+    sysctls(
+        netns,
+        &[
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+        ],
+    )
+}
+
+/// Starts `command` inside `netns`, detached in its own session, output appended to `log`.
+/// The process keeps the caller's mount namespace, so it sees the host's bpffs.
+pub fn spawn_detached(netns: &str, command: &mut Command, log: &Path) -> Result<u32> {
+    let target = open(netns)?;
+    let output = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let errors = output
+        .try_clone()
+        .with_context(|| format!("opening {}", log.display()))?;
+    command.stdin(Stdio::null()).stdout(output).stderr(errors);
+    // SAFETY: between fork and exec the closure only makes the setns and setsid system calls,
+    // which are async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            setns(&target, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {:?} in {netns}", command.get_program()))?;
+    Ok(child.id())
+}
+
+/// The processes inside `netns`.
+pub fn pids(netns: &str) -> Result<Vec<Pid>> {
+    let output = cmd::run("ip", &["netns", "pids", netns])?;
+    output
+        .split_whitespace()
+        .map(|pid| {
+            pid.parse::<i32>()
+                .map(Pid::from_raw)
+                .with_context(|| format!("`ip netns pids {netns}` printed {pid:?}"))
+        })
+        .collect()
+}
+
+/// Stops every process inside `netns`: SIGTERM, then SIGKILL after two seconds.
+pub fn stop_processes(netns: &str) -> Result<()> {
+    let mut signal = Signal::SIGTERM;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let pids = pids(netns)?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            signal = Signal::SIGKILL;
+        }
+        for pid in pids {
+            // A process that exited in the meantime is what we want.
+            let _ = kill(pid, signal);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the processes inside `netns` and deletes it.
+pub fn delete(netns: &str) -> Result<()> {
+    if !exists(netns) {
+        return Ok(());
+    }
+    stop_processes(netns)?;
+    cmd::run("ip", &["netns", "del", netns])?;
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! `cargo xtask lab probe`: tries every ordered pod pair, self included, from inside the client
+//! pod, and prints the matrix in the shape of `policy-agent explain -o json`.
+//!
+//! A probe counts as allowed when the server pod's kernel answered: a TCP connection or a UDP
+//! reply, and also a refusal (TCP reset, ICMP port unreachable), since a refused packet was let
+//! through to the pod. A policy drop shows as silence until the 1 s timeout.
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use super::{
+    agent,
+    manifest::Protocol,
+    netns,
+    plan::{LabPod, Plan},
+    state::State,
+};
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `probe` waits for the agents to apply the manifests.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Probes in flight at once.
+const PARALLEL_PROBES: usize = 128;
+
+/// Arguments of `lab probe`.
+#[derive(clap::Args)]
+pub struct ProbeArgs {
+    /// The server port to probe.
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+    #[arg(long, value_enum, default_value = "TCP")]
+    protocol: Protocol,
+    /// Target the server pod's IP, or the ClusterIP of a Service that sends the port to it.
+    #[arg(long, value_enum, default_value = "pod")]
+    via: Via,
+    /// IP family: 4 or 6 (default: 4 when the lab has IPv4).
+    #[arg(long, value_parser = ["4", "6"])]
+    family: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Pod,
+    Service,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// What one probe saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connected, or the UDP server replied.
+    Answered,
+    /// TCP reset or ICMP port unreachable: the packet reached the pod, nothing listens.
+    Refused,
+    /// Nothing came back in time: dropped.
+    Silent,
+    /// The network reported the destination unreachable.
+    Unreachable,
+}
+
+impl Outcome {
+    pub fn allowed(self) -> bool {
+        matches!(self, Self::Answered | Self::Refused)
+    }
+
+    fn cell(self) -> &'static str {
+        match self {
+            Self::Answered => "ok",
+            Self::Refused => "rst",
+            Self::Silent => "--",
+            Self::Unreachable => "unr",
+        }
+    }
+}
+
+/// The probe matrix, in the shape of `policy-agent explain -o json` plus `via` and `wait_ms`.
+#[derive(Debug, Serialize)]
+pub struct Matrix {
+    pub protocol: &'static str,
+    pub port: u16,
+    pub pods: Vec<String>,
+    /// Client, then server: whether the probe got through; `null` where there is no target.
+    pub allowed: BTreeMap<String, BTreeMap<String, Option<bool>>>,
+    pub via: Via,
+    pub wait_ms: u64,
+}
+
+pub fn run(args: ProbeArgs) -> Result<()> {
+    let state = State::require()?;
+    if args.protocol == Protocol::Sctp {
+        bail!(
+            "cannot probe SCTP: this kernel has no SCTP (CONFIG_IP_SCTP is off), so pods can \
+             neither send nor answer it; SCTP verdicts are covered by the datapath's packet tests"
+        );
+    }
+    let v6 = match args.family.as_deref() {
+        Some("6") => true,
+        Some(_) => false,
+        None => !state.plan.family.has_v4(),
+    };
+    if (v6 && !state.plan.family.has_v6()) || (!v6 && !state.plan.family.has_v4()) {
+        bail!(
+            "the lab runs {:?}: no IPv{} to probe",
+            state.plan.family,
+            if v6 { 6 } else { 4 }
+        );
+    }
+    let wait = match &state.agent {
+        Some(binary) => {
+            let generation = agent::expected_generation(binary)?;
+            let waited = agent::wait_applied(&generation, state.plan.nodes, APPLY_TIMEOUT)?;
+            eprintln!(
+                "agents applied generation {generation} in {} ms",
+                waited.as_millis()
+            );
+            waited
+        }
+        None => {
+            eprintln!("no agents run in this lab: nothing enforces policy");
+            Duration::ZERO
+        }
+    };
+    let start = Instant::now();
+    let outcomes = probe_all(&state.plan, args.port, args.protocol, args.via, v6)?;
+    let elapsed = start.elapsed();
+    let matrix = matrix(
+        &state.plan,
+        args.port,
+        args.protocol,
+        args.via,
+        &outcomes,
+        wait,
+    );
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
+        Output::Table => print_table(&state.plan, &args, v6, &outcomes, elapsed),
+    }
+    Ok(())
+}
+
+/// Where a probe of `server` goes: its IP, or the ClusterIP:port of a Service in its namespace
+/// whose backend for `port` is this pod.
+fn target(
+    plan: &Plan,
+    server: &LabPod,
+    port: u16,
+    protocol: Protocol,
+    via: Via,
+    v6: bool,
+) -> Option<SocketAddr> {
+    match via {
+        Via::Pod => server.ip(v6).map(|ip| SocketAddr::new(ip, port)),
+        Via::Service => plan
+            .services
+            .iter()
+            .filter(|service| service.key.namespace == server.key.namespace)
+            .find_map(|service| {
+                let ip = service
+                    .cluster_ips
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv6() == v6)?;
+                let service_port = service.ports.iter().find(|service_port| {
+                    service_port.protocol == protocol
+                        && service_port.backend.as_ref().is_some_and(|backend| {
+                            backend.pod == server.key && backend.port == port
+                        })
+                })?;
+                Some(SocketAddr::new(ip, service_port.port))
+            }),
+    }
+}
+
+/// Probes every ordered pair; `None` where the client has no address of the family or the server
+/// no target.
+pub fn probe_all(
+    plan: &Plan,
+    port: u16,
+    protocol: Protocol,
+    via: Via,
+    v6: bool,
+) -> Result<BTreeMap<(usize, usize), Option<Outcome>>> {
+    let mut jobs = Vec::new();
+    let mut results = BTreeMap::new();
+    for (c, client) in plan.pods.iter().enumerate() {
+        for (s, server) in plan.pods.iter().enumerate() {
+            match (client.ip(v6), target(plan, server, port, protocol, via, v6)) {
+                (Some(_), Some(address)) => jobs.push(((c, s), client.netns(), address)),
+                _ => {
+                    results.insert((c, s), None);
+                }
+            }
+        }
+    }
+    let queue = Mutex::new(jobs.into_iter());
+    let done = Mutex::new(Vec::new());
+    let errors = Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..PARALLEL_PROBES {
+            scope.spawn(|| {
+                loop {
+                    let job = queue.lock().ok().and_then(|mut jobs| jobs.next());
+                    let Some((pair, netns_name, address)) = job else {
+                        return;
+                    };
+                    match netns::enter(&netns_name) {
+                        Ok(()) => {
+                            let outcome = probe(protocol, address);
+                            if let Ok(mut done) = done.lock() {
+                                done.push((pair, Some(outcome)));
+                            }
+                        }
+                        Err(error) => {
+                            if let Ok(mut errors) = errors.lock() {
+                                errors.push(error);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(error) = errors.into_inner().unwrap_or_default().into_iter().next() {
+        return Err(error.context("probing from a pod"));
+    }
+    let done = done.into_inner().unwrap_or_default();
+    if done.len() + results.len() != plan.pods.len() * plan.pods.len() {
+        bail!("a probe thread failed");
+    }
+    results.extend(done);
+    Ok(results)
+}
+
+/// One probe from the calling thread's network namespace.
+pub fn probe(protocol: Protocol, address: SocketAddr) -> Outcome {
+    let outcome = |error: std::io::Error| match error.kind() {
+        ErrorKind::ConnectionRefused => Outcome::Refused,
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => Outcome::Silent,
+        _ => Outcome::Unreachable,
+    };
+    match protocol {
+        Protocol::Tcp => match TcpStream::connect_timeout(&address, PROBE_TIMEOUT) {
+            Ok(_) => Outcome::Answered,
+            Err(error) => outcome(error),
+        },
+        Protocol::Udp | Protocol::Sctp => {
+            let local = if address.is_ipv6() {
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+            } else {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+            };
+            let exchange = || -> std::io::Result<()> {
+                let socket = UdpSocket::bind(local)?;
+                socket.connect(address)?;
+                socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
+                socket.send(b"probe")?;
+                let mut buffer = [0_u8; 512];
+                socket.recv(&mut buffer)?;
+                Ok(())
+            };
+            match exchange() {
+                Ok(()) => Outcome::Answered,
+                Err(error) => outcome(error),
+            }
+        }
+    }
+}
+
+fn matrix(
+    plan: &Plan,
+    port: u16,
+    protocol: Protocol,
+    via: Via,
+    outcomes: &BTreeMap<(usize, usize), Option<Outcome>>,
+    wait: Duration,
+) -> Matrix {
+    let names: Vec<String> = plan.pods.iter().map(|pod| pod.key.to_string()).collect();
+    let mut allowed = BTreeMap::new();
+    for (c, client) in names.iter().enumerate() {
+        let row: BTreeMap<String, Option<bool>> = names
+            .iter()
+            .enumerate()
+            .map(|(s, server)| {
+                let outcome = outcomes.get(&(c, s)).copied().flatten();
+                (server.clone(), outcome.map(Outcome::allowed))
+            })
+            .collect();
+        allowed.insert(client.clone(), row);
+    }
+    Matrix {
+        protocol: protocol.name(),
+        port,
+        pods: names,
+        allowed,
+        via,
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+fn print_table(
+    plan: &Plan,
+    args: &ProbeArgs,
+    v6: bool,
+    outcomes: &BTreeMap<(usize, usize), Option<Outcome>>,
+    elapsed: Duration,
+) {
+    let via = match args.via {
+        Via::Pod => "pod IP",
+        Via::Service => "Service",
+    };
+    println!(
+        "{}/{} via {via}, IPv{}: rows are clients, columns servers ({} ms)",
+        args.protocol.name(),
+        args.port,
+        if v6 { 6 } else { 4 },
+        elapsed.as_millis()
+    );
+    let names: Vec<String> = plan.pods.iter().map(|pod| pod.key.to_string()).collect();
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    let header: Vec<String> = (1..=names.len()).map(|i| format!("{i:>4}")).collect();
+    println!("{:width$}     {}", "", header.join(""));
+    for (c, client) in names.iter().enumerate() {
+        let cells: Vec<String> = (0..names.len())
+            .map(|s| {
+                let cell = outcomes
+                    .get(&(c, s))
+                    .copied()
+                    .flatten()
+                    .map_or(".", Outcome::cell);
+                format!("{cell:>4}")
+            })
+            .collect();
+        println!("{client:width$} {:>3} {}", c + 1, cells.join(""));
+    }
+    println!(
+        "ok: answered   rst: refused (reached the pod, nothing listens)   --: no answer in 1 s   unr: unreachable   .: no target"
+    );
+}
