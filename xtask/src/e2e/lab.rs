@@ -1,0 +1,111 @@
+//! The lab (`cargo xtask lab ...`) and the agent's `explain`, driven through their command lines.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, ensure};
+
+use super::{
+    matrix::{Matrix, MatrixJson},
+    scenario::{Probe, Protocol},
+};
+use crate::{build, check, run};
+
+/// Where the lab renders the manifest directory it was given (pods with nodes and addresses):
+/// what the agents and `explain` read.
+pub const RENDERED: &str = "/run/netpol-lab/manifests";
+
+/// Two nodes, so that traffic between pods of one node and of two nodes is covered; both address
+/// families, so that every probe can choose one.
+const UP_ARGS: [&str; 4] = ["--nodes", "2", "--ip-family", "dual"];
+
+/// The lab, through this very xtask binary.
+pub struct Lab {
+    xtask: PathBuf,
+}
+
+impl Lab {
+    pub fn new() -> anyhow::Result<Self> {
+        let xtask = std::env::current_exe().context("finding the xtask binary")?;
+        Ok(Self { xtask })
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.xtask);
+        command.arg("lab");
+        command
+    }
+
+    /// `lab up -f DIR`: creates the lab, or brings it to what DIR now declares.
+    pub fn up(&self, dir: &Path) -> anyhow::Result<()> {
+        let mut command = self.command();
+        command.arg("up").arg("-f").arg(dir).args(UP_ARGS);
+        run::output(&mut command)?;
+        Ok(())
+    }
+
+    /// `lab probe ... -o json`: the reachability matrix, once every agent has applied the
+    /// manifests.
+    pub fn probe(&self, probe: &Probe) -> anyhow::Result<MatrixJson> {
+        let mut command = self.command();
+        command
+            .args(["probe", "--port", &probe.port.to_string()])
+            .args(["--protocol", probe.protocol.as_str()])
+            .args(["--via", probe.via.as_str()])
+            .args(["--family", &probe.family.number().to_string()])
+            .args(["-o", "json"]);
+        let text = run::output(&mut command)?;
+        let json = MatrixJson::parse(&text)
+            .with_context(|| format!("reading the output of `{}`", run::describe(&command)))?;
+        ensure!(
+            json.port == probe.port
+                && json.protocol == probe.protocol.as_str()
+                && json.via.as_deref() == Some(probe.via.as_str()),
+            "`{}` answered for {}/{} via {}",
+            run::describe(&command),
+            json.protocol,
+            json.port,
+            json.via.as_deref().unwrap_or("(none)")
+        );
+        Ok(json)
+    }
+
+    /// `lab down`.
+    pub fn down(&self) -> anyhow::Result<()> {
+        let mut command = self.command();
+        command.arg("down");
+        run::output(&mut command)?;
+        Ok(())
+    }
+}
+
+/// `policy-agent explain`: the agent's own account of what its policy allows.
+pub struct Explain {
+    agent: PathBuf,
+}
+
+impl Explain {
+    /// Builds the agent (debug profile) and uses its binary.
+    pub fn build() -> anyhow::Result<Self> {
+        build::run(&build::Args { release: false })?;
+        Ok(Self {
+            agent: check::workspace_root().join("target/debug/policy-agent"),
+        })
+    }
+
+    /// The matrix `explain` computes from the rendered manifests for `port`/`protocol`.
+    pub fn matrix(&self, port: u16, protocol: Protocol) -> anyhow::Result<Matrix> {
+        let mut command = Command::new(&self.agent);
+        command
+            .args(["explain", "-f", RENDERED])
+            .args(["--port", &port.to_string()])
+            .args(["--protocol", protocol.as_str()])
+            .args(["-o", "json"]);
+        let text = run::output(&mut command)?;
+        MatrixJson::parse(&text)
+            .and_then(|json| json.matrix())
+            .with_context(|| format!("reading the output of `{}`", run::describe(&command)))
+    }
+}
