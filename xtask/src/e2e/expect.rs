@@ -121,7 +121,9 @@ impl Expectation {
             Some((_, "allow all")) => Cell::Allowed,
             Some((_, "deny all")) => Cell::Denied,
             Some((number, line)) => {
-                bail!("line {number}: {line:?}: an expectation starts with `allow all` or `deny all`")
+                bail!(
+                    "line {number}: {line:?}: an expectation starts with `allow all` or `deny all`"
+                )
             }
             None => bail!("the expectation is empty: it starts with `allow all` or `deny all`"),
         };
@@ -215,7 +217,12 @@ mod tests {
     }
 
     fn expand(text: &str) -> Vec<String> {
-        rows(&Expectation::parse(text).unwrap().expand(&cluster()).unwrap())
+        rows(
+            &Expectation::parse(text)
+                .unwrap()
+                .expand(&cluster())
+                .unwrap(),
+        )
     }
 
     #[test]
@@ -255,8 +262,14 @@ mod tests {
 
     #[test]
     fn only_a_single_pod_line_changes_the_diagonal() {
-        assert_eq!(expand("allow all\ndeny x/* -> x/*"), [".X..", "X...", "....", "...."]);
-        assert_eq!(expand("allow all\ndeny x/a -> x/a"), ["X...", "....", "....", "...."]);
+        assert_eq!(
+            expand("allow all\ndeny x/* -> x/*"),
+            [".X..", "X...", "....", "...."]
+        );
+        assert_eq!(
+            expand("allow all\ndeny x/a -> x/a"),
+            ["X...", "....", "....", "...."]
+        );
     }
 
     #[test]
@@ -292,7 +305,10 @@ mod tests {
             "deny all\nunserved",
         ] {
             let error = Expectation::parse(text).unwrap_err();
-            assert!(format!("{error:#}").starts_with("line 2"), "{text:?}: {error:#}");
+            assert!(
+                format!("{error:#}").starts_with("line 2"),
+                "{text:?}: {error:#}"
+            );
         }
     }
 

@@ -116,7 +116,10 @@ impl Matrix {
     pub fn filled(pods: &[String], fill: Cell) -> Self {
         let cells = pods
             .iter()
-            .flat_map(|from| pods.iter().map(move |to| ((from.clone(), to.clone()), fill)))
+            .flat_map(|from| {
+                pods.iter()
+                    .map(move |to| ((from.clone(), to.clone()), fill))
+            })
             .collect();
         Self {
             pods: pods.to_vec(),
@@ -192,7 +195,13 @@ impl Matrix {
             .map(|cell| (cell.from.as_str(), cell.to.as_str()))
             .collect();
         let corner = "from\\to";
-        let label = self.pods.iter().map(String::len).max().unwrap_or(0).max(corner.len());
+        let label = self
+            .pods
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .max(corner.len());
         let column = self.pods.iter().map(String::len).max().unwrap_or(0).max(2);
         let mut lines = Vec::with_capacity(self.pods.len() + 1);
         let mut header = format!("{corner:>label$}");
@@ -281,7 +290,10 @@ mod tests {
             "allowed": {"x/a": {"x/a": true}}}"#;
         let json = MatrixJson::parse(text).unwrap();
         assert_eq!(json.wait_ms, None);
-        assert_eq!(json.matrix().unwrap(), Matrix::filled(&["x/a".to_owned()], Cell::Allowed));
+        assert_eq!(
+            json.matrix().unwrap(),
+            Matrix::filled(&["x/a".to_owned()], Cell::Allowed)
+        );
     }
 
     #[test]

@@ -57,8 +57,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
              eBPF programs; run `sudo -E cargo xtask e2e`"
         );
     }
-    let (base, scenarios) =
-        scenario::load_all(&scenario::scenarios_dir(), args.filter.as_deref())?;
+    let (base, scenarios) = scenario::load_all(&scenario::scenarios_dir(), args.filter.as_deref())?;
     if scenarios.is_empty() {
         bail!(
             "no scenario name contains {:?}",
@@ -74,7 +73,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let dir = Path::new(MANIFESTS);
     println!("e2e: bringing up the lab with the base cluster ({MANIFESTS})");
     write_manifests(dir, &base)?;
-    lab.up(dir).context("bringing up the lab with the base cluster")?;
+    lab.up(dir)
+        .context("bringing up the lab with the base cluster")?;
     let mut suite = Suite {
         lab: &lab,
         explain: explain.as_ref(),
@@ -117,7 +117,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !failed.is_empty() {
         println!("e2e: failed: {}", failed.join(", "));
     }
-    println!("e2e: {} passed, {} failed", scenarios.len() - failed.len(), failed.len());
+    println!(
+        "e2e: {} passed, {} failed",
+        scenarios.len() - failed.len(),
+        failed.len()
+    );
     if !failed.is_empty() {
         bail!("{} of {} scenarios failed", failed.len(), scenarios.len());
     }
@@ -145,14 +149,18 @@ impl Suite<'_> {
                 write_manifests(self.dir, &step.manifests)?;
                 self.written.clone_from(&step.manifests);
                 let started = Instant::now();
-                self.lab
-                    .up(self.dir)
-                    .with_context(|| format!("step {}: bringing the lab to the change", index + 1))?;
+                self.lab.up(self.dir).with_context(|| {
+                    format!("step {}: bringing the lab to the change", index + 1)
+                })?;
                 self.ups.push(started.elapsed());
             }
             for (number, probe) in step.probes.iter().enumerate() {
                 let context = || {
-                    let note = step.note.as_deref().map(|note| format!(" ({note})")).unwrap_or_default();
+                    let note = step
+                        .note
+                        .as_deref()
+                        .map(|note| format!(" ({note})"))
+                        .unwrap_or_default();
                     format!("step {}{note}, probe {} {probe}", index + 1, number + 1)
                 };
                 let json = self.lab.probe(probe).with_context(context)?;
@@ -201,8 +209,13 @@ impl Suite<'_> {
 fn write_manifests(dir: &Path, manifests: &BTreeMap<String, String>) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
-        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
         if !manifests.contains_key(name) {
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
@@ -220,7 +233,10 @@ fn write_manifests(dir: &Path, manifests: &BTreeMap<String, String>) -> anyhow::
 fn summary(samples: &[Duration]) -> String {
     let mut sorted = samples.to_vec();
     sorted.sort();
-    match (sorted.get(sorted.len().saturating_sub(1) / 2), sorted.last()) {
+    match (
+        sorted.get(sorted.len().saturating_sub(1) / 2),
+        sorted.last(),
+    ) {
         (Some(p50), Some(max)) => format!("p50 {} ms, max {} ms", p50.as_millis(), max.as_millis()),
         _ => "no samples".to_owned(),
     }
@@ -272,7 +288,9 @@ mod tests {
     }
 
     fn all_scenarios() -> Vec<Scenario> {
-        scenario::load_all(&scenario::scenarios_dir(), None).unwrap().1
+        scenario::load_all(&scenario::scenarios_dir(), None)
+            .unwrap()
+            .1
     }
 
     /// Every scenario loads: its files exist, its manifests are well formed, its expectations
@@ -285,7 +303,11 @@ mod tests {
             .iter()
             .map(|scenario| scenario.name.split('-').next().unwrap_or_default())
             .collect();
-        assert_eq!(numbers.len(), scenarios.len(), "two scenarios share a number");
+        assert_eq!(
+            numbers.len(),
+            scenarios.len(),
+            "two scenarios share a number"
+        );
         for scenario in &scenarios {
             assert!(
                 !scenario.description.is_empty(),
@@ -306,12 +328,27 @@ mod tests {
             .flat_map(|step| &step.probes)
             .collect();
         for (what, covered) in [
-            ("TCP", probes.iter().any(|probe| probe.protocol == Protocol::Tcp)),
-            ("UDP", probes.iter().any(|probe| probe.protocol == Protocol::Udp)),
-            ("IPv4", probes.iter().any(|probe| probe.family == Family::V4)),
-            ("IPv6", probes.iter().any(|probe| probe.family == Family::V6)),
+            (
+                "TCP",
+                probes.iter().any(|probe| probe.protocol == Protocol::Tcp),
+            ),
+            (
+                "UDP",
+                probes.iter().any(|probe| probe.protocol == Protocol::Udp),
+            ),
+            (
+                "IPv4",
+                probes.iter().any(|probe| probe.family == Family::V4),
+            ),
+            (
+                "IPv6",
+                probes.iter().any(|probe| probe.family == Family::V6),
+            ),
             ("via pod", probes.iter().any(|probe| probe.via == Via::Pod)),
-            ("via service", probes.iter().any(|probe| probe.via == Via::Service)),
+            (
+                "via service",
+                probes.iter().any(|probe| probe.via == Via::Service),
+            ),
         ] {
             assert!(covered, "no probe covers {what}");
         }
@@ -319,6 +356,9 @@ mod tests {
             .iter()
             .filter(|scenario| scenario.steps.len() > 1)
             .count();
-        assert!(updates >= 5, "only {updates} scenarios change the cluster while running");
+        assert!(
+            updates >= 5,
+            "only {updates} scenarios change the cluster while running"
+        );
     }
 }

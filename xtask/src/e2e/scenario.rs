@@ -226,13 +226,18 @@ pub fn read_manifest_dir(dir: &Path) -> anyhow::Result<BTreeMap<String, String>>
 
 /// The base cluster and every scenario under `dir`, in name order; `filter` keeps the scenarios
 /// whose name contains it.
-pub fn load_all(dir: &Path, filter: Option<&str>) -> anyhow::Result<(BTreeMap<String, String>, Vec<Scenario>)> {
+pub fn load_all(
+    dir: &Path,
+    filter: Option<&str>,
+) -> anyhow::Result<(BTreeMap<String, String>, Vec<Scenario>)> {
     let base_dir = dir.join(BASE);
     let base = read_manifest_dir(&base_dir)?;
     cluster(&base).with_context(|| format!("in the base cluster {}", base_dir.display()))?;
     let mut names = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
         if path.join(SCENARIO_FILE).is_file() {
             let name = path
                 .file_name()
@@ -287,9 +292,9 @@ pub fn load(dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Result<Scena
                 ApplySpec::Same(file) => (file, file),
                 ApplySpec::Renamed { file, target } => (file, target),
             };
-            let text = files
-                .get(source)
-                .with_context(|| format!("step {}: {source} is not in {}", index + 1, dir.display()))?;
+            let text = files.get(source).with_context(|| {
+                format!("step {}: {source} is not in {}", index + 1, dir.display())
+            })?;
             unused.remove(source);
             manifests.insert(target.clone(), text.clone());
         }
@@ -357,7 +362,10 @@ fn cluster(manifests: &BTreeMap<String, String>) -> anyhow::Result<Vec<String>> 
         {
             let field = |pointer: &str| document.pointer(pointer).and_then(Value::as_str);
             let (Some(kind), Some(name)) = (field("/kind"), field("/metadata/name")) else {
-                bail!("{file}: document {} has no kind or metadata.name", index + 1);
+                bail!(
+                    "{file}: document {} has no kind or metadata.name",
+                    index + 1
+                );
             };
             let namespace = if kind == "Namespace" {
                 namespaces.insert(name.to_owned());
@@ -365,7 +373,10 @@ fn cluster(manifests: &BTreeMap<String, String>) -> anyhow::Result<Vec<String>> 
             } else {
                 Some(field("/metadata/namespace").unwrap_or("default"))
             };
-            let key = format!("{kind} {}{name}", namespace.map(|ns| format!("{ns}/")).unwrap_or_default());
+            let key = format!(
+                "{kind} {}{name}",
+                namespace.map(|ns| format!("{ns}/")).unwrap_or_default()
+            );
             if let Some(other) = objects.insert(key.clone(), (file.clone(), document.clone())) {
                 bail!("{key} is declared twice: in {} and in {file}", other.0);
             }
@@ -374,7 +385,10 @@ fn cluster(manifests: &BTreeMap<String, String>) -> anyhow::Result<Vec<String>> 
     let mut pods = Vec::new();
     for (key, (file, document)) in objects {
         let kind = document.pointer("/kind").and_then(Value::as_str);
-        if let Some(namespace) = document.pointer("/metadata/namespace").and_then(Value::as_str) {
+        if let Some(namespace) = document
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+        {
             ensure!(
                 namespaces.contains(namespace),
                 "{file}: {key} is in namespace {namespace}, which no Namespace declares"
@@ -535,7 +549,10 @@ steps:
             )],
         );
         let error = load(&dir, &base()).unwrap_err();
-        assert!(format!("{error:#}").contains("x/c matches no pod"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("x/c matches no pod"),
+            "{error:#}"
+        );
     }
 
     #[test]
@@ -563,7 +580,10 @@ steps:
         let mut manifests = base();
         manifests.insert("again.yaml".to_owned(), pod("a", "pod: a"));
         let error = cluster(&manifests).unwrap_err();
-        assert!(error.to_string().contains("Pod x/a is declared twice"), "{error}");
+        assert!(
+            error.to_string().contains("Pod x/a is declared twice"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -571,7 +591,10 @@ steps:
         let mut manifests = base();
         manifests.remove("ns-x.yaml");
         let error = cluster(&manifests).unwrap_err();
-        assert!(error.to_string().contains("no Namespace declares"), "{error}");
+        assert!(
+            error.to_string().contains("no Namespace declares"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -579,7 +602,10 @@ steps:
         let mut manifests = base();
         let done = pod("c", "pod: c") + "status: {phase: Succeeded}\n";
         manifests.insert("pod-x-c.yaml".to_owned(), done);
-        manifests.insert("multi.yaml".to_owned(), format!("{POLICY}---\n{}", pod("d", "pod: d")));
+        manifests.insert(
+            "multi.yaml".to_owned(),
+            format!("{POLICY}---\n{}", pod("d", "pod: d")),
+        );
         assert_eq!(cluster(&manifests).unwrap(), ["x/a", "x/b", "x/d"]);
     }
 }
