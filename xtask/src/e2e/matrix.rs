@@ -231,9 +231,13 @@ impl Matrix {
     }
 }
 
+/// How many wrong cells a report lists in words; the grid marks them all.
+const LISTED_CELLS: usize = 6;
+
 impl Difference {
     /// What differs, with the observed matrix drawn and the wrong cells marked and listed.
     pub fn report(&self, observed: &Matrix) -> String {
+        // `writeln!` into a String cannot fail: its results are ignored below.
         match self {
             Self::Pods {
                 missing,
@@ -245,7 +249,7 @@ impl Difference {
             ),
             Self::Cells(wrong) => {
                 let mut text = observed.render(wrong);
-                for cell in wrong {
+                for cell in wrong.iter().take(LISTED_CELLS) {
                     let _ = writeln!(
                         text,
                         "  {} -> {}: expected {}, got {}",
@@ -253,6 +257,13 @@ impl Difference {
                         cell.to,
                         cell.expected.describe(),
                         cell.observed.describe()
+                    );
+                }
+                if wrong.len() > LISTED_CELLS {
+                    let _ = writeln!(
+                        text,
+                        "  and {} more wrong cells",
+                        wrong.len() - LISTED_CELLS
                     );
                 }
                 text
@@ -365,6 +376,19 @@ mod tests {
         assert_eq!(masked.get("x/a", "x/b"), Some(Cell::Unserved));
         assert_eq!(masked.get("x/b", "x/a"), Some(Cell::Denied));
         assert_eq!(expected.difference(&masked), None);
+    }
+
+    #[test]
+    fn a_long_report_lists_the_first_cells_and_counts_the_rest() {
+        let pods: Vec<String> = (0..3).map(|index| format!("x/p{index}")).collect();
+        let expected = Matrix::filled(&pods, Cell::Allowed);
+        let observed = Matrix::filled(&pods, Cell::Denied);
+        let report = expected.difference(&observed).unwrap().report(&observed);
+        assert_eq!(
+            report.matches("expected allowed, got denied").count(),
+            LISTED_CELLS
+        );
+        assert!(report.ends_with("  and 3 more wrong cells\n"), "{report}");
     }
 
     #[test]

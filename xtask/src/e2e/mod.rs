@@ -93,8 +93,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             ),
             Err(error) => {
-                println!("FAILED {}: {error:#}", scenario.name);
-                println!("       {}", scenario.description.replace('\n', "\n       "));
+                println!("FAILED {}", scenario.name);
+                println!("{}", indent(&scenario.description));
+                println!("{}", indent(&format!("{error:#}")));
                 failed.push(scenario.name.clone());
             }
         }
@@ -182,7 +183,11 @@ impl Suite<'_> {
             }
         }
         if !mismatches.is_empty() {
-            bail!("{} mismatches\n{}", mismatches.len(), mismatches.join("\n"));
+            bail!(
+                "{} of its probes disagree\n{}",
+                mismatches.len(),
+                mismatches.join("\n")
+            );
         }
         Ok(())
     }
@@ -227,6 +232,15 @@ fn write_manifests(dir: &Path, manifests: &BTreeMap<String, String>) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// `text` with every line indented, for details under a scenario's name.
+fn indent(text: &str) -> String {
+    text.trim_end()
+        .lines()
+        .map(|line| format!("    {line}").trim_end().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `p50 N ms, max N ms` of `samples` (nearest-rank p50), or `no samples`.
