@@ -149,7 +149,8 @@ impl Expectation {
                 Rule::Set { cell, from, to } => {
                     let clients = from.select(pods).with_context(context)?;
                     let servers = to.select(pods).with_context(context)?;
-                    let names_one_pod = clients.len() == 1 && servers.len() == 1;
+                    let names_one_pod =
+                        matches!((from, to), (Pattern::Pod { .. }, Pattern::Pod { .. }));
                     for client in &clients {
                         for server in &servers {
                             if client != server || names_one_pod {
@@ -265,6 +266,16 @@ mod tests {
         assert_eq!(
             expand("allow all\ndeny x/* -> x/*"),
             [".X..", "X...", "....", "...."]
+        );
+        let one_pod = ["x/a".to_owned()];
+        let matrix = Expectation::parse("allow all\ndeny x/* -> *")
+            .unwrap()
+            .expand(&one_pod)
+            .unwrap();
+        assert_eq!(
+            rows(&matrix),
+            ["."],
+            "a pattern that happens to match one pod"
         );
         assert_eq!(
             expand("allow all\ndeny x/a -> x/a"),

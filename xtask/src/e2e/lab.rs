@@ -90,8 +90,10 @@ impl Explain {
     /// Builds the agent (debug profile) and uses its binary.
     pub fn build() -> anyhow::Result<Self> {
         build::run(&build::Args { release: false })?;
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| check::workspace_root().join("target"), PathBuf::from);
         Ok(Self {
-            agent: check::workspace_root().join("target/debug/policy-agent"),
+            agent: target.join("debug/policy-agent"),
         })
     }
 

@@ -100,11 +100,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
     }
-    if args.keep_lab {
+    let down = if args.keep_lab {
         println!("e2e: the lab stays up (`cargo xtask lab down` removes it)");
+        Ok(())
     } else {
-        lab.down().context("taking the lab down")?;
-    }
+        lab.down().context("taking the lab down")
+    };
     println!(
         "e2e: time from writing a change to its enforcement (probe wait, {} changes): {}; target p50 under 100 ms",
         suite.waits.len(),
@@ -126,7 +127,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !failed.is_empty() {
         bail!("{} of {} scenarios failed", failed.len(), scenarios.len());
     }
-    Ok(())
+    down
 }
 
 /// The state the scenarios share: the lab, and what the manifest directory holds.
