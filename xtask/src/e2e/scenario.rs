@@ -18,9 +18,9 @@
 //! A probe has `port` and `protocol` (TCP or UDP), `via` (`pod`, the default, or `service`),
 //! `family` (4, the default, or 6) and `expect` (see [`super::expect`]). The agent's `explain` is
 //! asked for the same port, or for `explain_port` (a Service probe to a port that differs from
-//! its target port); `explain: false` skips it, which ipBlock scenarios do for the address family
-//! their CIDRs do not name, since `explain` has no address family and decides by the family that
-//! the ipBlock names.
+//! its target port); `explain: false` skips it. `explain` has no address family: it decides by
+//! a pod's first address, IPv4 in the dual-stack lab, which is the same decision for both
+//! families except for ipBlocks; so ipBlock scenarios set `explain: false` on their IPv6 probes.
 //!
 //! Loading checks everything that can be checked without a lab: the files exist, every manifest
 //! is well formed and names a declared namespace, no object is declared twice, and every
