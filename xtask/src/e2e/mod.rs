@@ -2,8 +2,8 @@
 //!
 //! The cluster is the one of the upstream Kubernetes netpol e2e tests: namespaces x, y and z with
 //! pods a, b and c in each, spread over two nodes, each pod serving TCP and UDP on ports 80 and
-//! 81 (named `serve-80-tcp` and so on) and exposed by a Service `s-NS-POD` (ports 80 and 81, UDP
-//! 80, and 8080 to the named port `serve-80-tcp`). Every scenario (see [`scenario`]) starts from
+//! 81 (named `serve-80-tcp` and so on) and exposed by a Service `s-NS-POD` (TCP 80, UDP 80 and
+//! 81, and TCP 8081 to the named port `serve-81-tcp`). Every scenario (see [`scenario`]) starts from
 //! that base cluster and changes it step by step: policies written, edited and deleted, labels
 //! added to pods and namespaces, pods added. After every change the runner brings the lab to the
 //! new manifests (`lab up -f DIR`) and, for each probe of the step, compares the lab's matrix of
@@ -195,16 +195,17 @@ impl Suite<'_> {
 
     /// What `explain` gets wrong for `probe`, if anything.
     fn check_explain(&self, probe: &Probe) -> anyhow::Result<Option<String>> {
-        let (Some(explain), Some(port)) = (self.explain, probe.explain_port) else {
+        let Some(explain) = self.explain.filter(|_| probe.explain) else {
             return Ok(None);
         };
         let answer: Matrix = explain
-            .matrix(port, probe.protocol)?
+            .matrix(probe.port, probe.protocol)?
             .masked_by(&probe.expected);
         Ok(probe.expected.difference(&answer).map(|difference| {
             format!(
-                "`explain` for {}/{port} is not the expected matrix\n{}",
+                "`explain` for {}/{} is not the expected matrix\n{}",
                 probe.protocol.as_str(),
+                probe.port,
                 difference.report(&answer)
             )
         }))

@@ -16,9 +16,9 @@
 //!
 //! The manifest directory starts as the base cluster for every scenario; steps change it in order.
 //! A probe has `port` and `protocol` (TCP or UDP), `via` (`pod`, the default, or `service`),
-//! `family` (4, the default, or 6) and `expect` (see [`super::expect`]). The agent's `explain` is
-//! asked for the same port, or for `explain_port` (a Service probe to a port that differs from
-//! its target port); `explain: false` skips it. `explain` has no address family: it decides by
+//! `family` (4, the default, or 6) and `expect` (see [`super::expect`]). `port` is the server
+//! pod's port, also for Service probes, which go to the Service port that targets it. The agent's
+//! `explain` is asked for the same port; `explain: false` skips it. `explain` has no address family: it decides by
 //! a pod's first address, IPv4 in the dual-stack lab, which is the same decision for both
 //! families except for ipBlocks; so ipBlock scenarios set `explain: false` on their IPv6 probes.
 //!
@@ -118,8 +118,8 @@ pub struct Probe {
     pub protocol: Protocol,
     pub via: Via,
     pub family: Family,
-    /// The port `explain` is asked for, or `None` when its answer is not compared.
-    pub explain_port: Option<u16>,
+    /// Whether `explain` is asked too.
+    pub explain: bool,
     pub expected: Matrix,
 }
 
@@ -195,8 +195,6 @@ struct ProbeSpec {
     #[serde(default)]
     family: Family,
     expect: String,
-    #[serde(default)]
-    explain_port: Option<u16>,
     #[serde(default = "yes")]
     explain: bool,
 }
@@ -326,14 +324,6 @@ pub fn load(dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Result<Scena
 }
 
 fn probe_from_spec(spec: ProbeSpec, pods: &[String]) -> anyhow::Result<Probe> {
-    ensure!(
-        spec.explain_port.is_none() || spec.via == Via::Service,
-        "explain_port is for Service probes, whose port may differ from the pod's"
-    );
-    ensure!(
-        spec.explain || spec.explain_port.is_none(),
-        "explain_port and `explain: false` contradict each other"
-    );
     let expected = Expectation::parse(&spec.expect)
         .and_then(|expectation| expectation.expand(pods))
         .context("in `expect`")?;
@@ -342,9 +332,7 @@ fn probe_from_spec(spec: ProbeSpec, pods: &[String]) -> anyhow::Result<Probe> {
         protocol: spec.protocol,
         via: spec.via,
         family: spec.family,
-        explain_port: spec
-            .explain
-            .then_some(spec.explain_port.unwrap_or(spec.port)),
+        explain: spec.explain,
         expected,
     })
 }
@@ -471,7 +459,7 @@ steps:
   - note: b becomes a client
     apply: [{ file: b-client.yaml, as: pod-x-b.yaml }]
     probes:
-      - { port: 81, protocol: UDP, family: 6, via: service, explain_port: 80, expect: "deny all" }
+      - { port: 81, protocol: UDP, family: 6, via: service, expect: "deny all" }
   - remove: [deny.yaml]
     restore: [pod-x-b.yaml]
     probes:
@@ -498,12 +486,11 @@ steps:
             (probe.port, probe.protocol, probe.via, probe.family),
             (81, Protocol::Udp, Via::Service, Family::V6)
         );
-        assert_eq!(probe.explain_port, Some(80));
         assert_eq!(probe.expected.get("x/a", "x/b"), Some(Cell::Denied));
         assert_eq!(probe.expected.get("x/b", "x/b"), Some(Cell::Allowed));
         assert_eq!(probe.to_string(), "UDP/81 via service IPv6");
-        assert_eq!(first.probes[0].explain_port, Some(80));
-        assert_eq!(third.probes[0].explain_port, None);
+        assert!(first.probes[0].explain);
+        assert!(!third.probes[0].explain);
         assert_eq!(first.probes[0].expected.pods(), ["x/a", "x/b"]);
     }
 
@@ -561,7 +548,6 @@ steps:
         for probe in [
             "{port: 80, protocol: SCTP, expect: allow all}",
             "{port: 80, protocol: TCP, family: 5, expect: allow all}",
-            "{port: 80, protocol: TCP, explain_port: 81, expect: allow all}",
             "{port: 80, protocol: TCP, expected: allow all}",
         ] {
             write(
