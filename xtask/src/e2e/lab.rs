@@ -3,6 +3,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, ensure};
@@ -38,12 +39,13 @@ impl Lab {
         command
     }
 
-    /// `lab up -f DIR`: creates the lab, or brings it to what DIR now declares.
-    pub fn up(&self, dir: &Path) -> anyhow::Result<()> {
+    /// `lab up -f DIR`: creates the lab, or brings it to what DIR now declares. Returns how long
+    /// the agents took to apply the manifests after they were written, when `up` waited for them
+    /// and said so.
+    pub fn up(&self, dir: &Path) -> anyhow::Result<Option<Duration>> {
         let mut command = self.command();
         command.arg("up").arg("-f").arg(dir).args(UP_ARGS);
-        run::output(&mut command)?;
-        Ok(())
+        Ok(applied_after(&run::output(&mut command)?))
     }
 
     /// `lab probe ... -o json`: the reachability matrix, once every agent has applied the
@@ -81,6 +83,19 @@ impl Lab {
     }
 }
 
+/// The latency in the line `lab up` prints once the agents have applied the manifests:
+/// `agents applied generation G N ms after the manifests were written`.
+fn applied_after(output: &str) -> Option<Duration> {
+    output.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("agents applied generation ")?;
+        let millis = rest
+            .strip_suffix(" ms after the manifests were written")?
+            .split_whitespace()
+            .nth(1)?;
+        millis.parse().ok().map(Duration::from_millis)
+    })
+}
+
 /// `policy-agent explain`: the agent's own account of what its policy allows.
 pub struct Explain {
     agent: PathBuf,
@@ -109,5 +124,24 @@ impl Explain {
         MatrixJson::parse(&text)
             .and_then(|json| json.matrix())
             .with_context(|| format!("reading the output of `{}`", run::describe(&command)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_how_long_the_agents_took_to_apply() {
+        let output = "node-1 (ptp style): 5 pods, netns np-node-1\n\
+                      lab up in 180 ms: 9 pods (0 added, 0 removed), 9 services\n\
+                      agents applied generation 3f2a9c 42 ms after the manifests were written\n";
+        assert_eq!(applied_after(output), Some(Duration::from_millis(42)));
+    }
+
+    #[test]
+    fn without_agents_there_is_no_latency() {
+        let output = "lab up in 150 ms: 9 pods (0 added, 0 removed), 9 services; no agents\n";
+        assert_eq!(applied_after(output), None);
     }
 }
