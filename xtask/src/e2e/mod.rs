@@ -157,7 +157,7 @@ impl Suite<'_> {
                     format!("step {}: bringing the lab to the change", index + 1)
                 })?;
                 self.ups.push(started.elapsed());
-                applying = Some(applied.unwrap_or_default());
+                applying = Some(applied);
             }
             for (number, probe) in step.probes.iter().enumerate() {
                 let context = || {
@@ -170,8 +170,12 @@ impl Suite<'_> {
                 };
                 let json = self.lab.probe(probe).with_context(context)?;
                 if let Some(applied) = applying.take() {
-                    let waited = Duration::from_millis(json.wait_ms.unwrap_or_default());
-                    self.enforced.push(applied + waited);
+                    let waited = json.wait_ms.filter(|millis| *millis > 0);
+                    // Neither waited: the lab runs no agents, and nothing was enforced.
+                    if applied.is_some() || waited.is_some() {
+                        let waited = Duration::from_millis(waited.unwrap_or_default());
+                        self.enforced.push(applied.unwrap_or_default() + waited);
+                    }
                 }
                 let observed = json.matrix().with_context(context)?;
                 if let Some(difference) = probe.expected.difference(&observed) {
