@@ -192,7 +192,7 @@ impl Suite<'_> {
         }
         if !mismatches.is_empty() {
             bail!(
-                "{} of its probes disagree\n{}",
+                "{} matrices are not the expected ones\n{}",
                 mismatches.len(),
                 mismatches.join("\n")
             );
