@@ -384,4 +384,62 @@ mod tests {
             "only {updates} scenarios change the cluster while running"
         );
     }
+
+    /// Every kind of change the issue names happens between two steps of some scenario, and the
+    /// policies use named ports, endPort and ipBlock with except.
+    #[test]
+    fn the_scenarios_cover_every_kind_of_update_and_port() {
+        let scenarios = all_scenarios();
+        let mut seen = BTreeSet::new();
+        for scenario in &scenarios {
+            for pair in scenario.steps.windows(2) {
+                let (before, after) = (&pair[0].manifests, &pair[1].manifests);
+                for (name, text) in after {
+                    match before.get(name) {
+                        Some(old) if old != text && name.starts_with("pod-") => {
+                            seen.insert("a pod's labels change");
+                        }
+                        Some(old) if old != text && name.starts_with("ns-") => {
+                            seen.insert("a namespace's labels change");
+                        }
+                        Some(old) if old != text => {
+                            seen.insert("a policy is edited");
+                        }
+                        None if name.starts_with("pod-") => {
+                            seen.insert("a pod is added");
+                        }
+                        _ => {}
+                    }
+                }
+                if before.keys().any(|name| !after.contains_key(name)) {
+                    seen.insert("a policy is deleted");
+                }
+            }
+            for step in &scenario.steps {
+                for text in step.manifests.values() {
+                    if text.contains("endPort:") {
+                        seen.insert("endPort");
+                    }
+                    if text.contains("except:") {
+                        seen.insert("ipBlock with except");
+                    }
+                    if text.contains("kind: NetworkPolicy") && text.contains("port: serve-") {
+                        seen.insert("a named port");
+                    }
+                }
+            }
+        }
+        for wanted in [
+            "a pod's labels change",
+            "a namespace's labels change",
+            "a policy is edited",
+            "a policy is deleted",
+            "a pod is added",
+            "endPort",
+            "ipBlock with except",
+            "a named port",
+        ] {
+            assert!(seen.contains(wanted), "no scenario covers: {wanted}");
+        }
+    }
 }
