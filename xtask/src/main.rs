@@ -2,6 +2,7 @@
 
 mod build;
 mod check;
+mod e2e;
 mod lab;
 mod run;
 mod setup;
@@ -28,6 +29,8 @@ enum Command {
     Test(test::Args),
     /// Network-namespace cluster: nodes, pods, Services and one agent per node.
     Lab(lab::Args),
+    /// The end-to-end NetworkPolicy scenarios against the lab (root).
+    E2e(e2e::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Check => check::run(),
         Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(args),
+        Command::E2e(args) => e2e::run(&args),
     }
 }
