@@ -2,21 +2,22 @@
 //!
 //! Runs the checks, the unprivileged tests, and, as root, the privileged ones (BPF_PROG_TEST_RUN,
 //! attach and real traffic in network namespaces), which are marked `#[ignore = "needs root..."]`
-//! so that a plain `cargo test` passes without root. Without root it runs what it can and fails
-//! with a message saying what did not run.
+//! so that a plain `cargo test` passes without root, and then, as root, the end-to-end scenarios
+//! in the lab (`cargo xtask e2e`). Without root it runs what it can and fails with a message
+//! saying what did not run.
 
 use std::process::Command;
 
 use anyhow::bail;
 
-use crate::{check, run, setup};
+use crate::{check, e2e, run, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Skip formatting and clippy.
     #[arg(long)]
     pub no_check: bool,
-    /// Only run tests whose name contains this filter.
+    /// Only run tests whose name contains this filter (the end-to-end scenarios are skipped).
     pub filter: Option<String>,
 }
 
@@ -28,7 +29,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let root = run::is_root();
     let mut cargo = Command::new("cargo");
-    cargo.args(["test", "--workspace"]);
+    // The default members: the eBPF crate is built for its own target by policy-agent.
+    cargo.arg("test");
     cargo.arg("--");
     if let Some(filter) = &args.filter {
         cargo.arg(filter);
@@ -37,12 +39,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         cargo.arg("--include-ignored");
     }
     run::status(&mut cargo)?;
+    if root && args.filter.is_none() {
+        e2e::run(&e2e::Args {
+            filter: None,
+            keep_lab: false,
+            no_explain: false,
+        })?;
+    }
     if !root {
         bail!(
             "the privileged tests (BPF_PROG_TEST_RUN, attach, real traffic) did not run: they need \
              root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run `sudo -E cargo xtask test`"
         );
     }
-    println!("test: all tests passed, privileged ones included");
+    println!("test: all tests passed, privileged and end-to-end ones included");
     Ok(())
 }
