@@ -185,3 +185,156 @@ fn rename_classes(mut state: NodeState, renames: &BTreeMap<u32, u32>) -> NodeSta
     }
     state
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::policy::{
+        model::{IpBlock, LabelSelector, NamespaceScope, NetworkPolicy, Peer, Pod, PodPeer, Rule},
+        state::{Delta, Prefix},
+    };
+
+    fn app(app: &str) -> LabelSelector {
+        LabelSelector {
+            match_labels: [("app".to_owned(), app.to_owned())].into_iter().collect(),
+            match_expressions: Vec::new(),
+        }
+    }
+
+    fn pod(name: &str, ip: &str, app: &str, node: &str) -> Pod {
+        Pod {
+            namespace: "ns".to_owned(),
+            name: name.to_owned(),
+            labels: [("app".to_owned(), app.to_owned())].into_iter().collect(),
+            node: Some(node.to_owned()),
+            phase: crate::policy::model::PodPhase::Running,
+            host_network: false,
+            ips: vec![ip.parse().unwrap()],
+            ports: Vec::new(),
+        }
+    }
+
+    fn from_app(name: &str, apps: &[&str], blocks: &[&str]) -> NetworkPolicy {
+        let pods = apps.iter().map(|name| {
+            Peer::Pods(PodPeer {
+                namespaces: NamespaceScope::Own("ns".to_owned()),
+                pods: app(name),
+            })
+        });
+        let blocks = blocks.iter().map(|cidr| {
+            Peer::IpBlock(IpBlock {
+                cidr: cidr.parse().unwrap(),
+                except: Vec::new(),
+            })
+        });
+        NetworkPolicy {
+            namespace: "ns".to_owned(),
+            name: name.to_owned(),
+            pod_selector: app("server"),
+            policy_types: Vec::new(),
+            ingress: pods
+                .chain(blocks)
+                .map(|peer| Rule {
+                    peers: vec![peer],
+                    ports: Vec::new(),
+                })
+                .collect(),
+            egress: Vec::new(),
+        }
+    }
+
+    fn read_back(state: &NodeState) -> NodeState {
+        NodeState {
+            ids: Allocations::default(),
+            ..state.clone()
+        }
+    }
+
+    fn class_of(state: &NodeState, ip: &str) -> u32 {
+        state.peer_class(ip.parse::<IpAddr>().unwrap())
+    }
+
+    #[test]
+    fn an_unchanged_snapshot_keeps_every_id_even_of_a_class_without_prefixes() {
+        // The ipBlock is exactly the client's address: the client's host prefix replaces it, so
+        // the class of the ipBlock alone has policy entries but no prefix.
+        let mut snapshot = Snapshot {
+            pods: vec![
+                pod("server", "10.0.0.1", "server", "node-1"),
+                pod("client", "10.0.0.2", "client", "node-2"),
+                pod("other", "10.0.0.3", "other", "node-2"),
+            ],
+            policies: vec![
+                from_app("early", &["other"], &[]),
+                from_app("p", &["client"], &["10.0.0.2/32"]),
+            ],
+            ..Snapshot::default()
+        };
+        let first = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        snapshot.policies.remove(0);
+        let running = resolve(&snapshot, "node-1", &first).unwrap();
+        assert!(
+            running
+                .ids
+                .classes
+                .values()
+                .any(|id| !running.peers.values().any(|class| class == id))
+        );
+
+        // Without adopting, the classes would be numbered afresh.
+        let fresh = resolve(&snapshot, "node-1", &read_back(&running)).unwrap();
+        assert_ne!(fresh.ids.classes, running.ids.classes);
+
+        let adopted = resolve_adopting(&snapshot, "node-1", &read_back(&running)).unwrap();
+        assert_eq!(Delta::between(&running, &adopted), Delta::default());
+        assert_eq!(adopted.ids.classes, running.ids.classes);
+        assert_eq!(adopted.rules, running.rules);
+    }
+
+    #[test]
+    fn a_replaced_pod_keeps_its_class_and_a_new_class_takes_an_unused_id() {
+        let mut snapshot = Snapshot {
+            pods: vec![
+                pod("server", "10.0.0.1", "server", "node-1"),
+                pod("client-a", "10.0.0.2", "client", "node-2"),
+                pod("other", "10.0.0.3", "other", "node-2"),
+            ],
+            policies: vec![from_app("p", &["client", "other", "third"], &[])],
+            ..Snapshot::default()
+        };
+        let running = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        let programmed = read_back(&running);
+
+        snapshot.pods[1] = pod("client-b", "10.0.0.4", "client", "node-2");
+        snapshot
+            .pods
+            .push(pod("third", "10.0.0.5", "third", "node-2"));
+        let adopted = resolve_adopting(&snapshot, "node-1", &programmed).unwrap();
+        assert_eq!(
+            class_of(&adopted, "10.0.0.4"),
+            class_of(&running, "10.0.0.2")
+        );
+        assert_eq!(
+            class_of(&adopted, "10.0.0.3"),
+            class_of(&running, "10.0.0.3")
+        );
+        let third = class_of(&adopted, "10.0.0.5");
+        assert_ne!(third, WORLD_CLASS);
+        assert!(!class_ids(&programmed).contains(&third));
+
+        let delta = Delta::between(&programmed, &adopted);
+        let prefix = |text: &str| text.parse::<Prefix>().unwrap();
+        assert_eq!(
+            delta.peer_upserts,
+            [
+                (prefix("10.0.0.4/32"), class_of(&running, "10.0.0.2")),
+                (prefix("10.0.0.5/32"), third)
+            ]
+        );
+        assert_eq!(delta.peer_removals, [prefix("10.0.0.2/32")]);
+        assert_eq!(delta.policy_upserts.len(), 1);
+        assert!(delta.policy_removals.is_empty() && delta.endpoint_upserts.is_empty());
+    }
+}
