@@ -3,6 +3,7 @@
 //! Nothing here names kube, k8s_openapi, aya or tokio, so every NetworkPolicy rule is testable in
 //! milliseconds without a cluster or a kernel.
 
+pub mod adopt;
 pub mod lookup;
 pub mod model;
 pub mod resolve;

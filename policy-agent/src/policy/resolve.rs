@@ -387,7 +387,7 @@ fn allocate_rules(
 /// The next id from `counter` (1 to `limit - 1`, wrapping) that `in_use` does not hold,
 /// preferring ids `recent` does not hold either: map entries of an id's previous meaning may
 /// still be in place while a delta applies. `None` when every id is in use.
-fn next_free(
+pub(super) fn next_free(
     counter: &mut u32,
     limit: u32,
     in_use: impl Fn(u32) -> bool,
