@@ -32,6 +32,7 @@ use crate::{
     discovery::{Discovery, DiscoveryError},
     manifest::{self, ManifestError},
     policy::{
+        adopt::resolve_adopting,
         resolve::{ResolveError, resolve},
         state::{Delta, NodeState, PodRef},
     },
@@ -282,7 +283,16 @@ impl Agent {
         for skipped in &loaded.skipped {
             debug!("{skipped}");
         }
-        let resolved = resolve(&loaded.snapshot, &self.config.node_name, &self.resolved)?;
+        let resolved = match &self.programmed {
+            Some(_) => resolve(&loaded.snapshot, &self.config.node_name, &self.resolved)?,
+            // After a restart: keep the ids the pinned maps already use, so unchanged state is
+            // not rewritten.
+            None => resolve_adopting(
+                &loaded.snapshot,
+                &self.config.node_name,
+                &self.datapath.programmed_state()?,
+            )?,
+        };
 
         let mut interfaces = BTreeMap::new();
         let mut waiting = Vec::new();
