@@ -212,7 +212,13 @@ mod tests {
         let text = format!(
             "{}\n\nnot json\n{}\n",
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
-            line("shop/api", "shop/db", 3306, "allowed", "shop/db-from-api-only, ingress rule 0"),
+            line(
+                "shop/api",
+                "shop/db",
+                3306,
+                "allowed",
+                "shop/db-from-api-only, ingress rule 0"
+            ),
         );
         let parsed = parse(&text);
         assert_eq!(parsed.unreadable, 1);
@@ -237,7 +243,13 @@ mod tests {
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
             line("dev/tester", "shop/db", 3306, "dropped", ISOLATED),
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
-            line("shop/api", "shop/db", 3306, "allowed", "shop/db-from-api-only, ingress rule 0"),
+            line(
+                "shop/api",
+                "shop/db",
+                3306,
+                "allowed",
+                "shop/db-from-api-only, ingress rule 0",
+            ),
             line("shop/web", "shop/db", 80, "dropped", ISOLATED),
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
         ]
@@ -245,7 +257,14 @@ mod tests {
         let drops = summarise(&parse(&text).events);
         let seen: Vec<(&str, &str, u16, usize)> = drops
             .iter()
-            .map(|drop| (drop.from.as_str(), drop.to.as_str(), drop.port, drop.packets))
+            .map(|drop| {
+                (
+                    drop.from.as_str(),
+                    drop.to.as_str(),
+                    drop.port,
+                    drop.packets,
+                )
+            })
             .collect();
         assert_eq!(
             seen,
@@ -261,7 +280,13 @@ mod tests {
     fn different_deciding_rules_are_different_kinds() {
         let text = [
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
-            line("shop/web", "shop/db", 3306, "dropped", "default deny: isolated by shop/deny-all"),
+            line(
+                "shop/web",
+                "shop/db",
+                3306,
+                "dropped",
+                "default deny: isolated by shop/deny-all",
+            ),
         ]
         .join("\n");
         assert_eq!(summarise(&parse(&text).events).len(), 2);
@@ -272,7 +297,13 @@ mod tests {
         let text = [
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
-            line("dev/tester", "shop/api", 80, "dropped", "default deny: isolated by shop/x"),
+            line(
+                "dev/tester",
+                "shop/api",
+                80,
+                "dropped",
+                "default deny: isolated by shop/x",
+            ),
         ]
         .join("\n");
         let rendered = render(&summarise(&parse(&text).events));

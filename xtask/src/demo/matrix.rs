@@ -138,6 +138,8 @@ pub fn render(pods: &[String], snapshots: &[Snapshot<'_>]) -> String {
     const LAB: &str = "lab";
     const EXPLAIN: &str = "explain";
     const GAP: &str = "   ";
+    /// Wider between snapshots than between the two matrices of one.
+    const SNAPSHOT_GAP: &str = "      ";
     let label_width = pods.iter().map(String::len).max().unwrap_or(0) + 4;
     let grid_width = (2 * pods.len()).saturating_sub(1).max(EXPLAIN.len());
     let snapshot_width = 2 * grid_width + GAP.len();
@@ -148,19 +150,29 @@ pub fn render(pods: &[String], snapshots: &[Snapshot<'_>]) -> String {
     let numbers: Vec<String> = (1..=pods.len()).map(|n| (n % 10).to_string()).collect();
     let numbers = numbers.join(" ");
     for snapshot in snapshots {
-        let _ = write!(lines[0], "{GAP}{:<snapshot_width$}", snapshot.label);
-        let _ = write!(lines[1], "{GAP}{LAB:<grid_width$}{GAP}{EXPLAIN:<grid_width$}");
-        let _ = write!(lines[2], "{GAP}{numbers:<grid_width$}{GAP}{numbers:<grid_width$}");
+        let _ = write!(
+            lines[0],
+            "{SNAPSHOT_GAP}{:<snapshot_width$}",
+            snapshot.label
+        );
+        let _ = write!(
+            lines[1],
+            "{SNAPSHOT_GAP}{LAB:<grid_width$}{GAP}{EXPLAIN:<grid_width$}"
+        );
+        let _ = write!(
+            lines[2],
+            "{SNAPSHOT_GAP}{numbers:<grid_width$}{GAP}{numbers:<grid_width$}"
+        );
     }
     for (row, from) in pods.iter().enumerate() {
         let mut line = format!("{:>2} {from:<width$}", row + 1, width = label_width - 3);
         for snapshot in snapshots {
-            for grid in [snapshot.probed, snapshot.predicted] {
+            for (gap, grid) in [(SNAPSHOT_GAP, snapshot.probed), (GAP, snapshot.predicted)] {
                 let cells: Vec<String> = pods
                     .iter()
                     .map(|to| grid.symbol(from, to).to_string())
                     .collect();
-                let _ = write!(line, "{GAP}{:<grid_width$}", cells.join(" "));
+                let _ = write!(line, "{gap}{:<grid_width$}", cells.join(" "));
             }
         }
         lines.push(line);
@@ -286,12 +298,12 @@ mod tests {
             ],
         );
         let expected = [
-            "                 before              after",
-            "                 lab       explain   lab       explain",
-            "                 1 2 3     1 2 3     1 2 3     1 2 3",
-            " 1 shop/web      . . -     . . .     . X .     . X .",
-            " 2 shop/db       . . .     . . .     . . .     . . .",
-            " 3 dev/tester    . . .     . . .     . X .     . X .",
+            "                    before                 after",
+            "                    lab       explain      lab       explain",
+            "                    1 2 3     1 2 3        1 2 3     1 2 3",
+            " 1 shop/web         . . -     . . .        . X .     . X .",
+            " 2 shop/db          . . .     . . .        . . .     . . .",
+            " 3 dev/tester       . . .     . . .        . X .     . X .",
         ];
         assert_eq!(text.lines().collect::<Vec<_>>(), expected);
         assert!(text.ends_with('\n'));

@@ -253,7 +253,11 @@ fn tour(
             );
             for snapshot in &snapshots {
                 let agreement = Agreement::of(snapshot.probed, snapshot.predicted);
-                println!("  {:<7}{}", format!("{}:", snapshot.label), agreement.describe());
+                println!(
+                    "  {:<7}{}",
+                    format!("{}:", snapshot.label),
+                    agreement.describe()
+                );
                 agreements.push(agreement);
             }
         }
@@ -264,11 +268,16 @@ fn tour(
             if drops.is_empty() {
                 println!("  the kernel reported no drops");
             } else {
-                println!("  drops the kernel reported (from -> to, port, hook, count, reason, rule):");
+                println!(
+                    "  drops the kernel reported (from -> to, port, hook, count, reason, rule):"
+                );
                 print!("{}", indent(&indent(&flows::render(&drops))));
             }
             if parsed.unreadable > 0 {
-                println!("  ({} unreadable lines in the flow logs)", parsed.unreadable);
+                println!(
+                    "  ({} unreadable lines in the flow logs)",
+                    parsed.unreadable
+                );
             }
             Some(drops.iter().map(|drop| drop.packets).sum())
         } else {
@@ -288,7 +297,11 @@ fn tour(
 fn summarise(results: &[StepResult], elapsed: Duration) {
     println!();
     println!("Summary");
-    let width = results.iter().map(|step| step.file.len()).max().unwrap_or(0);
+    let width = results
+        .iter()
+        .map(|step| step.file.len())
+        .max()
+        .unwrap_or(0);
     println!(
         "  {:<width$}  {:>9}  {:>13}  {:>12}",
         "policy", "enforced", "lab = explain", "drops seen"
@@ -296,9 +309,10 @@ fn summarise(results: &[StepResult], elapsed: Duration) {
     for step in results {
         let compared: usize = step.agreements.iter().map(|a| a.compared).sum();
         let agreed: usize = step.agreements.iter().map(Agreement::agreed).sum();
-        let enforced = step
-            .applied
-            .map_or_else(|| "-".to_owned(), |applied| format!("{} ms", applied.as_millis()));
+        let enforced = step.applied.map_or_else(
+            || "-".to_owned(),
+            |applied| format!("{} ms", applied.as_millis()),
+        );
         let drops = step
             .drops
             .map_or_else(|| "-".to_owned(), |drops| format!("{drops} packets"));
@@ -424,7 +438,8 @@ impl Lab {
             .args(["probe", "--port", &port.number.to_string()])
             .args(["--protocol", port.protocol, "--family", "4", "-o", "json"]);
         let text = run::output(&mut command)?;
-        Grid::parse(&text).with_context(|| format!("reading the output of `{}`", run::describe(&command)))
+        Grid::parse(&text)
+            .with_context(|| format!("reading the output of `{}`", run::describe(&command)))
     }
 
     fn down(&self) -> anyhow::Result<Duration> {
@@ -494,7 +509,8 @@ impl Explain {
             .args(["--port", &port.number.to_string()])
             .args(["--protocol", port.protocol, "-o", "json"]);
         let text = run::output(&mut command)?;
-        Grid::parse(&text).with_context(|| format!("reading the output of `{}`", run::describe(&command)))
+        Grid::parse(&text)
+            .with_context(|| format!("reading the output of `{}`", run::describe(&command)))
     }
 }
 
