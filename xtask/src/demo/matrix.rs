@@ -51,6 +51,9 @@ impl Grid {
     }
 }
 
+/// How many differing pairs [`Agreement::describe`] names.
+const SHOWN_DISAGREEMENTS: usize = 3;
+
 /// A pair on which the lab and `explain` differ.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Disagreement {
@@ -102,9 +105,10 @@ impl Agreement {
             return format!("lab and explain agree on all {} pairs", self.compared);
         }
         let verdict = |allowed: bool| if allowed { "allowed" } else { "denied" };
-        let pairs: Vec<String> = self
+        let mut pairs: Vec<String> = self
             .disagreements
             .iter()
+            .take(SHOWN_DISAGREEMENTS)
             .map(|pair| {
                 format!(
                     "{} -> {} (lab {}, explain {})",
@@ -115,6 +119,11 @@ impl Agreement {
                 )
             })
             .collect();
+        if let Some(more) = self.disagreements.len().checked_sub(SHOWN_DISAGREEMENTS)
+            && more > 0
+        {
+            pairs.push(format!("and {more} more"));
+        }
         format!(
             "lab and explain DISAGREE on {} of {} pairs: {}",
             self.disagreements.len(),
@@ -273,6 +282,19 @@ mod tests {
             agreement.describe(),
             "lab and explain DISAGREE on 2 of 9 pairs: shop/web -> shop/db (lab denied, \
              explain allowed), dev/tester -> shop/web (lab allowed, explain denied)"
+        );
+    }
+
+    #[test]
+    fn names_a_few_differing_pairs_and_counts_the_rest() {
+        let probed = grid(["...", "...", "..."]);
+        let predicted = grid(["XXX", "XX.", "..."]);
+        let description = Agreement::of(&probed, &predicted).describe();
+        assert_eq!(
+            description,
+            "lab and explain DISAGREE on 5 of 9 pairs: shop/web -> shop/web (lab allowed, \
+             explain denied), shop/web -> shop/db (lab allowed, explain denied), shop/web -> \
+             dev/tester (lab allowed, explain denied), and 2 more"
         );
     }
 

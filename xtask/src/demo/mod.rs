@@ -139,36 +139,45 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         armed: !args.keep_lab,
     };
     let result = tour(&lab, &Explain { binary: agent }, &examples, dir);
-    let elapsed = start.elapsed();
+    if let Ok(tour) = &result {
+        summarise(tour);
+    }
     let down = guard.disarm();
     let cleaned = fs::remove_dir_all("/run/netpol-demo").context("removing /run/netpol-demo");
-    let results = match result {
-        Ok(results) => results,
+    match &down {
+        Ok(_) if args.keep_lab => {
+            println!("the lab stays up (`cargo xtask lab down` removes it)");
+        }
+        Ok(taken) => println!("lab torn down in {} ms", taken.as_millis()),
+        Err(error) => eprintln!("demo: {error:#}"),
+    }
+    println!("the demo took {:.1} s", start.elapsed().as_secs_f64());
+    let tour = match result {
+        Ok(tour) => tour,
         Err(error) if INTERRUPTED.load(Ordering::SeqCst) => {
-            down?;
             return Err(error.context("interrupted"));
         }
-        Err(error) => {
-            down?;
-            return Err(error);
-        }
+        Err(error) => return Err(error),
     };
-    summarise(&results, elapsed);
-    match (down, args.keep_lab) {
-        (Ok(taken), false) => println!("lab torn down in {} ms", taken.as_millis()),
-        (Ok(_), true) => println!("the lab stays up (`cargo xtask lab down` removes it)"),
-        (Err(error), _) => return Err(error),
-    }
+    down?;
     cleaned?;
-    let disagreements: usize = results
+    let disagreements: usize = tour
+        .steps
         .iter()
         .flat_map(|step| &step.agreements)
         .map(|agreement| agreement.disagreements.len())
         .sum();
-    if disagreements > 0 {
+    if tour.enforcing && disagreements > 0 {
         bail!("the lab and explain disagreed on {disagreements} pairs");
     }
     Ok(())
+}
+
+/// What the tour measured.
+struct Tour {
+    /// Whether agents enforced policy in the lab (else only `explain` knows what it means).
+    enforcing: bool,
+    steps: Vec<StepResult>,
 }
 
 /// What one step measured, for the summary.
@@ -179,12 +188,7 @@ struct StepResult {
     applied: Option<Duration>,
 }
 
-fn tour(
-    lab: &Lab,
-    explain: &Explain,
-    examples: &Path,
-    dir: &Path,
-) -> anyhow::Result<Vec<StepResult>> {
+fn tour(lab: &Lab, explain: &Explain, examples: &Path, dir: &Path) -> anyhow::Result<Tour> {
     let up = lab.up(dir)?;
     for line in up.report.lines() {
         println!("  {line}");
@@ -253,11 +257,17 @@ fn tour(
             );
             for snapshot in &snapshots {
                 let agreement = Agreement::of(snapshot.probed, snapshot.predicted);
-                println!(
-                    "  {:<7}{}",
-                    format!("{}:", snapshot.label),
+                let verdict = if enforcing {
                     agreement.describe()
-                );
+                } else {
+                    format!(
+                        "no agent enforces, the lab lets all through; explain denies {} of {} \
+                         pairs",
+                        agreement.disagreements.len(),
+                        agreement.compared
+                    )
+                };
+                println!("  {:<8}{verdict}", format!("{}:", snapshot.label));
                 agreements.push(agreement);
             }
         }
@@ -291,10 +301,14 @@ fn tour(
             applied,
         });
     }
-    Ok(results)
+    Ok(Tour {
+        enforcing,
+        steps: results,
+    })
 }
 
-fn summarise(results: &[StepResult], elapsed: Duration) {
+fn summarise(tour: &Tour) {
+    let results = &tour.steps;
     println!();
     println!("Summary");
     let width = results
@@ -316,16 +330,34 @@ fn summarise(results: &[StepResult], elapsed: Duration) {
         let drops = step
             .drops
             .map_or_else(|| "-".to_owned(), |drops| format!("{drops} packets"));
+        let agreement = if tour.enforcing {
+            format!("{agreed}/{compared}")
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "  {:<width$}  {enforced:>9}  {:>13}  {drops:>12}",
-            step.file,
-            format!("{agreed}/{compared}"),
+            "  {:<width$}  {enforced:>9}  {agreement:>13}  {drops:>12}",
+            step.file
         );
     }
-    println!(
-        "  demo took {:.1} s (the 1 s timeouts of the denied probes are most of it)",
-        elapsed.as_secs_f64()
-    );
+    let compared: usize = results
+        .iter()
+        .flat_map(|step| &step.agreements)
+        .map(|agreement| agreement.compared)
+        .sum();
+    if tour.enforcing {
+        let agreed: usize = results
+            .iter()
+            .flat_map(|step| &step.agreements)
+            .map(Agreement::agreed)
+            .sum();
+        println!(
+            "  the lab's real connections matched explain's prediction on {agreed} of {compared} \
+             pairs"
+        );
+    } else {
+        println!("  no agent ran: nothing was enforced, so the lab was not compared with explain");
+    }
 }
 
 fn indent(text: &str) -> String {
