@@ -1,6 +1,7 @@
 //! The node agent: resolves NetworkPolicies into per-endpoint allow maps and programs the TC
 //! eBPF datapath that enforces them.
 
+pub mod agent;
 pub mod datapath;
 pub mod discovery;
 pub mod explain;

@@ -4,6 +4,8 @@ use std::{io, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use policy_agent::{
+    agent::{self, RunConfig, Source},
+    datapath::DEFAULT_PIN_DIR,
     explain::{self, ExplainOptions, OutputFormat},
     manifest,
     policy::model::Protocol,
@@ -21,11 +23,29 @@ struct Cli {
 enum Command {
     /// Who can reach whom under a set of manifests, decided by the compiled datapath state.
     Explain(ExplainArgs),
+    /// Run the node agent: enforce the policies of SOURCE on this node's pods until stopped.
+    Run(RunArgs),
     /// Print the generation (a hex hash of the manifests) of a manifest directory.
     Generation {
         /// The manifest directory.
         dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Where the cluster's objects come from: `files:DIR` (a directory of manifests, watched).
+    #[arg(long)]
+    source: Source,
+    /// This node's name, as in the Pods' `spec.nodeName`.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The bpffs directory for the maps, programs and links (mounted if bpffs is not).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Where the agent publishes its applied generation, last error and flow log.
+    #[arg(long, default_value = "/run/netpol")]
+    state_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -99,6 +119,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             };
             explain::run(&options, &mut io::stdout().lock(), &mut io::stderr().lock())?;
+        }
+        Command::Run(args) => {
+            let config = RunConfig {
+                source: args.source,
+                node_name: args.node_name,
+                pin_dir: args.pin_dir,
+                state_dir: args.state_dir,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(agent::run(config))?;
         }
         Command::Generation { dir } => println!("{}", manifest::generation(&dir)?),
     }

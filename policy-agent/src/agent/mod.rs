@@ -1,0 +1,413 @@
+//! `policy-agent run`: the node agent's loop.
+//!
+//! source (a manifest directory) -> snapshot -> resolve (pure) -> desired state of this node's
+//! endpoints -> endpoint discovery (the host-side interface of each local pod) -> the delta
+//! against what is programmed -> map writes, then attach -> the applied generation is published.
+//!
+//! Reconciles run when the source changes, and every second while some local pod has no
+//! interface yet or the node's addresses may have changed. Content with errors (an unparsable
+//! document, an invalid object) is reported and not applied: the datapath keeps the last good
+//! state, which never opens what the bad content might have closed. On start the agent adopts
+//! what is pinned: the programs keep enforcing while it is down, and the first reconcile writes
+//! only what differs from the maps.
+
+mod flows;
+mod source;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+pub use flows::FlowContext;
+pub use source::{Source, SourceParseError};
+use tracing::{debug, info, warn};
+
+use crate::{
+    datapath::{ApplyError, Datapath, DatapathConfig, DatapathError},
+    discovery::{Discovery, DiscoveryError},
+    manifest::{self, ManifestError},
+    policy::{
+        resolve::{ResolveError, resolve},
+        state::{Delta, NodeState, PodRef},
+    },
+};
+
+/// How often the agent looks again for missing interfaces and changed node addresses.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Events closer together than this are handled by one reconcile (an editor's save, or the lab
+/// swapping several files, is a burst of events).
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// What `policy-agent run` needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub source: Source,
+    pub node_name: String,
+    pub pin_dir: PathBuf,
+    /// Where the agent publishes its applied generation, last error and flow log, and keeps the
+    /// datapath's record.
+    pub state_dir: PathBuf,
+}
+
+/// Failures that stop the agent. Failures of one reconcile are reported and retried instead.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot open the datapath under {pin_dir}", pin_dir = pin_dir.display())]
+    Datapath {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<DatapathError>,
+    },
+    #[error("cannot read the datapath's flow events")]
+    Events {
+        #[source]
+        source: Box<DatapathError>,
+    },
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("cannot watch {dir}", dir = dir.display())]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot write {path}", path = path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why one reconcile did not apply.
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    #[error("the manifests have {count} error(s); keeping the last good state. First: {first}")]
+    Manifests { count: usize, first: ManifestError },
+    #[error("cannot hash the manifests")]
+    Generation {
+        #[source]
+        source: ManifestError,
+    },
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Apply(Box<ApplyError>),
+    #[error("cannot attach the programs to interface {ifindex} of {pod}")]
+    Attach {
+        pod: PodRef,
+        ifindex: u32,
+        #[source]
+        source: Box<DatapathError>,
+    },
+    #[error(transparent)]
+    Datapath(Box<DatapathError>),
+    #[error("cannot publish {path}", path = path.display())]
+    Publish {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl From<DatapathError> for ReconcileError {
+    fn from(error: DatapathError) -> ReconcileError {
+        ReconcileError::Datapath(Box::new(error))
+    }
+}
+
+impl From<ApplyError> for ReconcileError {
+    fn from(error: ApplyError) -> ReconcileError {
+        ReconcileError::Apply(Box::new(error))
+    }
+}
+
+/// The agent's memory between reconciles.
+struct Agent {
+    config: RunConfig,
+    datapath: Datapath,
+    discovery: Discovery,
+    /// The last resolved state: ids stay stable against it.
+    resolved: NodeState,
+    /// What the maps hold: `resolved` less the endpoints without an interface.
+    programmed: Option<NodeState>,
+    interfaces: BTreeMap<PodRef, u32>,
+    host_addrs: Vec<IpAddr>,
+    applied_generation: Option<String>,
+    waiting_for_interfaces: bool,
+    flow_context: Arc<RwLock<FlowContext>>,
+}
+
+/// Runs the agent until SIGINT or SIGTERM. The programs stay attached when it exits.
+pub async fn run(config: RunConfig) -> Result<(), AgentError> {
+    fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let mut datapath = Datapath::open(DatapathConfig {
+        pin_dir: config.pin_dir.clone(),
+        state_file: config.state_dir.join("datapath.json"),
+    })
+    .map_err(|source| AgentError::Datapath {
+        pin_dir: config.pin_dir.clone(),
+        source: Box::new(source),
+    })?;
+    let report = datapath.open_report();
+    info!(
+        node = %config.node_name,
+        pin_dir = %config.pin_dir.display(),
+        adopted = ?report,
+        "datapath open"
+    );
+    let events = datapath
+        .take_events()
+        .and_then(|reader| reader.into_async())
+        .map_err(|source| AgentError::Events {
+            source: Box::new(source),
+        })?;
+    let flow_context = Arc::new(RwLock::new(FlowContext::new(&config.node_name)));
+    let flow_log = config.state_dir.join("flows.jsonl");
+    tokio::spawn(flows::record(events, Arc::clone(&flow_context), flow_log));
+
+    let Source::Files(dir) = &config.source;
+    let (_watcher, mut changes) = source::watch(dir)?;
+    let mut agent = Agent {
+        discovery: Discovery::new()?,
+        datapath,
+        resolved: NodeState::default(),
+        programmed: None,
+        interfaces: BTreeMap::new(),
+        host_addrs: Vec::new(),
+        applied_generation: None,
+        waiting_for_interfaces: false,
+        flow_context,
+        config,
+    };
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| AgentError::StateDir {
+        path: PathBuf::from("SIGTERM handler"),
+        source,
+    })?;
+    agent.reconcile_and_report(true).await?;
+    loop {
+        tokio::select! {
+            change = changes.recv() => {
+                if change.is_none() {
+                    return Ok(());
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+                while changes.try_recv().is_ok() {}
+                agent.reconcile_and_report(true).await?;
+            }
+            _ = resync.tick() => {
+                agent.reconcile_and_report(false).await?;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    info!("stopping; the programs stay attached and keep enforcing");
+    Ok(())
+}
+
+impl Agent {
+    /// One reconcile; its failure is logged and published, and only state-dir failures stop
+    /// the agent. `source_changed` is false for the periodic pass, which only runs when there is
+    /// something the source cannot announce (a missing interface, node addresses).
+    async fn reconcile_and_report(&mut self, source_changed: bool) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let result = if source_changed || self.needs_resync().await {
+            self.reconcile().await
+        } else {
+            return Ok(());
+        };
+        let error_file = self.config.state_dir.join("last-error");
+        match result {
+            Ok(applied) => {
+                if applied {
+                    debug!(elapsed = ?started.elapsed(), "reconciled");
+                }
+                remove_if_present(&error_file)
+            }
+            Err(error) => {
+                warn!("{}", error_chain(&error));
+                write_atomically(&error_file, &format!("{}\n", error_chain(&error))).map_err(
+                    |source| AgentError::StateDir {
+                        path: error_file.clone(),
+                        source,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Whether the periodic pass has work: an endpoint waits for its interface, or the node's
+    /// addresses changed.
+    async fn needs_resync(&mut self) -> bool {
+        if self.waiting_for_interfaces {
+            return true;
+        }
+        match self.discovery.host_addresses().await {
+            Ok(addrs) => addrs != self.host_addrs,
+            Err(_) => true,
+        }
+    }
+
+    /// Returns whether anything was written.
+    async fn reconcile(&mut self) -> Result<bool, ReconcileError> {
+        let Source::Files(dir) = &self.config.source;
+        // The hash first: content read after it is at least as new, so a published generation
+        // is never ahead of what was applied.
+        let generation =
+            manifest::generation(dir).map_err(|source| ReconcileError::Generation { source })?;
+        let mut loaded = manifest::load(std::slice::from_ref(dir));
+        if !loaded.errors.is_empty() {
+            for error in &loaded.errors {
+                warn!("{}", error_chain(error));
+            }
+            let count = loaded.errors.len();
+            return Err(ReconcileError::Manifests {
+                count,
+                first: loaded.errors.swap_remove(0),
+            });
+        }
+        for skipped in &loaded.skipped {
+            debug!("{skipped}");
+        }
+        let resolved = resolve(&loaded.snapshot, &self.config.node_name, &self.resolved)?;
+
+        let mut interfaces = BTreeMap::new();
+        let mut waiting = Vec::new();
+        for (pod, endpoint) in &resolved.endpoints {
+            match self.interface_of(&endpoint.ips).await? {
+                Some(ifindex) => {
+                    interfaces.insert(pod.clone(), ifindex);
+                }
+                None => waiting.push(pod.clone()),
+            }
+        }
+        let mut programmable = resolved.clone();
+        programmable
+            .endpoints
+            .retain(|pod, _| interfaces.contains_key(pod));
+
+        let host_addrs = self.discovery.host_addresses().await?;
+        if host_addrs != self.host_addrs {
+            self.datapath.set_host_addrs(&host_addrs)?;
+            info!(addresses = host_addrs.len(), "node addresses programmed");
+            self.host_addrs = host_addrs;
+        }
+
+        let ifindex_of = |pod: &PodRef| interfaces.get(pod).copied();
+        let writes = match &self.programmed {
+            // The first pass diffs against what the maps really hold: adoption after a restart.
+            None => self.datapath.sync(&programmable, ifindex_of)?.writes,
+            Some(programmed) => {
+                let mut delta = Delta::between(programmed, &programmable);
+                for (pod, endpoint) in &programmable.endpoints {
+                    let moved = self.interfaces.get(pod) != interfaces.get(pod);
+                    if moved && !delta.endpoint_upserts.iter().any(|e| &e.pod == pod) {
+                        delta.endpoint_upserts.push(endpoint.clone());
+                    }
+                }
+                self.datapath.set_rules(&programmable.rules)?;
+                self.datapath.apply(&delta, ifindex_of)?.writes
+            }
+        };
+
+        let wanted: BTreeSet<u32> = interfaces.values().copied().collect();
+        for (pod, &ifindex) in &interfaces {
+            if self.interfaces.get(pod) != Some(&ifindex) {
+                self.datapath
+                    .attach(ifindex)
+                    .map_err(|source| ReconcileError::Attach {
+                        pod: pod.clone(),
+                        ifindex,
+                        source: Box::new(source),
+                    })?;
+                info!(%pod, ifindex, "programs attached");
+            }
+        }
+        for ifindex in self.datapath.attached()? {
+            if !wanted.contains(&ifindex) {
+                self.datapath.detach(ifindex)?;
+                info!(
+                    ifindex,
+                    "programs detached: no local pod uses the interface"
+                );
+            }
+        }
+
+        if let Ok(mut context) = self.flow_context.write() {
+            context.update(&loaded.snapshot, &resolved);
+        }
+        if writes > 0 {
+            info!(
+                writes,
+                endpoints = programmable.endpoints.len(),
+                generation = %generation,
+                "datapath updated"
+            );
+        }
+        for pod in &waiting {
+            debug!(%pod, "no interface yet");
+        }
+        self.waiting_for_interfaces = !waiting.is_empty();
+        self.resolved = resolved;
+        self.programmed = Some(programmable);
+        self.interfaces = interfaces;
+        if self.applied_generation.as_deref() != Some(generation.as_str()) {
+            let path = self.config.state_dir.join("generation");
+            write_atomically(&path, &format!("{generation}\n"))
+                .map_err(|source| ReconcileError::Publish { path, source })?;
+            self.applied_generation = Some(generation);
+        }
+        Ok(writes > 0)
+    }
+
+    async fn interface_of(&self, ips: &[IpAddr]) -> Result<Option<u32>, DiscoveryError> {
+        for &ip in ips {
+            if let Some(ifindex) = self.discovery.interface_for(ip).await? {
+                return Ok(Some(ifindex));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Replaces `path` with `text` so readers see the old or the new content, never a mix.
+fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    fs::write(&temporary, text)?;
+    fs::rename(&temporary, path)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), AgentError> {
+    match fs::remove_file(path) {
+        Err(source) if source.kind() != io::ErrorKind::NotFound => Err(AgentError::StateDir {
+            path: path.to_owned(),
+            source,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
