@@ -49,101 +49,128 @@ pub fn parse(text: &str) -> Parsed {
     parsed
 }
 
-/// Dropped packets of one kind: same client, server, protocol, port, reason and deciding rule.
+/// Dropped packets of one kind: one endpoint, hook, protocol, port, reason and deciding rule;
+/// the peers are the clients of an ingress drop or the servers of an egress drop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Drops {
-    pub from: String,
-    pub to: String,
+    pub pod: String,
+    pub direction: String,
     pub protocol: String,
     pub port: u16,
-    pub direction: String,
     pub reason: String,
     pub decided_by: String,
+    /// In the order first seen, each once.
+    pub peers: Vec<String>,
     pub packets: usize,
+}
+
+impl Drops {
+    fn same_kind(&self, event: &FlowEvent, decided_by: &str) -> bool {
+        (
+            self.pod.as_str(),
+            self.direction.as_str(),
+            self.protocol.as_str(),
+            self.port,
+            self.reason.as_str(),
+            self.decided_by.as_str(),
+        ) == (
+            event.pod.as_str(),
+            event.direction.as_str(),
+            event.protocol.as_str(),
+            event.dst_port,
+            event.reason.as_str(),
+            decided_by,
+        )
+    }
 }
 
 /// The drops among `events`, one entry per kind, in the order each kind was first seen.
 pub fn summarise(events: &[FlowEvent]) -> Vec<Drops> {
     let mut drops: Vec<Drops> = Vec::new();
     for event in events.iter().filter(|event| event.verdict == "dropped") {
-        let entry = Drops {
-            from: event.src_pod.clone().unwrap_or_else(|| event.src.clone()),
-            to: event.dst_pod.clone().unwrap_or_else(|| event.dst.clone()),
-            protocol: event.protocol.clone(),
-            port: event.dst_port,
-            direction: event.direction.clone(),
-            reason: event.reason.clone(),
-            decided_by: event
-                .decided_by
-                .clone()
-                .unwrap_or_else(|| "no rule recorded".to_owned()),
-            packets: 1,
+        let decided_by = event.decided_by.as_deref().unwrap_or("no rule recorded");
+        let peer = if event.direction == "egress" {
+            event.dst_pod.as_ref().unwrap_or(&event.dst)
+        } else {
+            event.src_pod.as_ref().unwrap_or(&event.src)
         };
-        match drops.iter_mut().find(|seen| seen.same_kind(&entry)) {
-            Some(seen) => seen.packets += 1,
-            None => drops.push(entry),
+        let index = match drops
+            .iter()
+            .position(|seen| seen.same_kind(event, decided_by))
+        {
+            Some(index) => index,
+            None => {
+                drops.push(Drops {
+                    pod: event.pod.clone(),
+                    direction: event.direction.clone(),
+                    protocol: event.protocol.clone(),
+                    port: event.dst_port,
+                    reason: event.reason.clone(),
+                    decided_by: decided_by.to_owned(),
+                    peers: Vec::new(),
+                    packets: 0,
+                });
+                drops.len() - 1
+            }
+        };
+        let entry = &mut drops[index];
+        entry.packets += 1;
+        if !entry.peers.contains(peer) {
+            entry.peers.push(peer.clone());
         }
     }
     drops
 }
 
-impl Drops {
-    fn same_kind(&self, other: &Self) -> bool {
-        (
-            &self.from,
-            &self.to,
-            &self.protocol,
-            self.port,
-            &self.direction,
-            &self.reason,
-            &self.decided_by,
-        ) == (
-            &other.from,
-            &other.to,
-            &other.protocol,
-            other.port,
-            &other.direction,
-            &other.reason,
-            &other.decided_by,
-        )
-    }
-}
-
-/// The drops as aligned lines:
-/// `shop/web -> shop/db  TCP 3306  ingress  2 packets  policy-denied  <decided by>`.
+/// Two lines per kind of drop, the first aligned across kinds:
+/// `shop/db  ingress  TCP 3306  2 packets  from shop/web, dev/tester`, then the reason and the
+/// rule or isolation that decided, indented.
 pub fn render(drops: &[Drops]) -> String {
-    let rows: Vec<[String; 6]> = drops
+    let rows: Vec<[String; 4]> = drops
         .iter()
         .map(|drop| {
             [
-                format!("{} -> {}", drop.from, drop.to),
-                format!("{} {}", drop.protocol, drop.port),
+                drop.pod.clone(),
                 drop.direction.clone(),
+                format!("{} {}", drop.protocol, drop.port),
                 format!(
                     "{} packet{}",
                     drop.packets,
                     if drop.packets == 1 { "" } else { "s" }
                 ),
-                drop.reason.clone(),
-                drop.decided_by.clone(),
             ]
         })
         .collect();
-    let mut widths = [0; 6];
+    let mut widths = [0; 4];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
     }
     let mut text = String::new();
-    for row in rows {
+    for (row, drop) in rows.iter().zip(drops) {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        text.push_str(cells.join("  ").trim_end());
-        text.push('\n');
+        let peers = if drop.direction == "egress" {
+            "to"
+        } else {
+            "from"
+        };
+        text.push_str(&format!(
+            "{}  {peers} {}\n",
+            cells.join("  "),
+            drop.peers.join(", ")
+        ));
+        text.push_str(&format!(
+            "{:indent$}{}: {}\n",
+            "",
+            drop.reason,
+            drop.decided_by,
+            indent = widths[0] + 2
+        ));
     }
     text
 }
@@ -233,12 +260,13 @@ mod tests {
         let text = r#"{"node":"node-2","pod":"shop/api","direction":"egress","protocol":"UDP","src":"10.244.2.3","src_pod":"shop/api","dst":"192.0.2.1","dst_port":53,"dst_pod":null,"verdict":"dropped","reason":"policy-denied","decided_by":null}"#;
         let drops = summarise(&parse(text).events);
         assert_eq!(drops.len(), 1);
-        assert_eq!(drops[0].to, "192.0.2.1");
+        assert_eq!(drops[0].pod, "shop/api");
+        assert_eq!(drops[0].peers, ["192.0.2.1"]);
         assert_eq!(drops[0].decided_by, "no rule recorded");
     }
 
     #[test]
-    fn one_entry_per_kind_of_drop_in_the_order_first_seen() {
+    fn one_entry_per_kind_of_drop_with_its_peers_in_the_order_first_seen() {
         let text = [
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
             line("dev/tester", "shop/db", 3306, "dropped", ISOLATED),
@@ -251,27 +279,21 @@ mod tests {
                 "shop/db-from-api-only, ingress rule 0",
             ),
             line("shop/web", "shop/db", 80, "dropped", ISOLATED),
-            line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
         ]
         .join("\n");
         let drops = summarise(&parse(&text).events);
-        let seen: Vec<(&str, &str, u16, usize)> = drops
+        let seen: Vec<(&str, u16, Vec<&str>, usize)> = drops
             .iter()
             .map(|drop| {
-                (
-                    drop.from.as_str(),
-                    drop.to.as_str(),
-                    drop.port,
-                    drop.packets,
-                )
+                let peers = drop.peers.iter().map(String::as_str).collect();
+                (drop.pod.as_str(), drop.port, peers, drop.packets)
             })
             .collect();
         assert_eq!(
             seen,
             [
-                ("shop/web", "shop/db", 3306, 3),
-                ("dev/tester", "shop/db", 3306, 1),
-                ("shop/web", "shop/db", 80, 1),
+                ("shop/db", 3306, vec!["shop/web", "dev/tester"], 3),
+                ("shop/db", 80, vec!["shop/web"], 1),
             ]
         );
     }
@@ -293,25 +315,22 @@ mod tests {
     }
 
     #[test]
-    fn renders_aligned_lines() {
+    fn renders_each_kind_and_why_it_was_dropped() {
+        let egress = r#"{"node":"node-2","pod":"shop/api","direction":"egress","protocol":"TCP","src":"10.244.2.3","src_pod":"shop/api","dst":"10.244.1.2","dst_port":80,"dst_pod":"shop/web","verdict":"dropped","reason":"policy-denied","decided_by":"default deny: isolated by shop/api-egress"}"#;
         let text = [
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
-            line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
-            line(
-                "dev/tester",
-                "shop/api",
-                80,
-                "dropped",
-                "default deny: isolated by shop/x",
-            ),
+            line("dev/tester", "shop/db", 3306, "dropped", ISOLATED),
+            egress.to_owned(),
         ]
         .join("\n");
         let rendered = render(&summarise(&parse(&text).events));
-        let expected = "\
-shop/web -> shop/db     TCP 3306  ingress  2 packets  policy-denied  default deny: isolated by shop/db-from-api-only
-dev/tester -> shop/api  TCP 80    ingress  1 packet   policy-denied  default deny: isolated by shop/x
-";
-        assert_eq!(rendered, expected);
+        let expected = [
+            "shop/db   ingress  TCP 3306  2 packets  from shop/web, dev/tester",
+            "          policy-denied: default deny: isolated by shop/db-from-api-only",
+            "shop/api  egress   TCP 80    1 packet   to shop/web",
+            "          policy-denied: default deny: isolated by shop/api-egress",
+        ];
+        assert_eq!(rendered.lines().collect::<Vec<_>>(), expected);
     }
 
     #[test]

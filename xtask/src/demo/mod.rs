@@ -26,7 +26,7 @@ use self::{
     flows::FlowLogs,
     matrix::{Agreement, Grid, Snapshot},
 };
-use crate::{build, check, run};
+use crate::{check, run, setup};
 
 /// Where the demo writes the manifests it hands to the lab.
 const MANIFESTS: &str = "/run/netpol-demo/manifests";
@@ -120,8 +120,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let examples = check::workspace_root().join("deploy/examples");
-    println!("demo: building the agent and its eBPF programs");
-    build::run(&build::Args { release: false })?;
+    println!("demo: building the agent and its eBPF programs (the first build takes minutes)");
+    build_agent()?;
     let agent = agent_binary();
     catch_interrupt()?;
 
@@ -219,12 +219,13 @@ fn tour(lab: &Lab, explain: &Explain, examples: &Path, dir: &Path) -> anyhow::Re
         println!();
         println!("Step {} of {}: {}", index + 1, STEPS.len(), step.title);
         println!("  policy: deploy/examples/policies/{}", step.file);
-        let logs = FlowLogs::mark(Path::new(LAB_RUN_DIR), NODES)?;
         let before: Vec<(Grid, Grid)> = step
             .ports
             .iter()
             .map(|port| Ok((lab.probe(port)?, explain.matrix(port)?)))
             .collect::<anyhow::Result<_>>()?;
+        // Drops from here on are the ones the new policy decided (with those before it).
+        let logs = FlowLogs::mark(Path::new(LAB_RUN_DIR), NODES)?;
         copy(&examples.join("policies").join(step.file), dir)?;
         let applied = lab.up(dir)?.applied;
         if let Some(applied) = applied {
@@ -278,9 +279,7 @@ fn tour(lab: &Lab, explain: &Explain, examples: &Path, dir: &Path) -> anyhow::Re
             if drops.is_empty() {
                 println!("  the kernel reported no drops");
             } else {
-                println!(
-                    "  drops the kernel reported (from -> to, port, hook, count, reason, rule):"
-                );
+                println!("  drops the kernel reported since the policy was applied, and why:");
                 print!("{}", indent(&indent(&flows::render(&drops))));
             }
             if parsed.unreadable > 0 {
@@ -372,7 +371,25 @@ fn indent(text: &str) -> String {
         .collect()
 }
 
-/// The agent binary `cargo xtask build` produced.
+/// `cargo build -p policy-agent`, its output shown only when it fails: the build script's
+/// replayed messages would bury the demo.
+fn build_agent() -> anyhow::Result<()> {
+    setup::ensure_bpf_linker(false)?;
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cargo
+        .args(["build", "--package", "policy-agent"])
+        .current_dir(check::workspace_root());
+    let output = cargo
+        .output()
+        .with_context(|| format!("could not run `{}`", run::describe(&cargo)))?;
+    if !output.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        bail!("`{}` failed: {}", run::describe(&cargo), output.status);
+    }
+    Ok(())
+}
+
+/// The agent binary `cargo build -p policy-agent` produced.
 fn agent_binary() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| check::workspace_root().join("target"), PathBuf::from)
