@@ -216,6 +216,7 @@ fn tour(lab: &Lab, explain: &Explain, examples: &Path, dir: &Path) -> anyhow::Re
 
     let mut results = Vec::new();
     for (index, step) in STEPS.iter().enumerate() {
+        stop_if_interrupted()?;
         println!();
         println!("Step {} of {}: {}", index + 1, STEPS.len(), step.title);
         println!("  policy: deploy/examples/policies/{}", step.file);
@@ -304,6 +305,14 @@ fn tour(lab: &Lab, explain: &Explain, examples: &Path, dir: &Path) -> anyhow::Re
         enforcing,
         steps: results,
     })
+}
+
+/// Ctrl-C reaches the command that runs, which fails; a signal to the demo alone stops it here.
+fn stop_if_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("stopped between two steps");
+    }
+    Ok(())
 }
 
 fn summarise(tour: &Tour) {
