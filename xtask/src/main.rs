@@ -2,6 +2,7 @@
 
 mod build;
 mod check;
+mod demo;
 mod e2e;
 mod lab;
 mod run;
@@ -31,6 +32,9 @@ enum Command {
     Lab(lab::Args),
     /// The end-to-end NetworkPolicy scenarios against the lab (root).
     E2e(e2e::Args),
+    /// A two-minute tour (root): the example policies applied one by one in the lab, the real
+    /// connections next to what `explain` predicts, and the drops the kernel reported.
+    Demo(demo::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(args),
         Command::E2e(args) => e2e::run(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }
