@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's build, check, test, lab, demo and benchmark tasks.
 
+mod bench;
 mod build;
 mod check;
 mod demo;
@@ -28,6 +29,8 @@ enum Command {
     Check,
     /// Every test; the privileged ones need root.
     Test(test::Args),
+    /// Benchmarks: the resolver, and (as root) the kernel programs' cost per packet.
+    Bench,
     /// Network-namespace cluster: nodes, pods, Services and one agent per node.
     Lab(lab::Args),
     /// The end-to-end NetworkPolicy scenarios against the lab (root).
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Check => check::run(),
         Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(args),
+        Command::Bench => bench::run(),
         Command::E2e(args) => e2e::run(&args),
         Command::Demo(args) => demo::run(&args),
     }
