@@ -1331,7 +1331,8 @@ fn last_seen_is_refreshed_at_most_once_a_second() {
     );
     let refreshed = dp.conntrack()[0].1.last_seen_ns;
     assert!(
-        refreshed >= recent && refreshed <= monotonic_ns(),
+        // The programs read the coarse clock, which trails CLOCK_MONOTONIC by at most a tick.
+        refreshed > old + 4_000_000_000 && refreshed <= monotonic_ns(),
         "refreshed to {refreshed}"
     );
 }

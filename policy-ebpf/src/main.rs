@@ -14,7 +14,7 @@ mod policy;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::classifier,
     programs::TcContext,
 };
@@ -151,7 +151,7 @@ fn decide(
         return later_fragment(endpoint, direction, packet, isolated);
     }
     // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let decision = if shape == Shape::IcmpError {
         icmp_error(ctx, endpoint, direction, packet, isolated, now)
     } else {
