@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use policy_common::{
-    maps::{ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo},
+    maps::{CtKey, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo},
     verdict::{Direction, DropReason, Verdict, outcome},
 };
 
@@ -140,23 +140,43 @@ fn decide(
         Err(ParseError::Malformed) => return Decision::drop(DropReason::Malformed),
         Err(ParseError::Unparsed) => return Decision::drop(DropReason::Unparsed),
     };
-    match shape {
-        Shape::NonIp | Shape::NeighbourDiscovery => return Decision::pass(Verdict::Exempt, 0),
-        Shape::Flow | Shape::LaterFragment | Shape::IcmpError => {}
+    if shape == Shape::NonIp || shape == Shape::NeighbourDiscovery {
+        return Decision::pass(Verdict::Exempt, 0);
+    }
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Established flows go first: the host check costs a lookup, and host traffic is never
+    // tracked, so checking it after a conntrack miss gives every packet the same verdict.
+    let key = conntrack::flow_key(endpoint.endpoint_id, direction, packet);
+    if shape == Shape::Flow
+        && let Some((verdict, rule_id)) = conntrack::lookup(&key, packet.tcp_flags, now)
+    {
+        return record_first_fragment(
+            endpoint,
+            direction,
+            packet,
+            Decision::pass(verdict, rule_id),
+        );
     }
     if policy::is_host(packet, direction) {
         return Decision::pass(Verdict::Host, 0);
     }
-    if shape == Shape::LaterFragment {
-        return later_fragment(endpoint, direction, packet, isolated);
-    }
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let decision = if shape == Shape::IcmpError {
-        icmp_error(ctx, endpoint, direction, packet, isolated, now)
-    } else {
-        flow(endpoint, direction, packet, isolated, now)
+    let decision = match shape {
+        Shape::LaterFragment => return later_fragment(endpoint, direction, packet, isolated),
+        Shape::IcmpError => icmp_error(ctx, endpoint, direction, packet, isolated, now),
+        _ => first_packet(endpoint, direction, packet, &key, isolated, now),
     };
+    record_first_fragment(endpoint, direction, packet, decision)
+}
+
+/// Records what a first fragment got, for the fragments that follow it.
+#[inline(always)]
+fn record_first_fragment(
+    endpoint: &EndpointInfo,
+    direction: Direction,
+    packet: &Packet,
+    decision: Decision,
+) -> Decision {
     if packet.fragment == FRAGMENT_FIRST {
         let key = conntrack::fragment_key(endpoint.endpoint_id, direction, packet);
         conntrack::record_fragment(&key, packet, decision.result.is_ok(), decision.rule_id);
@@ -164,19 +184,16 @@ fn decide(
     decision
 }
 
-/// A packet with an L4 tuple: conntrack first, then policy for the first packet of a flow.
+/// The first packet of a flow (no live entry): decided by policy, and tracked when allowed.
 #[inline(always)]
-fn flow(
+fn first_packet(
     endpoint: &EndpointInfo,
     direction: Direction,
     packet: &Packet,
+    key: &CtKey,
     isolated: bool,
     now: u64,
 ) -> Decision {
-    let key = conntrack::flow_key(endpoint.endpoint_id, direction, packet);
-    if let Some((verdict, rule_id)) = conntrack::lookup(&key, packet.tcp_flags, now) {
-        return Decision::pass(verdict, rule_id);
-    }
     let (verdict, rule_id) = if isolated {
         match policy::allowing_rule(endpoint, direction, packet) {
             Some(rule_id) => (Verdict::Policy, rule_id),
@@ -185,7 +202,7 @@ fn flow(
     } else {
         (Verdict::NotIsolated, 0)
     };
-    conntrack::insert(&key, rule_id, packet.tcp_flags, now);
+    conntrack::insert(key, rule_id, packet.tcp_flags, now);
     Decision {
         result: Ok(verdict),
         rule_id,
@@ -207,7 +224,7 @@ fn icmp_error(
     if let Some((protocol, src_addr, dst_addr, src_port, dst_port)) =
         parse::quoted_tuple(ctx, packet)
     {
-        let quoted = policy_common::maps::CtKey {
+        let quoted = CtKey {
             endpoint_id: endpoint.endpoint_id,
             src_port,
             dst_port,

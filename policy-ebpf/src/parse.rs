@@ -178,9 +178,19 @@ const fn be16(high: u8, low: u8) -> u16 {
 }
 
 /// Parses Ethernet, one 802.1Q/802.1ad tag, IPv4 (options) or IPv6 (extension headers) and the
-/// L4 header, filling `packet`.
+/// L4 header, filling `packet`. On error `packet` stays as it was: what a malformed packet's
+/// headers say is not worth reporting, and leaving it untouched keeps the partial state out of
+/// every early exit (the compiler would otherwise spill it on each of them).
 #[inline(always)]
 pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError> {
+    let mut parsed = Packet::new();
+    let shape = parse_frame(ctx, &mut parsed)?;
+    *packet = parsed;
+    Ok(shape)
+}
+
+#[inline(always)]
+fn parse_frame(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError> {
     let eth = header::<ETH_HEADER>(ctx, 0).ok_or(ParseError::Malformed)?;
     // SAFETY: `header` checked that all ETH_HEADER bytes are inside the packet.
     let (mut ethertype, mut offset) = unsafe { (be16((*eth)[12], (*eth)[13]), ETH_HEADER) };
