@@ -32,23 +32,34 @@ use crate::{
 ///
 /// Passes (`TC_ACT_UNSPEC`, so later programs and the stack still decide):
 /// - packets on an interface that is not in `NP_ENDPOINT_V1` (not counted);
-/// - non-IP frames such as ARP, and ICMPv6 neighbour discovery (`Exempt`);
-/// - packets to an address of this node (`Host`);
+/// - non-IP frames such as ARP, and ICMPv6 neighbour discovery, types 133 to 137 (`Exempt`);
 /// - packets of a flow this endpoint allowed (`Established`), replies to flows it allowed
-///   inbound (`Reply`), and ICMP errors quoting either (`Related`);
+///   inbound (`Reply`), and ICMP/ICMPv6 errors (unreachable, packet too big, time exceeded,
+///   parameter problem) quoting a packet of either (`Related`);
+/// - packets to an address of this node (`Host`), untracked;
 /// - non-first fragments whose first fragment passed (`Fragment`);
 /// - the first packet of a flow a rule allows (`Policy`), or any packet when the pod is not
 ///   egress-isolated (`NotIsolated`, also for malformed packets: the stack discards those).
+///   Both track the flow, so its replies pass an isolated other direction.
 ///
 /// Drops (`TC_ACT_SHOT`), each counted and reported with its reason:
 /// - everything while the endpoint is flagged not ready (`NotReady`);
-/// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`), truncated or malformed
-///   headers (`Malformed`), IPv6 extension chains longer than the parser walks and stacked VLAN
-///   tags (`Unparsed`), non-first fragments without a first one (`FragmentUnknown`);
+/// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`); truncated or
+///   malformed headers (`Malformed`: a short Ethernet, VLAN, IP, extension or L4 header, an IP
+///   version that contradicts the ethertype, IHL below 5 or above the total length, a TCP data
+///   offset below 5, an authentication header of length 0); IPv6 extension chains longer than
+///   the six headers the parser walks, and stacked VLAN tags (`Unparsed`); non-first fragments
+///   whose first fragment was not seen (`FragmentUnknown`);
 /// - non-first fragments whose first fragment dropped (`FragmentDenied`).
 ///
-/// Protocols without ports (ICMP other than echo, unknown L4 protocols) are looked up with
-/// port 0, so only any-protocol entries and whole-port-range entries of that protocol match.
+/// Parsing: one 802.1Q or 802.1ad tag is parsed through; IPv4 options are skipped; the IPv6
+/// walk covers hop-by-hop, routing, fragment, destination options and authentication headers.
+/// Ports and policy: TCP, UDP and SCTP are looked up by destination port; ICMP, ICMPv6 and
+/// unknown L4 protocols with port 0, so only any-protocol entries and whole-range entries of
+/// that protocol match them. ICMP echo is tracked by its identifier; ICMP errors are never
+/// tracked themselves, and one quoting no tracked flow is decided by policy. A TCP SYN without
+/// ACK on a closing entry (FIN or RST seen) is a new connection and is decided again. Events
+/// of packets that failed to parse carry no tuple.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     run(&ctx, Direction::Egress)
