@@ -61,7 +61,7 @@ use crate::{
 /// ACK on a closing entry (FIN or RST seen) is a new connection and is decided again. Events
 /// of packets that failed to parse carry no tuple.
 #[classifier]
-pub fn from_pod(ctx: TcContext) -> i32 {
+fn from_pod(ctx: TcContext) -> i32 {
     run(&ctx, Direction::Egress)
 }
 
@@ -70,7 +70,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 /// The same decision as [`from_pod`] with the roles swapped: the peer is the packet's source,
 /// `Host` applies to packets from an address of this node, and isolation is the ingress flag.
 #[classifier]
-pub fn to_pod(ctx: TcContext) -> i32 {
+fn to_pod(ctx: TcContext) -> i32 {
     run(&ctx, Direction::Ingress)
 }
 
@@ -232,19 +232,17 @@ fn icmp_error(
     isolated: bool,
     now: u64,
 ) -> Decision {
-    if let Some((protocol, src_addr, dst_addr, src_port, dst_port)) =
-        parse::quoted_tuple(ctx, packet)
-    {
+    if let Some(quote) = parse::quoted_tuple(ctx, packet) {
         let quoted = CtKey {
             endpoint_id: endpoint.endpoint_id,
-            src_port,
-            dst_port,
+            src_port: quote.src_port,
+            dst_port: quote.dst_port,
             direction: direction.opposite() as u8,
-            protocol,
+            protocol: quote.protocol,
             family: packet.family,
             _pad: 0,
-            src_addr,
-            dst_addr,
+            src_addr: quote.src_addr,
+            dst_addr: quote.dst_addr,
         };
         if let Some(rule_id) = conntrack::related(&quoted, now) {
             return Decision::pass(Verdict::Related, rule_id);

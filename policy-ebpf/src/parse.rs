@@ -382,14 +382,21 @@ fn parse_icmp(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Sha
     Ok(Shape::Flow)
 }
 
-/// The tuple of the packet an ICMP error quotes, as seen by whoever sent that packet:
-/// `(protocol, src_addr, dst_addr, src_port, dst_port)`. `None` when the quote is too short,
-/// is a non-first fragment, or (IPv6) starts with an extension header.
+/// The tuple of the packet an ICMP error quotes, as seen by whoever sent that packet.
+pub struct Quote {
+    pub protocol: u8,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Host order; the echo identifier convention of [`Packet`] for quoted ICMP echo.
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// The quoted packet of an ICMP error: its IP header (IPv4 options skipped) and the first 8
+/// bytes of its L4 header. `None` when the quote is too short, is a non-first fragment, or
+/// (IPv6) starts with an extension header.
 #[inline(always)]
-pub fn quoted_tuple(
-    ctx: &TcContext,
-    packet: &Packet,
-) -> Option<(u8, [u8; 16], [u8; 16], u16, u16)> {
+pub fn quoted_tuple(ctx: &TcContext, packet: &Packet) -> Option<Quote> {
     let offset = packet.l4_offset as usize + 8;
     let src;
     let dst;
@@ -431,5 +438,11 @@ pub fn quoted_tuple(
         }
         _ => (0, 0),
     };
-    Some((protocol, src, dst, src_port, dst_port))
+    Some(Quote {
+        protocol,
+        src_addr: src,
+        dst_addr: dst,
+        src_port,
+        dst_port,
+    })
 }
