@@ -2080,8 +2080,10 @@ fn measure_instructions_and_ns_per_packet() {
         let info = dp.info(name);
         let xlated = info.size_translated().expect("xlated size");
         let jited = info.size_jitted();
+        let verified = info.verified_instruction_count().unwrap_or(0);
         println!(
-            "{name}: {} xlated instructions, {jited} bytes jitted",
+            "{name}: {} xlated instructions, {jited} bytes jitted, {verified} instructions \
+             processed by the verifier",
             xlated / 8
         );
         assert!(xlated > 0 && jited > 0);
