@@ -180,7 +180,8 @@ pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns` when a packet of the flow was last seen (refreshed at most once a second).
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, within a tick of CLOCK_MONOTONIC) when a
+    /// packet of the flow was last seen (refreshed at most once a second).
     pub last_seen_ns: u64,
     /// The rule that allowed the first packet; 0 when the endpoint was not isolated.
     pub rule_id: u32,

@@ -30,7 +30,8 @@ pub fn flow_key(endpoint_id: u32, direction: Direction, packet: &Packet) -> CtKe
     }
 }
 
-/// Whether an entry still counts at `now`.
+/// Whether an entry still counts at `now`. A timestamp ahead of the coarse clock (written by
+/// userspace from CLOCK_MONOTONIC) counts as just seen.
 #[inline(always)]
 fn live(value: &CtValue, protocol: u8, now: u64) -> bool {
     let timeout = if value.flags & CT_CLOSING != 0 {
@@ -40,7 +41,7 @@ fn live(value: &CtValue, protocol: u8, now: u64) -> bool {
     } else {
         CT_OTHER_TIMEOUT_NS
     };
-    now.wrapping_sub(value.last_seen_ns) <= timeout
+    now.saturating_sub(value.last_seen_ns) <= timeout
 }
 
 /// A SYN without ACK on a closing entry opens a new connection on a reused port: it is decided
@@ -68,7 +69,7 @@ fn hit(key: &CtKey, tcp_flags: u8, now: u64) -> Option<u32> {
     if closing {
         value.flags |= CT_CLOSING;
         value.last_seen_ns = now;
-    } else if now.wrapping_sub(value.last_seen_ns) >= CT_REFRESH_NS {
+    } else if now.saturating_sub(value.last_seen_ns) >= CT_REFRESH_NS {
         value.last_seen_ns = now;
     }
     Some(value.rule_id)

@@ -14,12 +14,12 @@ mod policy;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::classifier,
     programs::TcContext,
 };
 use policy_common::{
-    maps::{ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo},
+    maps::{CtKey, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo},
     verdict::{Direction, DropReason, Verdict, outcome},
 };
 
@@ -32,25 +32,36 @@ use crate::{
 ///
 /// Passes (`TC_ACT_UNSPEC`, so later programs and the stack still decide):
 /// - packets on an interface that is not in `NP_ENDPOINT_V1` (not counted);
-/// - non-IP frames such as ARP, and ICMPv6 neighbour discovery (`Exempt`);
-/// - packets to an address of this node (`Host`);
+/// - non-IP frames such as ARP, and ICMPv6 neighbour discovery, types 133 to 137 (`Exempt`);
 /// - packets of a flow this endpoint allowed (`Established`), replies to flows it allowed
-///   inbound (`Reply`), and ICMP errors quoting either (`Related`);
+///   inbound (`Reply`), and ICMP/ICMPv6 errors (unreachable, packet too big, time exceeded,
+///   parameter problem) quoting a packet of either (`Related`);
+/// - packets to an address of this node (`Host`), untracked;
 /// - non-first fragments whose first fragment passed (`Fragment`);
 /// - the first packet of a flow a rule allows (`Policy`), or any packet when the pod is not
 ///   egress-isolated (`NotIsolated`, also for malformed packets: the stack discards those).
+///   Both track the flow, so its replies pass an isolated other direction.
 ///
 /// Drops (`TC_ACT_SHOT`), each counted and reported with its reason:
 /// - everything while the endpoint is flagged not ready (`NotReady`);
-/// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`), truncated or malformed
-///   headers (`Malformed`), IPv6 extension chains longer than the parser walks and stacked VLAN
-///   tags (`Unparsed`), non-first fragments without a first one (`FragmentUnknown`);
+/// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`); truncated or
+///   malformed headers (`Malformed`: a short Ethernet, VLAN, IP, extension or L4 header, an IP
+///   version that contradicts the ethertype, IHL below 5 or above the total length, a TCP data
+///   offset below 5, an authentication header of length 0); IPv6 extension chains longer than
+///   the six headers the parser walks, and stacked VLAN tags (`Unparsed`); non-first fragments
+///   whose first fragment was not seen (`FragmentUnknown`);
 /// - non-first fragments whose first fragment dropped (`FragmentDenied`).
 ///
-/// Protocols without ports (ICMP other than echo, unknown L4 protocols) are looked up with
-/// port 0, so only any-protocol entries and whole-port-range entries of that protocol match.
+/// Parsing: one 802.1Q or 802.1ad tag is parsed through; IPv4 options are skipped; the IPv6
+/// walk covers hop-by-hop, routing, fragment, destination options and authentication headers.
+/// Ports and policy: TCP, UDP and SCTP are looked up by destination port; ICMP, ICMPv6 and
+/// unknown L4 protocols with port 0, so only any-protocol entries and whole-range entries of
+/// that protocol match them. ICMP echo is tracked by its identifier; ICMP errors are never
+/// tracked themselves, and one quoting no tracked flow is decided by policy. A TCP SYN without
+/// ACK on a closing entry (FIN or RST seen) is a new connection and is decided again. Events
+/// of packets that failed to parse carry no tuple.
 #[classifier]
-pub fn from_pod(ctx: TcContext) -> i32 {
+fn from_pod(ctx: TcContext) -> i32 {
     run(&ctx, Direction::Egress)
 }
 
@@ -59,7 +70,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 /// The same decision as [`from_pod`] with the roles swapped: the peer is the packet's source,
 /// `Host` applies to packets from an address of this node, and isolation is the ingress flag.
 #[classifier]
-pub fn to_pod(ctx: TcContext) -> i32 {
+fn to_pod(ctx: TcContext) -> i32 {
     run(&ctx, Direction::Ingress)
 }
 
@@ -140,23 +151,43 @@ fn decide(
         Err(ParseError::Malformed) => return Decision::drop(DropReason::Malformed),
         Err(ParseError::Unparsed) => return Decision::drop(DropReason::Unparsed),
     };
-    match shape {
-        Shape::NonIp | Shape::NeighbourDiscovery => return Decision::pass(Verdict::Exempt, 0),
-        Shape::Flow | Shape::LaterFragment | Shape::IcmpError => {}
+    if shape == Shape::NonIp || shape == Shape::NeighbourDiscovery {
+        return Decision::pass(Verdict::Exempt, 0);
+    }
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Established flows go first: the host check costs a lookup, and host traffic is never
+    // tracked, so checking it after a conntrack miss gives every packet the same verdict.
+    let key = conntrack::flow_key(endpoint.endpoint_id, direction, packet);
+    if shape == Shape::Flow
+        && let Some((verdict, rule_id)) = conntrack::lookup(&key, packet.tcp_flags, now)
+    {
+        return record_first_fragment(
+            endpoint,
+            direction,
+            packet,
+            Decision::pass(verdict, rule_id),
+        );
     }
     if policy::is_host(packet, direction) {
         return Decision::pass(Verdict::Host, 0);
     }
-    if shape == Shape::LaterFragment {
-        return later_fragment(endpoint, direction, packet, isolated);
-    }
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let decision = if shape == Shape::IcmpError {
-        icmp_error(ctx, endpoint, direction, packet, isolated, now)
-    } else {
-        flow(endpoint, direction, packet, isolated, now)
+    let decision = match shape {
+        Shape::LaterFragment => return later_fragment(endpoint, direction, packet, isolated),
+        Shape::IcmpError => icmp_error(ctx, endpoint, direction, packet, isolated, now),
+        _ => first_packet(endpoint, direction, packet, &key, isolated, now),
     };
+    record_first_fragment(endpoint, direction, packet, decision)
+}
+
+/// Records what a first fragment got, for the fragments that follow it.
+#[inline(always)]
+fn record_first_fragment(
+    endpoint: &EndpointInfo,
+    direction: Direction,
+    packet: &Packet,
+    decision: Decision,
+) -> Decision {
     if packet.fragment == FRAGMENT_FIRST {
         let key = conntrack::fragment_key(endpoint.endpoint_id, direction, packet);
         conntrack::record_fragment(&key, packet, decision.result.is_ok(), decision.rule_id);
@@ -164,19 +195,16 @@ fn decide(
     decision
 }
 
-/// A packet with an L4 tuple: conntrack first, then policy for the first packet of a flow.
+/// The first packet of a flow (no live entry): decided by policy, and tracked when allowed.
 #[inline(always)]
-fn flow(
+fn first_packet(
     endpoint: &EndpointInfo,
     direction: Direction,
     packet: &Packet,
+    key: &CtKey,
     isolated: bool,
     now: u64,
 ) -> Decision {
-    let key = conntrack::flow_key(endpoint.endpoint_id, direction, packet);
-    if let Some((verdict, rule_id)) = conntrack::lookup(&key, packet.tcp_flags, now) {
-        return Decision::pass(verdict, rule_id);
-    }
     let (verdict, rule_id) = if isolated {
         match policy::allowing_rule(endpoint, direction, packet) {
             Some(rule_id) => (Verdict::Policy, rule_id),
@@ -185,7 +213,7 @@ fn flow(
     } else {
         (Verdict::NotIsolated, 0)
     };
-    conntrack::insert(&key, rule_id, packet.tcp_flags, now);
+    conntrack::insert(key, rule_id, packet.tcp_flags, now);
     Decision {
         result: Ok(verdict),
         rule_id,
@@ -204,19 +232,17 @@ fn icmp_error(
     isolated: bool,
     now: u64,
 ) -> Decision {
-    if let Some((protocol, src_addr, dst_addr, src_port, dst_port)) =
-        parse::quoted_tuple(ctx, packet)
-    {
-        let quoted = policy_common::maps::CtKey {
+    if let Some(quote) = parse::quoted_tuple(ctx, packet) {
+        let quoted = CtKey {
             endpoint_id: endpoint.endpoint_id,
-            src_port,
-            dst_port,
+            src_port: quote.src_port,
+            dst_port: quote.dst_port,
             direction: direction.opposite() as u8,
-            protocol,
+            protocol: quote.protocol,
             family: packet.family,
             _pad: 0,
-            src_addr,
-            dst_addr,
+            src_addr: quote.src_addr,
+            dst_addr: quote.dst_addr,
         };
         if let Some(rule_id) = conntrack::related(&quoted, now) {
             return Decision::pass(Verdict::Related, rule_id);

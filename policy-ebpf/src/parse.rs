@@ -42,7 +42,11 @@ pub const FRAGMENT_FIRST: u8 = 1;
 pub const FRAGMENT_LATER: u8 = 2;
 
 /// What the parser learnt about a packet. Fields past the point where parsing stopped stay 0.
+///
+/// Aligned to 8 so that zeroing and copying the addresses are word moves: at byte alignment
+/// LLVM's BPF backend calls a byte-at-a-time `memset`/`memcpy` instead.
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub struct Packet {
     /// Network order; IPv4 in the first 4 bytes.
     pub src_addr: [u8; 16],
@@ -157,15 +161,36 @@ fn present(ctx: &TcContext, end: usize) -> bool {
     end > 0 && header::<1>(ctx, end - 1).is_some()
 }
 
+/// An IPv4 address as a 16-byte address field (the address, then 12 zero bytes), built as two
+/// words: writing 4 bytes into a zeroed array makes LLVM call a byte-at-a-time `memset` for
+/// the other 12.
+#[inline(always)]
+const fn ipv4_field(addr: [u8; 4]) -> [u8; 16] {
+    let words = [u32::from_ne_bytes(addr) as u64, 0u64];
+    // SAFETY: two u64 are 16 initialised bytes; on little-endian BPF the address bytes come
+    // first, in order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
+}
+
 #[inline(always)]
 const fn be16(high: u8, low: u8) -> u16 {
     u16::from_be_bytes([high, low])
 }
 
 /// Parses Ethernet, one 802.1Q/802.1ad tag, IPv4 (options) or IPv6 (extension headers) and the
-/// L4 header, filling `packet`.
+/// L4 header, filling `packet`. On error `packet` stays as it was: what a malformed packet's
+/// headers say is not worth reporting, and leaving it untouched keeps the partial state out of
+/// every early exit (the compiler would otherwise spill it on each of them).
 #[inline(always)]
 pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError> {
+    let mut parsed = Packet::new();
+    let shape = parse_frame(ctx, &mut parsed)?;
+    *packet = parsed;
+    Ok(shape)
+}
+
+#[inline(always)]
+fn parse_frame(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError> {
     let eth = header::<ETH_HEADER>(ctx, 0).ok_or(ParseError::Malformed)?;
     // SAFETY: `header` checked that all ETH_HEADER bytes are inside the packet.
     let (mut ethertype, mut offset) = unsafe { (be16((*eth)[12], (*eth)[13]), ETH_HEADER) };
@@ -199,8 +224,8 @@ fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Sha
     }
     packet.family = FAMILY_V4;
     packet.protocol = ip[9];
-    packet.src_addr[..4].copy_from_slice(&ip[12..16]);
-    packet.dst_addr[..4].copy_from_slice(&ip[16..20]);
+    packet.src_addr = ipv4_field([ip[12], ip[13], ip[14], ip[15]]);
+    packet.dst_addr = ipv4_field([ip[16], ip[17], ip[18], ip[19]]);
     if !present(ctx, offset + header_len) {
         return Err(ParseError::Malformed);
     }
@@ -357,17 +382,24 @@ fn parse_icmp(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Sha
     Ok(Shape::Flow)
 }
 
-/// The tuple of the packet an ICMP error quotes, as seen by whoever sent that packet:
-/// `(protocol, src_addr, dst_addr, src_port, dst_port)`. `None` when the quote is too short,
-/// is a non-first fragment, or (IPv6) starts with an extension header.
+/// The tuple of the packet an ICMP error quotes, as seen by whoever sent that packet.
+pub struct Quote {
+    pub protocol: u8,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Host order; the echo identifier convention of [`Packet`] for quoted ICMP echo.
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// The quoted packet of an ICMP error: its IP header (IPv4 options skipped) and the first 8
+/// bytes of its L4 header. `None` when the quote is too short, is a non-first fragment, or
+/// (IPv6) starts with an extension header.
 #[inline(always)]
-pub fn quoted_tuple(
-    ctx: &TcContext,
-    packet: &Packet,
-) -> Option<(u8, [u8; 16], [u8; 16], u16, u16)> {
+pub fn quoted_tuple(ctx: &TcContext, packet: &Packet) -> Option<Quote> {
     let offset = packet.l4_offset as usize + 8;
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
+    let src;
+    let dst;
     let (protocol, l4_offset) = if packet.family == FAMILY_V4 {
         let ip = header::<20>(ctx, offset)?;
         // SAFETY: bounds-checked by `header`.
@@ -376,8 +408,8 @@ pub fn quoted_tuple(
         if ip[0] >> 4 != 4 || header_len < 20 || be16(ip[6], ip[7]) & 0x1fff != 0 {
             return None;
         }
-        src[..4].copy_from_slice(&ip[12..16]);
-        dst[..4].copy_from_slice(&ip[16..20]);
+        src = ipv4_field([ip[12], ip[13], ip[14], ip[15]]);
+        dst = ipv4_field([ip[16], ip[17], ip[18], ip[19]]);
         (ip[9], offset + header_len)
     } else {
         let ip = header::<40>(ctx, offset)?;
@@ -406,5 +438,11 @@ pub fn quoted_tuple(
         }
         _ => (0, 0),
     };
-    Some((protocol, src, dst, src_port, dst_port))
+    Some(Quote {
+        protocol,
+        src_addr: src,
+        dst_addr: dst,
+        src_port,
+        dst_port,
+    })
 }

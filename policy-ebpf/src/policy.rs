@@ -22,14 +22,26 @@ pub const fn peer_addr(packet: &Packet, direction: Direction) -> &[u8; 16] {
     }
 }
 
+/// `HostAddrKey`'s layout with its family and padding as one word: the struct itself is all
+/// bytes, and building it field by field costs a byte-at-a-time `memset` call.
+#[repr(C)]
+struct HostAddrWords {
+    family: u32,
+    addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<HostAddrWords>() == size_of::<HostAddrKey>());
+
 /// Whether the peer is an address of this node.
 #[inline(always)]
 pub fn is_host(packet: &Packet, direction: Direction) -> bool {
-    let key = HostAddrKey {
-        family: packet.family,
-        _pad: [0; 3],
+    let words = HostAddrWords {
+        // Little-endian: the family is the first byte, the padding the three zero bytes after.
+        family: u32::from(packet.family),
         addr: *peer_addr(packet, direction),
     };
+    // SAFETY: same size, every byte initialised, and `HostAddrKey` is valid for any bytes.
+    let key = unsafe { core::mem::transmute::<HostAddrWords, HostAddrKey>(words) };
     NP_HOSTADDR_V1.get_ptr(&key).is_some()
 }
 
