@@ -127,7 +127,6 @@ impl Matrix {
         }
     }
 
-    #[cfg(test)]
     pub fn pods(&self) -> &[String] {
         &self.pods
     }

@@ -14,11 +14,16 @@
 //! agents to apply the rendered manifests, plus what the first probe after the change waited for
 //! them (each waits until every node's agent has applied them; whichever comes first does the
 //! waiting). It is summarised at the end as p50 and max over all changes.
+//!
+//! Updates happen while traffic runs: during every change, a client keeps opening TCP connections
+//! to a server that the step before and the step after both allow (see [`steady`]), and a single
+//! lost connection fails the scenario.
 
 mod expect;
 mod lab;
 mod matrix;
 mod scenario;
+mod steady;
 
 use std::{
     collections::BTreeMap,
@@ -32,7 +37,8 @@ use anyhow::{Context as _, bail};
 use self::{
     lab::{Explain, Lab},
     matrix::Matrix,
-    scenario::{Probe, Scenario},
+    scenario::{Family, Probe, Protocol, Scenario, Via},
+    steady::Steady,
 };
 use crate::run;
 
@@ -83,6 +89,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         written: base,
         enforced: Vec::new(),
         ups: Vec::new(),
+        last_tcp80: None,
+        steady_connections: 0,
+        steady_changes: 0,
     };
     let mut failed = Vec::new();
     for scenario in &scenarios {
@@ -113,6 +122,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         summary(&suite.enforced)
     );
     println!(
+        "e2e: steady traffic across {} changes: {} connections, each one allowed before and after",
+        suite.steady_changes, suite.steady_connections
+    );
+    println!(
         "e2e: time to bring the lab to a change (`lab up`, {} changes): {}",
         suite.ups.len(),
         summary(&suite.ups)
@@ -141,6 +154,11 @@ struct Suite<'a> {
     enforced: Vec<Duration>,
     /// How long `lab up` took after each change.
     ups: Vec<Duration>,
+    /// The expected TCP/80 IPv4 pod matrix of what is enforced now, when the last step had one.
+    last_tcp80: Option<Matrix>,
+    /// Steady-traffic connections made across changes, and the changes they spanned.
+    steady_connections: u32,
+    steady_changes: usize,
 }
 
 impl Suite<'_> {
@@ -152,12 +170,36 @@ impl Suite<'_> {
             if step.manifests != self.written {
                 write_manifests(self.dir, &step.manifests)?;
                 self.written.clone_from(&step.manifests);
+                let pair = self
+                    .last_tcp80
+                    .as_ref()
+                    .zip(tcp80(step))
+                    .and_then(|(before, after)| steady::stable_pair(before, after));
+                let traffic = pair
+                    .map(|(from, to)| Steady::start(&from, &to))
+                    .transpose()?;
                 let started = Instant::now();
                 let applied = self.lab.up(self.dir).with_context(|| {
                     format!("step {}: bringing the lab to the change", index + 1)
                 })?;
                 self.ups.push(started.elapsed());
                 applying = Some(applied);
+                if let Some(traffic) = traffic {
+                    let (from, to) = (traffic.from.clone(), traffic.to.clone());
+                    let tally = traffic.finish()?;
+                    self.steady_connections += tally.attempts;
+                    self.steady_changes += 1;
+                    if tally.failures > 0 {
+                        mismatches.push(format!(
+                            "step {}: steady traffic {from} -> {to} (TCP/80, allowed before and \
+                             after) lost {} of {} connections during the change",
+                            index + 1,
+                            tally.failures,
+                            tally.attempts
+                        ));
+                    }
+                }
+                self.last_tcp80 = None;
             }
             for (number, probe) in step.probes.iter().enumerate() {
                 let context = || {
@@ -189,10 +231,13 @@ impl Suite<'_> {
                     mismatches.push(format!("{}: {mismatch}", context()));
                 }
             }
+            if let Some(expected) = tcp80(step) {
+                self.last_tcp80 = Some(expected.clone());
+            }
         }
         if !mismatches.is_empty() {
             bail!(
-                "{} matrices are not the expected ones\n{}",
+                "{} checks failed\n{}",
                 mismatches.len(),
                 mismatches.join("\n")
             );
@@ -217,6 +262,19 @@ impl Suite<'_> {
             )
         }))
     }
+}
+
+/// The step's expected TCP/80 IPv4 matrix by pod IP, the one steady traffic is chosen from.
+fn tcp80(step: &scenario::Step) -> Option<&Matrix> {
+    step.probes
+        .iter()
+        .find(|probe| {
+            probe.port == 80
+                && probe.protocol == Protocol::Tcp
+                && probe.via == Via::Pod
+                && probe.family == Family::V4
+        })
+        .map(|probe| &probe.expected)
 }
 
 /// Makes `dir` hold exactly `manifests`: writes what changed, removes what is gone.
