@@ -16,6 +16,7 @@ use policy_common::verdict::Direction;
 use serde::Serialize;
 
 use crate::{
+    error_chain,
     manifest::{self, AddressError},
     policy::{
         lookup::Decision,
@@ -104,18 +105,6 @@ pub fn run(
         }
         _ => Err(ExplainError::HalfPair),
     }
-}
-
-/// An error and its sources, on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A snapshot with every pod addressed and every node's state compiled.

@@ -235,7 +235,7 @@ fn each_invalid_policy_is_reported_with_file_object_and_field_and_the_rest_loads
             }
             other => panic!("{spec}: {other:?}"),
         }
-        let text = policy_agent::explain::error_chain(error);
+        let text = policy_agent::error_chain(error);
         assert!(
             text.starts_with(&format!("test.yaml: NetworkPolicy ns/bad: {field}: ")),
             "{text}"
@@ -313,7 +313,7 @@ fn unparsable_documents_and_schema_errors_are_reported_and_skipped() {
     let messages: Vec<String> = loaded
         .errors
         .iter()
-        .map(|e| policy_agent::explain::error_chain(e))
+        .map(|e| policy_agent::error_chain(e))
         .collect();
     assert_eq!(loaded.errors.len(), 3, "{messages:#?}");
     assert!(

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::{
     datapath::{ApplyError, Datapath, DatapathConfig, DatapathError},
     discovery::{Discovery, DiscoveryError},
+    error_chain,
     manifest::{self, ManifestError},
     policy::{
         adopt::resolve_adopting,
@@ -408,16 +409,4 @@ fn remove_if_present(path: &Path) -> Result<(), AgentError> {
         }),
         _ => Ok(()),
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
