@@ -16,7 +16,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{InfoKind, LinkAttribute, LinkInfo},
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo},
         neighbour::{NeighbourAddress, NeighbourAttribute},
         route::RouteAttribute,
     },
@@ -97,6 +97,36 @@ impl Discovery {
         addresses.sort_unstable();
         addresses.dedup();
         Ok(addresses)
+    }
+
+    /// The interfaces that may carry pod traffic off the node, where `svc_egress` decides the
+    /// deferred egress of packets to a ClusterIP: every interface but loopback, bridges and
+    /// bridge ports (pod veths behind a bridge). The caller leaves out the endpoints' own veths.
+    pub async fn uplinks(&self) -> Result<Vec<u32>, DiscoveryError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| request("the node's interfaces", source))?;
+        let mut uplinks: Vec<u32> = links
+            .iter()
+            .filter(|link| !link.header.flags.contains(LinkFlags::Loopback))
+            .filter(|link| {
+                !link.attributes.iter().any(|attribute| match attribute {
+                    LinkAttribute::Controller(_) => true,
+                    LinkAttribute::LinkInfo(infos) => infos
+                        .iter()
+                        .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Bridge))),
+                    _ => false,
+                })
+            })
+            .map(|link| link.header.index)
+            .collect();
+        uplinks.sort_unstable();
+        Ok(uplinks)
     }
 
     async fn route_output(&self, destination: IpAddr) -> Result<Option<u32>, DiscoveryError> {

@@ -364,8 +364,8 @@ fn enforcement_survives_an_agent_restart() {
     let mut established = connect(&lab.a.netns, v4(&lab.b, 8080)).expect("a -> b:8080 opens");
     assert!(echoes(&mut established, b"before"));
     let ids = datapath.pinned_ids().expect("ids");
-    assert_eq!(ids.maps.len(), 9);
-    assert_eq!(ids.links.len(), 6);
+    assert_eq!(ids.maps.len(), policy_common::names::ALL_MAPS.len());
+    assert_eq!(ids.links.len(), 9);
 
     // The agent dies: every descriptor closes, the pins stay.
     drop(datapath);
@@ -388,10 +388,10 @@ fn enforcement_survives_an_agent_restart() {
 
     let mut datapath = lab.reopen();
     let report = datapath.open_report().clone();
-    assert_eq!(report.adopted_programs, vec![Hook::FromPod, Hook::ToPod]);
+    assert_eq!(report.adopted_programs, Hook::ALL.to_vec());
     assert!(report.installed_programs.is_empty());
     assert!(report.replaced_maps.is_empty() && report.removed_maps.is_empty());
-    assert_eq!(report.adopted_links.len(), 6);
+    assert_eq!(report.adopted_links.len(), 9);
     assert_eq!(
         datapath.pinned_ids().expect("ids"),
         ids,
@@ -477,7 +477,7 @@ fn replaced_map_moves_the_links_to_a_new_program() {
 
     let mut datapath = lab.reopen();
     let report = datapath.open_report().clone();
-    assert_eq!(report.installed_programs, vec![Hook::FromPod, Hook::ToPod]);
+    assert_eq!(report.installed_programs, Hook::ALL.to_vec());
     let after = datapath.pinned_ids().expect("ids");
     assert_eq!(
         after.links, before.links,
@@ -513,9 +513,13 @@ fn detach_and_deleted_interfaces_remove_links() {
     let report = datapath.open_report().clone();
     assert_eq!(
         report.removed_links,
-        vec![(lab.c.ifindex, Hook::FromPod), (lab.c.ifindex, Hook::ToPod)]
+        vec![
+            (lab.c.ifindex, Hook::FromPod),
+            (lab.c.ifindex, Hook::SvcEgress),
+            (lab.c.ifindex, Hook::ToPod)
+        ]
     );
-    assert_eq!(report.adopted_links.len(), 4);
+    assert_eq!(report.adopted_links.len(), 6);
     let mut attached = vec![lab.a.ifindex, lab.b.ifindex];
     attached.sort_unstable();
     assert_eq!(datapath.attached().expect("attached"), attached);

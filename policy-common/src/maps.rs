@@ -20,6 +20,8 @@ pub const MAX_CONNECTIONS: u32 = 131_072;
 pub const MAX_FRAGMENTS: u32 = 8192;
 /// Capacity of the host address map.
 pub const MAX_HOST_ADDRS: u32 = 256;
+/// Capacity of the Service address map (ClusterIPs of both families).
+pub const MAX_SERVICE_ADDRS: u32 = 65_536;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -166,6 +168,41 @@ impl CtKey {
 
 /// `CtValue::flags`: a FIN or RST was seen; the entry expires after [`CT_CLOSING_TIMEOUT_NS`].
 pub const CT_CLOSING: u32 = 1 << 0;
+/// `CtValue::flags`: a flow from the pod to a ClusterIP. Its packets are not decided on this
+/// tuple but deferred to the backend; replies from the ClusterIP pass by it.
+pub const CT_SERVICE: u32 = 1 << 1;
+
+/// `skb->mark` bits 28 to 31 of a packet whose egress decision is pending: `from_pod` saw it go
+/// to a ClusterIP. Chosen clear of kube-proxy's 0x4000 (masquerade) and 0x8000 (drop) marks.
+pub const SVC_MARK_MAGIC: u32 = 0xa << 28;
+/// The bits [`SVC_MARK_MAGIC`] is compared under.
+pub const SVC_MARK_MAGIC_MASK: u32 = 0xf << 28;
+/// `skb->mark` bits 16 to 25 of a pending packet: the sending endpoint's id.
+pub const SVC_MARK_ENDPOINT_SHIFT: u32 = 16;
+/// The bits of the endpoint id in a pending mark (10 bits: ids are below [`MAX_ENDPOINTS`]).
+pub const SVC_MARK_ENDPOINT_MASK: u32 = (MAX_ENDPOINTS - 1) << SVC_MARK_ENDPOINT_SHIFT;
+/// Every bit a pending mark owns; the others belong to whoever else marks packets.
+pub const SVC_MARK_BITS: u32 = SVC_MARK_MAGIC_MASK | SVC_MARK_ENDPOINT_MASK;
+
+/// `mark` with the egress of `endpoint_id` pending; bits other than [`SVC_MARK_BITS`] are kept.
+pub const fn svc_mark(mark: u32, endpoint_id: u32) -> u32 {
+    (mark & !SVC_MARK_BITS)
+        | SVC_MARK_MAGIC
+        | ((endpoint_id << SVC_MARK_ENDPOINT_SHIFT) & SVC_MARK_ENDPOINT_MASK)
+}
+
+/// The endpoint whose egress `mark` says is pending, if any.
+pub const fn svc_pending(mark: u32) -> Option<u32> {
+    if mark & SVC_MARK_MAGIC_MASK != SVC_MARK_MAGIC {
+        return None;
+    }
+    let endpoint_id = (mark & SVC_MARK_ENDPOINT_MASK) >> SVC_MARK_ENDPOINT_SHIFT;
+    if endpoint_id == 0 {
+        None
+    } else {
+        Some(endpoint_id)
+    }
+}
 
 /// Idle time after which a TCP entry no longer counts (as Linux's established timeout, shorter).
 pub const CT_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
@@ -217,7 +254,7 @@ pub struct FragValue {
     pub _pad: [u8; 3],
 }
 
-/// Key of [`crate::names::HOST_ADDRS_MAP`].
+/// Key of [`crate::names::HOST_ADDRS_MAP`] and of [`crate::names::SERVICES_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct HostAddrKey {
@@ -313,6 +350,20 @@ mod tests {
         let d = counter_index(1, Direction::Ingress, 15);
         assert_eq!([a, b, c, d], [32, 48, 64, 47]);
         assert!(counter_index(MAX_ENDPOINTS - 1, Direction::Egress, 15) < COUNTER_SLOTS);
+    }
+
+    #[test]
+    fn svc_mark_keeps_foreign_bits_and_round_trips() {
+        let kube_proxy = 0x4000 | 0x8000;
+        let mark = svc_mark(kube_proxy, 1023);
+        assert_eq!(mark & kube_proxy, kube_proxy);
+        assert_eq!(svc_pending(mark), Some(1023));
+        assert_eq!(svc_pending(svc_mark(mark, 5)), Some(5));
+        assert_eq!(svc_mark(mark, 5) & !SVC_MARK_BITS, kube_proxy);
+        assert_eq!(svc_pending(kube_proxy), None);
+        assert_eq!(svc_pending(0xb << 28 | 5 << 16), None);
+        assert_eq!(svc_pending(SVC_MARK_MAGIC), None);
+        assert_eq!(mark & !SVC_MARK_BITS & SVC_MARK_BITS, 0);
     }
 
     #[test]

@@ -18,18 +18,28 @@ pub const CONNTRACK_MAP: &str = "NP_CT_V1";
 pub const FRAGMENTS_MAP: &str = "NP_FRAG_V1";
 /// This node's own addresses: [`crate::maps::HostAddrKey`] -> `u8` (always 1).
 pub const HOST_ADDRS_MAP: &str = "NP_HOSTADDR_V1";
-/// Per-CPU packet and byte counters, indexed by [`crate::maps::counter_index`].
-pub const COUNTERS_MAP: &str = "NP_COUNTER_V1";
-/// Drop events and (when enabled per endpoint) new allowed flows: [`crate::maps::FlowEvent`] records.
-pub const EVENTS_MAP: &str = "NP_EVENTS_V1";
+/// The ClusterIPs of every Service: [`crate::maps::HostAddrKey`] -> `u8` (always 1).
+pub const SERVICES_MAP: &str = "NP_SVC_V1";
+/// Endpoints by endpoint id: array of [`crate::maps::EndpointInfo`] indexed by the id; an unused
+/// slot has endpoint id 0.
+pub const ENDPOINT_IDS_MAP: &str = "NP_EPID_V1";
+/// Per-CPU packet and byte counters, indexed by [`crate::maps::counter_index`]. `_V2`: the
+/// outcome codes were renumbered (verdicts 0 to 9, drops 10 to 15).
+pub const COUNTERS_MAP: &str = "NP_COUNTER_V2";
+/// Drop events and (when enabled per endpoint) new allowed flows: [`crate::maps::FlowEvent`]
+/// records. `_V2`: outcome codes as in [`COUNTERS_MAP`].
+pub const EVENTS_MAP: &str = "NP_EVENTS_V2";
 
 /// Program on the host veth's TC ingress: decides what the pod sends (the pod's egress).
 pub const FROM_POD_PROG: &str = "from_pod";
 /// Program on the host veth's TC egress: decides what the pod receives (the pod's ingress).
 pub const TO_POD_PROG: &str = "to_pod";
+/// Program on TC egress of the node's other interfaces (its uplinks): decides the deferred
+/// egress of pod packets to a ClusterIP whose backend is not on this node.
+pub const SVC_EGRESS_PROG: &str = "svc_egress";
 
 /// Every map name, for checks that the built object defines them all.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     ENDPOINTS_MAP,
     PEERS_V4_MAP,
     PEERS_V6_MAP,
@@ -37,12 +47,14 @@ pub const ALL_MAPS: [&str; 9] = [
     CONNTRACK_MAP,
     FRAGMENTS_MAP,
     HOST_ADDRS_MAP,
+    SERVICES_MAP,
+    ENDPOINT_IDS_MAP,
     COUNTERS_MAP,
     EVENTS_MAP,
 ];
 
 /// Every program name.
-pub const ALL_PROGRAMS: [&str; 2] = [FROM_POD_PROG, TO_POD_PROG];
+pub const ALL_PROGRAMS: [&str; 3] = [FROM_POD_PROG, TO_POD_PROG, SVC_EGRESS_PROG];
 
 const _: () = {
     let mut i = 0;

@@ -29,7 +29,7 @@ impl Direction {
     }
 }
 
-/// Why a packet was let through. Codes 0 to 7: the low half of [`Outcome`].
+/// Why a packet was let through. Codes 0 to 9 of [`Outcome`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
@@ -49,34 +49,41 @@ pub enum Verdict {
     Fragment = 6,
     /// Traffic NetworkPolicy never applies to: non-IP frames (ARP) and ICMPv6 neighbour discovery.
     Exempt = 7,
+    /// A packet to a Service's ClusterIP: the pod's egress is decided after kube-proxy's DNAT,
+    /// against the backend, by the first hook that sees the packet then.
+    Service = 8,
+    /// A packet that reached the pod through its own Service (a pod can always reach itself).
+    OwnService = 9,
 }
 
-/// Why a packet was dropped. Codes 8 to 15: the high half of [`Outcome`].
+/// Why a packet was dropped. Codes 10 to 15 of [`Outcome`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DropReason {
     /// The endpoint is isolated in this direction and no rule allows the packet.
-    PolicyDenied = 8,
+    PolicyDenied = 10,
     /// A header is truncated or malformed (short IP header, bad IHL, short L4 header).
-    Malformed = 9,
+    Malformed = 11,
     /// A non-first fragment arrived without a recorded first fragment.
-    FragmentUnknown = 10,
+    FragmentUnknown = 12,
     /// A non-first fragment of a first fragment that was dropped.
-    FragmentDenied = 11,
+    FragmentDenied = 13,
     /// The endpoint is not programmed yet and its mode denies until it is.
-    NotReady = 12,
+    NotReady = 14,
     /// The IPv6 extension header chain is longer than the parser walks.
-    Unparsed = 13,
+    Unparsed = 15,
 }
 
 /// Number of outcome codes: [`Verdict`] and [`DropReason`] together.
 pub const OUTCOMES: u32 = 16;
+/// The first drop code: verdicts are below it, drop reasons from it on.
+pub const FIRST_DROP: u32 = 10;
 
 /// A verdict or a drop reason as the single code counters and events carry.
 pub type Outcome = u8;
 
 impl Verdict {
-    pub const ALL: [Verdict; 8] = [
+    pub const ALL: [Verdict; 10] = [
         Verdict::Policy,
         Verdict::NotIsolated,
         Verdict::Established,
@@ -85,6 +92,8 @@ impl Verdict {
         Verdict::Host,
         Verdict::Fragment,
         Verdict::Exempt,
+        Verdict::Service,
+        Verdict::OwnService,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -97,6 +106,8 @@ impl Verdict {
             Verdict::Host => "host",
             Verdict::Fragment => "fragment",
             Verdict::Exempt => "exempt",
+            Verdict::Service => "deferred-to-backend",
+            Verdict::OwnService => "own-service",
         }
     }
 }
@@ -157,14 +168,18 @@ mod tests {
     #[test]
     fn outcome_codes_round_trip_and_fit_the_counter_slots() {
         for verdict in Verdict::ALL {
-            assert!((verdict as u32) < OUTCOMES / 2);
+            assert!((verdict as u32) < FIRST_DROP);
             assert_eq!(outcome_from_u8(verdict as u8), Some(Ok(verdict)));
         }
         for reason in DropReason::ALL {
-            assert!((reason as u32) >= OUTCOMES / 2 && (reason as u32) < OUTCOMES);
+            assert!((reason as u32) >= FIRST_DROP && (reason as u32) < OUTCOMES);
             assert_eq!(outcome_from_u8(reason as u8), Some(Err(reason)));
         }
-        assert_eq!(outcome_from_u8(14), None);
+        assert_eq!(outcome_from_u8(16), None);
+        assert_eq!(
+            Verdict::ALL.len() + DropReason::ALL.len(),
+            OUTCOMES as usize
+        );
     }
 
     #[test]

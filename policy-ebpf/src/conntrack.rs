@@ -3,8 +3,8 @@
 
 use policy_common::{
     maps::{
-        CT_CLOSING, CT_CLOSING_TIMEOUT_NS, CT_OTHER_TIMEOUT_NS, CT_REFRESH_NS, CT_TCP_TIMEOUT_NS,
-        CtKey, CtValue, FAMILY_V4, FragKey, FragValue,
+        CT_CLOSING, CT_CLOSING_TIMEOUT_NS, CT_OTHER_TIMEOUT_NS, CT_REFRESH_NS, CT_SERVICE,
+        CT_TCP_TIMEOUT_NS, CtKey, CtValue, FAMILY_V4, FragKey, FragValue,
     },
     verdict::{Direction, Verdict},
 };
@@ -52,9 +52,10 @@ const fn reopens(value: &CtValue, tcp_flags: u8) -> bool {
 }
 
 /// Looks `key` up; on a live hit refreshes it (at most every `CT_REFRESH_NS`, and at once when
-/// a FIN or RST starts closing the flow) and returns the rule that allowed the flow.
+/// a FIN or RST starts closing the flow) and returns the rule that allowed the flow and the
+/// entry's flags.
 #[inline(always)]
-fn hit(key: &CtKey, tcp_flags: u8, now: u64) -> Option<u32> {
+fn hit(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(u32, u32)> {
     let entry = NP_CT_V1.get_ptr_mut(key)?;
     // SAFETY: the pointer is to a live map value; a concurrent update can at worst make the
     // timestamp or flags we read stale, which only delays a refresh.
@@ -72,25 +73,36 @@ fn hit(key: &CtKey, tcp_flags: u8, now: u64) -> Option<u32> {
     } else if now.saturating_sub(value.last_seen_ns) >= CT_REFRESH_NS {
         value.last_seen_ns = now;
     }
-    Some(value.rule_id)
+    Some((value.rule_id, value.flags))
 }
 
-/// An established packet (same key) or a reply (reversed key), with the flow's rule id.
+/// An established packet (same key) or a reply (reversed key), with the flow's rule id. A
+/// later packet of a flow to a ClusterIP (`CT_SERVICE`) is `Service`: it is not decided here.
 #[inline(always)]
 pub fn lookup(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(Verdict, u32)> {
-    if let Some(rule_id) = hit(key, tcp_flags, now) {
-        return Some((Verdict::Established, rule_id));
+    if let Some((rule_id, flags)) = hit(key, tcp_flags, now) {
+        let verdict = if flags & CT_SERVICE != 0 {
+            Verdict::Service
+        } else {
+            Verdict::Established
+        };
+        return Some((verdict, rule_id));
     }
-    hit(&key.reversed(), tcp_flags, now).map(|rule_id| (Verdict::Reply, rule_id))
+    hit(&key.reversed(), tcp_flags, now).map(|(rule_id, _)| (Verdict::Reply, rule_id))
 }
 
-/// Records an allowed first packet.
+/// Records an allowed first packet; `service` marks a flow to a ClusterIP (`CT_SERVICE`).
 #[inline(always)]
-pub fn insert(key: &CtKey, rule_id: u32, tcp_flags: u8, now: u64) {
-    let flags = if key.protocol == IPPROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+pub fn insert(key: &CtKey, rule_id: u32, tcp_flags: u8, now: u64, service: bool) {
+    let closing = if key.protocol == IPPROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         CT_CLOSING
     } else {
         0
+    };
+    let flags = if service {
+        closing | CT_SERVICE
+    } else {
+        closing
     };
     let value = CtValue {
         last_seen_ns: now,

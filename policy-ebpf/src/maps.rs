@@ -5,12 +5,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use policy_common::maps::{
     COUNTER_SLOTS, Counter, CtKey, CtValue, EVENTS_BYTES, EndpointInfo, FragKey, FragValue,
     HostAddrKey, MAX_CONNECTIONS, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_HOST_ADDRS, MAX_PEER_PREFIXES,
-    MAX_POLICY_ENTRIES, PeerClass, PolicyKey, PolicyValue,
+    MAX_POLICY_ENTRIES, MAX_SERVICE_ADDRS, PeerClass, PolicyKey, PolicyValue,
 };
 
 /// `names::ENDPOINTS_MAP`: host-side ifindex -> endpoint.
@@ -44,10 +44,19 @@ pub static NP_FRAG_V1: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(MAX_F
 #[map]
 pub static NP_HOSTADDR_V1: HashMap<HostAddrKey, u8> = HashMap::pinned(MAX_HOST_ADDRS, 0);
 
+/// `names::SERVICES_MAP`: every Service's ClusterIPs.
+#[map]
+pub static NP_SVC_V1: HashMap<HostAddrKey, u8> = HashMap::pinned(MAX_SERVICE_ADDRS, 0);
+
+/// `names::ENDPOINT_IDS_MAP`: endpoint id -> endpoint, for decisions made away from the
+/// endpoint's own interface.
+#[map]
+pub static NP_EPID_V1: Array<EndpointInfo> = Array::pinned(MAX_ENDPOINTS, 0);
+
 /// `names::COUNTERS_MAP`: packets and bytes per endpoint, direction and outcome.
 #[map]
-pub static NP_COUNTER_V1: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+pub static NP_COUNTER_V2: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 /// `names::EVENTS_MAP`: drops and logged new flows.
 #[map]
-pub static NP_EVENTS_V1: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+pub static NP_EVENTS_V2: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

@@ -8,7 +8,7 @@ use policy_common::{
 };
 
 use crate::{
-    maps::{NP_HOSTADDR_V1, NP_PEER4_V1, NP_PEER6_V1, NP_POLICY_V1},
+    maps::{NP_HOSTADDR_V1, NP_PEER4_V1, NP_PEER6_V1, NP_POLICY_V1, NP_SVC_V1},
     parse::Packet,
 };
 
@@ -43,6 +43,17 @@ pub fn is_host(packet: &Packet, direction: Direction) -> bool {
     // SAFETY: same size, every byte initialised, and `HostAddrKey` is valid for any bytes.
     let key = unsafe { core::mem::transmute::<HostAddrWords, HostAddrKey>(words) };
     NP_HOSTADDR_V1.get_ptr(&key).is_some()
+}
+
+/// Whether the packet goes to a Service's ClusterIP.
+#[inline(always)]
+pub fn is_service(packet: &Packet) -> bool {
+    let key = HostAddrKey {
+        family: packet.family,
+        _pad: [0; 3],
+        addr: packet.dst_addr,
+    };
+    NP_SVC_V1.get_ptr(&key).is_some()
 }
 
 /// The class of the peer: the longest matching prefix, or `WORLD_CLASS`.

@@ -10,6 +10,13 @@
 //! state, which never opens what the bad content might have closed. On start the agent adopts
 //! what is pinned: the programs keep enforcing while it is down, and the first reconcile writes
 //! only what differs from the maps.
+//!
+//! Services: every reconcile programs the ClusterIPs of all Services (both families), and
+//! attaches `svc_egress` to the node's uplinks (every interface but loopback, bridges, bridge
+//! ports and the endpoints' veths), detaching it from interfaces that stopped being uplinks.
+//! Together they let the programs decide a pod's egress to a ClusterIP against the backend
+//! kube-proxy chose, also when that backend is on another node. The periodic pass also looks for
+//! uplinks that came or went.
 
 mod flows;
 mod source;
@@ -34,6 +41,7 @@ use crate::{
     manifest::{self, ManifestError},
     policy::{
         adopt::resolve_adopting,
+        model::Snapshot,
         resolve::{ResolveError, resolve},
         state::{Delta, NodeState, PodRef},
     },
@@ -102,6 +110,12 @@ enum ReconcileError {
     Discovery(#[from] DiscoveryError),
     #[error(transparent)]
     Apply(Box<ApplyError>),
+    #[error("cannot attach svc_egress to uplink {ifindex}")]
+    AttachUplink {
+        ifindex: u32,
+        #[source]
+        source: Box<DatapathError>,
+    },
     #[error("cannot attach the programs to interface {ifindex} of {pod}")]
     Attach {
         pod: PodRef,
@@ -142,6 +156,8 @@ struct Agent {
     programmed: Option<NodeState>,
     interfaces: BTreeMap<PodRef, u32>,
     host_addrs: Vec<IpAddr>,
+    service_addrs: Vec<IpAddr>,
+    uplinks: Vec<u32>,
     applied_generation: Option<String>,
     waiting_for_interfaces: bool,
     flow_context: Arc<RwLock<FlowContext>>,
@@ -187,6 +203,8 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         programmed: None,
         interfaces: BTreeMap::new(),
         host_addrs: Vec::new(),
+        service_addrs: Vec::new(),
+        uplinks: Vec::new(),
         applied_generation: None,
         waiting_for_interfaces: false,
         flow_context,
@@ -252,13 +270,20 @@ impl Agent {
     }
 
     /// Whether the periodic pass has work: an endpoint waits for its interface, or the node's
-    /// addresses changed.
+    /// addresses or uplinks changed.
     async fn needs_resync(&mut self) -> bool {
         if self.waiting_for_interfaces {
             return true;
         }
-        match self.discovery.host_addresses().await {
+        let addrs_changed = match self.discovery.host_addresses().await {
             Ok(addrs) => addrs != self.host_addrs,
+            Err(_) => true,
+        };
+        if addrs_changed {
+            return true;
+        }
+        match self.discovery.uplinks().await {
+            Ok(links) => uplinks_of(links, self.interfaces.values().copied()) != self.uplinks,
             Err(_) => true,
         }
     }
@@ -317,6 +342,13 @@ impl Agent {
             self.host_addrs = host_addrs;
         }
 
+        // ClusterIPs first: a pod attached below must already defer its Service traffic.
+        let service_addrs = service_addrs(&loaded.snapshot);
+        if service_addrs != self.service_addrs {
+            self.datapath.set_service_addrs(&service_addrs)?;
+            self.service_addrs = service_addrs;
+        }
+
         let ifindex_of = |pod: &PodRef| interfaces.get(pod).copied();
         let writes = match &self.programmed {
             // The first pass diffs against what the maps really hold: adoption after a restart.
@@ -357,6 +389,8 @@ impl Agent {
             }
         }
 
+        self.sync_uplinks(&wanted).await?;
+
         if let Ok(mut context) = self.flow_context.write() {
             context.update(&loaded.snapshot, &resolved);
         }
@@ -384,6 +418,37 @@ impl Agent {
         Ok(writes > 0)
     }
 
+    /// Attaches `svc_egress` to every uplink and detaches it from interfaces that are no
+    /// longer uplinks (gone, or now a pod's).
+    async fn sync_uplinks(
+        &mut self,
+        endpoint_ifindexes: &BTreeSet<u32>,
+    ) -> Result<(), ReconcileError> {
+        let uplinks = uplinks_of(
+            self.discovery.uplinks().await?,
+            endpoint_ifindexes.iter().copied(),
+        );
+        for &ifindex in &uplinks {
+            if !self.uplinks.contains(&ifindex) {
+                self.datapath.attach_uplink(ifindex).map_err(|source| {
+                    ReconcileError::AttachUplink {
+                        ifindex,
+                        source: Box::new(source),
+                    }
+                })?;
+                info!(ifindex, "svc_egress attached to uplink");
+            }
+        }
+        for ifindex in self.datapath.attached_uplinks()? {
+            if !uplinks.contains(&ifindex) {
+                self.datapath.detach_uplink(ifindex)?;
+                info!(ifindex, "svc_egress detached: no longer an uplink");
+            }
+        }
+        self.uplinks = uplinks;
+        Ok(())
+    }
+
     async fn interface_of(&self, ips: &[IpAddr]) -> Result<Option<u32>, DiscoveryError> {
         for &ip in ips {
             if let Some(ifindex) = self.discovery.interface_for(ip).await? {
@@ -392,6 +457,25 @@ impl Agent {
         }
         Ok(None)
     }
+}
+
+/// The uplinks among `links`: those that are not an endpoint's interface.
+fn uplinks_of(links: Vec<u32>, endpoints: impl Iterator<Item = u32>) -> Vec<u32> {
+    let endpoints: BTreeSet<u32> = endpoints.collect();
+    links
+        .into_iter()
+        .filter(|ifindex| !endpoints.contains(ifindex))
+        .collect()
+}
+
+/// Every ClusterIP of every Service, both families, sorted and without repeats.
+fn service_addrs(snapshot: &Snapshot) -> Vec<IpAddr> {
+    let addrs: BTreeSet<IpAddr> = snapshot
+        .services
+        .iter()
+        .flat_map(|service| service.cluster_ips.iter().copied())
+        .collect();
+    addrs.into_iter().collect()
 }
 
 /// Replaces `path` with `text` so readers see the old or the new content, never a mix.

@@ -235,6 +235,24 @@ pub enum UpdateError {
         #[source]
         source: MapError,
     },
+    #[error("cannot write ClusterIP {addr}")]
+    ServiceAddrUpsert {
+        addr: std::net::IpAddr,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot remove ClusterIP {addr}")]
+    ServiceAddrRemoval {
+        addr: std::net::IpAddr,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot write slot {endpoint_id} of the endpoints-by-id map")]
+    EndpointIdWrite {
+        endpoint_id: u32,
+        #[source]
+        source: MapError,
+    },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 }
@@ -247,7 +265,8 @@ impl UpdateError {
             UpdateError::PolicyUpsert { source, .. }
             | UpdateError::PeerUpsert { source, .. }
             | UpdateError::EndpointUpsert { source, .. }
-            | UpdateError::HostAddrUpsert { source, .. } => source,
+            | UpdateError::HostAddrUpsert { source, .. }
+            | UpdateError::ServiceAddrUpsert { source, .. } => source,
             _ => return false,
         };
         matches!(

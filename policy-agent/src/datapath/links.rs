@@ -188,54 +188,70 @@ fn link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 impl Datapath {
-    /// Attaches `from_pod` to TC ingress and `to_pod` to TC egress of the pod's host-side
-    /// interface through TCX, and pins both links. Idempotent: a hook already attached with the
+    /// Attaches `from_pod` to TC ingress and `svc_egress` then `to_pod` to TC egress of the
+    /// pod's host-side interface through TCX, and pins the links. Idempotent: a hook already attached with the
     /// current program is left alone, one attached with another program is switched atomically.
     ///
     /// The ifindex is resolved in the calling thread's network namespace.
     pub fn attach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        for hook in Hook::ALL {
-            let path = self.layout.links.join(link_pin_name(ifindex, hook));
-            let program = &mut self.programs[hook.index()];
-            if path.exists() {
-                let state = read_link(&path)?;
-                if state.ifindex == ifindex {
-                    if state.prog_id != self.program_ids[hook.index()] {
-                        update_link(&path, hook, program)?;
-                        info!(ifindex, %hook, "switched link to the current program");
-                    }
-                    continue;
-                }
-                warn!(ifindex, %hook, "replacing the pinned link of a deleted interface");
-                bpffs::remove_pin(&path)?;
-            }
-            let attach_error = |source| DatapathError::Attach {
-                ifindex,
-                hook,
-                source,
-            };
-            let id = program
-                .attach(
-                    ifindex,
-                    TcAttach::Tcx {
-                        attach_type: hook.attach_type(),
-                        order: LinkOrder::default(),
-                    },
-                )
-                .map_err(attach_error)?;
-            let link = program.take_link(id).map_err(attach_error)?;
-            let link = FdLink::try_from(link).map_err(|source| DatapathError::NotTcxLink {
-                path: path.clone(),
-                source,
-            })?;
-            link.pin(&path).map_err(|source| DatapathError::PinLink {
-                ifindex,
-                hook,
-                path: path.clone(),
-                source,
-            })?;
-            info!(ifindex, %hook, "attached");
+        for hook in Hook::POD {
+            self.attach_hook(ifindex, hook)?;
         }
+        Ok(())
+    }
+
+    /// Attaches `svc_egress` to TC egress of one of the node's other interfaces (an uplink, not
+    /// a pod's), and pins the link; idempotent as [`Datapath::attach`].
+    pub fn attach_uplink(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.attach_hook(ifindex, Hook::SvcEgress)
+    }
+
+    fn attach_hook(&mut self, ifindex: u32, hook: Hook) -> Result<(), DatapathError> {
+        let path = self.layout.links.join(link_pin_name(ifindex, hook));
+        let program = &mut self.programs[hook.index()];
+        if path.exists() {
+            let state = read_link(&path)?;
+            if state.ifindex == ifindex {
+                if state.prog_id != self.program_ids[hook.index()] {
+                    update_link(&path, hook, program)?;
+                    info!(ifindex, %hook, "switched link to the current program");
+                }
+                return Ok(());
+            }
+            warn!(ifindex, %hook, "replacing the pinned link of a deleted interface");
+            bpffs::remove_pin(&path)?;
+        }
+        let attach_error = |source| DatapathError::Attach {
+            ifindex,
+            hook,
+            source,
+        };
+        let id = program
+            .attach(
+                ifindex,
+                TcAttach::Tcx {
+                    attach_type: hook.attach_type(),
+                    // Ahead of `to_pod`, whichever was attached first.
+                    order: if hook == Hook::SvcEgress {
+                        LinkOrder::first()
+                    } else {
+                        LinkOrder::default()
+                    },
+                },
+            )
+            .map_err(attach_error)?;
+        let link = program.take_link(id).map_err(attach_error)?;
+        let link = FdLink::try_from(link).map_err(|source| DatapathError::NotTcxLink {
+            path: path.clone(),
+            source,
+        })?;
+        link.pin(&path).map_err(|source| DatapathError::PinLink {
+            ifindex,
+            hook,
+            path: path.clone(),
+            source,
+        })?;
+        info!(ifindex, %hook, "attached");
         Ok(())
     }
 
@@ -251,12 +267,21 @@ impl Datapath {
         Ok(ifindex)
     }
 
-    /// Detaches both programs from the interface, then removes the link pins. Removing a pin
-    /// alone would release the link only once the kernel frees the pin's inode, some time
+    /// Detaches the pod programs from the interface, then removes the link pins. Removing a
+    /// pin alone would release the link only once the kernel frees the pin's inode, some time
     /// later; `BPF_LINK_DETACH` takes the program off the interface at once. Detaching what is
     /// not attached is not an error.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        for hook in Hook::ALL {
+        self.detach_hooks(ifindex, &Hook::POD)
+    }
+
+    /// Detaches `svc_egress` from an uplink, as [`Datapath::detach`] does the pod programs.
+    pub fn detach_uplink(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.detach_hooks(ifindex, &[Hook::SvcEgress])
+    }
+
+    fn detach_hooks(&mut self, ifindex: u32, hooks: &[Hook]) -> Result<(), DatapathError> {
+        for &hook in hooks {
             let path = self.layout.links.join(link_pin_name(ifindex, hook));
             if !path.exists() {
                 continue;
@@ -279,10 +304,23 @@ impl Datapath {
         Ok(())
     }
 
-    /// The interfaces with at least one pinned link.
+    /// The interfaces with a pinned `from_pod` or `to_pod` link.
     pub fn attached(&self) -> Result<Vec<u32>, DatapathError> {
+        self.linked(&[Hook::FromPod, Hook::ToPod])
+    }
+
+    /// The interfaces with a pinned `svc_egress` link and no pod program: the uplinks.
+    pub fn attached_uplinks(&self) -> Result<Vec<u32>, DatapathError> {
+        let pods = self.attached()?;
+        let mut uplinks = self.linked(&[Hook::SvcEgress])?;
+        uplinks.retain(|ifindex| !pods.contains(ifindex));
+        Ok(uplinks)
+    }
+
+    fn linked(&self, hooks: &[Hook]) -> Result<Vec<u32>, DatapathError> {
         let ifindexes: BTreeSet<u32> = pinned_links(&self.layout)?
             .into_iter()
+            .filter(|(_, hook, _)| hooks.contains(hook))
             .map(|(ifindex, _, _)| ifindex)
             .collect();
         Ok(ifindexes.into_iter().collect())

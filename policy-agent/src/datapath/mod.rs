@@ -5,9 +5,19 @@
 //! # Pin layout
 //! ```text
 //! <pin_dir>/maps/<MAP NAME>          every map of policy_common::names::ALL_MAPS
-//! <pin_dir>/programs/<program>       from_pod, to_pod
+//! <pin_dir>/programs/<program>       from_pod, to_pod, svc_egress
 //! <pin_dir>/links/<ifindex>-<program> one TCX link per interface and hook
 //! ```
+//! Pod interfaces get `from_pod`, `to_pod` and, first on TC egress, `svc_egress`
+//! ([`Datapath::attach`]); the node's other interfaces (its uplinks) get `svc_egress` alone
+//! ([`Datapath::attach_uplink`]).
+//!
+//! # Services
+//! The maps hold every Service's ClusterIPs ([`Datapath::set_service_addrs`]) and, besides the
+//! endpoint map keyed by interface, an array of the same endpoints keyed by endpoint id, which
+//! [`Datapath::apply`] and [`Datapath::sync`] keep in step with it. Together they let the
+//! programs decide a pod's egress to a ClusterIP after kube-proxy's DNAT: on the backend's
+//! `to_pod` when the backend is local, on `svc_egress` of the uplink when it is not.
 //! Links are pinned, so the kernel keeps enforcing while the agent is down: dropping a
 //! [`Datapath`] (or the process dying) closes descriptors but detaches nothing.
 //!
@@ -55,14 +65,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
     programs::{ProgramInfo, SchedClassifier, TcAttachType},
 };
 use policy_common::{
     maps::{Counter, EndpointInfo, HostAddrKey, PeerClass, PolicyKey, PolicyValue},
     names::{
-        ALL_MAPS, COUNTERS_MAP, ENDPOINTS_MAP, EVENTS_MAP, FROM_POD_PROG, HOST_ADDRS_MAP,
-        PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP, TO_POD_PROG,
+        ALL_MAPS, COUNTERS_MAP, ENDPOINT_IDS_MAP, ENDPOINTS_MAP, EVENTS_MAP, FROM_POD_PROG,
+        HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP, SVC_EGRESS_PROG,
+        TO_POD_PROG,
     },
 };
 use tracing::{info, warn};
@@ -99,29 +110,36 @@ impl Default for DatapathConfig {
     }
 }
 
-/// One of the two TC hooks on a pod's host-side interface.
+/// A TC hook the programs attach to: two on a pod's host-side interface, one on an uplink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hook {
     /// TC ingress of the host veth: what the pod sends.
     FromPod,
     /// TC egress of the host veth: what the pod receives.
     ToPod,
+    /// TC egress of an uplink or of a pod's host veth (before `to_pod`): deferred egress of pod
+    /// packets to a ClusterIP.
+    SvcEgress,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
+    pub const ALL: [Hook; 3] = [Hook::FromPod, Hook::ToPod, Hook::SvcEgress];
+    /// The hooks of a pod's host-side interface: `svc_egress` runs first on its TC egress, so a
+    /// pending Service egress is decided before the pod's own ingress.
+    pub const POD: [Hook; 3] = [Hook::FromPod, Hook::SvcEgress, Hook::ToPod];
 
     pub const fn program_name(self) -> &'static str {
         match self {
             Hook::FromPod => FROM_POD_PROG,
             Hook::ToPod => TO_POD_PROG,
+            Hook::SvcEgress => SVC_EGRESS_PROG,
         }
     }
 
     const fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromPod => TcAttachType::Ingress,
-            Hook::ToPod => TcAttachType::Egress,
+            Hook::ToPod | Hook::SvcEgress => TcAttachType::Egress,
         }
     }
 
@@ -129,6 +147,7 @@ impl Hook {
         match self {
             Hook::FromPod => 0,
             Hook::ToPod => 1,
+            Hook::SvcEgress => 2,
         }
     }
 }
@@ -170,6 +189,8 @@ struct Maps {
     peers_v6: LpmTrie<MapData, [u8; 16], PeerClass>,
     policy: HashMap<MapData, PolicyKey, PolicyValue>,
     host_addrs: HashMap<MapData, HostAddrKey, u8>,
+    services: HashMap<MapData, HostAddrKey, u8>,
+    endpoint_ids: Array<MapData, EndpointInfo>,
     counters: PerCpuArray<MapData, Counter>,
     events: Option<RingBuf<MapData>>,
 }
@@ -180,8 +201,8 @@ pub struct Datapath {
     layout: PinLayout,
     maps: Maps,
     /// The pinned programs, by [`Hook::index`].
-    programs: [SchedClassifier; 2],
-    program_ids: [u32; 2],
+    programs: [SchedClassifier; 3],
+    program_ids: [u32; 3],
     record: Record,
     report: OpenReport,
 }
@@ -224,9 +245,17 @@ impl Datapath {
             &pinned_map_ids,
             &mut report,
         )?;
+        let svc_egress = install_program(
+            &mut ebpf,
+            &layout,
+            Hook::SvcEgress,
+            &pinned_map_ids,
+            &mut report,
+        )?;
         let program_ids = [
             program_id(&from_pod, Hook::FromPod)?,
             program_id(&to_pod, Hook::ToPod)?,
+            program_id(&svc_egress, Hook::SvcEgress)?,
         ];
         let record = Record::load(&config.state_file)?;
         info!(
@@ -243,7 +272,7 @@ impl Datapath {
             config,
             layout,
             maps,
-            programs: [from_pod, to_pod],
+            programs: [from_pod, to_pod, svc_egress],
             program_ids,
             record,
             report,
@@ -340,6 +369,8 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         peers_v6: typed!(PEERS_V6_MAP),
         policy: typed!(POLICY_MAP),
         host_addrs: typed!(HOST_ADDRS_MAP),
+        services: typed!(SERVICES_MAP),
+        endpoint_ids: typed!(ENDPOINT_IDS_MAP),
         counters: typed!(COUNTERS_MAP),
         events: Some(typed!(EVENTS_MAP)),
     })

@@ -5,7 +5,8 @@ use std::{
     net::IpAddr,
 };
 
-use policy_common::maps::{ENDPOINT_NOT_READY, EndpointInfo, PeerClass};
+use aya::maps::{HashMap, MapData, MapError};
+use policy_common::maps::{ENDPOINT_NOT_READY, EndpointInfo, HostAddrKey, PeerClass};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -128,6 +129,10 @@ impl Datapath {
                     if fencing {
                         fenced.push(endpoint.pod.clone());
                     }
+                    match self.write_endpoint_id(info.endpoint_id, &info) {
+                        Ok(()) => stats.writes += 1,
+                        Err(failure) => failures.push(*failure),
+                    }
                 }
                 Err(source) => failures.push(UpdateError::EndpointUpsert {
                     pod: endpoint.pod.clone(),
@@ -228,6 +233,9 @@ impl Datapath {
                 Ok(()) => {
                     stats.writes += 1;
                     fenced.push(pod);
+                    if let Err(failure) = self.write_endpoint_id(info.endpoint_id, &info) {
+                        failures.push(*failure);
+                    }
                 }
                 Err(source) => failures.push(UpdateError::Fence {
                     pod,
@@ -238,13 +246,53 @@ impl Datapath {
         }
     }
 
+    /// Writes slot `endpoint_id` of the endpoints-by-id map: `info`, or an empty slot.
+    fn write_endpoint_id(
+        &mut self,
+        endpoint_id: u32,
+        info: &EndpointInfo,
+    ) -> Result<(), Box<UpdateError>> {
+        self.maps
+            .endpoint_ids
+            .set(endpoint_id, info, 0)
+            .map_err(|source| {
+                Box::new(UpdateError::EndpointIdWrite {
+                    endpoint_id,
+                    source,
+                })
+            })
+    }
+
+    /// Removes the endpoint entry of `ifindex` and empties its slot in the endpoints-by-id map
+    /// (unless a newer endpoint took that id already).
     fn remove_endpoint_entry(
         &mut self,
         ifindex: u32,
         pod: &PodRef,
     ) -> Result<usize, Box<UpdateError>> {
+        let removed_id = self
+            .maps
+            .endpoints
+            .get(&ifindex, 0)
+            .ok()
+            .map(|info| info.endpoint_id);
         match self.maps.endpoints.remove(&ifindex) {
-            Ok(()) => Ok(1),
+            Ok(()) => {
+                let Some(endpoint_id) = removed_id else {
+                    return Ok(1);
+                };
+                let still_used = self
+                    .maps
+                    .endpoints
+                    .iter()
+                    .filter_map(Result::ok)
+                    .any(|(_, info)| info.endpoint_id == endpoint_id);
+                if still_used {
+                    return Ok(1);
+                }
+                self.write_endpoint_id(endpoint_id, &EndpointInfo::default())?;
+                Ok(2)
+            }
             Err(source) if is_not_found(&source) => Ok(0),
             Err(source) => Err(Box::new(UpdateError::EndpointRemoval {
                 pod: pod.clone(),
@@ -326,6 +374,10 @@ impl Datapath {
         let mut stats = self.apply(&delta, &ifindex_of)?;
         let owned: BTreeSet<u32> = desired.endpoints.keys().filter_map(&ifindex_of).collect();
         let mut failures = Vec::new();
+        match self.mirror_endpoint_ids() {
+            Ok(writes) => stats.writes += writes,
+            Err(failure) => failures.push(*failure),
+        }
         for ifindex in unknown
             .into_iter()
             .filter(|ifindex| !owned.contains(ifindex))
@@ -353,6 +405,28 @@ impl Datapath {
                 fenced: Vec::new(),
             })
         }
+    }
+
+    /// Makes the endpoints-by-id map hold exactly the endpoint map's entries, by id (after a
+    /// restart, or an older build that did not write it). Returns the slots written.
+    fn mirror_endpoint_ids(&mut self) -> Result<usize, Box<UpdateError>> {
+        let by_id: BTreeMap<u32, EndpointInfo> = self
+            .maps
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, info)| (info.endpoint_id, info))
+            .collect();
+        let mut writes = 0;
+        for endpoint_id in 1..policy_common::maps::MAX_ENDPOINTS {
+            let wanted = by_id.get(&endpoint_id).copied().unwrap_or_default();
+            let held = self.maps.endpoint_ids.get(&endpoint_id, 0).ok();
+            if held != Some(wanted) {
+                self.write_endpoint_id(endpoint_id, &wanted)?;
+                writes += 1;
+            }
+        }
+        Ok(writes)
     }
 
     /// What the maps hold now, in the shape of the desired state. Endpoints are named through the
@@ -430,82 +504,120 @@ impl Datapath {
     /// Makes the host address map hold exactly `addrs` (traffic between a pod and these
     /// addresses is always allowed).
     pub fn set_host_addrs(&mut self, addrs: &[IpAddr]) -> Result<ApplyStats, ApplyError> {
-        use policy_common::names::HOST_ADDRS_MAP;
-        let mut stats = ApplyStats::default();
-        let mut failures = Vec::new();
-        let wanted: BTreeMap<_, IpAddr> = addrs
-            .iter()
-            .map(|&addr| (host_key_bytes(addr), addr))
-            .collect();
-        let mut present = BTreeSet::new();
-        let mut stale = Vec::new();
-        for key in self.maps.host_addrs.keys() {
-            let key = key.map_err(|source| ApplyError {
-                failures: vec![
-                    DatapathError::ReadMap {
-                        name: HOST_ADDRS_MAP,
-                        source,
-                    }
-                    .into(),
-                ],
-                fenced: Vec::new(),
-            })?;
-            if wanted.contains_key(&(key.family, key.addr)) {
-                present.insert((key.family, key.addr));
-            } else {
-                stale.push(key);
-            }
-        }
-        for (bytes, &addr) in &wanted {
-            if present.contains(bytes) {
-                continue;
-            }
-            match self
-                .maps
-                .host_addrs
-                .insert(&encode::host_addr_key(addr), &1, 0)
-            {
-                Ok(()) => stats.writes += 1,
-                Err(source) => failures.push(UpdateError::HostAddrUpsert { addr, source }),
-            }
-        }
-        for key in stale {
-            match self.maps.host_addrs.remove(&key) {
-                Ok(()) => stats.writes += 1,
-                Err(source) if is_not_found(&source) => {}
-                Err(source) => failures.push(UpdateError::HostAddrRemoval {
-                    addr: encode::addr_from_bytes(key.family, key.addr)
-                        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-                    source,
-                }),
-            }
-        }
+        let stats = sync_addr_map(
+            &mut self.maps.host_addrs,
+            policy_common::names::HOST_ADDRS_MAP,
+            addrs,
+            |addr, source| UpdateError::HostAddrUpsert { addr, source },
+            |addr, source| UpdateError::HostAddrRemoval { addr, source },
+        )?;
         if stats.writes > 0 {
             info!(addrs = ?addrs, "host addresses updated");
         }
-        if failures.is_empty() {
-            Ok(stats)
-        } else {
-            Err(ApplyError {
-                failures,
-                fenced: Vec::new(),
-            })
+        Ok(stats)
+    }
+
+    /// Makes the Service address map hold exactly `addrs`, the ClusterIPs of every Service:
+    /// a pod's egress to them is decided after DNAT, against the backend.
+    pub fn set_service_addrs(&mut self, addrs: &[IpAddr]) -> Result<ApplyStats, ApplyError> {
+        let stats = sync_addr_map(
+            &mut self.maps.services,
+            policy_common::names::SERVICES_MAP,
+            addrs,
+            |addr, source| UpdateError::ServiceAddrUpsert { addr, source },
+            |addr, source| UpdateError::ServiceAddrRemoval { addr, source },
+        )?;
+        if stats.writes > 0 {
+            info!(
+                addrs = addrs.len(),
+                writes = stats.writes,
+                "ClusterIPs updated"
+            );
         }
+        Ok(stats)
+    }
+
+    /// The addresses in the Service address map.
+    pub fn service_addrs(&self) -> Result<Vec<IpAddr>, DatapathError> {
+        read_addr_map(&self.maps.services, policy_common::names::SERVICES_MAP)
     }
 
     /// The addresses in the host address map.
     pub fn host_addrs(&self) -> Result<Vec<IpAddr>, DatapathError> {
-        let mut addrs = Vec::new();
-        for key in self.maps.host_addrs.keys() {
-            let key = key.map_err(|source| DatapathError::ReadMap {
-                name: policy_common::names::HOST_ADDRS_MAP,
-                source,
-            })?;
-            addrs.extend(encode::addr_from_bytes(key.family, key.addr));
-        }
-        addrs.sort();
-        Ok(addrs)
+        read_addr_map(&self.maps.host_addrs, policy_common::names::HOST_ADDRS_MAP)
     }
+}
+
+/// Makes an address map (host addresses or ClusterIPs) hold exactly `addrs`, writing only what
+/// differs.
+fn sync_addr_map(
+    map: &mut HashMap<MapData, HostAddrKey, u8>,
+    name: &'static str,
+    addrs: &[IpAddr],
+    upsert_error: impl Fn(IpAddr, MapError) -> UpdateError,
+    removal_error: impl Fn(IpAddr, MapError) -> UpdateError,
+) -> Result<ApplyStats, ApplyError> {
+    let mut stats = ApplyStats::default();
+    let mut failures = Vec::new();
+    let wanted: BTreeMap<_, IpAddr> = addrs
+        .iter()
+        .map(|&addr| (host_key_bytes(addr), addr))
+        .collect();
+    let mut present = BTreeSet::new();
+    let mut stale = Vec::new();
+    for key in map.keys() {
+        let key = key.map_err(|source| ApplyError {
+            failures: vec![DatapathError::ReadMap { name, source }.into()],
+            fenced: Vec::new(),
+        })?;
+        if wanted.contains_key(&(key.family, key.addr)) {
+            present.insert((key.family, key.addr));
+        } else {
+            stale.push(key);
+        }
+    }
+    for (bytes, &addr) in &wanted {
+        if present.contains(bytes) {
+            continue;
+        }
+        match map.insert(&encode::host_addr_key(addr), &1, 0) {
+            Ok(()) => stats.writes += 1,
+            Err(source) => failures.push(upsert_error(addr, source)),
+        }
+    }
+    for key in stale {
+        match map.remove(&key) {
+            Ok(()) => stats.writes += 1,
+            Err(source) if is_not_found(&source) => {}
+            Err(source) => failures.push(removal_error(
+                encode::addr_from_bytes(key.family, key.addr)
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                source,
+            )),
+        }
+    }
+    if failures.is_empty() {
+        Ok(stats)
+    } else {
+        Err(ApplyError {
+            failures,
+            fenced: Vec::new(),
+        })
+    }
+}
+
+/// The addresses of an address map, sorted.
+fn read_addr_map(
+    map: &HashMap<MapData, HostAddrKey, u8>,
+    name: &'static str,
+) -> Result<Vec<IpAddr>, DatapathError> {
+    let mut addrs = Vec::new();
+    for key in map.keys() {
+        let key = key.map_err(|source| DatapathError::ReadMap { name, source })?;
+        addrs.extend(encode::addr_from_bytes(key.family, key.addr));
+    }
+    addrs.sort();
+    Ok(addrs)
 }
 
 fn host_key_bytes(addr: IpAddr) -> (u8, [u8; 16]) {

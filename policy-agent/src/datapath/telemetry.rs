@@ -322,8 +322,8 @@ mod tests {
             Err(EventError::UnknownFamily { code: 3 })
         );
         assert_eq!(
-            decode_flow(&record(FAMILY_V4, 14, 0)),
-            Err(EventError::UnknownOutcome { code: 14 })
+            decode_flow(&record(FAMILY_V4, 16, 0)),
+            Err(EventError::UnknownOutcome { code: 16 })
         );
         assert_eq!(
             decode_flow(&record(FAMILY_V4, 0, 2)),
