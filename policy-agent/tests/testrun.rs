@@ -2450,3 +2450,157 @@ fn marked_packet_of_a_stale_endpoint_id_passes_unaccounted() {
     check_only_counters_of(&dp, &[]);
     check_no_events(&mut dp);
 }
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn later_marked_packet_rides_on_the_post_dnat_entry() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[egress_to_backends()]);
+    for flags in [SYN, ACK] {
+        let (action, mark) = dp.run_with_mark(
+            names::SVC_EGRESS_PROG,
+            &pkt_tcp4(POD4, PEER4, 40000, 8080, flags),
+            svc_mark(0, EP),
+        );
+        assert_eq!((action, mark), (PASS, 0));
+    }
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(PEER4), 40000, 8080),
+        RULE_BACKEND,
+        0,
+    );
+    check_only_counters_of(
+        &dp,
+        &[
+            (EP, Direction::Egress, Ok(Verdict::Policy), 1),
+            (EP, Direction::Egress, Ok(Verdict::Established), 1),
+        ],
+    );
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn marked_packet_still_to_the_cluster_ip_is_decided_by_policy_and_leaves_the_entry() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[egress_to_backends()]);
+    // from_pod runs on the client's veth; here the test interface stands in for it.
+    let client = dp.setup_endpoint(setup_test_ifindex(), EP, ENDPOINT_EGRESS_ISOLATED, &[]);
+    let frame = pkt_tcp4(POD4, CLUSTER4, 40000, 80, SYN);
+    let (action, mark) = dp.run_with_mark(names::FROM_POD_PROG, &frame, 0);
+    assert_eq!((action, mark), (PASS, svc_mark(0, EP)));
+    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, ISOLATED, &[]);
+    dp.set_endpoint_id(client);
+    // No Service port matched, so kube-proxy left the ClusterIP in place: the uplink's
+    // svc_egress sees the packet as from_pod did, and no rule allows the ClusterIP.
+    let (action, mark) = dp.run_with_mark(names::SVC_EGRESS_PROG, &frame, mark);
+    assert_eq!((action, mark), (DROP, 0));
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(CLUSTER4), 40000, 80),
+        0,
+        CT_SERVICE,
+    );
+    check_only_counters_of(
+        &dp,
+        &[
+            (EP, Direction::Egress, Ok(Verdict::Service), 1),
+            (EP, Direction::Egress, Err(DropReason::PolicyDenied), 1),
+        ],
+    );
+    let event = check_one_event(&mut dp, Err(DropReason::PolicyDenied), 0);
+    assert_eq!(event.dst_addr, addr16(v4(CLUSTER4)));
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn logged_client_reports_the_flow_svc_egress_allowed() {
+    let flags = ENDPOINT_EGRESS_ISOLATED | ENDPOINT_LOG_ALLOWED;
+    let mut dp = setup_service_backend(flags, &[egress_to_backends()]);
+    let (action, _) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp4(POD4, PEER4, 40000, 8080, SYN),
+        svc_mark(0, EP),
+    );
+    assert_eq!(action, PASS);
+    let event = check_one_event(&mut dp, Ok(Verdict::Policy), RULE_BACKEND);
+    assert_eq!(event.direction, Direction::Egress as u8);
+    assert_eq!(event.dst_addr, addr16(v4(PEER4)));
+    assert_eq!(event.dst_port, 8080);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn ipv6_cluster_ip_is_deferred_and_decided_after_dnat() {
+    const CLUSTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10);
+    let allows = [allow(
+        Direction::Egress,
+        PEER_CLASS,
+        TCP,
+        8080,
+        8080,
+        RULE_BACKEND,
+    )];
+    let mut dp = setup_service_client(ENDPOINT_EGRESS_ISOLATED, &allows);
+    dp.set_service(v6(CLUSTER6));
+    let (action, mark) = dp.run_with_mark(
+        names::FROM_POD_PROG,
+        &pkt_tcp6(POD6, CLUSTER6, 40000, 80, SYN),
+        0,
+    );
+    assert_eq!((action, mark), (PASS, svc_mark(0, EP)));
+    let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, ENDPOINT_EGRESS_ISOLATED, &allows);
+    dp.set_endpoint_id(client);
+    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, ISOLATED, &[]);
+    let (action, mark) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp6(POD6, PEER6, 40000, 8080, SYN),
+        mark,
+    );
+    assert_eq!((action, mark), (PASS, 0));
+    let mut flows = dp.conntrack();
+    flows.sort_by_key(|(key, _)| key.dst_port);
+    let keys: Vec<CtKey> = flows.iter().map(|(key, _)| *key).collect();
+    assert_eq!(
+        keys,
+        [
+            ct_key(Direction::Egress, TCP, v6(POD6), v6(CLUSTER6), 40000, 80),
+            ct_key(Direction::Egress, TCP, v6(POD6), v6(PEER6), 40000, 8080),
+        ]
+    );
+    assert_eq!(
+        (flows[0].1.flags, flows[1].1.flags, flows[1].1.rule_id),
+        (CT_SERVICE, 0, RULE_BACKEND)
+    );
+    check_only_counters_of(
+        &dp,
+        &[
+            (EP, Direction::Egress, Ok(Verdict::Service), 1),
+            (EP, Direction::Egress, Ok(Verdict::Policy), 1),
+        ],
+    );
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn hairpin_through_the_own_service_reaches_an_isolated_client() {
+    let mut dp = setup_service_client(ISOLATED, &[]);
+    let client = dp.setup_endpoint(setup_test_ifindex(), EP, ISOLATED, &[]);
+    dp.set_endpoint_id(client);
+    // kube-proxy masquerades a hairpin to a node address, so the client's ingress is host
+    // traffic once svc_egress in front of to_pod passed it.
+    let frame = pkt_tcp4(HOST4, POD4, 40000, 8080, SYN);
+    let (action, mark) = dp.run_with_mark(names::SVC_EGRESS_PROG, &frame, svc_mark(0, EP));
+    assert_eq!((action, mark), (PASS, 0));
+    let (action, mark) = dp.run_with_mark(names::TO_POD_PROG, &frame, mark);
+    assert_eq!((action, mark), (PASS, 0));
+    assert!(dp.conntrack().is_empty());
+    check_only_counters(
+        &dp,
+        &[
+            (Direction::Egress, Ok(Verdict::OwnService), 1),
+            (Direction::Ingress, Ok(Verdict::Host), 1),
+        ],
+    );
+    check_no_events(&mut dp);
+}
