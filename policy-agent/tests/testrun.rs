@@ -1,5 +1,6 @@
-//! BPF_PROG_TEST_RUN suite: every parse path, verdict and map side effect of `from_pod` and
-//! `to_pod`, on packets built in memory. Each test loads its own copy of the programs.
+//! BPF_PROG_TEST_RUN suite: every parse path, verdict and map side effect of `from_pod`,
+//! `to_pod` and `svc_egress`, on packets built in memory. Each test loads its own copy of the
+//! programs.
 
 #[allow(
     dead_code,
@@ -12,10 +13,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use common::{Allow, DROP, Datapath, PASS, addr16, packets::*, setup_test_ifindex};
 use policy_common::{
     maps::{
-        ANY_PEER_CLASS, ANY_PROTOCOL, CT_CLOSING, CtKey, ENDPOINT_EGRESS_ISOLATED,
+        ANY_PEER_CLASS, ANY_PROTOCOL, CT_CLOSING, CT_SERVICE, CtKey, ENDPOINT_EGRESS_ISOLATED,
         ENDPOINT_INGRESS_ISOLATED, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, FAMILY_V4, FAMILY_V6,
-        FlowEvent, WORLD_CLASS,
+        FlowEvent, SVC_MARK_MAGIC, WORLD_CLASS, svc_mark, svc_pending,
     },
+    names,
     verdict::{Direction, DropReason, Outcome, Verdict},
 };
 
@@ -78,13 +80,25 @@ fn code(outcome: Result<Verdict, DropReason>) -> Outcome {
     policy_common::verdict::outcome(outcome)
 }
 
-/// Asserts that exactly the given (direction, outcome, packets) counters are non-zero.
+/// Asserts that exactly the given (direction, outcome, packets) counters of EP are non-zero.
 fn check_only_counters(dp: &Datapath, expected: &[(Direction, Result<Verdict, DropReason>, u64)]) {
+    let of_ep: Vec<_> = expected
+        .iter()
+        .map(|&(direction, outcome, packets)| (EP, direction, outcome, packets))
+        .collect();
+    check_only_counters_of(dp, &of_ep);
+}
+
+/// Asserts that exactly the given (endpoint, direction, outcome, packets) counters are non-zero.
+fn check_only_counters_of(
+    dp: &Datapath,
+    expected: &[(u32, Direction, Result<Verdict, DropReason>, u64)],
+) {
     let mut want: Vec<(u32, u64)> = expected
         .iter()
-        .map(|&(direction, outcome, packets)| {
+        .map(|&(endpoint_id, direction, outcome, packets)| {
             (
-                policy_common::maps::counter_index(EP, direction, code(outcome)),
+                policy_common::maps::counter_index(endpoint_id, direction, code(outcome)),
                 packets,
             )
         })
@@ -2166,4 +2180,416 @@ fn measure_instructions_and_ns_per_packet() {
 fn check_counter_is(dp: &Datapath, outcome: Result<Verdict, DropReason>, packets: u64) {
     let counter = dp.counter(EP, Direction::Ingress, code(outcome));
     assert_eq!(counter.packets, packets, "{outcome:?} packets");
+}
+
+/// A Service's ClusterIP.
+const CLUSTER4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The endpoint of a local backend on the test interface, in the Service cases.
+const BACKEND_EP: u32 = 8;
+/// The rule that allows the client's egress to the backends' TCP 8080.
+const RULE_BACKEND: u32 = 21;
+/// The client's host veth where it is not the test interface (a map key only).
+const CLIENT_IFINDEX: u32 = 100_000;
+/// kube-proxy's masquerade bit: a mark bit the Service path must keep.
+const KUBE_PROXY_MARK: u32 = 0x4000;
+
+/// A datapath with client EP on the test interface with `flags` and `allows`, and CLUSTER4 a
+/// ClusterIP.
+fn setup_service_client(flags: u32, allows: &[Allow]) -> Datapath {
+    let mut dp = setup_with(flags, allows);
+    dp.set_service(v4(CLUSTER4));
+    dp
+}
+
+/// A datapath as `svc_egress` meets it on a local backend's veth: client EP on another
+/// interface and by id, with `flags` and `allows`; the test interface is the backend BACKEND_EP's, isolated both
+/// ways with no rule; CLUSTER4 a ClusterIP; PEER4's /24 in PEER_CLASS.
+fn setup_service_backend(flags: u32, allows: &[Allow]) -> Datapath {
+    let mut dp = setup_service_client(flags, allows);
+    let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, flags, allows);
+    dp.set_endpoint_id(client);
+    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, ISOLATED, &[]);
+    dp
+}
+
+/// Asserts that `key` is the one conntrack entry, with this rule and these flags.
+fn check_one_flow(dp: &Datapath, key: CtKey, rule_id: u32, flags: u32) {
+    let flows = dp.conntrack();
+    assert_eq!(flows.len(), 1, "flows: {flows:?}");
+    assert_eq!(flows[0].0, key);
+    assert_eq!(flows[0].1.rule_id, rule_id, "rule of {key:?}");
+    assert_eq!(flows[0].1.flags, flags, "flags of {key:?}");
+}
+
+fn egress_to_backends() -> Allow {
+    allow(Direction::Egress, PEER_CLASS, TCP, 8080, 8080, RULE_BACKEND)
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn syn_to_a_cluster_ip_is_deferred_with_a_pending_mark() {
+    let mut dp = setup_service_client(ENDPOINT_EGRESS_ISOLATED, &[]);
+    let frame = pkt_tcp4(POD4, CLUSTER4, 40000, 80, SYN);
+    let (action, mark) = dp.run_with_mark(names::FROM_POD_PROG, &frame, KUBE_PROXY_MARK);
+    assert_eq!(action, PASS);
+    assert_eq!(mark, svc_mark(KUBE_PROXY_MARK, EP));
+    assert_eq!(mark, 0xa007_4000);
+    assert_eq!(svc_pending(mark), Some(EP));
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(CLUSTER4), 40000, 80),
+        0,
+        CT_SERVICE,
+    );
+    check_only_counters(&dp, &[(Direction::Egress, Ok(Verdict::Service), 1)]);
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn later_packet_to_a_cluster_ip_is_deferred_again() {
+    let mut dp = setup_service_client(ENDPOINT_EGRESS_ISOLATED, &[]);
+    let (action, _) = dp.run_with_mark(
+        names::FROM_POD_PROG,
+        &pkt_tcp4(POD4, CLUSTER4, 40000, 80, SYN),
+        0,
+    );
+    assert_eq!(action, PASS);
+    let (action, mark) = dp.run_with_mark(
+        names::FROM_POD_PROG,
+        &pkt_tcp4(POD4, CLUSTER4, 40000, 80, ACK),
+        0,
+    );
+    assert_eq!(action, PASS);
+    assert_eq!(mark, svc_mark(0, EP));
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(CLUSTER4), 40000, 80),
+        0,
+        CT_SERVICE,
+    );
+    check_only_counters(&dp, &[(Direction::Egress, Ok(Verdict::Service), 2)]);
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn unmarked_packet_passes_svc_egress_untouched() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[]);
+    let frame = pkt_tcp4(POD4, PEER4, 40000, 9090, SYN);
+    // No pending magic, and the magic with endpoint id 0: neither is a pending mark.
+    for mark in [KUBE_PROXY_MARK, SVC_MARK_MAGIC | KUBE_PROXY_MARK] {
+        assert_eq!(
+            dp.run_with_mark(names::SVC_EGRESS_PROG, &frame, mark),
+            (PASS, mark)
+        );
+    }
+    assert!(dp.conntrack().is_empty());
+    check_only_counters_of(&dp, &[]);
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn marked_packet_allowed_after_dnat_is_tracked_and_counted_for_the_client() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[egress_to_backends()]);
+    let frame = pkt_tcp4(POD4, PEER4, 40000, 8080, SYN);
+    let (action, mark) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &frame,
+        svc_mark(KUBE_PROXY_MARK, EP),
+    );
+    assert_eq!(action, PASS);
+    assert_eq!(mark, KUBE_PROXY_MARK);
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(PEER4), 40000, 8080),
+        RULE_BACKEND,
+        0,
+    );
+    check_only_counters_of(&dp, &[(EP, Direction::Egress, Ok(Verdict::Policy), 1)]);
+    assert_eq!(
+        dp.counter(EP, Direction::Egress, code(Ok(Verdict::Policy)))
+            .bytes,
+        frame.len() as u64
+    );
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn marked_packet_denied_after_dnat_drops_with_an_event_for_the_client() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[egress_to_backends()]);
+    let (action, mark) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp4(POD4, PEER4, 40000, 9090, SYN),
+        svc_mark(KUBE_PROXY_MARK, EP),
+    );
+    assert_eq!(action, DROP);
+    assert_eq!(mark, KUBE_PROXY_MARK);
+    assert!(dp.conntrack().is_empty());
+    check_only_counters_of(
+        &dp,
+        &[(EP, Direction::Egress, Err(DropReason::PolicyDenied), 1)],
+    );
+    let event = check_one_event(&mut dp, Err(DropReason::PolicyDenied), 0);
+    assert_eq!(event.direction, Direction::Egress as u8);
+    assert_eq!(event.family, FAMILY_V4);
+    assert_eq!(event.protocol, TCP);
+    assert_eq!((event.src_port, event.dst_port), (40000, 9090));
+    assert_eq!(event.src_addr, addr16(v4(POD4)));
+    assert_eq!(event.dst_addr, addr16(v4(PEER4)));
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn marked_packet_of_a_client_not_egress_isolated_passes_as_not_isolated() {
+    let mut dp = setup_service_backend(ENDPOINT_INGRESS_ISOLATED, &[]);
+    let (action, mark) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp4(POD4, PEER4, 40000, 9090, SYN),
+        svc_mark(0, EP),
+    );
+    assert_eq!((action, mark), (PASS, 0));
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(PEER4), 40000, 9090),
+        0,
+        0,
+    );
+    check_only_counters_of(&dp, &[(EP, Direction::Egress, Ok(Verdict::NotIsolated), 1)]);
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn marked_packet_back_on_the_clients_own_interface_passes_as_own_service() {
+    // Isolated both ways with no rule: only the hairpin verdict lets the packet through.
+    let mut dp = setup_service_client(ISOLATED, &[]);
+    let client = dp.setup_endpoint(setup_test_ifindex(), EP, ISOLATED, &[]);
+    dp.set_endpoint_id(client);
+    let (action, mark) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp4(POD4, POD4, 40000, 8080, SYN),
+        svc_mark(KUBE_PROXY_MARK, EP),
+    );
+    assert_eq!((action, mark), (PASS, KUBE_PROXY_MARK));
+    assert!(dp.conntrack().is_empty());
+    check_only_counters(&dp, &[(Direction::Egress, Ok(Verdict::OwnService), 1)]);
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn reply_from_a_cluster_ip_passes_an_ingress_isolated_client() {
+    let mut dp = setup_service_client(ISOLATED, &[]);
+    let (action, _) = dp.run_with_mark(
+        names::FROM_POD_PROG,
+        &pkt_tcp4(POD4, CLUSTER4, 40000, 80, SYN),
+        0,
+    );
+    assert_eq!(action, PASS);
+    let (action, mark) = dp.run_with_mark(
+        names::TO_POD_PROG,
+        &pkt_tcp4(CLUSTER4, POD4, 80, 40000, SYN | ACK),
+        KUBE_PROXY_MARK,
+    );
+    assert_eq!((action, mark), (PASS, KUBE_PROXY_MARK));
+    // The entry is what let it through: another port of the ClusterIP is no reply.
+    assert_eq!(
+        dp.run(
+            Direction::Ingress,
+            &pkt_tcp4(CLUSTER4, POD4, 81, 40000, SYN | ACK)
+        ),
+        DROP
+    );
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(CLUSTER4), 40000, 80),
+        0,
+        CT_SERVICE,
+    );
+    check_only_counters(
+        &dp,
+        &[
+            (Direction::Egress, Ok(Verdict::Service), 1),
+            (Direction::Ingress, Ok(Verdict::Reply), 1),
+            (Direction::Ingress, Err(DropReason::PolicyDenied), 1),
+        ],
+    );
+    let event = check_one_event(&mut dp, Err(DropReason::PolicyDenied), 0);
+    assert_eq!(event.direction, Direction::Ingress as u8);
+    assert_eq!(event.src_port, 81);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn marked_packet_of_a_stale_endpoint_id_passes_unaccounted() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[]);
+    let stale = EP + 2;
+    let (action, mark) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp4(POD4, PEER4, 40000, 9090, SYN),
+        svc_mark(KUBE_PROXY_MARK, stale),
+    );
+    assert_eq!(action, PASS);
+    // The pending bits go, so no later hook decides it again; the other bits stay.
+    assert_eq!(mark, KUBE_PROXY_MARK);
+    assert!(dp.conntrack().is_empty());
+    check_only_counters_of(&dp, &[]);
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn later_marked_packet_rides_on_the_post_dnat_entry() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[egress_to_backends()]);
+    for flags in [SYN, ACK] {
+        let (action, mark) = dp.run_with_mark(
+            names::SVC_EGRESS_PROG,
+            &pkt_tcp4(POD4, PEER4, 40000, 8080, flags),
+            svc_mark(0, EP),
+        );
+        assert_eq!((action, mark), (PASS, 0));
+    }
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(PEER4), 40000, 8080),
+        RULE_BACKEND,
+        0,
+    );
+    check_only_counters_of(
+        &dp,
+        &[
+            (EP, Direction::Egress, Ok(Verdict::Policy), 1),
+            (EP, Direction::Egress, Ok(Verdict::Established), 1),
+        ],
+    );
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn marked_packet_still_to_the_cluster_ip_is_decided_by_policy_and_leaves_the_entry() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[egress_to_backends()]);
+    // from_pod runs on the client's veth; here the test interface stands in for it.
+    let client = dp.setup_endpoint(setup_test_ifindex(), EP, ENDPOINT_EGRESS_ISOLATED, &[]);
+    let frame = pkt_tcp4(POD4, CLUSTER4, 40000, 80, SYN);
+    let (action, mark) = dp.run_with_mark(names::FROM_POD_PROG, &frame, 0);
+    assert_eq!((action, mark), (PASS, svc_mark(0, EP)));
+    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, ISOLATED, &[]);
+    dp.set_endpoint_id(client);
+    // No Service port matched, so kube-proxy left the ClusterIP in place: the uplink's
+    // svc_egress sees the packet as from_pod did, and no rule allows the ClusterIP.
+    let (action, mark) = dp.run_with_mark(names::SVC_EGRESS_PROG, &frame, mark);
+    assert_eq!((action, mark), (DROP, 0));
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(CLUSTER4), 40000, 80),
+        0,
+        CT_SERVICE,
+    );
+    check_only_counters_of(
+        &dp,
+        &[
+            (EP, Direction::Egress, Ok(Verdict::Service), 1),
+            (EP, Direction::Egress, Err(DropReason::PolicyDenied), 1),
+        ],
+    );
+    let event = check_one_event(&mut dp, Err(DropReason::PolicyDenied), 0);
+    assert_eq!(event.dst_addr, addr16(v4(CLUSTER4)));
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn logged_client_reports_the_flow_svc_egress_allowed() {
+    let flags = ENDPOINT_EGRESS_ISOLATED | ENDPOINT_LOG_ALLOWED;
+    let mut dp = setup_service_backend(flags, &[egress_to_backends()]);
+    let (action, _) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp4(POD4, PEER4, 40000, 8080, SYN),
+        svc_mark(0, EP),
+    );
+    assert_eq!(action, PASS);
+    let event = check_one_event(&mut dp, Ok(Verdict::Policy), RULE_BACKEND);
+    assert_eq!(event.direction, Direction::Egress as u8);
+    assert_eq!(event.dst_addr, addr16(v4(PEER4)));
+    assert_eq!(event.dst_port, 8080);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn ipv6_cluster_ip_is_deferred_and_decided_after_dnat() {
+    const CLUSTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10);
+    let allows = [allow(
+        Direction::Egress,
+        PEER_CLASS,
+        TCP,
+        8080,
+        8080,
+        RULE_BACKEND,
+    )];
+    let mut dp = setup_service_client(ENDPOINT_EGRESS_ISOLATED, &allows);
+    dp.set_service(v6(CLUSTER6));
+    let (action, mark) = dp.run_with_mark(
+        names::FROM_POD_PROG,
+        &pkt_tcp6(POD6, CLUSTER6, 40000, 80, SYN),
+        0,
+    );
+    assert_eq!((action, mark), (PASS, svc_mark(0, EP)));
+    let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, ENDPOINT_EGRESS_ISOLATED, &allows);
+    dp.set_endpoint_id(client);
+    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, ISOLATED, &[]);
+    let (action, mark) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp6(POD6, PEER6, 40000, 8080, SYN),
+        mark,
+    );
+    assert_eq!((action, mark), (PASS, 0));
+    let mut flows = dp.conntrack();
+    flows.sort_by_key(|(key, _)| key.dst_port);
+    let keys: Vec<CtKey> = flows.iter().map(|(key, _)| *key).collect();
+    assert_eq!(
+        keys,
+        [
+            ct_key(Direction::Egress, TCP, v6(POD6), v6(CLUSTER6), 40000, 80),
+            ct_key(Direction::Egress, TCP, v6(POD6), v6(PEER6), 40000, 8080),
+        ]
+    );
+    assert_eq!(
+        (flows[0].1.flags, flows[1].1.flags, flows[1].1.rule_id),
+        (CT_SERVICE, 0, RULE_BACKEND)
+    );
+    check_only_counters_of(
+        &dp,
+        &[
+            (EP, Direction::Egress, Ok(Verdict::Service), 1),
+            (EP, Direction::Egress, Ok(Verdict::Policy), 1),
+        ],
+    );
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn hairpin_through_the_own_service_reaches_an_isolated_client() {
+    let mut dp = setup_service_client(ISOLATED, &[]);
+    let client = dp.setup_endpoint(setup_test_ifindex(), EP, ISOLATED, &[]);
+    dp.set_endpoint_id(client);
+    // kube-proxy masquerades a hairpin to a node address, so the client's ingress is host
+    // traffic once svc_egress in front of to_pod passed it.
+    let frame = pkt_tcp4(HOST4, POD4, 40000, 8080, SYN);
+    let (action, mark) = dp.run_with_mark(names::SVC_EGRESS_PROG, &frame, svc_mark(0, EP));
+    assert_eq!((action, mark), (PASS, 0));
+    let (action, mark) = dp.run_with_mark(names::TO_POD_PROG, &frame, mark);
+    assert_eq!((action, mark), (PASS, 0));
+    assert!(dp.conntrack().is_empty());
+    check_only_counters(
+        &dp,
+        &[
+            (Direction::Egress, Ok(Verdict::OwnService), 1),
+            (Direction::Ingress, Ok(Verdict::Host), 1),
+        ],
+    );
+    check_no_events(&mut dp);
 }

@@ -18,7 +18,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramError, ProgramInfo, SchedClassifier, TestRun, TestRunOptions},
 };
 use policy_common::{
@@ -48,6 +48,12 @@ pub struct Allow {
 pub const PASS: i32 = -1;
 /// Return value of a program that dropped the packet (`TC_ACT_SHOT`).
 pub const DROP: i32 = 2;
+
+/// Size of the kernel's `struct __sk_buff`, the context TEST_RUN takes in and gives back for TC
+/// programs (its last field, `hwtstamp`, ends at byte 192).
+const SK_BUFF_SIZE: usize = 192;
+/// Offset of `mark` in `struct __sk_buff`, one of the fields TEST_RUN's `ctx_in` may set.
+const SK_BUFF_MARK: usize = 8;
 
 const BPF_FS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -194,6 +200,27 @@ impl Datapath {
         (result.return_value as i32, result.duration)
     }
 
+    /// Runs `program` once on `frame` with `skb->mark` set to `mark`; returns its TC action and
+    /// the mark it left.
+    pub fn run_with_mark(&self, program: &str, frame: &[u8], mark: u32) -> (i32, u32) {
+        let mut ctx_in = [0; SK_BUFF_SIZE];
+        ctx_in[SK_BUFF_MARK..SK_BUFF_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0; SK_BUFF_SIZE];
+        let result = self
+            .program(program)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {program}: {error:?}"));
+        assert_eq!(result.ctx_size_out as usize, SK_BUFF_SIZE, "context size");
+        let mut mark_out = [0; 4];
+        mark_out.copy_from_slice(&ctx_out[SK_BUFF_MARK..SK_BUFF_MARK + 4]);
+        (result.return_value as i32, u32::from_ne_bytes(mark_out))
+    }
+
     pub fn info(&self, name: &str) -> ProgramInfo {
         self.program(name).info().expect("program info")
     }
@@ -269,6 +296,15 @@ impl Datapath {
             .expect("inserting an endpoint");
     }
 
+    /// Makes `info` the endpoint of its id, where `svc_egress` finds a client away from its
+    /// own interface.
+    pub fn set_endpoint_id(&mut self, info: EndpointInfo) {
+        let mut map: Array<&mut MapData, EndpointInfo> =
+            Array::try_from(self.map(names::ENDPOINT_IDS_MAP)).expect("endpoint id map");
+        map.set(info.endpoint_id, &info, 0)
+            .expect("setting an endpoint by id");
+    }
+
     /// Maps `addr/len` to peer class `class`.
     pub fn set_peer(&mut self, addr: IpAddr, len: u32, class: u32) {
         let value = PeerClass { id: class };
@@ -300,6 +336,14 @@ impl Datapath {
             HashMap::try_from(self.map(names::HOST_ADDRS_MAP)).expect("host map");
         map.insert(&host_key(addr), &1, 0)
             .expect("inserting a host address");
+    }
+
+    /// Makes `addr` a Service's ClusterIP.
+    pub fn set_service(&mut self, addr: IpAddr) {
+        let mut map: HashMap<&mut MapData, HostAddrKey, u8> =
+            HashMap::try_from(self.map(names::SERVICES_MAP)).expect("service map");
+        map.insert(&host_key(addr), &1, 0)
+            .expect("inserting a ClusterIP");
     }
 
     pub fn conntrack(&self) -> Vec<(CtKey, CtValue)> {
