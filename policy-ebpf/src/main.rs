@@ -82,34 +82,7 @@ use crate::{
 /// of packets that failed to parse carry no tuple.
 #[classifier]
 fn from_pod(ctx: TcContext) -> i32 {
-    // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
-    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    let Some(endpoint) = NP_ENDPOINT_V1.get_ptr(&ifindex) else {
-        return TC_ACT_UNSPEC;
-    };
-    // SAFETY: a live map value, copied out once.
-    let endpoint = unsafe { *endpoint };
-    let mut packet = Packet::new();
-    let parsed = parse::parse(&ctx, &mut packet);
-    let decision = decide(
-        &ctx,
-        &endpoint,
-        Direction::Egress,
-        &mut packet,
-        parsed,
-        true,
-    );
-    if decision.result == Ok(Verdict::Service) {
-        ctx.set_mark(svc_mark(mark(&ctx), endpoint.endpoint_id));
-    }
-    account(
-        &ctx,
-        &endpoint,
-        ifindex,
-        Direction::Egress,
-        &packet,
-        &decision,
-    )
+    run(&ctx, Direction::Egress)
 }
 
 /// The pod's ingress, on the host veth's TC egress.
@@ -119,6 +92,13 @@ fn from_pod(ctx: TcContext) -> i32 {
 /// A pending Service egress was decided before, by `svc_egress` in front of it on this hook.
 #[classifier]
 fn to_pod(ctx: TcContext) -> i32 {
+    run(&ctx, Direction::Ingress)
+}
+
+/// A pod program: the endpoint of the interface decides its packet in `direction`. Only the
+/// pod's egress defers packets to a ClusterIP, marking them for `svc_egress`.
+#[inline(always)]
+fn run(ctx: &TcContext, direction: Direction) -> i32 {
     // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
     let Some(endpoint) = NP_ENDPOINT_V1.get_ptr(&ifindex) else {
@@ -127,23 +107,13 @@ fn to_pod(ctx: TcContext) -> i32 {
     // SAFETY: a live map value, copied out once.
     let endpoint = unsafe { *endpoint };
     let mut packet = Packet::new();
-    let parsed = parse::parse(&ctx, &mut packet);
-    let decision = decide(
-        &ctx,
-        &endpoint,
-        Direction::Ingress,
-        &mut packet,
-        parsed,
-        false,
-    );
-    account(
-        &ctx,
-        &endpoint,
-        ifindex,
-        Direction::Ingress,
-        &packet,
-        &decision,
-    )
+    let parsed = parse::parse(ctx, &mut packet);
+    let services = direction == Direction::Egress;
+    let decision = decide(ctx, &endpoint, direction, &mut packet, parsed, services);
+    if decision.result == Ok(Verdict::Service) {
+        ctx.set_mark(svc_mark(mark(ctx), endpoint.endpoint_id));
+    }
+    account(ctx, &endpoint, ifindex, direction, &packet, &decision)
 }
 
 /// The deferred egress of pod packets to a ClusterIP, on TC egress of every interface a packet
