@@ -12,16 +12,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{assign::node_name, cmd, names, netns};
+use crate::check;
 
 /// The environment variable that names the agent binary.
 pub const AGENT_BIN_ENV: &str = "NETPOL_AGENT_BIN";
-
-/// The workspace root (the parent of the xtask crate).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
 
 /// The agent binary: `--agent-bin`, else `$NETPOL_AGENT_BIN`, else the workspace's debug build.
 /// The last one is built first unless `build` is false.
@@ -29,7 +23,7 @@ pub fn binary(given: Option<PathBuf>, build: bool) -> Result<PathBuf> {
     if let Some(path) = given.or_else(|| std::env::var_os(AGENT_BIN_ENV).map(PathBuf::from)) {
         return Ok(path);
     }
-    let root = workspace_root();
+    let root = check::workspace_root();
     if build {
         println!("building policy-agent");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
