@@ -1,11 +1,12 @@
 //! `cargo xtask check`: formatting, clippy with `-D warnings` on the host crates and on the eBPF
-//! crate for its BPF target, and the purity of the policy core.
+//! crate for its BPF target, the purity of the policy core, and `deploy/` (every manifest against
+//! the vendored Kubernetes schemas, the kind config, the Dockerfile; see [`crate::deploy`]).
 
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::{run, setup};
+use crate::{deploy, run, schema, setup};
 
 /// Crate names the pure policy core must never mention.
 const IMPURE_CRATES: [&str; 4] = ["kube", "k8s_openapi", "aya", "tokio"];
@@ -54,6 +55,14 @@ pub fn run() -> anyhow::Result<()> {
         IMPURE_CRATES.join(", ")
     );
     check_policy_purity(&workspace_root().join("policy-agent/src/policy"))?;
+    println!(
+        "check: the manifests under deploy/ against the Kubernetes {} schemas (strict, offline)",
+        schema::KUBERNETES_VERSION
+    );
+    let (objects, files) = deploy::check_manifests(&workspace_root().join("deploy"))?;
+    println!("check: {objects} objects in {files} files are valid");
+    println!("check: deploy/Dockerfile against the workspace");
+    deploy::check_dockerfile(&workspace_root())?;
     println!("check: all clean");
     Ok(())
 }

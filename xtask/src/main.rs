@@ -4,9 +4,12 @@ mod bench;
 mod build;
 mod check;
 mod demo;
+mod deploy;
 mod e2e;
+mod kind_e2e;
 mod lab;
 mod run;
+mod schema;
 mod setup;
 mod test;
 
@@ -25,7 +28,8 @@ enum Command {
     Setup(setup::Args),
     /// Build the agent with its embedded eBPF object.
     Build(build::Args),
-    /// rustfmt, clippy -D warnings (host and eBPF crates) and the policy core's purity.
+    /// rustfmt, clippy -D warnings (host and eBPF crates), the policy core's purity, and the
+    /// manifests, kind config and Dockerfile under deploy/.
     Check,
     /// Every test; the privileged ones need root.
     Test(test::Args),
@@ -35,6 +39,9 @@ enum Command {
     Lab(lab::Args),
     /// The end-to-end NetworkPolicy scenarios against the lab (root).
     E2e(e2e::Args),
+    /// The end-to-end scenarios against a kind cluster running the agent from `deploy/` (needs
+    /// docker, kind and kubectl).
+    KindE2e(kind_e2e::Args),
     /// A two-minute tour (root): the example policies applied one by one in the lab, the real
     /// connections next to what `explain` predicts, and the drops the kernel reported.
     Demo(demo::Args),
@@ -49,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Lab(args) => lab::run(args),
         Command::Bench => bench::run(),
         Command::E2e(args) => e2e::run(&args),
+        Command::KindE2e(args) => kind_e2e::run(&args),
         Command::Demo(args) => demo::run(&args),
     }
 }

@@ -21,8 +21,8 @@
 
 mod expect;
 mod lab;
-mod matrix;
-mod scenario;
+pub(crate) mod matrix;
+pub(crate) mod scenario;
 mod steady;
 
 use std::{

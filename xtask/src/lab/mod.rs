@@ -3,14 +3,14 @@
 //! like kube-proxy does, and the real agent on every node.
 
 mod agent;
-mod assign;
+pub(crate) mod assign;
 mod cmd;
 mod down;
 pub(crate) mod manifest;
 pub(crate) mod names;
 pub(crate) mod netns;
 pub(crate) mod plan;
-mod probe;
+pub(crate) mod probe;
 mod render;
 mod serve;
 mod services;
