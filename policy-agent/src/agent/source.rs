@@ -1,6 +1,6 @@
 //! Where the agent reads the cluster from, and how it learns of changes. Both sources give the
-//! run loop the same thing: a converted [`Snapshot`], its generation, and a channel that carries
-//! one `()` per change.
+//! run loop the same thing: a [`Content`] (the converted snapshot and its generation), and a
+//! channel that carries one `()` per change.
 
 use std::{
     fmt,
@@ -15,9 +15,8 @@ use tracing::{debug, warn};
 use super::AgentError;
 use crate::{
     error_chain,
-    k8s::{self, KubeSource, NotReady, Rejected},
+    k8s::{self, Content, KubeSource, NotReady},
     manifest::{self, ManifestError},
-    policy::model::Snapshot,
 };
 
 /// The agent's source of Pods, Namespaces, Services and NetworkPolicies.
@@ -74,16 +73,6 @@ pub enum LoadError {
     NotReady(#[source] NotReady),
 }
 
-/// What a source gives one reconcile.
-#[derive(Debug)]
-pub struct Content {
-    pub snapshot: Snapshot,
-    /// Stands for the content: equal content, equal generation.
-    pub generation: String,
-    /// Objects left out of the snapshot (the Kubernetes source applies the rest).
-    pub rejected: Vec<Rejected>,
-}
-
 /// A started source.
 pub enum Loader {
     Files {
@@ -117,18 +106,12 @@ impl Loader {
     }
 
     /// The current content. Manifests with errors give none: a user editing files fixes them.
-    /// The Kubernetes source leaves rejected objects out (each is in [`Content::rejected`]).
+    /// The Kubernetes source leaves rejected objects out (each is in [`Content::rejected`]);
+    /// manifests never reject one.
     pub fn load(&self) -> Result<Content, LoadError> {
         match self {
             Loader::Files { dir, .. } => load_files(dir),
-            Loader::Kubernetes(source) => {
-                let content = source.content().map_err(LoadError::NotReady)?;
-                Ok(Content {
-                    snapshot: content.snapshot,
-                    generation: content.generation,
-                    rejected: content.rejected,
-                })
-            }
+            Loader::Kubernetes(source) => source.content().map_err(LoadError::NotReady),
         }
     }
 }

@@ -105,13 +105,15 @@ pub struct Rejected {
     pub error: FieldError,
 }
 
-/// The converted content of the caches.
+/// What a source gives one reconcile: the converted snapshot and what stands for it.
 #[derive(Debug)]
 pub struct Content {
     pub snapshot: Snapshot,
-    /// A hex SHA-256 of the sorted (kind, uid, resourceVersion) of every converted object: a
-    /// relist of unchanged objects gives the same generation.
+    /// Equal content, equal generation. Here: a hex SHA-256 of the sorted (kind, uid,
+    /// resourceVersion) of every converted object, so a relist of unchanged objects gives the
+    /// same generation.
     pub generation: String,
+    /// Objects left out of the snapshot, each with the field at fault.
     pub rejected: Vec<Rejected>,
 }
 
