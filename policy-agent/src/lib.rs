@@ -5,6 +5,7 @@ pub mod agent;
 pub mod datapath;
 pub mod discovery;
 pub mod explain;
+pub mod k8s;
 pub mod manifest;
 pub mod policy;
 

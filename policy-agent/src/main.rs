@@ -34,9 +34,14 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Where the cluster's objects come from: `files:DIR` (a directory of manifests, watched).
-    #[arg(long)]
+    /// Where the cluster's objects come from: `kubernetes` (the API server: in-cluster config,
+    /// else the kubeconfig) or `files:DIR` (a directory of manifests, watched).
+    #[arg(long, default_value = "kubernetes")]
     source: Source,
+    /// The kubeconfig of the `kubernetes` source (default: in-cluster config, else KUBECONFIG,
+    /// else ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// This node's name, as in the Pods' `spec.nodeName`.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -123,8 +128,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             explain::run(&options, &mut io::stdout().lock(), &mut io::stderr().lock())?;
         }
         Command::Run(args) => {
+            let source = match (args.source, args.kubeconfig) {
+                (Source::Kubernetes { .. }, kubeconfig) => Source::Kubernetes { kubeconfig },
+                (Source::Files(_), Some(_)) => {
+                    anyhow::bail!("--kubeconfig only applies to --source kubernetes")
+                }
+                (files, None) => files,
+            };
             let config = RunConfig {
-                source: args.source,
+                source,
                 node_name: args.node_name,
                 pin_dir: args.pin_dir,
                 state_dir: args.state_dir,

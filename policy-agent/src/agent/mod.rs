@@ -1,13 +1,14 @@
 //! `policy-agent run`: the node agent's loop.
 //!
-//! source (a manifest directory) -> snapshot -> resolve (pure) -> desired state of this node's
+//! source (the API server's reflectors, or a manifest directory) -> snapshot -> resolve (pure) -> desired state of this node's
 //! endpoints -> endpoint discovery (the host-side interface of each local pod) -> the delta
 //! against what is programmed -> map writes, then attach -> the applied generation is published.
 //!
 //! Reconciles run when the source changes, and every second while some local pod has no
-//! interface yet or the node's addresses may have changed. Content with errors (an unparsable
-//! document, an invalid object) is reported and not applied: the datapath keeps the last good
-//! state, which never opens what the bad content might have closed. On start the agent adopts
+//! interface yet or the node's addresses may have changed. Manifests with errors (an unparsable
+//! document, an invalid object) are reported and not applied: the datapath keeps the last good
+//! state, which never opens what the bad content might have closed. The Kubernetes source
+//! applies everything but the objects it rejects, and reports those. On start the agent adopts
 //! what is pinned: the programs keep enforcing while it is down, and the first reconcile writes
 //! only what differs from the maps.
 //!
@@ -31,6 +32,7 @@ use std::{
 };
 
 pub use flows::FlowContext;
+use source::{LoadError, Loader};
 pub use source::{Source, SourceParseError};
 use tracing::{debug, info, warn};
 
@@ -38,7 +40,7 @@ use crate::{
     datapath::{ApplyError, Datapath, DatapathConfig, DatapathError},
     discovery::{Discovery, DiscoveryError},
     error_chain,
-    manifest::{self, ManifestError},
+    k8s::{self, Rejected},
     policy::{
         adopt::resolve_adopting,
         model::Snapshot,
@@ -80,6 +82,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Kubernetes(#[from] k8s::ClientError),
     #[error("cannot watch {dir}", dir = dir.display())]
     Watch {
         dir: PathBuf,
@@ -97,13 +101,10 @@ pub enum AgentError {
 /// Why one reconcile did not apply.
 #[derive(Debug, thiserror::Error)]
 enum ReconcileError {
-    #[error("the manifests have {count} error(s); keeping the last good state. First: {first}")]
-    Manifests { count: usize, first: ManifestError },
-    #[error("cannot hash the manifests")]
-    Generation {
-        #[source]
-        source: ManifestError,
-    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{count} object(s) rejected and left out, the rest applied. First: {first}")]
+    Rejected { count: usize, first: Rejected },
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     #[error(transparent)]
@@ -148,6 +149,7 @@ impl From<ApplyError> for ReconcileError {
 /// The agent's memory between reconciles.
 struct Agent {
     config: RunConfig,
+    loader: Loader,
     datapath: Datapath,
     discovery: Discovery,
     /// The last resolved state: ids stay stable against it.
@@ -194,9 +196,9 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
     let flow_log = config.state_dir.join("flows.jsonl");
     tokio::spawn(flows::record(events, Arc::clone(&flow_context), flow_log));
 
-    let Source::Files(dir) = &config.source;
-    let (_watcher, mut changes) = source::watch(dir)?;
+    let (loader, mut changes) = Loader::start(&config.source, &config.node_name).await?;
     let mut agent = Agent {
+        loader,
         discovery: Discovery::new()?,
         datapath,
         resolved: NodeState::default(),
@@ -290,25 +292,11 @@ impl Agent {
 
     /// Returns whether anything was written.
     async fn reconcile(&mut self) -> Result<bool, ReconcileError> {
-        let Source::Files(dir) = &self.config.source;
-        // The hash first: content read after it is at least as new, so a published generation
-        // is never ahead of what was applied.
-        let generation =
-            manifest::generation(dir).map_err(|source| ReconcileError::Generation { source })?;
-        let mut loaded = manifest::load(std::slice::from_ref(dir));
-        if !loaded.errors.is_empty() {
-            for error in &loaded.errors {
-                warn!("{}", error_chain(error));
-            }
-            let count = loaded.errors.len();
-            return Err(ReconcileError::Manifests {
-                count,
-                first: loaded.errors.swap_remove(0),
-            });
+        let mut loaded = self.loader.load()?;
+        for rejected in &loaded.rejected {
+            warn!("{}", error_chain(rejected));
         }
-        for skipped in &loaded.skipped {
-            debug!("{skipped}");
-        }
+        let generation = std::mem::take(&mut loaded.generation);
         let resolved = match &self.programmed {
             Some(_) => resolve(&loaded.snapshot, &self.config.node_name, &self.resolved)?,
             // After a restart: keep the ids the pinned maps already use, so unchanged state is
@@ -414,6 +402,12 @@ impl Agent {
             write_atomically(&path, &format!("{generation}\n"))
                 .map_err(|source| ReconcileError::Publish { path, source })?;
             self.applied_generation = Some(generation);
+        }
+        if !loaded.rejected.is_empty() {
+            return Err(ReconcileError::Rejected {
+                count: loaded.rejected.len(),
+                first: loaded.rejected.swap_remove(0),
+            });
         }
         Ok(writes > 0)
     }

@@ -1,22 +1,37 @@
-//! Where the agent reads the cluster from, and how it learns of changes.
+//! Where the agent reads the cluster from, and how it learns of changes. Both sources give the
+//! run loop the same thing: a [`Content`] (the converted snapshot and its generation), and a
+//! channel that carries one `()` per change.
 
-use std::{fmt, path::PathBuf, str::FromStr};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
 use super::AgentError;
+use crate::{
+    error_chain,
+    k8s::{self, Content, KubeSource, NotReady},
+    manifest::{self, ManifestError},
+};
 
-/// The agent's source of Pods, Namespaces and NetworkPolicies.
+/// The agent's source of Pods, Namespaces, Services and NetworkPolicies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
+    /// The API server (`kubernetes`): the in-cluster service account, or a kubeconfig (this
+    /// one, else `KUBECONFIG`, else `~/.kube/config`).
+    Kubernetes { kubeconfig: Option<PathBuf> },
     /// A directory of manifests, watched with inotify (`files:DIR`).
     Files(PathBuf),
 }
 
 /// A `--source` value the agent does not know.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown source `{given}`: expected `files:DIR`")]
+#[error("unknown source `{given}`: expected `kubernetes` or `files:DIR`")]
 pub struct SourceParseError {
     given: String,
 }
@@ -26,6 +41,7 @@ impl FromStr for Source {
 
     fn from_str(text: &str) -> Result<Source, SourceParseError> {
         match text.split_once(':') {
+            None if text == "kubernetes" => Ok(Source::Kubernetes { kubeconfig: None }),
             Some(("files", dir)) if !dir.is_empty() => Ok(Source::Files(PathBuf::from(dir))),
             _ => Err(SourceParseError {
                 given: text.to_owned(),
@@ -37,9 +53,93 @@ impl FromStr for Source {
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Source::Kubernetes { .. } => f.write_str("kubernetes"),
             Source::Files(dir) => write!(f, "files:{}", dir.display()),
         }
     }
+}
+
+/// Why a source gave no content to apply.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the manifests have {count} error(s); keeping the last good state. First: {first}")]
+    Manifests { count: usize, first: ManifestError },
+    #[error("cannot hash the manifests")]
+    Generation {
+        #[source]
+        source: ManifestError,
+    },
+    #[error("keeping the last good state")]
+    NotReady(#[source] NotReady),
+}
+
+/// A started source.
+pub enum Loader {
+    Files {
+        dir: PathBuf,
+        _watcher: notify::RecommendedWatcher,
+    },
+    Kubernetes(KubeSource),
+}
+
+impl Loader {
+    /// Starts watching `source`; the receiver gets one `()` per change.
+    pub async fn start(
+        source: &Source,
+        node_name: &str,
+    ) -> Result<(Loader, mpsc::UnboundedReceiver<()>), AgentError> {
+        match source {
+            Source::Files(dir) => {
+                let (watcher, changes) = watch(dir)?;
+                let loader = Loader::Files {
+                    dir: dir.clone(),
+                    _watcher: watcher,
+                };
+                Ok((loader, changes))
+            }
+            Source::Kubernetes { kubeconfig } => {
+                let client = k8s::client(kubeconfig.as_deref()).await?;
+                let (source, changes) = KubeSource::start(client, node_name);
+                Ok((Loader::Kubernetes(source), changes))
+            }
+        }
+    }
+
+    /// The current content. Manifests with errors give none: a user editing files fixes them.
+    /// The Kubernetes source leaves rejected objects out (each is in [`Content::rejected`]);
+    /// manifests never reject one.
+    pub fn load(&self) -> Result<Content, LoadError> {
+        match self {
+            Loader::Files { dir, .. } => load_files(dir),
+            Loader::Kubernetes(source) => source.content().map_err(LoadError::NotReady),
+        }
+    }
+}
+
+fn load_files(dir: &Path) -> Result<Content, LoadError> {
+    // The hash first: content read after it is at least as new, so a published generation
+    // is never ahead of what was applied.
+    let generation =
+        manifest::generation(dir).map_err(|source| LoadError::Generation { source })?;
+    let mut loaded = manifest::load(std::slice::from_ref(&dir.to_owned()));
+    if !loaded.errors.is_empty() {
+        for error in &loaded.errors {
+            warn!("{}", error_chain(error));
+        }
+        let count = loaded.errors.len();
+        return Err(LoadError::Manifests {
+            count,
+            first: loaded.errors.swap_remove(0),
+        });
+    }
+    for skipped in &loaded.skipped {
+        debug!("{skipped}");
+    }
+    Ok(Content {
+        snapshot: loaded.snapshot,
+        generation,
+        rejected: Vec::new(),
+    })
 }
 
 /// Watches `dir` (recursively); every change sends one `()`. The watcher stops when dropped.
@@ -77,8 +177,15 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_source_parses_and_prints() {
+        let source: Source = "kubernetes".parse().expect("valid source");
+        assert_eq!(source, Source::Kubernetes { kubeconfig: None });
+        assert_eq!(source.to_string(), "kubernetes");
+    }
+
+    #[test]
     fn other_sources_are_refused_by_name() {
-        for given in ["kubernetes", "files:", "dir:/x"] {
+        for given in ["kubernetes:", "kube", "files:", "dir:/x"] {
             let error = given.parse::<Source>().expect_err("invalid source");
             assert!(error.to_string().contains(given), "{error}");
         }

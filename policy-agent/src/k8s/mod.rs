@@ -1,0 +1,436 @@
+//! The Kubernetes source: reflectors over the API server feed the same snapshot -> resolve ->
+//! delta path as the manifest source.
+//!
+//! What is watched (list + watch, with bookmarks):
+//! - Pods of all namespaces: labels, node, phase, IPs and container ports. Policies select pods
+//!   of every namespace as peers, so every pod is cached, not only this node's.
+//! - Namespaces (labels, for namespaceSelectors), NetworkPolicies (the whole spec) and Services
+//!   (ClusterIPs, selector, ports).
+//! - This node's own Node (field selector `metadata.name=NODE`). The agent enforces on the pods
+//!   whose `spec.nodeName` is its `--node-name`; if no such Node exists, the name is wrong and
+//!   enforcing would silently cover no pod, so no snapshot is given (the reconcile fails with a
+//!   clear error) until the Node exists. Its addresses are logged when it appears.
+//!
+//! EndpointSlices are not watched: the datapath decides a pod's egress to a ClusterIP after
+//! kube-proxy's DNAT, against the backend pod's own IP (which the Pods already give), so it only
+//! needs the ClusterIPs of the Services, never the list of their backends.
+//!
+//! Every object is stripped to the fields above before it is cached ([`strip`]). Watch errors
+//! back off exponentially (kube's default, 0.8 s to 30 s) and the watch resumes from the last
+//! resourceVersion; a 410 Gone relists, and the store swaps the relisted content in at once.
+//! Content is only given once every kind has been listed completely, so a half-listed cluster
+//! (pods without their policies) never opens anything.
+//!
+//! Objects the conversion rejects are reported one by one (object and field) and left out; the
+//! rest applies. Pods without IPs or without a node are simply not endpoints or peers yet.
+
+mod strip;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    fmt::Debug,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node, Pod, Service},
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    Api, Client, Resource,
+    config::{Config, InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{
+    error_chain,
+    manifest::convert::{self, FieldError, Invalid},
+    policy::model::Snapshot,
+};
+
+/// Why the Kubernetes client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot use the kubeconfig {path}", path = path.display())]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("no Kubernetes configuration: not running in a cluster, and no usable kubeconfig")]
+    Infer {
+        #[source]
+        source: InferConfigError,
+    },
+    #[error("cannot create the Kubernetes client")]
+    Client {
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Why the source has no content to give yet.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("waiting for the first complete list of {kinds} from the API server")]
+    NotListed { kinds: String },
+    #[error(
+        "node {node} does not exist in the cluster: check --node-name (or NODE_NAME); nothing \
+         is enforced for it until it does"
+    )]
+    NodeMissing { node: String },
+}
+
+/// An object the conversion rejected, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{object}: {field}")]
+pub struct Rejected {
+    pub object: String,
+    pub field: String,
+    #[source]
+    pub error: FieldError,
+}
+
+/// What a source gives one reconcile: the converted snapshot and what stands for it.
+#[derive(Debug)]
+pub struct Content {
+    pub snapshot: Snapshot,
+    /// Equal content, equal generation. Here: a hex SHA-256 of the sorted (kind, uid,
+    /// resourceVersion) of every converted object, so a relist of unchanged objects gives the
+    /// same generation.
+    pub generation: String,
+    /// Objects left out of the snapshot, each with the field at fault.
+    pub rejected: Vec<Rejected>,
+}
+
+/// The kinds the source watches, in the order the generation hashes them; the discriminant
+/// indexes [`KubeSource::listed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Namespace,
+    Pod,
+    Service,
+    NetworkPolicy,
+    Node,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Service,
+        Kind::NetworkPolicy,
+        Kind::Node,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Node => "Node",
+        }
+    }
+}
+
+/// Builds a client from `kubeconfig`, or else as `kube` infers it: the in-cluster service
+/// account, then `KUBECONFIG`, then `~/.kube/config`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig_error = |source| ClientError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(kubeconfig_error)?
+        }
+        None => Config::infer()
+            .await
+            .map_err(|source| ClientError::Infer { source })?,
+    };
+    Client::try_from(config).map_err(|source| ClientError::Client { source })
+}
+
+/// The reflectors' caches. Dropping the source stops its watches.
+pub struct KubeSource {
+    node_name: String,
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    policies: Store<NetworkPolicy>,
+    nodes: Store<Node>,
+    /// Per [`Kind`] (by position in [`Kind::ALL`]): whether its first list is complete.
+    listed: Arc<[AtomicBool; 5]>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl KubeSource {
+    /// Starts the watches (on the current tokio runtime). Every change to a cache (an added,
+    /// modified or deleted object, or a completed list) sends one `()`.
+    pub fn start(client: Client, node_name: &str) -> (KubeSource, mpsc::UnboundedReceiver<()>) {
+        let (changes, receiver) = mpsc::unbounded_channel();
+        let listed = Arc::new([const { AtomicBool::new(false) }; 5]);
+        let mut tasks = Vec::new();
+        let mut watch = Watch {
+            changes: &changes,
+            listed: &listed,
+            tasks: &mut tasks,
+        };
+        let everything = watcher::Config::default;
+        let namespaces = watch.spawn(
+            Kind::Namespace,
+            Api::all(client.clone()),
+            everything(),
+            strip::namespace,
+            |_| {},
+        );
+        let pods = watch.spawn(
+            Kind::Pod,
+            Api::all(client.clone()),
+            everything(),
+            strip::pod,
+            |_| {},
+        );
+        let services = watch.spawn(
+            Kind::Service,
+            Api::all(client.clone()),
+            everything(),
+            strip::service,
+            |_| {},
+        );
+        let policies = watch.spawn(
+            Kind::NetworkPolicy,
+            Api::all(client.clone()),
+            everything(),
+            strip::network_policy,
+            |_| {},
+        );
+        let nodes = watch.spawn(
+            Kind::Node,
+            Api::all(client),
+            everything().fields(&format!("metadata.name={node_name}")),
+            strip::node,
+            log_node,
+        );
+        let source = KubeSource {
+            node_name: node_name.to_owned(),
+            namespaces,
+            pods,
+            services,
+            policies,
+            nodes,
+            listed,
+            tasks,
+        };
+        (source, receiver)
+    }
+
+    /// Converts what the caches hold, once every kind is listed and this node exists.
+    pub fn content(&self) -> Result<Content, NotReady> {
+        let missing: Vec<&str> = Kind::ALL
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !self.listed[*index].load(Ordering::Acquire))
+            .map(|(_, kind)| kind.name())
+            .collect();
+        if !missing.is_empty() {
+            return Err(NotReady::NotListed {
+                kinds: missing.join(", "),
+            });
+        }
+        let own_node = self
+            .nodes
+            .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()));
+        if own_node.is_none() {
+            return Err(NotReady::NodeMissing {
+                node: self.node_name.clone(),
+            });
+        }
+
+        let mut converted = Converted::default();
+        let snapshot = Snapshot {
+            namespaces: converted.all(Kind::Namespace, &self.namespaces, convert::namespace),
+            pods: converted.all(Kind::Pod, &self.pods, convert::pod),
+            services: converted.all(Kind::Service, &self.services, convert::service),
+            policies: converted.all(Kind::NetworkPolicy, &self.policies, convert::network_policy),
+        };
+        let Converted {
+            mut versions,
+            rejected,
+        } = converted;
+        versions.sort();
+        let mut hasher = Sha256::new();
+        for (kind, uid, resource_version) in &versions {
+            for part in [kind.name(), uid, resource_version] {
+                hasher.update(part.as_bytes());
+                hasher.update([0]);
+            }
+        }
+        Ok(Content {
+            snapshot,
+            generation: format!("{:x}", hasher.finalize()),
+            rejected,
+        })
+    }
+}
+
+/// What [`KubeSource::start`] shares with each watch task.
+struct Watch<'a> {
+    changes: &'a mpsc::UnboundedSender<()>,
+    listed: &'a Arc<[AtomicBool; 5]>,
+    tasks: &'a mut Vec<JoinHandle<()>>,
+}
+
+impl Watch<'_> {
+    /// Spawns a watcher of `api`, stripped by `strip` and reflected into the returned store.
+    fn spawn<K>(
+        &mut self,
+        kind: Kind,
+        api: Api<K>,
+        config: watcher::Config,
+        strip: fn(&mut K),
+        on_apply: fn(&K),
+    ) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let (store, writer) = reflector::store();
+        let index = kind as usize;
+        let changes = self.changes.clone();
+        let listed = Arc::clone(self.listed);
+        let mut events = watcher(api, config)
+            .default_backoff()
+            .modify(strip)
+            .reflect(writer)
+            .boxed();
+        self.tasks.push(tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        listed[index].store(true, Ordering::Release);
+                        info!(kind = kind.name(), "listed");
+                    }
+                    Ok(watcher::Event::Apply(object)) => on_apply(&object),
+                    Ok(watcher::Event::Delete(_)) => {}
+                    // Until InitDone the store still holds the previous content.
+                    Ok(watcher::Event::InitApply(object)) => {
+                        on_apply(&object);
+                        continue;
+                    }
+                    Ok(watcher::Event::Init) => continue,
+                    Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                        info!(kind = kind.name(), "watch expired (410 Gone): relisting");
+                        continue;
+                    }
+                    Err(error) => {
+                        warn!(kind = kind.name(), "{}; retrying", error_chain(&error));
+                        continue;
+                    }
+                }
+                // The receiver is gone only while the agent exits.
+                let _ = changes.send(());
+            }
+        }));
+        store
+    }
+}
+
+/// Logs the node's addresses when it appears or changes.
+fn log_node(node: &Node) {
+    let addresses: Vec<String> = node
+        .status
+        .iter()
+        .flat_map(|status| status.addresses.iter().flatten())
+        .map(|address| format!("{}={}", address.type_, address.address))
+        .collect();
+    info!(
+        node = node.metadata.name.as_deref().unwrap_or_default(),
+        addresses = %addresses.join(","),
+        "node found"
+    );
+}
+
+/// Converted objects, their versions and the rejected ones.
+#[derive(Default)]
+struct Converted {
+    versions: Vec<(Kind, String, String)>,
+    rejected: Vec<Rejected>,
+}
+
+impl Converted {
+    /// Converts every object of `store`, sorted by namespace and name so the resolver sees the
+    /// same snapshot whatever order the cache holds them in.
+    fn all<K, T>(
+        &mut self,
+        kind: Kind,
+        store: &Store<K>,
+        convert: fn(&K) -> Result<T, Invalid>,
+    ) -> Vec<T>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let mut objects = store.state();
+        objects.sort_by(|a, b| {
+            let key = |o: &K| (o.meta().namespace.clone(), o.meta().name.clone());
+            key(a).cmp(&key(b))
+        });
+        let mut converted = Vec::with_capacity(objects.len());
+        for object in objects {
+            let metadata = object.meta();
+            match convert(&object) {
+                Ok(value) => {
+                    converted.push(value);
+                    self.versions.push((
+                        kind,
+                        metadata.uid.clone().unwrap_or_default(),
+                        metadata.resource_version.clone().unwrap_or_default(),
+                    ));
+                }
+                Err(invalid) => self.rejected.push(Rejected {
+                    object: object_name(kind, metadata),
+                    field: invalid.field,
+                    error: invalid.error,
+                }),
+            }
+        }
+        converted
+    }
+}
+
+/// `Kind namespace/name`, or `Kind name` for cluster-scoped kinds.
+fn object_name(
+    kind: Kind,
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> String {
+    let name = metadata.name.as_deref().unwrap_or("<unnamed>");
+    match &metadata.namespace {
+        Some(namespace) => format!("{} {namespace}/{name}", kind.name()),
+        None => format!("{} {name}", kind.name()),
+    }
+}
