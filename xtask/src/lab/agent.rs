@@ -103,8 +103,8 @@ pub fn wait_applied(generation: &str, nodes: usize, timeout: Duration) -> Result
     let mut next_liveness_check = start;
     loop {
         pending.retain(|k| {
-            let file = names::node_run_dir(&node_name(*k)).join("generation");
-            fs::read_to_string(file).map_or(true, |applied| applied.trim() != generation)
+            fs::read_to_string(generation_file(*k))
+                .map_or(true, |applied| applied.trim() != generation)
         });
         if pending.is_empty() {
             return Ok(start.elapsed());
@@ -132,6 +132,11 @@ pub fn wait_applied(generation: &str, nodes: usize, timeout: Duration) -> Result
         }
         thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Where node `k`'s agent publishes the generation it applied.
+pub fn generation_file(k: usize) -> PathBuf {
+    names::node_run_dir(&node_name(k)).join("generation")
 }
 
 /// Node `k`'s agent log.
