@@ -6,11 +6,11 @@
 //!
 //! Reconciles run when the source changes, when the kernel announces a change of interfaces,
 //! addresses, routes or neighbours (routing netlink notifications, see
-//! [`crate::discovery::events`]), and every ten seconds as a safety net. Content with errors (an unparsable
-//! document, an invalid object) is reported and not applied: the datapath keeps the last good
-//! state, which never opens what the bad content might have closed. On start the agent adopts
-//! what is pinned: the programs keep enforcing while it is down, and the first reconcile writes
-//! only what differs from the maps.
+//! [`crate::discovery::events`]), and every ten seconds as a safety net. Content with errors (an
+//! unparsable document, an invalid object) is reported and not applied: the datapath keeps the
+//! last good state, which never opens what the bad content might have closed. On start the
+//! agent adopts what is pinned: the programs keep enforcing while it is down, and the first
+//! reconcile writes only what differs from the maps.
 //!
 //! Services: every reconcile programs the ClusterIPs of all Services (both families), and
 //! attaches `svc_egress` to the node's uplinks (every interface but loopback, bridges, bridge

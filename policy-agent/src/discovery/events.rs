@@ -35,6 +35,9 @@ pub enum NetlinkChange {
     /// A neighbour entry with a known MAC, or a bridge forwarding entry: what finds the port of
     /// a pod behind a bridge.
     Neighbour,
+    /// The socket's buffer overflowed and notifications were lost: only a full look tells
+    /// what changed.
+    Overrun,
 }
 
 /// Subscribes to the groups in the current network namespace; every relevant notification
@@ -60,8 +63,10 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<NetlinkChange>, DiscoveryEr
 /// The change a notification stands for, or `None` for notifications that cannot move an
 /// endpoint (a neighbour being probed or failing, non-route messages).
 pub fn classify(message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<NetlinkChange> {
-    let NetlinkPayload::InnerMessage(message) = &message.payload else {
-        return None;
+    let message = match &message.payload {
+        NetlinkPayload::InnerMessage(message) => message,
+        NetlinkPayload::Overrun(_) => return Some(NetlinkChange::Overrun),
+        _ => return None,
     };
     match message {
         RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => {
@@ -97,7 +102,10 @@ fn knows_port(neighbour: &NeighbourMessage) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use rtnetlink::packet_route::{link::LinkMessage, neighbour::NeighbourHeader};
+    use rtnetlink::{
+        packet_core::NetlinkHeader,
+        packet_route::{link::LinkMessage, neighbour::NeighbourHeader},
+    };
 
     use super::*;
 
@@ -130,6 +138,15 @@ mod tests {
             classify(&message(RouteNetlinkMessage::GetLink(link()))),
             None
         );
+    }
+
+    #[test]
+    fn lost_notifications_are_a_change() {
+        let overrun = NetlinkMessage::<RouteNetlinkMessage>::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::Overrun(Vec::new()),
+        );
+        assert_eq!(classify(&overrun), Some(NetlinkChange::Overrun));
     }
 
     #[test]

@@ -78,7 +78,10 @@ pub fn start_all(binary: &Path, nodes: usize) -> Result<()> {
             .arg("--pin-dir")
             .arg(&pin_dir)
             .arg("--state-dir")
-            .arg(&state_dir);
+            .arg(&state_dir)
+            // A pod the lab adds is denied until its agent has programmed it.
+            .args(["--new-endpoints", "deny"])
+            .args(["--endpoint-interface-prefix", names::HOST_VETH_PREFIX]);
         let pid = netns::spawn_detached(&names::node_netns(k), &mut command, &agent_log(k))?;
         println!("started the agent of {node} (pid {pid})");
     }
