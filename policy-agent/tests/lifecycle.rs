@@ -81,6 +81,16 @@ impl Dirs {
         })
     }
 
+    /// Whether either pod program of `ifindex` has a pinned link.
+    fn pod_program(&self, ifindex: u32) -> bool {
+        [FROM_POD_PROG, TO_POD_PROG].iter().any(|program| {
+            self.pins
+                .join("links")
+                .join(format!("{ifindex}-{program}"))
+                .exists()
+        })
+    }
+
     /// Link pins of `ifindex`, whatever the hook.
     fn any_link(&self, ifindex: u32) -> bool {
         let prefix = format!("{ifindex}-");
@@ -377,11 +387,18 @@ fn reused_pod_ip_gets_the_new_pods_policy() {
         "the old pod is open"
     );
 
+    // The Pod goes first, its veth stays: its pod programs go (the veth is an uplink now, with
+    // `svc_egress` alone, until it is deleted).
+    dirs.remove("pod-old.yaml");
+    wait_for("the deleted pod's programs to go", &dirs, || {
+        dirs.endpoint(old_ifindex).is_none() && !dirs.pod_program(old_ifindex)
+    });
+    let record = fs::read_to_string(dirs.state.join("datapath.json")).expect("record");
+    assert!(!record.contains("\"old\""), "record: {record}");
     // The server's socket keeps the pod's namespace, and so its veth, alive.
     drop(old_server);
     let old_veth = old.host_if.clone();
     drop(old);
-    dirs.remove("pod-old.yaml");
     // The kernel deletes a namespace, and the veth with it, in the background.
     let node_netns = node.netns.name.clone();
     wait_for("the old veth to be deleted", &dirs, || {
