@@ -172,6 +172,20 @@ impl Drop for Agent {
     }
 }
 
+/// `text` without terminal colour sequences (`ESC [ ... m`), as the agent's log has them.
+fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// Polls `condition` every millisecond; returns how long it took to hold.
 fn wait_for(what: &str, dirs: &Dirs, mut condition: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -452,16 +466,13 @@ fn deny_mode_holds_a_new_interface_until_its_pod_is_programmed() {
     dirs.write("namespace.yaml", NAMESPACE);
     dirs.write("policy.yaml", LOCKED_POLICY);
     dirs.write("client.yaml", &pod_manifest("client", "role: client", 2));
-    let mut agent = Agent::start(
-        &node,
-        &dirs,
-        &[
-            "--new-endpoints",
-            "deny",
-            "--endpoint-interface-prefix",
-            "hv-",
-        ],
-    );
+    let deny = &[
+        "--new-endpoints",
+        "deny",
+        "--endpoint-interface-prefix",
+        "hv-",
+    ];
+    let mut agent = Agent::start(&node, &dirs, deny);
     agent.wait_applied(&dirs);
     assert!(
         dirs.endpoint(client.ifindex)
@@ -509,12 +520,35 @@ fn deny_mode_holds_a_new_interface_until_its_pod_is_programmed() {
         "a port no rule allows"
     );
 
-    // A held interface that goes away leaves nothing behind.
+    // A held interface stays held while the agent is down, and the restarted agent adopts it
+    // with the rest: its first reconcile writes nothing.
     let stray = node.add_pod(4);
     let stray_ifindex = stray.ifindex;
     wait_for("the stray interface to be held", &dirs, || {
         dirs.endpoint(stray_ifindex) == Some(HELD)
     });
+    drop(agent);
+    assert!(
+        !tcp_works(&stray.netns, to(&client, 80)),
+        "a held interface sends nothing while the agent is down"
+    );
+    let mut agent = Agent::start(&node, &dirs, deny);
+    fs::remove_file(dirs.state.join("generation")).expect("remove the applied generation");
+    agent.wait_applied(&dirs);
+    let log = strip_ansi(&dirs.log());
+    let first = log
+        .lines()
+        .find(|line| line.contains("first reconcile since start"))
+        .expect("the first reconcile's log line");
+    assert!(first.contains(" writes=0 "), "{first}");
+    assert!(first.contains(" held=1"), "{first}");
+    assert_eq!(dirs.endpoint(stray_ifindex), Some(HELD));
+    assert!(
+        tcp_works(&client.netns, to(&server, 80)),
+        "the programmed pod still follows its policy"
+    );
+
+    // A held interface that goes away leaves nothing behind.
     drop(stray);
     wait_for("the stray interface to be released", &dirs, || {
         dirs.endpoint(stray_ifindex).is_none() && !dirs.any_link(stray_ifindex)
