@@ -19,8 +19,8 @@
 //! kube-proxy chose, also when that backend is on another node. The periodic pass also looks for
 //! uplinks that came or went.
 //!
-//! New endpoints: see [`endpoints`] for what a pod's traffic meets before it is programmed, and
-//! the mode that denies it.
+//! New endpoints: [`NewEndpoints`] chooses what a pod's traffic meets before it is programmed;
+//! `endpoints.rs` explains both modes.
 
 mod endpoints;
 mod flows;
