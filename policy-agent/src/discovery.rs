@@ -7,6 +7,11 @@
 //! - bridge (flannel, the bridge plugin): the route points at a bridge; the bridge's neighbour entry
 //!   for the pod IP gives the pod's MAC, and the bridge's forwarding database the port (a veth)
 //!   that MAC sits behind.
+//!
+//! [`events`] subscribes to the kernel's notifications of the same objects, so the agent learns
+//! of a change when it happens.
+
+pub mod events;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -127,6 +132,46 @@ impl Discovery {
             .collect();
         uplinks.sort_unstable();
         Ok(uplinks)
+    }
+
+    /// The node's veths that are not bridge ports, with their names: the interfaces a ptp CNI
+    /// gives its pods, candidates to become endpoints.
+    pub async fn unbridged_veths(&self) -> Result<Vec<(u32, String)>, DiscoveryError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| request("the node's interfaces", source))?;
+        let mut veths: Vec<(u32, String)> = links
+            .iter()
+            .filter(|link| {
+                let attributes = &link.attributes;
+                let veth = attributes.iter().any(|attribute| match attribute {
+                    LinkAttribute::LinkInfo(infos) => infos
+                        .iter()
+                        .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))),
+                    _ => false,
+                });
+                let bridged = attributes
+                    .iter()
+                    .any(|attribute| matches!(attribute, LinkAttribute::Controller(_)));
+                veth && !bridged
+            })
+            .filter_map(|link| {
+                link.attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        LinkAttribute::IfName(name) => Some(name.clone()),
+                        _ => None,
+                    })
+                    .map(|name| (link.header.index, name))
+            })
+            .collect();
+        veths.sort_unstable();
+        Ok(veths)
     }
 
     async fn route_output(&self, destination: IpAddr) -> Result<Option<u32>, DiscoveryError> {

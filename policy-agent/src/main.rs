@@ -4,7 +4,7 @@ use std::{io, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use policy_agent::{
-    agent::{self, RunConfig, Source},
+    agent::{self, DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, RunConfig, Source},
     datapath::DEFAULT_PIN_DIR,
     explain::{self, ExplainOptions, OutputFormat},
     manifest,
@@ -51,6 +51,14 @@ struct RunArgs {
     /// Where the agent publishes its applied generation, last error and flow log.
     #[arg(long, default_value = "/run/netpol")]
     state_dir: PathBuf,
+    /// What a new pod's traffic meets before its programs are set up: `allow` (unfiltered until
+    /// programmed) or `deny` (dropped from the moment its veth appears until programmed).
+    #[arg(long, default_value_t = NewEndpoints::Allow)]
+    new_endpoints: NewEndpoints,
+    /// With `--new-endpoints deny`: the name prefix of pod veths (repeatable). Give one that
+    /// no uplink or other veth of the node has.
+    #[arg(long = "endpoint-interface-prefix", default_value = DEFAULT_INTERFACE_PREFIX)]
+    endpoint_interface_prefixes: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -140,6 +148,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 node_name: args.node_name,
                 pin_dir: args.pin_dir,
                 state_dir: args.state_dir,
+                new_endpoints: NewEndpointPolicy {
+                    mode: args.new_endpoints,
+                    interface_prefixes: args.endpoint_interface_prefixes,
+                },
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -1,16 +1,18 @@
 //! `policy-agent run`: the node agent's loop.
 //!
-//! source (the API server's reflectors, or a manifest directory) -> snapshot -> resolve (pure) -> desired state of this node's
-//! endpoints -> endpoint discovery (the host-side interface of each local pod) -> the delta
-//! against what is programmed -> map writes, then attach -> the applied generation is published.
+//! source (the API server's reflectors, or a manifest directory) -> snapshot -> resolve (pure)
+//! -> desired state of this node's endpoints -> endpoint discovery (the host-side interface of
+//! each local pod) -> the delta against what is programmed -> map writes, then attach -> the
+//! applied generation is published.
 //!
-//! Reconciles run when the source changes, and every second while some local pod has no
-//! interface yet or the node's addresses may have changed. Manifests with errors (an unparsable
-//! document, an invalid object) are reported and not applied: the datapath keeps the last good
-//! state, which never opens what the bad content might have closed. The Kubernetes source
-//! applies everything but the objects it rejects, and reports those. On start the agent adopts
-//! what is pinned: the programs keep enforcing while it is down, and the first reconcile writes
-//! only what differs from the maps.
+//! Reconciles run when the source changes, when the kernel announces a change of interfaces,
+//! addresses, routes or neighbours (routing netlink notifications, see
+//! [`crate::discovery::events`]), and every ten seconds as a safety net. Manifests with errors (an
+//! unparsable document, an invalid object) are reported and not applied: the datapath keeps the
+//! last good state, which never opens what the bad content might have closed. The Kubernetes
+//! source applies everything but the objects it rejects, and reports those. On start the
+//! agent adopts what is pinned: the programs keep enforcing while it is down, and the first
+//! reconcile writes only what differs from the maps.
 //!
 //! Services: every reconcile programs the ClusterIPs of all Services (both families), and
 //! attaches `svc_egress` to the node's uplinks (every interface but loopback, bridges, bridge
@@ -18,7 +20,11 @@
 //! Together they let the programs decide a pod's egress to a ClusterIP against the backend
 //! kube-proxy chose, also when that backend is on another node. The periodic pass also looks for
 //! uplinks that came or went.
+//!
+//! New endpoints: [`NewEndpoints`] chooses what a pod's traffic meets before it is programmed;
+//! `endpoints.rs` explains both modes.
 
+mod endpoints;
 mod flows;
 mod source;
 
@@ -31,6 +37,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use endpoints::{
+    DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, NewEndpointsParseError,
+};
 pub use flows::FlowContext;
 use source::{LoadError, Loader};
 pub use source::{Source, SourceParseError};
@@ -38,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     datapath::{ApplyError, Datapath, DatapathConfig, DatapathError},
-    discovery::{Discovery, DiscoveryError},
+    discovery::{Discovery, DiscoveryError, events},
     error_chain,
     k8s::{self, Rejected},
     policy::{
@@ -49,10 +58,12 @@ use crate::{
     },
 };
 
-/// How often the agent looks again for missing interfaces and changed node addresses.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// Events closer together than this are handled by one reconcile (an editor's save, or the lab
-/// swapping several files, is a burst of events).
+/// How often the agent reconciles without being told of a change: a safety net for
+/// notifications the kernel could not deliver.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// Events closer together than this are handled by one reconcile (an editor's save, the lab
+/// swapping several files, or a CNI creating, moving, addressing and routing a veth, is a burst
+/// of events).
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// What `policy-agent run` needs.
@@ -64,6 +75,8 @@ pub struct RunConfig {
     /// Where the agent publishes its applied generation, last error and flow log, and keeps the
     /// datapath's record.
     pub state_dir: PathBuf,
+    /// What a new endpoint's traffic meets before it is programmed.
+    pub new_endpoints: NewEndpointPolicy,
 }
 
 /// Failures that stop the agent. Failures of one reconcile are reported and retried instead.
@@ -84,6 +97,8 @@ pub enum AgentError {
     Discovery(#[from] DiscoveryError),
     #[error(transparent)]
     Kubernetes(#[from] k8s::ClientError),
+    #[error("the kernel's routing notifications stopped; restarting re-subscribes")]
+    NetlinkEventsClosed,
     #[error("cannot watch {dir}", dir = dir.display())]
     Watch {
         dir: PathBuf,
@@ -161,7 +176,6 @@ struct Agent {
     service_addrs: Vec<IpAddr>,
     uplinks: Vec<u32>,
     applied_generation: Option<String>,
-    waiting_for_interfaces: bool,
     flow_context: Arc<RwLock<FlowContext>>,
 }
 
@@ -197,6 +211,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
     tokio::spawn(flows::record(events, Arc::clone(&flow_context), flow_log));
 
     let (loader, mut changes) = Loader::start(&config.source, &config.node_name).await?;
+    let mut netlink = events::subscribe()?;
     let mut agent = Agent {
         loader,
         discovery: Discovery::new()?,
@@ -208,7 +223,6 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         service_addrs: Vec::new(),
         uplinks: Vec::new(),
         applied_generation: None,
-        waiting_for_interfaces: false,
         flow_context,
         config,
     };
@@ -218,7 +232,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         path: PathBuf::from("SIGTERM handler"),
         source,
     })?;
-    agent.reconcile_and_report(true).await?;
+    agent.reconcile_and_report().await?;
     loop {
         tokio::select! {
             change = changes.recv() => {
@@ -227,10 +241,19 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
                 }
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
-                agent.reconcile_and_report(true).await?;
+                agent.reconcile_and_report().await?;
+            }
+            change = netlink.recv() => {
+                let Some(change) = change else {
+                    return Err(AgentError::NetlinkEventsClosed);
+                };
+                debug!(?change, "routing netlink notification");
+                tokio::time::sleep(DEBOUNCE).await;
+                while netlink.try_recv().is_ok() {}
+                agent.reconcile_and_report().await?;
             }
             _ = resync.tick() => {
-                agent.reconcile_and_report(false).await?;
+                agent.reconcile_and_report().await?;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -242,15 +265,10 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
 
 impl Agent {
     /// One reconcile; its failure is logged and published, and only state-dir failures stop
-    /// the agent. `source_changed` is false for the periodic pass, which only runs when there is
-    /// something the source cannot announce (a missing interface, node addresses).
-    async fn reconcile_and_report(&mut self, source_changed: bool) -> Result<(), AgentError> {
+    /// the agent.
+    async fn reconcile_and_report(&mut self) -> Result<(), AgentError> {
         let started = Instant::now();
-        let result = if source_changed || self.needs_resync().await {
-            self.reconcile().await
-        } else {
-            return Ok(());
-        };
+        let result = self.reconcile().await;
         let error_file = self.config.state_dir.join("last-error");
         match result {
             Ok(applied) => {
@@ -268,25 +286,6 @@ impl Agent {
                     },
                 )
             }
-        }
-    }
-
-    /// Whether the periodic pass has work: an endpoint waits for its interface, or the node's
-    /// addresses or uplinks changed.
-    async fn needs_resync(&mut self) -> bool {
-        if self.waiting_for_interfaces {
-            return true;
-        }
-        let addrs_changed = match self.discovery.host_addresses().await {
-            Ok(addrs) => addrs != self.host_addrs,
-            Err(_) => true,
-        };
-        if addrs_changed {
-            return true;
-        }
-        match self.discovery.uplinks().await {
-            Ok(links) => uplinks_of(links, self.interfaces.values().copied()) != self.uplinks,
-            Err(_) => true,
         }
     }
 
@@ -323,9 +322,10 @@ impl Agent {
             .endpoints
             .retain(|pod, _| interfaces.contains_key(pod));
 
+        let mut addr_writes = 0;
         let host_addrs = self.discovery.host_addresses().await?;
         if host_addrs != self.host_addrs {
-            self.datapath.set_host_addrs(&host_addrs)?;
+            addr_writes += self.datapath.set_host_addrs(&host_addrs)?.writes;
             info!(addresses = host_addrs.len(), "node addresses programmed");
             self.host_addrs = host_addrs;
         }
@@ -333,7 +333,7 @@ impl Agent {
         // ClusterIPs first: a pod attached below must already defer its Service traffic.
         let service_addrs = service_addrs(&loaded.snapshot);
         if service_addrs != self.service_addrs {
-            self.datapath.set_service_addrs(&service_addrs)?;
+            addr_writes += self.datapath.set_service_addrs(&service_addrs)?.writes;
             self.service_addrs = service_addrs;
         }
 
@@ -354,7 +354,9 @@ impl Agent {
             }
         };
 
-        let wanted: BTreeSet<u32> = interfaces.values().copied().collect();
+        let endpoint_ifindexes: BTreeSet<u32> = interfaces.values().copied().collect();
+        let held = self.interfaces_to_hold(&endpoint_ifindexes).await?;
+        let wanted: BTreeSet<u32> = endpoint_ifindexes.union(&held).copied().collect();
         for (pod, &ifindex) in &interfaces {
             if self.interfaces.get(pod) != Some(&ifindex) {
                 self.datapath
@@ -367,6 +369,7 @@ impl Agent {
                 info!(%pod, ifindex, "programs attached");
             }
         }
+        let held_writes = self.sync_held(&held)?;
         for ifindex in self.datapath.attached()? {
             if !wanted.contains(&ifindex) {
                 self.datapath.detach(ifindex)?;
@@ -393,7 +396,16 @@ impl Agent {
         for pod in &waiting {
             debug!(%pod, "no interface yet");
         }
-        self.waiting_for_interfaces = !waiting.is_empty();
+        if self.programmed.is_none() {
+            // The restart check of the lab reads this line: an agent that adopted unchanged
+            // pins writes nothing.
+            info!(
+                writes = writes + addr_writes + held_writes,
+                endpoints = programmable.endpoints.len(),
+                held = held.len(),
+                "first reconcile since start"
+            );
+        }
         self.resolved = resolved;
         self.programmed = Some(programmable);
         self.interfaces = interfaces;

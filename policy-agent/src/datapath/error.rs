@@ -159,6 +159,18 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot write the not-ready entry that holds interface {ifindex}")]
+    Hold {
+        ifindex: u32,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot remove the not-ready entry of interface {ifindex}")]
+    Release {
+        ifindex: u32,
+        #[source]
+        source: MapError,
+    },
     #[error("the event ring buffer was already taken")]
     EventsTaken,
     #[error("cannot watch the event ring buffer")]

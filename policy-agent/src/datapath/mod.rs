@@ -48,10 +48,16 @@
 //! desired state against what the maps really hold, so it heals after any failure.
 //!
 //! Call order for a new pod: `apply` (or `sync`) with its endpoint, then `attach`.
+//!
+//! # Held interfaces
+//! [`Datapath::hold`] gives an interface whose pod is not known yet the pod programs and an entry
+//! that drops all its traffic (reason `NotReady`); programming the pod's endpoint replaces it,
+//! [`Datapath::release`] removes it when the interface is no candidate any more.
 
 mod bpffs;
 mod encode;
 mod error;
+mod hold;
 mod links;
 mod record;
 mod sync;
@@ -82,6 +88,7 @@ use self::{bpffs::PinLayout, record::Record};
 pub use self::{
     bpffs::{BPFFS_ROOT, ensure_bpffs},
     error::{ApplyError, DatapathError, UpdateError},
+    hold::{HELD, is_held},
     sync::ApplyStats,
     telemetry::{AsyncEventReader, CounterReading, EventError, EventReader, Flow},
 };

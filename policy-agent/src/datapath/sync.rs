@@ -13,6 +13,7 @@ use super::{
     ApplyError, Datapath, DatapathError, UpdateError,
     encode::{self, PeerKey},
     error::is_not_found,
+    hold,
     record::EndpointRecord,
 };
 use crate::policy::state::{Delta, EndpointState, NodeState, PodRef, Prefix, RuleRef};
@@ -465,6 +466,8 @@ impl Datapath {
                         },
                     );
                 }
+                // Held interfaces are no endpoint; the agent holds and releases them.
+                None if hold::is_held(&info) => {}
                 None => unknown.push(ifindex),
             }
         }

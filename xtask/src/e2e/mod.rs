@@ -18,10 +18,15 @@
 //! Updates happen while traffic runs: during every change, a client keeps opening TCP connections
 //! to a server that the step before and the step after both allow (see [`steady`]), and a single
 //! lost connection fails the scenario.
+//!
+//! Last comes the restart check (see [`restart`]): the agents are killed with SIGKILL and
+//! restarted while a TCP stream runs through an allowed pair and a denied pair keeps knocking.
+//! A FILTER runs it only when "restart" contains it.
 
 mod expect;
 mod lab;
 pub(crate) mod matrix;
+mod restart;
 pub(crate) mod scenario;
 mod steady;
 
@@ -42,6 +47,8 @@ use self::{
 };
 use crate::run;
 
+/// The name of the restart check, as FILTER matches it.
+const RESTART: &str = "restart";
 /// The manifest directory the suite writes and the lab renders from.
 const MANIFESTS: &str = "/run/netpol-e2e/manifests";
 
@@ -65,7 +72,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let (base, scenarios) = scenario::load_all(&scenario::scenarios_dir(), args.filter.as_deref())?;
-    if scenarios.is_empty() {
+    let check_restart = args
+        .filter
+        .as_deref()
+        .is_none_or(|filter| RESTART.contains(filter));
+    if scenarios.is_empty() && !check_restart {
         bail!(
             "no scenario name contains {:?}",
             args.filter.as_deref().unwrap_or_default()
@@ -86,7 +97,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         lab: &lab,
         explain: explain.as_ref(),
         dir,
-        written: base,
+        written: base.clone(),
         enforced: Vec::new(),
         ups: Vec::new(),
         last_tcp80: None,
@@ -110,6 +121,41 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
     }
+    if check_restart {
+        let started = Instant::now();
+        match restart::run(&lab, dir, &base) {
+            Ok(outcome) => {
+                println!(
+                    "ok     {RESTART} ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                println!(
+                    "e2e: {RESTART}: agents SIGKILLed for {} ms and restarted; the stream x/a -> \
+                     x/c carried {} bytes ({} while the agents were down), longest gap {} ms; \
+                     x/b -> x/c refused {} times; restarted agents adopted the pins and wrote 0 \
+                     map entries{}",
+                    restart::DOWN_FOR.as_millis(),
+                    outcome.streamed_bytes,
+                    outcome.bytes_while_down,
+                    outcome.longest_gap.as_millis(),
+                    outcome.denied_attempts,
+                    outcome
+                        .restart_applied
+                        .map(|applied| format!(
+                            "; they applied the manifests {} ms after starting",
+                            applied.as_millis()
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+            Err(error) => {
+                println!("FAILED {RESTART}");
+                println!("{}", indent(&format!("{error:#}")));
+                failed.push(RESTART.to_owned());
+            }
+        }
+    }
+    let checks = scenarios.len() + usize::from(check_restart);
     let down = if args.keep_lab {
         println!("e2e: the lab stays up (`cargo xtask lab down` removes it)");
         Ok(())
@@ -135,11 +181,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     println!(
         "e2e: {} passed, {} failed",
-        scenarios.len() - failed.len(),
+        checks - failed.len(),
         failed.len()
     );
     if !failed.is_empty() {
-        bail!("{} of {} scenarios failed", failed.len(), scenarios.len());
+        bail!("{} of {checks} checks failed", failed.len());
     }
     down
 }

@@ -78,7 +78,10 @@ pub fn start_all(binary: &Path, nodes: usize) -> Result<()> {
             .arg("--pin-dir")
             .arg(&pin_dir)
             .arg("--state-dir")
-            .arg(&state_dir);
+            .arg(&state_dir)
+            // A pod the lab adds is denied until its agent has programmed it.
+            .args(["--new-endpoints", "deny"])
+            .args(["--endpoint-interface-prefix", names::HOST_VETH_PREFIX]);
         let pid = netns::spawn_detached(&names::node_netns(k), &mut command, &agent_log(k))?;
         println!("started the agent of {node} (pid {pid})");
     }
@@ -103,8 +106,8 @@ pub fn wait_applied(generation: &str, nodes: usize, timeout: Duration) -> Result
     let mut next_liveness_check = start;
     loop {
         pending.retain(|k| {
-            let file = names::node_run_dir(&node_name(*k)).join("generation");
-            fs::read_to_string(file).map_or(true, |applied| applied.trim() != generation)
+            fs::read_to_string(generation_file(*k))
+                .map_or(true, |applied| applied.trim() != generation)
         });
         if pending.is_empty() {
             return Ok(start.elapsed());
@@ -132,6 +135,11 @@ pub fn wait_applied(generation: &str, nodes: usize, timeout: Duration) -> Result
         }
         thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Where node `k`'s agent publishes the generation it applied.
+pub fn generation_file(k: usize) -> PathBuf {
+    names::node_run_dir(&node_name(k)).join("generation")
 }
 
 /// Node `k`'s agent log.

@@ -2,7 +2,7 @@
 //! nodes linked by an underlay, pods wired like the ptp and bridge CNI plugins, Services translated
 //! like kube-proxy does, and the real agent on every node.
 
-mod agent;
+pub(crate) mod agent;
 pub(crate) mod assign;
 mod cmd;
 mod down;

@@ -84,9 +84,12 @@ pub fn pod_netns(node: usize, pod: &ObjectKey) -> String {
     }
 }
 
+/// The name prefix of every pod's node-side veth, and of no other interface.
+pub const HOST_VETH_PREFIX: &str = "vnp";
+
 /// The node-side veth of a pod.
 pub fn host_veth(pod: &ObjectKey) -> String {
-    format!("vnp{:08x}", fnv1a(&pod.to_string()) as u32)
+    format!("{HOST_VETH_PREFIX}{:08x}", fnv1a(&pod.to_string()) as u32)
 }
 
 /// Node `k`'s link to the underlay, inside the underlay namespace.
