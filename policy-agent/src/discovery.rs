@@ -134,9 +134,9 @@ impl Discovery {
         Ok(uplinks)
     }
 
-    /// The node's veths that are not bridge ports, with their names: the interfaces a ptp CNI
-    /// gives its pods, candidates to become endpoints.
-    pub async fn unbridged_veths(&self) -> Result<Vec<(u32, String)>, DiscoveryError> {
+    /// The node's veths, with their names: the interfaces a CNI gives its pods (routed, or ports
+    /// of a bridge), candidates to become endpoints.
+    pub async fn veths(&self) -> Result<Vec<(u32, String)>, DiscoveryError> {
         let links: Vec<_> = self
             .handle
             .link()
@@ -148,17 +148,12 @@ impl Discovery {
         let mut veths: Vec<(u32, String)> = links
             .iter()
             .filter(|link| {
-                let attributes = &link.attributes;
-                let veth = attributes.iter().any(|attribute| match attribute {
+                link.attributes.iter().any(|attribute| match attribute {
                     LinkAttribute::LinkInfo(infos) => infos
                         .iter()
                         .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))),
                     _ => false,
-                });
-                let bridged = attributes
-                    .iter()
-                    .any(|attribute| matches!(attribute, LinkAttribute::Controller(_)));
-                veth && !bridged
+                })
             })
             .filter_map(|link| {
                 link.attributes

@@ -631,13 +631,16 @@ impl Reference {
     }
 
     fn decide(&mut self, endpoint: &Endpoint, direction: Direction, frame: &[u8]) -> Expected {
+        let parsed = reference_parse(frame);
+        if matches!(parsed, Parsed::NonIp | Parsed::NeighbourDiscovery) {
+            return Expected::of(Ok(Verdict::Exempt));
+        }
         if endpoint.flags & ENDPOINT_NOT_READY != 0 {
             return Expected::of(Err(DropReason::NotReady));
         }
         let isolated = endpoint.isolated(direction);
-        let parsed = reference_parse(frame);
         let datagram = match parsed {
-            Parsed::NonIp | Parsed::NeighbourDiscovery => return Expected::of(Ok(Verdict::Exempt)),
+            Parsed::NonIp | Parsed::NeighbourDiscovery => unreachable!("exempt above"),
             Parsed::Malformed | Parsed::Unparsed if !isolated => {
                 return Expected::of(Ok(Verdict::NotIsolated));
             }

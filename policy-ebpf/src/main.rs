@@ -63,7 +63,8 @@ use crate::{
 ///   Both track the flow, so its replies pass an isolated other direction.
 ///
 /// Drops (`TC_ACT_SHOT`), each counted and reported with its reason:
-/// - everything while the endpoint is flagged not ready (`NotReady`);
+/// - every IP packet while the endpoint is flagged not ready (`NotReady`); the exempt frames
+///   above still pass;
 /// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`); truncated or
 ///   malformed headers (`Malformed`: a short Ethernet, VLAN, IP, extension or L4 header, an IP
 ///   version that contradicts the ethertype, IHL below 5 or above the total length, a TCP data
@@ -240,6 +241,11 @@ fn decide(
     parsed: Result<Shape, ParseError>,
     services: bool,
 ) -> Decision {
+    // Exempt before the not-ready check: a bridge learns a held pod's MAC from its ARP and
+    // neighbour discovery, and the agent finds the pod's bridge port through that MAC.
+    if let Ok(Shape::NonIp | Shape::NeighbourDiscovery) = parsed {
+        return Decision::pass(Verdict::Exempt, 0);
+    }
     if endpoint.flags & ENDPOINT_NOT_READY != 0 {
         return Decision::drop(DropReason::NotReady);
     }
@@ -250,9 +256,6 @@ fn decide(
         Err(ParseError::Malformed) => return Decision::drop(DropReason::Malformed),
         Err(ParseError::Unparsed) => return Decision::drop(DropReason::Unparsed),
     };
-    if shape == Shape::NonIp || shape == Shape::NeighbourDiscovery {
-        return Decision::pass(Verdict::Exempt, 0);
-    }
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Established flows go first: the host check costs a lookup, and host traffic is never

@@ -6,13 +6,13 @@
 //!   interface found; then the agent writes the endpoint and attaches the programs. Until then the
 //!   pod's traffic is not filtered. Netlink notifications make that window the few milliseconds
 //!   between the route to the pod appearing and the agent's reconcile, once the Pod is known.
-//! - `deny`: every veth whose name starts with one of the endpoint interface prefixes and that is
-//!   not a bridge port is held as soon as the agent sees it: it gets the programs and an endpoint
-//!   entry flagged not ready, which drops all its traffic (reason `NotReady`), until its pod's
-//!   endpoint replaces the entry. A held interface that goes away, or stops matching, is
-//!   released. Bridge ports are never held: a pod behind a bridge is found through the MAC its
-//!   first packets teach the node, which a held port would drop. What remains open is the time
-//!   from the veth's creation to the agent's reconcile, before any address or route exists.
+//! - `deny`: every veth whose name starts with one of the endpoint interface prefixes is held as
+//!   soon as the agent sees it: it gets the programs and an endpoint entry flagged not ready,
+//!   which drops all its IP traffic (reason `NotReady`), until its pod's endpoint replaces the
+//!   entry. ARP and neighbour discovery still pass, so a bridge learns a held pod's MAC and the
+//!   agent can find its bridge port. A held interface that goes away, or stops matching, is
+//!   released. What remains open is the time from the veth's creation to the agent's reconcile,
+//!   before any address or route exists.
 
 use std::{collections::BTreeSet, fmt, str::FromStr};
 
@@ -81,7 +81,7 @@ impl Default for NewEndpointPolicy {
 }
 
 impl NewEndpointPolicy {
-    /// The interfaces to hold among the node's unbridged veths: in deny mode, those whose name
+    /// The interfaces to hold among the node's veths: in deny mode, those whose name
     /// has a prefix and that are no programmed endpoint's.
     pub fn to_hold(&self, veths: &[(u32, String)], endpoints: &BTreeSet<u32>) -> BTreeSet<u32> {
         if self.mode == NewEndpoints::Allow {
@@ -110,7 +110,7 @@ impl Agent {
         if self.config.new_endpoints.mode == NewEndpoints::Allow {
             return Ok(BTreeSet::new());
         }
-        let veths = self.discovery.unbridged_veths().await?;
+        let veths = self.discovery.veths().await?;
         Ok(self.config.new_endpoints.to_hold(&veths, endpoints))
     }
 
