@@ -17,28 +17,35 @@
 //! Together they let the programs decide a pod's egress to a ClusterIP against the backend
 //! kube-proxy chose, also when that backend is on another node. The periodic pass also looks for
 //! uplinks that came or went.
+//!
+//! After every reconcile that ran the agent publishes `status.json` (see [`status`]); a failed
+//! reconcile is retried by the periodic pass, and each failure is logged and counted once, when
+//! it starts. With a metrics address it serves Prometheus metrics and health probes
+//! ([`crate::metrics`]).
 
 mod flows;
 mod source;
+pub mod status;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
-pub use flows::FlowContext;
+pub use flows::{Clocks, FLOW_LOG_MAX_BYTES, FlowContext, FlowRecord, rotated_path};
 pub use source::{Source, SourceParseError};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     datapath::{ApplyError, Datapath, DatapathConfig, DatapathError},
     discovery::{Discovery, DiscoveryError},
     error_chain,
     manifest::{self, ManifestError},
+    metrics::{self, Health, Metrics},
     policy::{
         adopt::resolve_adopting,
         model::Snapshot,
@@ -62,6 +69,8 @@ pub struct RunConfig {
     /// Where the agent publishes its applied generation, last error and flow log, and keeps the
     /// datapath's record.
     pub state_dir: PathBuf,
+    /// Where to serve metrics and health probes; none when absent.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Failures that stop the agent. Failures of one reconcile are reported and retried instead.
@@ -92,13 +101,23 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why one reconcile did not apply.
 #[derive(Debug, thiserror::Error)]
 enum ReconcileError {
-    #[error("the manifests have {count} error(s); keeping the last good state. First: {first}")]
-    Manifests { count: usize, first: ManifestError },
+    #[error(
+        "the manifests have {} error(s); keeping the last good state. First: {}",
+        errors.len(),
+        errors.first().map(|error| error_chain(error)).unwrap_or_default()
+    )]
+    Manifests { errors: Vec<ManifestError> },
     #[error("cannot hash the manifests")]
     Generation {
         #[source]
@@ -161,6 +180,7 @@ struct Agent {
     applied_generation: Option<String>,
     waiting_for_interfaces: bool,
     flow_context: Arc<RwLock<FlowContext>>,
+    observer: status::Observer,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. The programs stay attached when it exits.
@@ -193,6 +213,29 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
     let flow_context = Arc::new(RwLock::new(FlowContext::new(&config.node_name)));
     let flow_log = config.state_dir.join("flows.jsonl");
     tokio::spawn(flows::record(events, Arc::clone(&flow_context), flow_log));
+    let health = Arc::new(Health::default());
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let counters = datapath
+                .counter_reader()
+                .map_err(|source| AgentError::Datapath {
+                    pin_dir: config.pin_dir.clone(),
+                    source: Box::new(source),
+                })?;
+            let metrics = Arc::new(Metrics::new(counters));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Metrics { addr, source })?;
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+            ));
+            Some(metrics)
+        }
+        None => None,
+    };
 
     let Source::Files(dir) = &config.source;
     let (_watcher, mut changes) = source::watch(dir)?;
@@ -208,6 +251,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         applied_generation: None,
         waiting_for_interfaces: false,
         flow_context,
+        observer: status::Observer::new(metrics, health),
         config,
     };
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
@@ -216,13 +260,16 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         path: PathBuf::from("SIGTERM handler"),
         source,
     })?;
+    agent.observer.health.tick();
     agent.reconcile_and_report(true).await?;
     loop {
+        agent.observer.health.tick();
         tokio::select! {
             change = changes.recv() => {
                 if change.is_none() {
                     return Ok(());
                 }
+                agent.observer.change_received();
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
                 agent.reconcile_and_report(true).await?;
@@ -239,9 +286,10 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
 }
 
 impl Agent {
-    /// One reconcile; its failure is logged and published, and only state-dir failures stop
-    /// the agent. `source_changed` is false for the periodic pass, which only runs when there is
-    /// something the source cannot announce (a missing interface, node addresses).
+    /// One reconcile; its failure is logged (once) and published, and only state-dir failures
+    /// stop the agent. `source_changed` is false for the periodic pass, which only runs when
+    /// there is something the source cannot announce (a missing interface, node addresses) or
+    /// the last reconcile failed.
     async fn reconcile_and_report(&mut self, source_changed: bool) -> Result<(), AgentError> {
         let started = Instant::now();
         let result = if source_changed || self.needs_resync().await {
@@ -249,16 +297,22 @@ impl Agent {
         } else {
             return Ok(());
         };
+        let elapsed = started.elapsed();
+        self.observe(&result, elapsed)
+            .map_err(|source| AgentError::StateDir {
+                path: self.config.state_dir.join(status::STATUS_FILE),
+                source,
+            })?;
         let error_file = self.config.state_dir.join("last-error");
         match result {
             Ok(applied) => {
                 if applied {
-                    debug!(elapsed = ?started.elapsed(), "reconciled");
+                    debug!(?elapsed, "reconciled");
                 }
                 remove_if_present(&error_file)
             }
             Err(error) => {
-                warn!("{}", error_chain(&error));
+                debug!("{}", error_chain(&error));
                 write_atomically(&error_file, &format!("{}\n", error_chain(&error))).map_err(
                     |source| AgentError::StateDir {
                         path: error_file.clone(),
@@ -269,10 +323,10 @@ impl Agent {
         }
     }
 
-    /// Whether the periodic pass has work: an endpoint waits for its interface, or the node's
-    /// addresses or uplinks changed.
+    /// Whether the periodic pass has work: the last reconcile failed, an endpoint waits for its
+    /// interface, or the node's addresses or uplinks changed.
     async fn needs_resync(&mut self) -> bool {
-        if self.waiting_for_interfaces {
+        if self.waiting_for_interfaces || self.observer.failing {
             return true;
         }
         let addrs_changed = match self.discovery.host_addresses().await {
@@ -295,15 +349,10 @@ impl Agent {
         // is never ahead of what was applied.
         let generation =
             manifest::generation(dir).map_err(|source| ReconcileError::Generation { source })?;
-        let mut loaded = manifest::load(std::slice::from_ref(dir));
+        let loaded = manifest::load(std::slice::from_ref(dir));
         if !loaded.errors.is_empty() {
-            for error in &loaded.errors {
-                warn!("{}", error_chain(error));
-            }
-            let count = loaded.errors.len();
             return Err(ReconcileError::Manifests {
-                count,
-                first: loaded.errors.swap_remove(0),
+                errors: loaded.errors,
             });
         }
         for skipped in &loaded.skipped {

@@ -83,7 +83,7 @@ pub use self::{
     bpffs::{BPFFS_ROOT, ensure_bpffs},
     error::{ApplyError, DatapathError, UpdateError},
     sync::ApplyStats,
-    telemetry::{AsyncEventReader, CounterReading, EventError, EventReader, Flow},
+    telemetry::{AsyncEventReader, CounterReader, CounterReading, EventError, EventReader, Flow},
 };
 #[cfg(doc)]
 use crate::policy::state::{Delta, NodeState};
