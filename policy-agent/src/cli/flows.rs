@@ -69,11 +69,13 @@ pub fn run(options: &FlowsOptions, out: &mut impl Write) -> Result<(), FlowsErro
     }
     let mut tail = Tail::new(log);
     print(tail.read_new()?)?;
-    while options.follow {
+    if !options.follow {
+        return Ok(());
+    }
+    loop {
         std::thread::sleep(FOLLOW_INTERVAL);
         print(tail.read_new()?)?;
     }
-    Ok(())
 }
 
 /// One line of the log as printed: as is for JSON, else [`render`]ed (or marked unreadable).
