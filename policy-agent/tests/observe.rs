@@ -8,19 +8,26 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap, Map, MapData};
 use netns::{EchoServer, Node, Pod, tcp_works, udp_works};
+use nix::sched::{CloneFlags, setns};
 use policy_agent::{
     agent::{
         FlowRecord,
         status::{EndpointPhase, FailureKind, Status},
     },
     metrics::DEFAULT_PORT,
+};
+use policy_common::{
+    maps::{MAX_POLICY_ENTRIES, PolicyKey, PolicyValue},
+    names::POLICY_MAP,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_policy-agent");
@@ -85,8 +92,19 @@ impl Lab {
     fn start_agent(&self) -> Agent {
         let log = self.dir.join("agent.log");
         let stderr = fs::File::create(&log).expect("agent log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.node.netns.name, AGENT, "run"])
+        let target = fs::File::open(format!("/run/netns/{}", self.node.netns.name))
+            .expect("open the node namespace");
+        let mut command = Command::new(AGENT);
+        // Only the network namespace: the agent pins where the test can see its maps.
+        // SAFETY: between fork and exec the closure only makes the setns system call, which is
+        // async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                setns(&target, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        let child = command
+            .arg("run")
             .arg("--source")
             .arg(format!("files:{}", self.manifests().display()))
             .args(["--node-name", NODE])
@@ -118,8 +136,10 @@ impl Lab {
         })
     }
 
+    /// Waits for a status `done` accepts. Generous: a reconcile that reads a full policy map
+    /// takes seconds on a busy machine.
     fn wait_status(&self, what: &str, done: impl Fn(&Status) -> bool) -> Status {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(status) = policy_agent::agent::status::read(&self.state_dir())
                 && done(&status)
@@ -560,4 +580,92 @@ fn failures_are_reported_once_and_never_open_the_endpoint() {
     lab.send_denied(2);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.denied_at_b(), before + 2);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn a_full_policy_map_fences_the_endpoint_until_the_agent_heals_it() {
+    if skip_without_root() {
+        return;
+    }
+    let lab = Lab::new("obm");
+    let _allowed = EchoServer::tcp(&lab.b.netns, ALLOWED_PORT);
+    let agent = lab.start_agent();
+    let status = lab.wait_applied();
+    let to_b = SocketAddr::new(IpAddr::V4(lab.b.v4), ALLOWED_PORT);
+    assert!(tcp_works(&lab.a.netns, to_b));
+
+    // Something else fills the policy map to the last entry.
+    let path = lab.pin_dir.join("maps").join(POLICY_MAP);
+    let data = MapData::from_pin(&path).expect("open the pinned policy map");
+    let mut policy: HashMap<MapData, PolicyKey, PolicyValue> =
+        HashMap::try_from(Map::HashMap(data)).expect("policy map");
+    let used = status
+        .maps
+        .iter()
+        .find(|map| map.map == POLICY_MAP)
+        .expect("policy map usage")
+        .entries as u32;
+    for n in 0..MAX_POLICY_ENTRIES - used {
+        let key = PolicyKey {
+            endpoint_id: 900,
+            peer_class: n,
+            port: 1,
+            direction: 0,
+            protocol: 6,
+            port_prefix_len: 16,
+            _pad: [0; 3],
+        };
+        policy
+            .insert(&key, &PolicyValue { rule_id: 99 }, 0)
+            .expect("fill the policy map");
+    }
+
+    // A change that needs one more entry for b: b is fenced (denies all), never left open.
+    lab.write(
+        "more.yaml",
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: b-more, namespace: obs}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: b}}}}\n\
+             \x20 ingress: [{{ports: [{{port: {}, protocol: TCP}}]}}]\n",
+            ALLOWED_PORT + 1
+        ),
+    );
+    let fenced = lab.wait_status("b fenced", |status| {
+        status
+            .endpoints
+            .iter()
+            .any(|endpoint| endpoint.pod == "obs/b" && endpoint.state == EndpointPhase::Fenced)
+    });
+    let failure = fenced
+        .failures
+        .iter()
+        .find(|failure| failure.kind == FailureKind::MapFull)
+        .unwrap_or_else(|| panic!("a map-full failure in {:?}", fenced.failures));
+    assert_eq!(failure.object, "obs/b");
+    assert!(
+        !tcp_works(&lab.a.netns, to_b),
+        "a fenced endpoint denies even what its policy allows"
+    );
+
+    // The agent's retry diffs against the maps, removes the entries no endpoint owns, and
+    // lifts the fence; the failure was logged and counted once.
+    let healed = lab.wait_applied();
+    assert!(healed.failures.is_empty(), "{:?}", healed.failures);
+    assert!(tcp_works(&lab.a.netns, to_b));
+    assert_eq!(
+        metric(
+            &lab.scrape(),
+            "netpol_failures_total",
+            &[("kind", "map-full")]
+        ),
+        Some(1)
+    );
+    let warnings = agent
+        .log()
+        .lines()
+        .filter(|line| line.contains(" WARN ") && line.contains("map-full"))
+        .count();
+    assert_eq!(warnings, 1, "{}", agent.log());
 }
