@@ -194,6 +194,14 @@ impl Metrics {
         self.enforcement_seconds.observe(elapsed.as_secs_f64());
     }
 
+    /// Exposes the failure counter of `kind` from zero, so rates work from the first failure.
+    pub fn declare_failure_kind(&self, kind: &str) {
+        drop(
+            self.failures
+                .get_or_create(&vec![("kind".to_owned(), kind.to_owned())]),
+        );
+    }
+
     /// Counts a failure that started.
     pub fn failure_started(&self, kind: &str) {
         self.failures

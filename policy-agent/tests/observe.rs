@@ -398,6 +398,11 @@ fn status_flows_and_metrics_of_a_running_agent_match_real_traffic() {
         metric(&text, "netpol_map_entries", &[("map", "NP_ENDPOINT_V1")]),
         Some(2)
     );
+    assert_eq!(
+        metric(&text, "netpol_failures_total", &[("kind", "map-full")]),
+        Some(0),
+        "every failure kind is exposed from zero"
+    );
     assert!(
         metric(&text, "netpol_reconcile_duration_seconds_count", &[]).is_some_and(|n| n >= 1),
         "{text}"

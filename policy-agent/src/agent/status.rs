@@ -114,6 +114,15 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::MapFull,
+        FailureKind::MapUpdate,
+        FailureKind::Attach,
+        FailureKind::InvalidObject,
+        FailureKind::Unrepresentable,
+        FailureKind::Agent,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             FailureKind::MapFull => "map-full",
@@ -199,6 +208,11 @@ impl Observer {
         metrics: Option<std::sync::Arc<Metrics>>,
         health: std::sync::Arc<Health>,
     ) -> Observer {
+        if let Some(metrics) = &metrics {
+            for kind in FailureKind::ALL {
+                metrics.declare_failure_kind(kind.name());
+            }
+        }
         Observer {
             metrics,
             health,
