@@ -5,7 +5,7 @@
 //! (replacing the previous one) and a new log starts, so the node keeps at most twice that.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::{self, OpenOptions},
     io::{self, Write as _},
     net::IpAddr,
@@ -18,7 +18,7 @@ use jiff::{SignedDuration, Timestamp};
 use nix::time::{ClockId, clock_gettime};
 use policy_common::verdict::{Direction, Verdict};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
     datapath::{AsyncEventReader, Flow},
@@ -232,6 +232,7 @@ pub fn append(log: &Path, lines: &str, max_bytes: u64) -> io::Result<()> {
 
 /// Appends every flow event to `log` until the ring buffer fails.
 pub async fn record(mut events: AsyncEventReader, context: Arc<RwLock<FlowContext>>, log: PathBuf) {
+    let mut undecodable = BTreeSet::new();
     loop {
         let batch = match events.next_batch().await {
             Ok(batch) => batch,
@@ -251,7 +252,12 @@ pub async fn record(mut events: AsyncEventReader, context: Arc<RwLock<FlowContex
                             lines.push('\n');
                         }
                     }
-                    Err(error) => warn!(%error, "undecodable flow event"),
+                    // A fenced endpoint reports the non-IP frames it drops, which carry no
+                    // addresses: warn once, not for every frame.
+                    Err(error) if undecodable.insert(error.to_string()) => {
+                        warn!(%error, "undecodable flow event; further ones are logged at debug");
+                    }
+                    Err(error) => debug!(%error, "undecodable flow event"),
                 }
             }
         }
