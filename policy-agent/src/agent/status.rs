@@ -575,3 +575,57 @@ fn update_object(failure: &UpdateError, endpoint_pods: &BTreeMap<u32, PodRef>) -
         UpdateError::Datapath(_) => "datapath".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn found(kind: FailureKind, object: &str) -> (FailureKind, String, String) {
+        (kind, object.to_owned(), format!("{object} failed"))
+    }
+
+    #[test]
+    fn a_failure_keeps_its_start_while_it_persists_and_repeats_are_counted() {
+        let mut observer = Observer::new(None, Arc::new(Health::default()));
+        observer.track_failures(vec![found(FailureKind::MapFull, "shop/db")]);
+        let since = observer.failures.values().next().unwrap().since;
+        std::thread::sleep(Duration::from_millis(5));
+        observer.track_failures(vec![
+            found(FailureKind::MapFull, "shop/db"),
+            found(FailureKind::MapFull, "shop/db"),
+            found(FailureKind::Attach, "shop/web"),
+        ]);
+        let failures: Vec<&Failure> = observer.failures.values().collect();
+        assert_eq!(failures.len(), 2);
+        assert_eq!(
+            (failures[0].kind, failures[0].count, failures[0].since),
+            (FailureKind::MapFull, 2, since)
+        );
+        assert_eq!(failures[1].object, "shop/web");
+        assert!(failures[1].since > since);
+        observer.track_failures(Vec::new());
+        assert!(observer.failures.is_empty());
+    }
+
+    #[test]
+    fn map_usage_counts_each_family_and_map() {
+        let mut state = NodeState::default();
+        state.peers.insert("10.0.0.0/8".parse().unwrap(), 1);
+        state.peers.insert("10.1.0.0/16".parse().unwrap(), 2);
+        state.peers.insert("fd00::/64".parse().unwrap(), 1);
+        let usage = map_usage(&state, 3, 7);
+        let entries = |map: &str| {
+            usage
+                .iter()
+                .find(|usage| usage.map == map)
+                .map(|usage| usage.entries)
+        };
+        assert_eq!(entries(PEERS_V4_MAP), Some(2));
+        assert_eq!(entries(PEERS_V6_MAP), Some(1));
+        assert_eq!(entries(HOST_ADDRS_MAP), Some(3));
+        assert_eq!(entries(SERVICES_MAP), Some(7));
+        assert_eq!(entries(ENDPOINTS_MAP), Some(0));
+    }
+}
