@@ -2,11 +2,13 @@
 //! eBPF datapath that enforces them.
 
 pub mod agent;
+pub mod cli;
 pub mod datapath;
 pub mod discovery;
 pub mod explain;
 pub mod k8s;
 pub mod manifest;
+pub mod metrics;
 pub mod policy;
 
 /// The compiled `policy-ebpf` object, embedded at build time.

@@ -1,10 +1,16 @@
 //! `policy-agent`: the command line.
 
-use std::{io, path::PathBuf, process::ExitCode};
+use std::{
+    io::{self, IsTerminal as _},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use policy_agent::{
     agent::{self, DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, RunConfig, Source},
+    cli::{self, flows::FlowsOptions},
     datapath::DEFAULT_PIN_DIR,
     explain::{self, ExplainOptions, OutputFormat},
     manifest,
@@ -25,6 +31,10 @@ enum Command {
     Explain(ExplainArgs),
     /// Run the node agent: enforce the policies of SOURCE on this node's pods until stopped.
     Run(RunArgs),
+    /// The kernel's drops (and new allowed flows where enabled) as the agent logged them.
+    Flows(FlowsArgs),
+    /// The endpoints, map usage and failures the agent last published.
+    Status(StatusArgs),
     /// Print the generation (a hex hash of the manifests) of a manifest directory.
     Generation {
         /// The manifest directory.
@@ -48,8 +58,8 @@ struct RunArgs {
     /// The bpffs directory for the maps, programs and links (mounted if bpffs is not).
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// Where the agent publishes its applied generation, last error and flow log.
-    #[arg(long, default_value = "/run/netpol")]
+    /// Where the agent publishes its applied generation, status, last error and flow log.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// What a new pod's traffic meets before its programs are set up: `allow` (unfiltered until
     /// programmed) or `deny` (dropped from the moment its veth appears until programmed).
@@ -59,6 +69,35 @@ struct RunArgs {
     /// no uplink or other veth of the node has.
     #[arg(long = "endpoint-interface-prefix", default_value = DEFAULT_INTERFACE_PREFIX)]
     endpoint_interface_prefixes: Vec<String>,
+    /// Serve Prometheus metrics (/metrics) and probes (/healthz, /readyz) on this address,
+    /// e.g. 0.0.0.0:9402. Off when absent.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+const DEFAULT_STATE_DIR: &str = "/run/netpol";
+
+#[derive(clap::Args)]
+struct FlowsArgs {
+    /// The agent's state directory.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Keep printing flows as the agent logs them.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// One readable line per flow, or the JSON lines as logged.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Table)]
+    output: OutputArg,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The agent's state directory.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Readable tables, or the JSON the agent published.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputArg::Table)]
+    output: OutputArg,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +144,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,12 +192,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     mode: args.new_endpoints,
                     interface_prefixes: args.endpoint_interface_prefixes,
                 },
+                metrics_addr: args.metrics_addr,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?
                 .block_on(agent::run(config))?;
+        }
+        Command::Flows(args) => {
+            let options = FlowsOptions {
+                state_dir: args.state_dir,
+                follow: args.follow,
+                json: matches!(args.output, OutputArg::Json),
+            };
+            cli::flows::run(&options, &mut io::stdout().lock())?;
+        }
+        Command::Status(args) => {
+            let status = agent::status::read(&args.state_dir)?;
+            match args.output {
+                OutputArg::Table => print!("{}", cli::status::render(&status)),
+                OutputArg::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+            }
         }
         Command::Generation { dir } => println!("{}", manifest::generation(&dir)?),
     }

@@ -1,18 +1,24 @@
 //! The kernel's flow events, named: which pods, which policy. Appended as JSON lines to the
 //! state directory's `flows.jsonl`, for `policy-agent flows`, the demo and operators.
+//!
+//! The log is bounded: once it passes [`FLOW_LOG_MAX_BYTES`] it is renamed to `flows.jsonl.1`
+//! (replacing the previous one) and a new log starts, so the node keeps at most twice that.
 
 use std::{
-    collections::BTreeMap,
-    fs::OpenOptions,
-    io::Write as _,
+    collections::{BTreeMap, BTreeSet},
+    fs::{self, OpenOptions},
+    io::{self, Write as _},
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
+use jiff::{SignedDuration, Timestamp};
+use nix::time::{ClockId, clock_gettime};
 use policy_common::verdict::{Direction, Verdict};
-use serde::Serialize;
-use tracing::warn;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
 
 use crate::{
     datapath::{AsyncEventReader, Flow},
@@ -39,15 +45,21 @@ struct EndpointNames {
     egress_isolated_by: Vec<String>,
 }
 
+/// The size past which the flow log is rotated.
+pub const FLOW_LOG_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
 /// One line of `flows.jsonl`.
-#[derive(Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
+    /// When the kernel decided, RFC 3339 in UTC (from the event's CLOCK_MONOTONIC time).
+    #[serde(default)]
+    pub time: Option<Timestamp>,
     /// CLOCK_MONOTONIC nanoseconds.
     pub time_ns: u64,
     pub node: String,
     /// The local pod whose program decided.
     pub pod: Option<String>,
-    pub direction: &'static str,
+    pub direction: String,
     pub protocol: String,
     pub src: IpAddr,
     pub src_port: u16,
@@ -55,8 +67,8 @@ pub struct FlowRecord {
     pub dst: IpAddr,
     pub dst_port: u16,
     pub dst_pod: Option<String>,
-    pub verdict: &'static str,
-    pub reason: &'static str,
+    pub verdict: String,
+    pub reason: String,
     /// The rule that allowed the flow, or the policies whose isolation dropped it.
     pub decided_by: Option<String>,
 }
@@ -110,8 +122,8 @@ impl FlowContext {
         self.rules = state.rules.clone();
     }
 
-    /// Names a flow.
-    pub fn describe(&self, flow: &Flow) -> FlowRecord {
+    /// Names a flow. `clocks` converts the kernel's monotonic time to wall-clock time.
+    pub fn describe(&self, flow: &Flow, clocks: Option<Clocks>) -> FlowRecord {
         let endpoint = self.endpoints.get(&flow.endpoint_id);
         let name = |ip: &IpAddr| self.pods_by_ip.get(ip).map(ToString::to_string);
         let decided_by = match flow.outcome {
@@ -127,13 +139,15 @@ impl FlowContext {
             }),
         };
         FlowRecord {
+            time: clocks.and_then(|clocks| clocks.wall_time(flow.timestamp_ns)),
             time_ns: flow.timestamp_ns,
             node: self.node.clone(),
             pod: endpoint.and_then(|endpoint| endpoint.pod.as_ref().map(ToString::to_string)),
             direction: match flow.direction {
                 Direction::Ingress => "ingress",
                 Direction::Egress => "egress",
-            },
+            }
+            .to_owned(),
             protocol: protocol_name(flow.protocol),
             src: flow.src,
             src_port: flow.src_port,
@@ -145,11 +159,13 @@ impl FlowContext {
                 "allowed"
             } else {
                 "dropped"
-            },
+            }
+            .to_owned(),
             reason: match flow.outcome {
                 Ok(verdict) => verdict.name(),
                 Err(reason) => reason.name(),
-            },
+            }
+            .to_owned(),
             decided_by,
         }
     }
@@ -166,8 +182,57 @@ fn protocol_name(protocol: u8) -> String {
     }
 }
 
+/// The monotonic clock and the wall clock read together, to place kernel timestamps in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clocks {
+    pub monotonic_ns: u64,
+    pub wall: Timestamp,
+}
+
+impl Clocks {
+    /// Both clocks now; `None` when the monotonic clock cannot be read.
+    pub fn now() -> Option<Clocks> {
+        let monotonic = clock_gettime(ClockId::CLOCK_MONOTONIC).ok()?;
+        let monotonic_ns = Duration::from(monotonic).as_nanos();
+        Some(Clocks {
+            monotonic_ns: u64::try_from(monotonic_ns).ok()?,
+            wall: Timestamp::now(),
+        })
+    }
+
+    /// The wall-clock time of a CLOCK_MONOTONIC instant.
+    pub fn wall_time(&self, monotonic_ns: u64) -> Option<Timestamp> {
+        let ago = i128::from(self.monotonic_ns) - i128::from(monotonic_ns);
+        let ago = SignedDuration::from_nanos(i64::try_from(ago).ok()?);
+        self.wall.checked_sub(ago).ok()
+    }
+}
+
+/// The file a full flow log is renamed to.
+pub fn rotated_path(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// Appends `lines` to `log`, first rotating it when it has reached `max_bytes`.
+pub fn append(log: &Path, lines: &str, max_bytes: u64) -> io::Result<()> {
+    match fs::metadata(log) {
+        Ok(metadata) if metadata.len() >= max_bytes => fs::rename(log, rotated_path(log))?,
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut file| file.write_all(lines.as_bytes()))
+}
+
 /// Appends every flow event to `log` until the ring buffer fails.
 pub async fn record(mut events: AsyncEventReader, context: Arc<RwLock<FlowContext>>, log: PathBuf) {
+    let mut undecodable = BTreeSet::new();
     loop {
         let batch = match events.next_batch().await {
             Ok(batch) => batch,
@@ -177,26 +242,67 @@ pub async fn record(mut events: AsyncEventReader, context: Arc<RwLock<FlowContex
             }
         };
         let mut lines = String::new();
+        let clocks = Clocks::now();
         if let Ok(context) = context.read() {
             for flow in batch {
                 match flow {
                     Ok(flow) => {
-                        if let Ok(line) = serde_json::to_string(&context.describe(&flow)) {
+                        if let Ok(line) = serde_json::to_string(&context.describe(&flow, clocks)) {
                             lines.push_str(&line);
                             lines.push('\n');
                         }
                     }
-                    Err(error) => warn!(%error, "undecodable flow event"),
+                    // A fenced endpoint reports the non-IP frames it drops, which carry no
+                    // addresses: warn once, not for every frame.
+                    Err(error) if undecodable.insert(error.to_string()) => {
+                        warn!(%error, "undecodable flow event; further ones are logged at debug");
+                    }
+                    Err(error) => debug!(%error, "undecodable flow event"),
                 }
             }
         }
-        let written = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut file| file.write_all(lines.as_bytes()));
-        if let Err(error) = written {
+        if let Err(error) = append(&log, &lines, FLOW_LOG_MAX_BYTES) {
             warn!(%error, log = %log.display(), "cannot append flow events");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_time_is_placed_before_the_wall_clock_reading() {
+        let clocks = Clocks {
+            monotonic_ns: 10_000_000_000,
+            wall: "2026-11-26T07:00:10Z".parse().unwrap(),
+        };
+        assert_eq!(
+            clocks.wall_time(8_500_000_000).unwrap().to_string(),
+            "2026-11-26T07:00:08.5Z"
+        );
+    }
+
+    #[test]
+    fn a_full_log_is_rotated_once_and_the_new_one_starts_empty() {
+        let dir = std::env::temp_dir().join(format!("flowlog-rotate-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("flows.jsonl");
+        append(&log, "aaaa\n", 8).unwrap();
+        append(&log, "bbbb\n", 8).unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "aaaa\nbbbb\n");
+        append(&log, "cccc\n", 8).unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "cccc\n");
+        assert_eq!(
+            fs::read_to_string(rotated_path(&log)).unwrap(),
+            "aaaa\nbbbb\n"
+        );
+        append(&log, "dddd\n", 8).unwrap();
+        append(&log, "eeee\n", 8).unwrap();
+        assert_eq!(
+            fs::read_to_string(rotated_path(&log)).unwrap(),
+            "cccc\ndddd\n"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -23,15 +23,21 @@
 //!
 //! New endpoints: [`NewEndpoints`] chooses what a pod's traffic meets before it is programmed;
 //! `endpoints.rs` explains both modes.
+//!
+//! After every reconcile that ran the agent publishes `status.json` (see [`status`]); a failed
+//! reconcile is retried every second, and each failure is logged and counted once, when
+//! it starts. With a metrics address it serves Prometheus metrics and health probes
+//! ([`crate::metrics`]).
 
 mod endpoints;
 mod flows;
 mod source;
+pub mod status;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
@@ -40,16 +46,17 @@ use std::{
 pub use endpoints::{
     DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, NewEndpointsParseError,
 };
-pub use flows::FlowContext;
+pub use flows::{Clocks, FLOW_LOG_MAX_BYTES, FlowContext, FlowRecord, rotated_path};
 use source::{LoadError, Loader};
 pub use source::{Source, SourceParseError};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     datapath::{ApplyError, Datapath, DatapathConfig, DatapathError},
     discovery::{Discovery, DiscoveryError, events},
     error_chain,
     k8s::{self, Rejected},
+    metrics::{self, Health, Metrics},
     policy::{
         adopt::resolve_adopting,
         model::Snapshot,
@@ -61,6 +68,9 @@ use crate::{
 /// How often the agent reconciles without being told of a change: a safety net for
 /// notifications the kernel could not deliver.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a failed reconcile is retried (a full map, a failed attach, a source not listed
+/// yet).
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Events closer together than this are handled by one reconcile (an editor's save, the lab
 /// swapping several files, or a CNI creating, moving, addressing and routing a veth, is a burst
 /// of events).
@@ -77,6 +87,8 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     /// What a new endpoint's traffic meets before it is programmed.
     pub new_endpoints: NewEndpointPolicy,
+    /// Where to serve metrics and health probes; none when absent.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Failures that stop the agent. Failures of one reconcile are reported and retried instead.
@@ -111,6 +123,12 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why one reconcile did not apply.
@@ -118,8 +136,12 @@ pub enum AgentError {
 enum ReconcileError {
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("{count} object(s) rejected and left out, the rest applied. First: {first}")]
-    Rejected { count: usize, first: Rejected },
+    #[error(
+        "{} object(s) rejected and left out, the rest applied. First: {}",
+        rejected.len(),
+        rejected.first().map(|rejected| error_chain(rejected)).unwrap_or_default()
+    )]
+    Rejected { rejected: Vec<Rejected> },
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     #[error(transparent)]
@@ -177,6 +199,7 @@ struct Agent {
     uplinks: Vec<u32>,
     applied_generation: Option<String>,
     flow_context: Arc<RwLock<FlowContext>>,
+    observer: status::Observer,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. The programs stay attached when it exits.
@@ -209,6 +232,29 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
     let flow_context = Arc::new(RwLock::new(FlowContext::new(&config.node_name)));
     let flow_log = config.state_dir.join("flows.jsonl");
     tokio::spawn(flows::record(events, Arc::clone(&flow_context), flow_log));
+    let health = Arc::new(Health::default());
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let counters = datapath
+                .counter_reader()
+                .map_err(|source| AgentError::Datapath {
+                    pin_dir: config.pin_dir.clone(),
+                    source: Box::new(source),
+                })?;
+            let metrics = Arc::new(Metrics::new(counters));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Metrics { addr, source })?;
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+            ));
+            Some(metrics)
+        }
+        None => None,
+    };
 
     let (loader, mut changes) = Loader::start(&config.source, &config.node_name).await?;
     let mut netlink = events::subscribe()?;
@@ -224,21 +270,26 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         uplinks: Vec::new(),
         applied_generation: None,
         flow_context,
+        observer: status::Observer::new(metrics, health),
         config,
     };
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| AgentError::StateDir {
         path: PathBuf::from("SIGTERM handler"),
         source,
     })?;
+    agent.observer.health.tick();
     agent.reconcile_and_report().await?;
     loop {
+        agent.observer.health.tick();
         tokio::select! {
             change = changes.recv() => {
                 if change.is_none() {
                     return Ok(());
                 }
+                agent.observer.change_received();
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
                 agent.reconcile_and_report().await?;
@@ -255,6 +306,9 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
             _ = resync.tick() => {
                 agent.reconcile_and_report().await?;
             }
+            _ = retry.tick(), if agent.observer.failing => {
+                agent.reconcile_and_report().await?;
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -264,21 +318,27 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
 }
 
 impl Agent {
-    /// One reconcile; its failure is logged and published, and only state-dir failures stop
-    /// the agent.
+    /// One reconcile; its failure is logged (once) and published, and only state-dir failures
+    /// stop the agent.
     async fn reconcile_and_report(&mut self) -> Result<(), AgentError> {
         let started = Instant::now();
         let result = self.reconcile().await;
+        let elapsed = started.elapsed();
+        self.observe(&result, elapsed)
+            .map_err(|source| AgentError::StateDir {
+                path: self.config.state_dir.join(status::STATUS_FILE),
+                source,
+            })?;
         let error_file = self.config.state_dir.join("last-error");
         match result {
             Ok(applied) => {
                 if applied {
-                    debug!(elapsed = ?started.elapsed(), "reconciled");
+                    debug!(?elapsed, "reconciled");
                 }
                 remove_if_present(&error_file)
             }
             Err(error) => {
-                warn!("{}", error_chain(&error));
+                debug!("{}", error_chain(&error));
                 write_atomically(&error_file, &format!("{}\n", error_chain(&error))).map_err(
                     |source| AgentError::StateDir {
                         path: error_file.clone(),
@@ -293,7 +353,7 @@ impl Agent {
     async fn reconcile(&mut self) -> Result<bool, ReconcileError> {
         let mut loaded = self.loader.load()?;
         for rejected in &loaded.rejected {
-            warn!("{}", error_chain(rejected));
+            debug!("{}", error_chain(rejected));
         }
         let generation = std::mem::take(&mut loaded.generation);
         let resolved = match &self.programmed {
@@ -417,8 +477,7 @@ impl Agent {
         }
         if !loaded.rejected.is_empty() {
             return Err(ReconcileError::Rejected {
-                count: loaded.rejected.len(),
-                first: loaded.rejected.swap_remove(0),
+                rejected: loaded.rejected,
             });
         }
         Ok(writes > 0)

@@ -10,7 +10,7 @@ use std::{
 
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::AgentError;
 use crate::{
@@ -62,8 +62,12 @@ impl fmt::Display for Source {
 /// Why a source gave no content to apply.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("the manifests have {count} error(s); keeping the last good state. First: {first}")]
-    Manifests { count: usize, first: ManifestError },
+    #[error(
+        "the manifests have {} error(s); keeping the last good state. First: {}",
+        errors.len(),
+        errors.first().map(|error| error_chain(error)).unwrap_or_default()
+    )]
+    Manifests { errors: Vec<ManifestError> },
     #[error("cannot hash the manifests")]
     Generation {
         #[source]
@@ -121,15 +125,10 @@ fn load_files(dir: &Path) -> Result<Content, LoadError> {
     // is never ahead of what was applied.
     let generation =
         manifest::generation(dir).map_err(|source| LoadError::Generation { source })?;
-    let mut loaded = manifest::load(std::slice::from_ref(&dir.to_owned()));
+    let loaded = manifest::load(std::slice::from_ref(&dir.to_owned()));
     if !loaded.errors.is_empty() {
-        for error in &loaded.errors {
-            warn!("{}", error_chain(error));
-        }
-        let count = loaded.errors.len();
         return Err(LoadError::Manifests {
-            count,
-            first: loaded.errors.swap_remove(0),
+            errors: loaded.errors,
         });
     }
     for skipped in &loaded.skipped {

@@ -70,6 +70,12 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("cannot open pinned map {path}")]
+    OpenPinnedMap {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
     #[error("cannot read map info of pin {path}")]
     MapInfo {
         path: PathBuf,

@@ -90,7 +90,7 @@ pub use self::{
     error::{ApplyError, DatapathError, UpdateError},
     hold::{HELD, is_held},
     sync::ApplyStats,
-    telemetry::{AsyncEventReader, CounterReading, EventError, EventReader, Flow},
+    telemetry::{AsyncEventReader, CounterReader, CounterReading, EventError, EventReader, Flow},
 };
 #[cfg(doc)]
 use crate::policy::state::{Delta, NodeState};

@@ -2,7 +2,7 @@
 
 use std::{mem::offset_of, net::IpAddr};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use policy_common::{
     maps::{Counter, FlowEvent, counter_index},
     names::COUNTERS_MAP,
@@ -173,21 +173,7 @@ impl Datapath {
         direction: Direction,
         outcome: Result<Verdict, DropReason>,
     ) -> Result<Counter, DatapathError> {
-        let index = counter_index(endpoint_id, direction, verdict::outcome(outcome));
-        let per_cpu =
-            self.maps
-                .counters
-                .get(&index, 0)
-                .map_err(|source| DatapathError::ReadMap {
-                    name: COUNTERS_MAP,
-                    source,
-                })?;
-        Ok(per_cpu
-            .iter()
-            .fold(Counter::default(), |sum, counter| Counter {
-                packets: sum.packets + counter.packets,
-                bytes: sum.bytes + counter.bytes,
-            }))
+        read_counter(&self.maps.counters, endpoint_id, direction, outcome)
     }
 
     /// Every non-zero counter of one endpoint.
@@ -195,25 +181,91 @@ impl Datapath {
         &self,
         endpoint_id: u32,
     ) -> Result<Vec<CounterReading>, DatapathError> {
-        let mut readings = Vec::new();
-        for direction in Direction::ALL {
-            for code in 0..OUTCOMES as u8 {
-                let Some(outcome) = verdict::outcome_from_u8(code) else {
-                    continue;
-                };
-                let counter = self.counter(endpoint_id, direction, outcome)?;
-                if counter.packets > 0 {
-                    readings.push(CounterReading {
-                        direction,
-                        outcome,
-                        packets: counter.packets,
-                        bytes: counter.bytes,
-                    });
-                }
+        read_endpoint_counters(&self.maps.counters, endpoint_id)
+    }
+
+    /// A reader of the counters with its own descriptor of the pinned map, for a metrics
+    /// endpoint that runs beside the agent's loop.
+    pub fn counter_reader(&self) -> Result<CounterReader, DatapathError> {
+        let path = self.layout.maps.join(COUNTERS_MAP);
+        let data = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPinnedMap {
+            path: path.clone(),
+            source,
+        })?;
+        let counters = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|source| {
+            DatapathError::MapType {
+                name: COUNTERS_MAP,
+                source,
+            }
+        })?;
+        Ok(CounterReader { counters })
+    }
+}
+
+/// Reads the per-CPU counters of the pinned map.
+pub struct CounterReader {
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+impl CounterReader {
+    /// Every non-zero counter of one endpoint.
+    pub fn endpoint_counters(
+        &self,
+        endpoint_id: u32,
+    ) -> Result<Vec<CounterReading>, DatapathError> {
+        read_endpoint_counters(&self.counters, endpoint_id)
+    }
+}
+
+impl std::fmt::Debug for CounterReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CounterReader")
+    }
+}
+
+fn read_counter(
+    counters: &PerCpuArray<MapData, Counter>,
+    endpoint_id: u32,
+    direction: Direction,
+    outcome: Result<Verdict, DropReason>,
+) -> Result<Counter, DatapathError> {
+    let index = counter_index(endpoint_id, direction, verdict::outcome(outcome));
+    let per_cpu = counters
+        .get(&index, 0)
+        .map_err(|source| DatapathError::ReadMap {
+            name: COUNTERS_MAP,
+            source,
+        })?;
+    Ok(per_cpu
+        .iter()
+        .fold(Counter::default(), |sum, counter| Counter {
+            packets: sum.packets + counter.packets,
+            bytes: sum.bytes + counter.bytes,
+        }))
+}
+
+fn read_endpoint_counters(
+    counters: &PerCpuArray<MapData, Counter>,
+    endpoint_id: u32,
+) -> Result<Vec<CounterReading>, DatapathError> {
+    let mut readings = Vec::new();
+    for direction in Direction::ALL {
+        for code in 0..OUTCOMES as u8 {
+            let Some(outcome) = verdict::outcome_from_u8(code) else {
+                continue;
+            };
+            let counter = read_counter(counters, endpoint_id, direction, outcome)?;
+            if counter.packets > 0 {
+                readings.push(CounterReading {
+                    direction,
+                    outcome,
+                    packets: counter.packets,
+                    bytes: counter.bytes,
+                });
             }
         }
-        Ok(readings)
     }
+    Ok(readings)
 }
 
 #[cfg(test)]

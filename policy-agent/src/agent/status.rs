@@ -1,0 +1,645 @@
+//! What the agent tells operators about itself: `<state-dir>/status.json`, replaced atomically
+//! after every reconcile that ran (and after every failure), the failures that persist (each
+//! logged and counted once, when it starts), and the metrics.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, hash_map::DefaultHasher},
+    fs,
+    hash::{Hash as _, Hasher as _},
+    io,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use jiff::Timestamp;
+use policy_common::{
+    maps::{
+        ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, MAX_ENDPOINTS, MAX_HOST_ADDRS,
+        MAX_PEER_PREFIXES, MAX_POLICY_ENTRIES, MAX_SERVICE_ADDRS,
+    },
+    names::{ENDPOINTS_MAP, HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP},
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{Agent, ReconcileError, source::LoadError, write_atomically};
+use crate::{
+    datapath::UpdateError,
+    error_chain,
+    manifest::ManifestError,
+    metrics::{Health, MapFill, Metrics},
+    policy::{
+        resolve::ResolveError,
+        state::{NodeState, PodRef},
+    },
+};
+
+/// The file the agent publishes its status in, under the state directory.
+pub const STATUS_FILE: &str = "status.json";
+
+/// The agent's state, as `status.json` holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub source: String,
+    /// When this status was written.
+    pub time: Timestamp,
+    /// The generation of the source content the datapath enforces.
+    pub applied_generation: Option<String>,
+    /// Whether a reconcile has programmed the datapath since the agent started.
+    pub ready: bool,
+    pub endpoints: Vec<EndpointStatus>,
+    pub maps: Vec<MapUsage>,
+    /// Failures that persist now, oldest first.
+    pub failures: Vec<Failure>,
+    /// The error of the last reconcile, while the reconciles fail.
+    pub last_error: Option<LastError>,
+}
+
+/// One local pod's endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The host-side interface; absent while the pod has none yet.
+    pub interface: Option<String>,
+    pub ifindex: Option<u32>,
+    pub endpoint_id: u32,
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    pub state: EndpointPhase,
+    /// The generation of the reconcile that last wrote this endpoint's entry or policy entries.
+    pub generation: Option<String>,
+    /// Entries of the policy map this endpoint uses.
+    pub policy_entries: usize,
+}
+
+/// Where an endpoint stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointPhase {
+    /// Its programs run with its policy.
+    Programmed,
+    /// A map update for it failed: it denies all traffic until an update succeeds.
+    Fenced,
+    /// The pod has no interface on this node yet.
+    WaitingForInterface,
+}
+
+/// Entries and capacity of one map that can fill (the LRU maps evict instead).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapUsage {
+    pub map: String,
+    /// The entries the last resolve needs.
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// What kind of failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// A map (or the resolver's check of its capacity) has no room.
+    MapFull,
+    /// Another map write failed.
+    MapUpdate,
+    /// A program could not be attached.
+    Attach,
+    /// An object of the source was rejected (it does not parse, or a field is invalid).
+    InvalidObject,
+    /// Valid objects the datapath cannot represent (ids exhausted).
+    Unrepresentable,
+    /// The agent could not read its source, talk to netlink, or write its state.
+    Agent,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::MapFull,
+        FailureKind::MapUpdate,
+        FailureKind::Attach,
+        FailureKind::InvalidObject,
+        FailureKind::Unrepresentable,
+        FailureKind::Agent,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailureKind::MapFull => "map-full",
+            FailureKind::MapUpdate => "map-update",
+            FailureKind::Attach => "attach",
+            FailureKind::InvalidObject => "invalid-object",
+            FailureKind::Unrepresentable => "unrepresentable",
+            FailureKind::Agent => "agent",
+        }
+    }
+}
+
+/// One failure that persists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The object it concerns: a pod, a manifest object, a map's contents, the node.
+    pub object: String,
+    /// The first error of this kind and object, with its causes.
+    pub error: String,
+    /// How many errors of this kind and object the last failing reconcile had.
+    pub count: usize,
+    /// When it started.
+    pub since: Timestamp,
+}
+
+/// The error of the last reconcile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    pub time: Timestamp,
+    pub error: String,
+}
+
+/// Why `status.json` cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusReadError {
+    #[error(
+        "no agent has published a status in {dir} (is `policy-agent run` running with this --state-dir?)",
+        dir = dir.display()
+    )]
+    Missing {
+        dir: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a valid status", path = path.display())]
+    Invalid {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Reads the status an agent published in `state_dir`.
+pub fn read(state_dir: &Path) -> Result<Status, StatusReadError> {
+    let path = state_dir.join(STATUS_FILE);
+    let text = fs::read_to_string(&path).map_err(|source| StatusReadError::Missing {
+        dir: state_dir.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| StatusReadError::Invalid { path, source })
+}
+
+/// The observability side of the agent: failure tracking, status and metrics.
+pub(super) struct Observer {
+    pub(super) metrics: Option<std::sync::Arc<Metrics>>,
+    pub(super) health: std::sync::Arc<Health>,
+    /// Failures of the last reconcile, by kind and object.
+    failures: BTreeMap<(FailureKind, String), Failure>,
+    last_error: Option<LastError>,
+    /// Endpoints denying all traffic after the last failed update.
+    fenced: BTreeSet<PodRef>,
+    /// Per endpoint: a digest of what was written for it, and the generation that wrote it.
+    written: BTreeMap<PodRef, (u64, String)>,
+    /// The first source change no successful reconcile has applied yet.
+    pending_change: Option<Instant>,
+    /// Whether the last reconcile failed: the periodic pass retries it.
+    pub(super) failing: bool,
+}
+
+impl Observer {
+    pub(super) fn new(
+        metrics: Option<std::sync::Arc<Metrics>>,
+        health: std::sync::Arc<Health>,
+    ) -> Observer {
+        if let Some(metrics) = &metrics {
+            for kind in FailureKind::ALL {
+                metrics.declare_failure_kind(kind.name());
+            }
+        }
+        Observer {
+            metrics,
+            health,
+            failures: BTreeMap::new(),
+            last_error: None,
+            fenced: BTreeSet::new(),
+            written: BTreeMap::new(),
+            pending_change: None,
+            failing: false,
+        }
+    }
+
+    /// The source announced a change now.
+    pub(super) fn change_received(&mut self) {
+        self.pending_change.get_or_insert_with(Instant::now);
+    }
+
+    /// Makes the failures of the last reconcile the current ones: new ones are logged and
+    /// counted, gone ones logged as resolved.
+    fn track_failures(&mut self, found: Vec<(FailureKind, String, String)>) {
+        let now = Timestamp::now();
+        let mut current: BTreeMap<(FailureKind, String), Failure> = BTreeMap::new();
+        for (kind, object, error) in found {
+            let key = (kind, object);
+            if let Some(failure) = current.get_mut(&key) {
+                failure.count += 1;
+                continue;
+            }
+            let since = match self.failures.get(&key) {
+                Some(known) => known.since,
+                None => {
+                    warn!(kind = kind.name(), object = %key.1, "{error}");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.failure_started(kind.name());
+                    }
+                    now
+                }
+            };
+            current.insert(
+                key.clone(),
+                Failure {
+                    kind,
+                    object: key.1,
+                    error,
+                    count: 1,
+                    since,
+                },
+            );
+        }
+        for (kind, object) in self.failures.keys() {
+            if !current.contains_key(&(*kind, object.clone())) {
+                info!(kind = kind.name(), %object, "failure resolved");
+            }
+        }
+        self.failures = current;
+    }
+}
+
+impl Agent {
+    /// Records the outcome of a reconcile that ran: failures, status.json, metrics.
+    pub(super) fn observe(
+        &mut self,
+        result: &Result<bool, ReconcileError>,
+        elapsed: Duration,
+    ) -> io::Result<()> {
+        let observer = &mut self.observer;
+        if let Some(metrics) = &observer.metrics {
+            metrics.observe_reconcile(elapsed);
+        }
+        match result {
+            Ok(_) => {
+                observer.track_failures(Vec::new());
+                observer.last_error = None;
+                observer.fenced.clear();
+                observer.failing = false;
+                observer.health.set_ready();
+                if let (Some(received), Some(metrics)) =
+                    (observer.pending_change.take(), &observer.metrics)
+                {
+                    metrics.observe_enforcement(received.elapsed());
+                }
+                if let Some(programmed) = &self.programmed
+                    && let Some(generation) = &self.applied_generation
+                {
+                    record_writes(
+                        &mut observer.written,
+                        programmed,
+                        &self.interfaces,
+                        generation,
+                    );
+                }
+            }
+            Err(error) => {
+                let endpoint_pods: BTreeMap<u32, PodRef> = self
+                    .resolved
+                    .endpoints
+                    .values()
+                    .map(|endpoint| (endpoint.info.endpoint_id, endpoint.pod.clone()))
+                    .collect();
+                observer.track_failures(failures_of(error, &endpoint_pods));
+                observer.last_error = Some(LastError {
+                    time: Timestamp::now(),
+                    error: error_chain(error),
+                });
+                if let ReconcileError::Apply(apply) = error {
+                    observer.fenced.extend(apply.fenced.iter().cloned());
+                }
+                // Rejected objects are left out and the rest is applied: nothing to retry
+                // until the source changes.
+                observer.failing = !matches!(error, ReconcileError::Rejected { .. });
+            }
+        }
+        let status = self.status();
+        if let Some(metrics) = &self.observer.metrics {
+            let endpoints = self
+                .programmed
+                .iter()
+                .flat_map(|state| state.endpoints.values())
+                .map(|endpoint| (endpoint.info.endpoint_id, endpoint.pod.clone()))
+                .collect();
+            let maps = status
+                .maps
+                .iter()
+                .map(|usage| MapFill {
+                    map: usage.map.clone(),
+                    entries: usage.entries,
+                    capacity: usage.capacity,
+                })
+                .collect();
+            metrics.publish(endpoints, maps);
+        }
+        if let Err(ReconcileError::Apply(_)) = result {
+            // Fenced endpoints keep their entries otherwise (a later delta may not touch them):
+            // the next reconcile diffs against what the maps really hold, which heals them.
+            self.programmed = None;
+        }
+        let text = serde_json::to_string_pretty(&status).map_err(io::Error::other)?;
+        write_atomically(&self.config.state_dir.join(STATUS_FILE), &text)
+    }
+
+    fn status(&self) -> Status {
+        let empty = NodeState::default();
+        let programmed = self.programmed.as_ref().unwrap_or(&empty);
+        let mut entries_of: BTreeMap<u32, usize> = BTreeMap::new();
+        for key in programmed.policy.keys() {
+            *entries_of.entry(key.endpoint_id).or_default() += 1;
+        }
+        let endpoints = self
+            .resolved
+            .endpoints
+            .values()
+            .map(|endpoint| {
+                let ifindex = self.interfaces.get(&endpoint.pod).copied();
+                let state = if ifindex.is_none() {
+                    EndpointPhase::WaitingForInterface
+                } else if self.observer.fenced.contains(&endpoint.pod) {
+                    EndpointPhase::Fenced
+                } else {
+                    EndpointPhase::Programmed
+                };
+                EndpointStatus {
+                    pod: endpoint.pod.to_string(),
+                    interface: ifindex.and_then(interface_name),
+                    ifindex,
+                    endpoint_id: endpoint.info.endpoint_id,
+                    ingress_isolated: endpoint.info.flags & ENDPOINT_INGRESS_ISOLATED != 0,
+                    egress_isolated: endpoint.info.flags & ENDPOINT_EGRESS_ISOLATED != 0,
+                    state,
+                    generation: self
+                        .observer
+                        .written
+                        .get(&endpoint.pod)
+                        .map(|(_, generation)| generation.clone()),
+                    policy_entries: programmed
+                        .endpoints
+                        .get(&endpoint.pod)
+                        .and_then(|programmed| entries_of.get(&programmed.info.endpoint_id))
+                        .copied()
+                        .unwrap_or(0),
+                }
+            })
+            .collect();
+        let mut failures: Vec<Failure> = self.observer.failures.values().cloned().collect();
+        failures.sort_by_key(|failure| failure.since);
+        Status {
+            node: self.config.node_name.clone(),
+            source: self.config.source.to_string(),
+            time: Timestamp::now(),
+            applied_generation: self.applied_generation.clone(),
+            ready: self.observer.health.is_ready(),
+            endpoints,
+            maps: map_usage(programmed, self.host_addrs.len(), self.service_addrs.len()),
+            failures,
+            last_error: self.observer.last_error.clone(),
+        }
+    }
+}
+
+/// The name of an interface of this network namespace.
+fn interface_name(ifindex: u32) -> Option<String> {
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .and_then(|name| name.into_string().ok())
+}
+
+/// The fill of every map that can fill, from the programmed state.
+fn map_usage(programmed: &NodeState, host_addrs: usize, service_addrs: usize) -> Vec<MapUsage> {
+    let v4 = programmed
+        .peers
+        .keys()
+        .filter(|prefix| prefix.addr.is_ipv4())
+        .count();
+    let v6 = programmed.peers.len() - v4;
+    [
+        (ENDPOINTS_MAP, programmed.endpoints.len(), MAX_ENDPOINTS),
+        (POLICY_MAP, programmed.policy.len(), MAX_POLICY_ENTRIES),
+        (PEERS_V4_MAP, v4, MAX_PEER_PREFIXES),
+        (PEERS_V6_MAP, v6, MAX_PEER_PREFIXES),
+        (HOST_ADDRS_MAP, host_addrs, MAX_HOST_ADDRS),
+        (SERVICES_MAP, service_addrs, MAX_SERVICE_ADDRS),
+    ]
+    .into_iter()
+    .map(|(map, entries, capacity)| MapUsage {
+        map: map.to_owned(),
+        entries: entries as u64,
+        capacity: u64::from(capacity),
+    })
+    .collect()
+}
+
+/// Remembers, per programmed endpoint, the generation that last changed what was written for
+/// it (its entry, its interface, or its policy entries).
+fn record_writes(
+    written: &mut BTreeMap<PodRef, (u64, String)>,
+    programmed: &NodeState,
+    interfaces: &BTreeMap<PodRef, u32>,
+    generation: &str,
+) {
+    let mut digests: BTreeMap<u32, DefaultHasher> = BTreeMap::new();
+    for (key, value) in &programmed.policy {
+        let hasher = digests.entry(key.endpoint_id).or_default();
+        key.hash(hasher);
+        value.hash(hasher);
+    }
+    written.retain(|pod, _| programmed.endpoints.contains_key(pod));
+    for (pod, endpoint) in &programmed.endpoints {
+        let mut hasher = digests
+            .remove(&endpoint.info.endpoint_id)
+            .unwrap_or_default();
+        let info = endpoint.info;
+        (
+            info.endpoint_id,
+            info.flags,
+            info.ingress_plan,
+            info.egress_plan,
+        )
+            .hash(&mut hasher);
+        interfaces.get(pod).hash(&mut hasher);
+        let digest = hasher.finish();
+        match written.get(pod) {
+            Some((known, _)) if *known == digest => {}
+            _ => {
+                written.insert(pod.clone(), (digest, generation.to_owned()));
+            }
+        }
+    }
+}
+
+/// The failures in a reconcile's error, as (kind, object, error).
+fn failures_of(
+    error: &ReconcileError,
+    endpoint_pods: &BTreeMap<u32, PodRef>,
+) -> Vec<(FailureKind, String, String)> {
+    let one = |kind, object: String| vec![(kind, object, error_chain(error))];
+    match error {
+        ReconcileError::Load(LoadError::Manifests { errors }) => errors
+            .iter()
+            .map(|error| {
+                (
+                    FailureKind::InvalidObject,
+                    manifest_object(error),
+                    error_chain(error),
+                )
+            })
+            .collect(),
+        ReconcileError::Load(LoadError::Generation { .. } | LoadError::NotReady(_)) => {
+            one(FailureKind::Agent, "source".to_owned())
+        }
+        ReconcileError::Rejected { rejected } => rejected
+            .iter()
+            .map(|rejected| {
+                (
+                    FailureKind::InvalidObject,
+                    rejected.object.clone(),
+                    error_chain(rejected),
+                )
+            })
+            .collect(),
+        ReconcileError::Resolve(resolve) => match resolve {
+            ResolveError::TooManyEndpoints { node, .. }
+            | ResolveError::TooManyPolicyEntries { node, .. }
+            | ResolveError::TooManyPeerPrefixes { node, .. } => {
+                one(FailureKind::MapFull, format!("node {node}"))
+            }
+            ResolveError::IdsExhausted { what } => {
+                one(FailureKind::Unrepresentable, format!("{what} ids"))
+            }
+        },
+        ReconcileError::Discovery(_) => one(FailureKind::Agent, "netlink".to_owned()),
+        ReconcileError::Apply(apply) => apply
+            .failures
+            .iter()
+            .map(|failure| {
+                let kind = if failure.is_map_full() {
+                    FailureKind::MapFull
+                } else {
+                    FailureKind::MapUpdate
+                };
+                (
+                    kind,
+                    update_object(failure, endpoint_pods),
+                    error_chain(failure),
+                )
+            })
+            .collect(),
+        ReconcileError::AttachUplink { ifindex, .. } => {
+            one(FailureKind::Attach, format!("uplink {ifindex}"))
+        }
+        ReconcileError::Attach { pod, .. } => one(FailureKind::Attach, pod.to_string()),
+        ReconcileError::Datapath(_) => one(FailureKind::Agent, "datapath".to_owned()),
+        ReconcileError::Publish { path, .. } => one(FailureKind::Agent, path.display().to_string()),
+    }
+}
+
+/// The object a manifest error names, or its file when it names none.
+fn manifest_object(error: &ManifestError) -> String {
+    match error {
+        ManifestError::Schema { path, object, .. }
+        | ManifestError::Invalid { path, object, .. } => {
+            format!("{object} ({})", path.display())
+        }
+        ManifestError::Read { path, .. }
+        | ManifestError::Yaml { path, .. }
+        | ManifestError::Shape { path, .. } => path.display().to_string(),
+    }
+}
+
+/// The object a failed map update concerns: the pod whose entries it wrote, or the shared
+/// contents of a map.
+fn update_object(failure: &UpdateError, endpoint_pods: &BTreeMap<u32, PodRef>) -> String {
+    let endpoint = |endpoint_id: u32| {
+        endpoint_pods
+            .get(&endpoint_id)
+            .map_or_else(|| format!("endpoint {endpoint_id}"), ToString::to_string)
+    };
+    match failure {
+        UpdateError::PolicyUpsert { key, .. } | UpdateError::PolicyRemoval { key, .. } => {
+            endpoint(key.endpoint_id)
+        }
+        UpdateError::EndpointIdWrite { endpoint_id, .. } => endpoint(*endpoint_id),
+        UpdateError::PeerUpsert { .. }
+        | UpdateError::PeerRemoval { .. }
+        | UpdateError::InvalidPrefix { .. } => "peer prefixes".to_owned(),
+        UpdateError::NoInterface { pod }
+        | UpdateError::EndpointUpsert { pod, .. }
+        | UpdateError::EndpointRemoval { pod, .. }
+        | UpdateError::Fence { pod, .. } => pod.to_string(),
+        UpdateError::HostAddrUpsert { .. } | UpdateError::HostAddrRemoval { .. } => {
+            "host addresses".to_owned()
+        }
+        UpdateError::ServiceAddrUpsert { .. } | UpdateError::ServiceAddrRemoval { .. } => {
+            "ClusterIPs".to_owned()
+        }
+        UpdateError::Datapath(_) => "datapath".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn found(kind: FailureKind, object: &str) -> (FailureKind, String, String) {
+        (kind, object.to_owned(), format!("{object} failed"))
+    }
+
+    #[test]
+    fn a_failure_keeps_its_start_while_it_persists_and_repeats_are_counted() {
+        let mut observer = Observer::new(None, Arc::new(Health::default()));
+        observer.track_failures(vec![found(FailureKind::MapFull, "shop/db")]);
+        let since = observer.failures.values().next().unwrap().since;
+        std::thread::sleep(Duration::from_millis(5));
+        observer.track_failures(vec![
+            found(FailureKind::MapFull, "shop/db"),
+            found(FailureKind::MapFull, "shop/db"),
+            found(FailureKind::Attach, "shop/web"),
+        ]);
+        let failures: Vec<&Failure> = observer.failures.values().collect();
+        assert_eq!(failures.len(), 2);
+        assert_eq!(
+            (failures[0].kind, failures[0].count, failures[0].since),
+            (FailureKind::MapFull, 2, since)
+        );
+        assert_eq!(failures[1].object, "shop/web");
+        assert!(failures[1].since > since);
+        observer.track_failures(Vec::new());
+        assert!(observer.failures.is_empty());
+    }
+
+    #[test]
+    fn map_usage_counts_each_family_and_map() {
+        let mut state = NodeState::default();
+        state.peers.insert("10.0.0.0/8".parse().unwrap(), 1);
+        state.peers.insert("10.1.0.0/16".parse().unwrap(), 2);
+        state.peers.insert("fd00::/64".parse().unwrap(), 1);
+        let usage = map_usage(&state, 3, 7);
+        let entries = |map: &str| {
+            usage
+                .iter()
+                .find(|usage| usage.map == map)
+                .map(|usage| usage.entries)
+        };
+        assert_eq!(entries(PEERS_V4_MAP), Some(2));
+        assert_eq!(entries(PEERS_V6_MAP), Some(1));
+        assert_eq!(entries(HOST_ADDRS_MAP), Some(3));
+        assert_eq!(entries(SERVICES_MAP), Some(7));
+        assert_eq!(entries(ENDPOINTS_MAP), Some(0));
+    }
+}
