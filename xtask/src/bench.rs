@@ -8,11 +8,16 @@
 //!   BPF_PROG_TEST_RUN for established, new allowed and new denied flows with 10 and 10,000 policy
 //!   entries, net of an empty classifier measured in the same run.
 
+mod bed;
+mod cluster;
+mod control;
+mod probe;
+
 use std::{fs, process::Command};
 
 use anyhow::Context as _;
 
-use crate::{check::workspace_root, run, setup};
+use crate::{build, check::workspace_root, run, setup};
 
 pub fn run() -> anyhow::Result<()> {
     setup::ensure_bpf_linker(false)?;
@@ -53,10 +58,17 @@ pub fn run() -> anyhow::Result<()> {
     let datapath_file = out_dir.join("datapath.txt");
     fs::write(&datapath_file, &datapath)
         .with_context(|| format!("writing {}", datapath_file.display()))?;
+    println!("bench: the control plane (release build of the agent)");
+    build::run(&build::Args { release: true })?;
+    let figures = control::measure(&workspace_root().join("target/release/policy-agent"))?;
+    let control_file = out_dir.join("control.json");
+    fs::write(&control_file, serde_json::to_string_pretty(&figures)?)
+        .with_context(|| format!("writing {}", control_file.display()))?;
     println!(
-        "bench: figures written to {} and {}",
+        "bench: figures written to {}, {} and {}",
         resolver_file.display(),
-        datapath_file.display()
+        datapath_file.display(),
+        control_file.display()
     );
     Ok(())
 }

@@ -1,0 +1,609 @@
+//! The control-plane benchmarks (root): the real agent binary on a bench node, fed a manifest
+//! directory.
+//!
+//! - Change to enforcement: a synthetic cluster of 1,000 pods and 500 policies plus a probe
+//!   namespace; each change kind is written in turn while a client pod probes a server pod, and
+//!   the time until the kernel's verdict flips is taken (see [`probe`]).
+//! - Start: the agent starts against 1,000, 10,000 and 50,000 pods with 1,000 policies in 100
+//!   namespaces and 100 endpoints on its node; the time to its first published generation, its
+//!   peak resident memory and the BPF map memory it programmed.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{
+    bed::{Bed, MapMemory, Start},
+    cluster::{self, ClusterSize, MEASURED_NODE},
+    probe::{self, percentile},
+};
+use crate::run;
+
+/// Interleaved runs behind every figure.
+pub const RUNS: usize = 5;
+/// Rounds of every change, in both directions, per run.
+const ROUNDS_PER_RUN: usize = 20;
+/// How long a change may take to flip the verdict before it counts as missed.
+const FLIP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The lab source of the change benchmark.
+const CHANGE_CLUSTER: ClusterSize = ClusterSize {
+    pods: 1_000,
+    policies: 500,
+    namespaces: 100,
+};
+/// The pod counts of the start benchmark, with 1,000 policies in 100 namespaces.
+const START_PODS: [usize; 3] = [1_000, 10_000, 50_000];
+const START_POLICIES: usize = 1_000;
+const START_NAMESPACES: usize = 100;
+/// The server port of the probe pods.
+const PROBE_PORT: u16 = 8080;
+/// The namespace of the probe pods.
+const PROBE_NAMESPACE: &str = "probe";
+/// Where the bench writes its manifest directories.
+const WORK_DIR: &str = "/run/netpol-bench/work";
+
+/// Everything the control-plane benchmarks measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct ControlFigures {
+    pub changes: ChangeFigures,
+    pub starts: Vec<StartFigures>,
+}
+
+/// Change to enforcement, per change.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangeFigures {
+    pub pods: usize,
+    pub policies: usize,
+    pub namespaces: usize,
+    /// Endpoints on the measured node (sink endpoints and probe pods).
+    pub endpoints: usize,
+    pub runs: usize,
+    pub rounds_per_run: usize,
+    pub attempt_timeout_ms: f64,
+    pub attempt_period_ms: f64,
+    pub changes: Vec<ChangeLatency>,
+}
+
+/// One change, in every round of every run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangeLatency {
+    /// E.g. "policy added".
+    pub change: String,
+    /// "allowed" or "denied": the verdict the change brings.
+    pub verdict: String,
+    /// Milliseconds from writing the change to its enforcement, sorted.
+    pub samples_ms: Vec<f64>,
+    /// Changes whose verdict did not flip within the flip timeout.
+    pub missed: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// The p50 of each run, in run order: the spread between runs.
+    pub run_p50s_ms: Vec<f64>,
+}
+
+/// The agent's start at one cluster size: medians over the runs, and the maps of the median
+/// run.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartFigures {
+    pub pods: usize,
+    pub policies: usize,
+    pub namespaces: usize,
+    pub endpoints: usize,
+    pub first_generation_ms: f64,
+    pub peak_rss_bytes: u64,
+    pub map_memory_bytes: u64,
+    pub runs: Vec<Start>,
+    pub maps: Vec<MapMemory>,
+}
+
+/// Runs both benchmarks with `agent` (a release build of `policy-agent`).
+pub fn measure(agent: &Path) -> Result<ControlFigures> {
+    fs::create_dir_all(WORK_DIR).with_context(|| format!("creating {WORK_DIR}"))?;
+    println!("bench: agent start at {START_PODS:?} pods ({RUNS} interleaved runs)");
+    let starts = measure_starts(agent)?;
+    println!(
+        "bench: change to enforcement, {} pods / {} policies ({RUNS} runs of {ROUNDS_PER_RUN} \
+         rounds)",
+        CHANGE_CLUSTER.pods, CHANGE_CLUSTER.policies
+    );
+    let changes = measure_changes(agent)?;
+    Ok(ControlFigures { changes, starts })
+}
+
+/// The generation `agent` computes for `dir`.
+fn generation(agent: &Path, dir: &Path) -> Result<String> {
+    let mut command = Command::new(agent);
+    command.arg("generation").arg(dir);
+    Ok(run::output(&mut command)?.trim().to_owned())
+}
+
+/// Writes `text` to `dir/name` through a rename, so the agent never reads half a file.
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let staged = dir.with_extension("staged");
+    fs::create_dir_all(&staged).with_context(|| format!("creating {}", staged.display()))?;
+    let staged = staged.join(name);
+    fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
+    let target = dir.join(name);
+    fs::rename(&staged, &target)
+        .with_context(|| format!("moving {} to {}", staged.display(), target.display()))
+}
+
+fn remove_file(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// A fresh manifest directory holding `cluster`.
+fn write_cluster(name: &str, cluster: &cluster::Cluster) -> Result<PathBuf> {
+    let dir = Path::new(WORK_DIR).join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (file, text) in &cluster.files {
+        write_file(&dir, file, text)?;
+    }
+    Ok(dir)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn measure_starts(agent: &Path) -> Result<Vec<StartFigures>> {
+    struct Scale {
+        size: ClusterSize,
+        bed: Bed,
+        dir: PathBuf,
+        generation: String,
+        endpoints: usize,
+        runs: Vec<Start>,
+    }
+    let mut scales = Vec::new();
+    for pods in START_PODS {
+        let size = ClusterSize {
+            pods,
+            policies: START_POLICIES,
+            namespaces: START_NAMESPACES,
+        };
+        let cluster = cluster::generate(size);
+        let dir = write_cluster(&format!("start-{pods}"), &cluster)?;
+        let mut bed = Bed::new(&format!("start-{pods}"))?;
+        let addresses: Vec<Ipv4Addr> = cluster.local_pods.iter().map(|pod| pod.ipv4).collect();
+        bed.add_sink_endpoints(&addresses)?;
+        scales.push(Scale {
+            generation: generation(agent, &dir)?,
+            endpoints: addresses.len(),
+            size,
+            bed,
+            dir,
+            runs: Vec::new(),
+        });
+    }
+    for run in 1..=RUNS {
+        for scale in &mut scales {
+            let start =
+                scale
+                    .bed
+                    .measure_start(agent, &scale.dir, MEASURED_NODE, &scale.generation)?;
+            println!(
+                "  run {run}, {} pods: first generation after {:.0} ms, peak RSS {:.1} MB, \
+                 map memory {:.1} MB",
+                scale.size.pods,
+                start.first_generation_ms,
+                start.peak_rss_bytes as f64 / 1e6,
+                map_bytes(&start.maps) as f64 / 1e6
+            );
+            scale.runs.push(start);
+        }
+    }
+    Ok(scales
+        .into_iter()
+        .map(|scale| {
+            let mut times: Vec<f64> = scale.runs.iter().map(|r| r.first_generation_ms).collect();
+            let mut rss: Vec<f64> = scale.runs.iter().map(|r| r.peak_rss_bytes as f64).collect();
+            let mut maps: Vec<f64> = scale.runs.iter().map(|r| map_bytes(&r.maps) as f64).collect();
+            let first_generation_ms = median(&mut times);
+            let median_run = scale
+                .runs
+                .iter()
+                .find(|r| r.first_generation_ms == first_generation_ms)
+                .map(|r| r.maps.clone())
+                .unwrap_or_default();
+            StartFigures {
+                pods: scale.size.pods,
+                policies: scale.size.policies,
+                namespaces: scale.size.namespaces,
+                endpoints: scale.endpoints,
+                first_generation_ms,
+                peak_rss_bytes: median(&mut rss) as u64,
+                map_memory_bytes: median(&mut maps) as u64,
+                runs: scale.runs,
+                maps: median_run,
+            }
+        })
+        .collect())
+}
+
+/// The kernel-reported memory of all maps.
+pub fn map_bytes(maps: &[MapMemory]) -> u64 {
+    maps.iter().map(|map| map.memlock_bytes).sum()
+}
+
+/// The probe pods: the server, and one client per change kind so that kinds do not disturb
+/// each other.
+struct ProbePods {
+    server: Ipv4Addr,
+    policy_client: Ipv4Addr,
+    label_client: Ipv4Addr,
+    new_client: Ipv4Addr,
+}
+
+const PROBE_PODS: ProbePods = ProbePods {
+    server: Ipv4Addr::new(10, 245, 0, 2),
+    policy_client: Ipv4Addr::new(10, 245, 0, 3),
+    label_client: Ipv4Addr::new(10, 245, 0, 4),
+    new_client: Ipv4Addr::new(10, 245, 0, 5),
+};
+
+/// The probe namespace's base manifests: the namespace, the server, two clients, and the
+/// policy that isolates the server and lets in pods labelled `access: granted`. `granted`
+/// gives the label client that label.
+fn probe_manifests(granted: bool) -> String {
+    let probe_pod = |name: &str, labels: serde_json::Value, ip: Ipv4Addr| {
+        cluster::pod(
+            PROBE_NAMESPACE,
+            name,
+            labels,
+            MEASURED_NODE,
+            &[IpAddr::V4(ip)],
+            json!([{"name": "http", "containerPort": PROBE_PORT}]),
+        )
+    };
+    let label_client = if granted {
+        json!({"role": "label-client", "access": "granted"})
+    } else {
+        json!({"role": "label-client"})
+    };
+    cluster::stream([
+        cluster::namespace(PROBE_NAMESPACE, json!({"purpose": "bench"})),
+        probe_pod("server", json!({"role": "server"}), PROBE_PODS.server),
+        probe_pod(
+            "policy-client",
+            json!({"role": "policy-client"}),
+            PROBE_PODS.policy_client,
+        ),
+        probe_pod("label-client", label_client, PROBE_PODS.label_client),
+        cluster::network_policy(
+            PROBE_NAMESPACE,
+            "allow-granted",
+            json!({
+                "podSelector": {"matchLabels": {"role": "server"}},
+                "ingress": [{
+                    "from": [{"podSelector": {"matchLabels": {"access": "granted"}}}],
+                    "ports": [{"protocol": "TCP", "port": PROBE_PORT}],
+                }],
+            }),
+        ),
+    ])
+}
+
+/// The policy the "policy added" change writes: the policy client may reach the server.
+fn probe_policy() -> String {
+    cluster::stream([cluster::network_policy(
+        PROBE_NAMESPACE,
+        "allow-policy-client",
+        json!({
+            "podSelector": {"matchLabels": {"role": "server"}},
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": {"role": "policy-client"}}}],
+                "ports": [{"protocol": "TCP", "port": PROBE_PORT}],
+            }],
+        }),
+    )])
+}
+
+/// The pod the "pod added" change writes: a client labelled `access: granted` whose interface
+/// is already wired, as when the pod's address reaches the API after the CNI ran.
+fn probe_new_client() -> String {
+    cluster::stream([cluster::pod(
+        PROBE_NAMESPACE,
+        "new-client",
+        json!({"role": "new-client", "access": "granted"}),
+        MEASURED_NODE,
+        &[IpAddr::V4(PROBE_PODS.new_client)],
+        json!([]),
+    )])
+}
+
+const PROBE_FILE: &str = "probe.yaml";
+const POLICY_FILE: &str = "probe-policy.yaml";
+const NEW_CLIENT_FILE: &str = "probe-new-client.yaml";
+
+/// A change of the benchmark, forth (allows the client) or back (denies it again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    PolicyAdded,
+    PolicyDeleted,
+    LabelAdded,
+    LabelRemoved,
+    PodAdded,
+    PodDeleted,
+}
+
+impl Change {
+    /// One round, in order: every kind forth, then every kind back.
+    const ROUND: [Change; 6] = [
+        Change::PolicyAdded,
+        Change::LabelAdded,
+        Change::PodAdded,
+        Change::PolicyDeleted,
+        Change::LabelRemoved,
+        Change::PodDeleted,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Change::PolicyAdded => "policy added",
+            Change::PolicyDeleted => "policy deleted",
+            Change::LabelAdded => "pod label added",
+            Change::LabelRemoved => "pod label removed",
+            Change::PodAdded => "pod added",
+            Change::PodDeleted => "pod deleted",
+        }
+    }
+
+    /// Whether the client is allowed after the change.
+    fn allows(self) -> bool {
+        matches!(
+            self,
+            Change::PolicyAdded | Change::LabelAdded | Change::PodAdded
+        )
+    }
+
+    fn client(self) -> Ipv4Addr {
+        match self {
+            Change::PolicyAdded | Change::PolicyDeleted => PROBE_PODS.policy_client,
+            Change::LabelAdded | Change::LabelRemoved => PROBE_PODS.label_client,
+            Change::PodAdded | Change::PodDeleted => PROBE_PODS.new_client,
+        }
+    }
+
+    fn apply(self, dir: &Path) -> Result<()> {
+        match self {
+            Change::PolicyAdded => write_file(dir, POLICY_FILE, &probe_policy()),
+            Change::PolicyDeleted => remove_file(dir, POLICY_FILE),
+            Change::LabelAdded => write_file(dir, PROBE_FILE, &probe_manifests(true)),
+            Change::LabelRemoved => write_file(dir, PROBE_FILE, &probe_manifests(false)),
+            Change::PodAdded => write_file(dir, NEW_CLIENT_FILE, &probe_new_client()),
+            Change::PodDeleted => remove_file(dir, NEW_CLIENT_FILE),
+        }
+    }
+}
+
+fn measure_changes(agent: &Path) -> Result<ChangeFigures> {
+    let cluster = cluster::generate(CHANGE_CLUSTER);
+    let dir = write_cluster("changes", &cluster)?;
+    write_file(&dir, PROBE_FILE, &probe_manifests(false))?;
+    let mut bed = Bed::new("changes")?;
+    let addresses: Vec<Ipv4Addr> = cluster.local_pods.iter().map(|pod| pod.ipv4).collect();
+    bed.add_sink_endpoints(&addresses)?;
+    let server = bed.add_probe_pod("server", PROBE_PODS.server)?;
+    let mut clients = Vec::new();
+    for (name, address) in [
+        ("policy-client", PROBE_PODS.policy_client),
+        ("label-client", PROBE_PODS.label_client),
+        ("new-client", PROBE_PODS.new_client),
+    ] {
+        clients.push((address, bed.add_probe_pod(name, address)?));
+    }
+    let _server = Server::start(&server)?;
+    bed.start_agent(agent, &dir, MEASURED_NODE)?;
+    bed.wait_generation(&generation(agent, &dir)?, Duration::from_secs(60))?;
+
+    let target = SocketAddr::new(IpAddr::V4(PROBE_PODS.server), PROBE_PORT);
+    let mut samples: Vec<(Change, usize, Option<Duration>)> = Vec::new();
+    for run in 1..=RUNS {
+        for _ in 0..ROUNDS_PER_RUN {
+            for change in Change::ROUND {
+                let client = clients
+                    .iter()
+                    .find(|(address, _)| *address == change.client())
+                    .map(|(_, netns)| netns.as_str())
+                    .context("every change has its client")?;
+                let flip = probe::time_flip(
+                    client,
+                    target,
+                    !change.allows(),
+                    || change.apply(&dir),
+                    FLIP_TIMEOUT,
+                )
+                .with_context(|| format!("timing `{}`", change.name()))?;
+                // The next change starts from an idle agent that applied this one.
+                bed.wait_generation(&generation(agent, &dir)?, Duration::from_secs(30))?;
+                samples.push((change, run, flip));
+            }
+        }
+        println!("  run {run} of {RUNS} done");
+    }
+    let changes = Change::ROUND
+        .iter()
+        .map(|&change| latency(change, &samples))
+        .collect();
+    Ok(ChangeFigures {
+        pods: CHANGE_CLUSTER.pods + 4,
+        policies: CHANGE_CLUSTER.policies + 2,
+        namespaces: CHANGE_CLUSTER.namespaces + 1,
+        endpoints: bed_endpoints(&cluster),
+        runs: RUNS,
+        rounds_per_run: ROUNDS_PER_RUN,
+        attempt_timeout_ms: probe::ATTEMPT_TIMEOUT.as_secs_f64() * 1e3,
+        attempt_period_ms: probe::PERIOD.as_secs_f64() * 1e3,
+        changes,
+    })
+}
+
+/// The endpoints of the change benchmark's node: its synthetic pods and the four probe pods.
+fn bed_endpoints(cluster: &cluster::Cluster) -> usize {
+    cluster.local_pods.len() + 4
+}
+
+fn latency(change: Change, samples: &[(Change, usize, Option<Duration>)]) -> ChangeLatency {
+    let of_change: Vec<&(Change, usize, Option<Duration>)> =
+        samples.iter().filter(|(c, _, _)| *c == change).collect();
+    let millis = |flip: &Option<Duration>| flip.map(|d| d.as_secs_f64() * 1e3);
+    let mut sorted: Vec<f64> = of_change.iter().filter_map(|(_, _, f)| millis(f)).collect();
+    sorted.sort_by(f64::total_cmp);
+    let run_p50s_ms = (1..=RUNS)
+        .filter_map(|run| {
+            let mut of_run: Vec<f64> = of_change
+                .iter()
+                .filter(|(_, r, _)| *r == run)
+                .filter_map(|(_, _, f)| millis(f))
+                .collect();
+            of_run.sort_by(f64::total_cmp);
+            percentile(&of_run, 50.0)
+        })
+        .collect();
+    ChangeLatency {
+        change: change.name().to_owned(),
+        verdict: if change.allows() { "allowed" } else { "denied" }.to_owned(),
+        missed: of_change.len() - sorted.len(),
+        p50_ms: percentile(&sorted, 50.0).unwrap_or(f64::NAN),
+        p99_ms: percentile(&sorted, 99.0).unwrap_or(f64::NAN),
+        max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+        samples_ms: sorted,
+        run_p50s_ms,
+    }
+}
+
+/// The probe server: `xtask lab serve` inside the server pod, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+}
+
+impl Server {
+    fn start(pod_netns: &str) -> Result<Self> {
+        let ready = Path::new(WORK_DIR).join("server.ready");
+        if ready.exists() {
+            fs::remove_file(&ready).with_context(|| format!("removing {}", ready.display()))?;
+        }
+        let exe = std::env::current_exe().context("finding the xtask binary")?;
+        let target = fs::File::open(Path::new("/run/netns").join(pod_netns))
+            .with_context(|| format!("opening network namespace {pod_netns}"))?;
+        let mut command = Command::new(exe);
+        command
+            .args(["lab", "serve", "--port", &PROBE_PORT.to_string()])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        // SAFETY: between fork and exec the closure only makes the setns system call, which is
+        // async-signal-safe, and allocates nothing.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(move || {
+                nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(Into::into)
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", run::describe(&command)))?;
+        let server = Self { child };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!("the probe server in {pod_netns} did not start");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Best effort: the server's namespace goes with the bed anyway.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::manifest::parse_documents;
+
+    #[test]
+    fn every_change_has_its_way_back_and_a_round_flips_each_client_twice() {
+        for change in Change::ROUND {
+            let back = Change::ROUND
+                .iter()
+                .filter(|other| other.client() == change.client())
+                .filter(|other| other.allows() != change.allows())
+                .count();
+            assert_eq!(back, 1, "{change:?}");
+        }
+        let forth = Change::ROUND.iter().filter(|c| c.allows()).count();
+        assert_eq!(forth, 3);
+    }
+
+    #[test]
+    fn probe_manifests_differ_only_in_the_label_client_access() {
+        let denied = parse_documents(&probe_manifests(false)).unwrap();
+        let granted = parse_documents(&probe_manifests(true)).unwrap();
+        assert_eq!(denied.len(), granted.len());
+        let changed: Vec<usize> = (0..denied.len())
+            .filter(|i| denied[*i].value != granted[*i].value)
+            .collect();
+        assert_eq!(changed.len(), 1);
+        let pod = &granted[changed[0]].value;
+        assert_eq!(pod["metadata"]["name"], "label-client");
+        assert_eq!(pod["metadata"]["labels"]["access"], "granted");
+        for text in [probe_policy(), probe_new_client()] {
+            assert_eq!(parse_documents(&text).unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn latency_summarises_each_change_and_counts_misses() {
+        let ms = |m: u64| Some(Duration::from_millis(m));
+        let samples = vec![
+            (Change::PodAdded, 1, ms(10)),
+            (Change::PodAdded, 1, ms(30)),
+            (Change::PodAdded, 2, ms(20)),
+            (Change::PodAdded, 2, None),
+            (Change::PodDeleted, 1, ms(99)),
+        ];
+        let figures = latency(Change::PodAdded, &samples);
+        assert_eq!(figures.samples_ms, vec![10.0, 20.0, 30.0]);
+        assert_eq!(figures.missed, 1);
+        assert_eq!((figures.p50_ms, figures.max_ms), (20.0, 30.0));
+        assert_eq!(figures.run_p50s_ms, vec![10.0, 20.0]);
+        assert_eq!(figures.verdict, "allowed");
+    }
+
+    #[test]
+    fn writing_and_removing_files_go_through_a_rename() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-write-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        write_file(&dir, "a.yaml", "a: 1\n").unwrap();
+        write_file(&dir, "a.yaml", "a: 2\n").unwrap();
+        assert_eq!(fs::read_to_string(dir.join("a.yaml")).unwrap(), "a: 2\n");
+        remove_file(&dir, "a.yaml").unwrap();
+        assert!(!dir.join("a.yaml").exists());
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(dir.with_extension("staged")).unwrap();
+    }
+}
