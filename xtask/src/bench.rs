@@ -60,7 +60,10 @@ pub fn run() -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", datapath_file.display()))?;
     println!("bench: the control plane (release build of the agent)");
     build::run(&build::Args { release: true })?;
-    let figures = control::measure(&workspace_root().join("target/release/policy-agent"))?;
+    let figures = control::measure(
+        &workspace_root().join("target/release/policy-agent"),
+        control::Settings::FULL,
+    )?;
     let control_file = out_dir.join("control.json");
     fs::write(&control_file, serde_json::to_string_pretty(&figures)?)
         .with_context(|| format!("writing {}", control_file.display()))?;

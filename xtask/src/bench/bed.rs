@@ -19,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -180,7 +180,7 @@ impl Bed {
             .arg(&self.pin_dir)
             .arg("--state-dir")
             .arg(&state_dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(output)
             .stderr(errors);
@@ -230,14 +230,18 @@ impl Bed {
         generation: &str,
     ) -> Result<Start> {
         let started = Instant::now();
+        let started_at = SystemTime::now();
         let pid = self.start_agent(agent, manifests, node)?;
         self.wait_generation(generation, FIRST_GENERATION_TIMEOUT)?;
         let elapsed = started.elapsed();
         let peak_rss_bytes = peak_rss(pid)?;
         let maps = self.maps()?;
         self.stop_agent()?;
+        let log = fs::read_to_string(self.log())
+            .with_context(|| format!("reading {}", self.log().display()))?;
         Ok(Start {
             first_generation_ms: elapsed.as_secs_f64() * 1e3,
+            phases: Phases::from_log(&log, started_at),
             peak_rss_bytes,
             maps,
         })
@@ -299,8 +303,58 @@ impl Drop for Bed {
 #[derive(Clone, Debug, Serialize)]
 pub struct Start {
     pub first_generation_ms: f64,
+    /// Where the time went, from the agent's log; `None` when the log lacks a milestone.
+    pub phases: Option<Phases>,
     pub peak_rss_bytes: u64,
     pub maps: Vec<MapMemory>,
+}
+
+/// The agent's start in three phases, in milliseconds, read from the timestamps of its log:
+/// loading the eBPF object (the verifier) until `datapath open`, resolving and writing the maps
+/// until `datapath converged`, and attaching the programs until the last `attached`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Phases {
+    pub load_ms: f64,
+    pub resolve_and_write_ms: f64,
+    pub attach_ms: f64,
+}
+
+impl Phases {
+    fn from_log(log: &str, started_at: SystemTime) -> Option<Phases> {
+        let start = seconds_of_day(started_at)?;
+        let last = |message: &str| {
+            log.lines()
+                .filter(|line| line.contains(message))
+                .filter_map(log_seconds_of_day)
+                .last()
+        };
+        let open = last("datapath open")?;
+        let converged = last("datapath converged")?;
+        let attached = last(" attached ").unwrap_or(converged);
+        let millis = |from: f64, to: f64| (to - from).rem_euclid(86_400.0) * 1e3;
+        Some(Phases {
+            load_ms: millis(start, open),
+            resolve_and_write_ms: millis(open, converged),
+            attach_ms: millis(converged, attached),
+        })
+    }
+}
+
+/// Seconds since midnight UTC.
+fn seconds_of_day(time: SystemTime) -> Option<f64> {
+    let since_epoch = time.duration_since(UNIX_EPOCH).ok()?;
+    Some(since_epoch.as_secs_f64().rem_euclid(86_400.0))
+}
+
+/// The seconds since midnight UTC of a log line that starts with an RFC 3339 UTC timestamp
+/// (`2026-01-02T03:04:05.678901Z`), colour codes allowed around it.
+fn log_seconds_of_day(line: &str) -> Option<f64> {
+    let time = line.split_once('T')?.1.split_once('Z')?.0;
+    let mut fields = time.split(':');
+    let hours: f64 = fields.next()?.parse().ok()?;
+    let minutes: f64 = fields.next()?.parse().ok()?;
+    let seconds: f64 = fields.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
 }
 
 /// One pinned map.
@@ -454,6 +508,22 @@ mod tests {
                       map_extra:\t0x0\nmemlock:\t4194304\nmap_id:\t42\nfrozen:\t0\n";
         assert_eq!(memlock(fdinfo), Some(4_194_304));
         assert_eq!(memlock("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn phases_come_from_the_log_timestamps() {
+        let log = "\u{1b}[2m2026-11-26T07:28:00.658977Z\u{1b}[0m INFO policy_agent::datapath: datapath open pin_dir=/x\n\
+                   2026-11-26T07:28:00.659020Z  INFO policy_agent::agent: datapath open node=node-0\n\
+                   2026-11-26T07:28:00.809913Z  INFO policy_agent::datapath::sync: datapath converged writes=52847\n\
+                   2026-11-26T07:28:00.822656Z  INFO policy_agent::datapath::links: attached ifindex=2 hook=from_pod\n\
+                   2026-11-26T07:28:01.499672Z  INFO policy_agent::datapath::links: attached ifindex=23 hook=to_pod\n";
+        let started = UNIX_EPOCH + Duration::from_secs_f64(7.0 * 3600.0 + 28.0 * 60.0 - 0.5);
+        let phases = Phases::from_log(log, started).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 0.01;
+        assert!(close(phases.load_ms, 659.020 + 500.0), "{phases:?}");
+        assert!(close(phases.resolve_and_write_ms, 150.893), "{phases:?}");
+        assert!(close(phases.attach_ms, 689.759), "{phases:?}");
+        assert_eq!(Phases::from_log("no milestones\n", started), None);
     }
 
     #[test]

@@ -10,13 +10,18 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 use serde_json::json;
 
@@ -25,12 +30,29 @@ use super::{
     cluster::{self, ClusterSize, MEASURED_NODE},
     probe::{self, percentile},
 };
-use crate::run;
+use crate::{lab::netns, run};
 
-/// Interleaved runs behind every figure.
-pub const RUNS: usize = 5;
-/// Rounds of every change, in both directions, per run.
-const ROUNDS_PER_RUN: usize = 20;
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Interleaved runs behind every figure.
+    pub runs: usize,
+    /// Rounds of every change, in both directions, per run.
+    pub rounds_per_run: usize,
+    /// The pod counts of the start benchmark.
+    pub start_pods: &'static [usize],
+}
+
+impl Settings {
+    /// What `cargo xtask bench` measures: five runs, 100 samples of every change, and starts
+    /// at 1,000, 10,000 and 50,000 pods.
+    pub const FULL: Settings = Settings {
+        runs: 5,
+        rounds_per_run: 20,
+        start_pods: &[1_000, 10_000, 50_000],
+    };
+}
+
 /// How long a change may take to flip the verdict before it counts as missed.
 const FLIP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The lab source of the change benchmark.
@@ -39,8 +61,7 @@ const CHANGE_CLUSTER: ClusterSize = ClusterSize {
     policies: 500,
     namespaces: 100,
 };
-/// The pod counts of the start benchmark, with 1,000 policies in 100 namespaces.
-const START_PODS: [usize; 3] = [1_000, 10_000, 50_000];
+/// The start benchmark's policies and namespaces.
 const START_POLICIES: usize = 1_000;
 const START_NAMESPACES: usize = 100;
 /// The server port of the probe pods.
@@ -106,16 +127,18 @@ pub struct StartFigures {
 }
 
 /// Runs both benchmarks with `agent` (a release build of `policy-agent`).
-pub fn measure(agent: &Path) -> Result<ControlFigures> {
+pub fn measure(agent: &Path, settings: Settings) -> Result<ControlFigures> {
     fs::create_dir_all(WORK_DIR).with_context(|| format!("creating {WORK_DIR}"))?;
-    println!("bench: agent start at {START_PODS:?} pods ({RUNS} interleaved runs)");
-    let starts = measure_starts(agent)?;
     println!(
-        "bench: change to enforcement, {} pods / {} policies ({RUNS} runs of {ROUNDS_PER_RUN} \
-         rounds)",
-        CHANGE_CLUSTER.pods, CHANGE_CLUSTER.policies
+        "bench: agent start at {:?} pods ({} interleaved runs)",
+        settings.start_pods, settings.runs
     );
-    let changes = measure_changes(agent)?;
+    let starts = measure_starts(agent, settings)?;
+    println!(
+        "bench: change to enforcement, {} pods / {} policies ({} runs of {} rounds)",
+        CHANGE_CLUSTER.pods, CHANGE_CLUSTER.policies, settings.runs, settings.rounds_per_run
+    );
+    let changes = measure_changes(agent, settings)?;
     Ok(ControlFigures { changes, starts })
 }
 
@@ -160,7 +183,7 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn measure_starts(agent: &Path) -> Result<Vec<StartFigures>> {
+fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>> {
     struct Scale {
         size: ClusterSize,
         bed: Bed,
@@ -170,7 +193,7 @@ fn measure_starts(agent: &Path) -> Result<Vec<StartFigures>> {
         runs: Vec<Start>,
     }
     let mut scales = Vec::new();
-    for pods in START_PODS {
+    for &pods in settings.start_pods {
         let size = ClusterSize {
             pods,
             policies: START_POLICIES,
@@ -190,7 +213,7 @@ fn measure_starts(agent: &Path) -> Result<Vec<StartFigures>> {
             runs: Vec::new(),
         });
     }
-    for run in 1..=RUNS {
+    for run in 1..=settings.runs {
         for scale in &mut scales {
             let start =
                 scale
@@ -391,7 +414,7 @@ impl Change {
     }
 }
 
-fn measure_changes(agent: &Path) -> Result<ChangeFigures> {
+fn measure_changes(agent: &Path, settings: Settings) -> Result<ChangeFigures> {
     let cluster = cluster::generate(CHANGE_CLUSTER);
     let dir = write_cluster("changes", &cluster)?;
     write_file(&dir, PROBE_FILE, &probe_manifests(false))?;
@@ -413,8 +436,8 @@ fn measure_changes(agent: &Path) -> Result<ChangeFigures> {
 
     let target = SocketAddr::new(IpAddr::V4(PROBE_PODS.server), PROBE_PORT);
     let mut samples: Vec<(Change, usize, Option<Duration>)> = Vec::new();
-    for run in 1..=RUNS {
-        for _ in 0..ROUNDS_PER_RUN {
+    for run in 1..=settings.runs {
+        for _ in 0..settings.rounds_per_run {
             for change in Change::ROUND {
                 let client = clients
                     .iter()
@@ -434,19 +457,19 @@ fn measure_changes(agent: &Path) -> Result<ChangeFigures> {
                 samples.push((change, run, flip));
             }
         }
-        println!("  run {run} of {RUNS} done");
+        println!("  run {run} of {} done", settings.runs);
     }
     let changes = Change::ROUND
         .iter()
-        .map(|&change| latency(change, &samples))
+        .map(|&change| latency(change, &samples, settings.runs))
         .collect();
     Ok(ChangeFigures {
         pods: CHANGE_CLUSTER.pods + 4,
         policies: CHANGE_CLUSTER.policies + 2,
         namespaces: CHANGE_CLUSTER.namespaces + 1,
         endpoints: bed_endpoints(&cluster),
-        runs: RUNS,
-        rounds_per_run: ROUNDS_PER_RUN,
+        runs: settings.runs,
+        rounds_per_run: settings.rounds_per_run,
         attempt_timeout_ms: probe::ATTEMPT_TIMEOUT.as_secs_f64() * 1e3,
         attempt_period_ms: probe::PERIOD.as_secs_f64() * 1e3,
         changes,
@@ -458,13 +481,17 @@ fn bed_endpoints(cluster: &cluster::Cluster) -> usize {
     cluster.local_pods.len() + 4
 }
 
-fn latency(change: Change, samples: &[(Change, usize, Option<Duration>)]) -> ChangeLatency {
+fn latency(
+    change: Change,
+    samples: &[(Change, usize, Option<Duration>)],
+    runs: usize,
+) -> ChangeLatency {
     let of_change: Vec<&(Change, usize, Option<Duration>)> =
         samples.iter().filter(|(c, _, _)| *c == change).collect();
     let millis = |flip: &Option<Duration>| flip.map(|d| d.as_secs_f64() * 1e3);
     let mut sorted: Vec<f64> = of_change.iter().filter_map(|(_, _, f)| millis(f)).collect();
     sorted.sort_by(f64::total_cmp);
-    let run_p50s_ms = (1..=RUNS)
+    let run_p50s_ms = (1..=runs)
         .filter_map(|run| {
             let mut of_run: Vec<f64> = of_change
                 .iter()
@@ -487,56 +514,52 @@ fn latency(change: Change, samples: &[(Change, usize, Option<Duration>)]) -> Cha
     }
 }
 
-/// The probe server: `xtask lab serve` inside the server pod, stopped when dropped.
+/// The probe server: a thread inside the server pod that accepts every connection and closes
+/// it; stopped when dropped.
 struct Server {
-    child: std::process::Child,
+    pod_netns: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Server {
     fn start(pod_netns: &str) -> Result<Self> {
-        let ready = Path::new(WORK_DIR).join("server.ready");
-        if ready.exists() {
-            fs::remove_file(&ready).with_context(|| format!("removing {}", ready.display()))?;
-        }
-        let exe = std::env::current_exe().context("finding the xtask binary")?;
-        let target = fs::File::open(Path::new("/run/netns").join(pod_netns))
-            .with_context(|| format!("opening network namespace {pod_netns}"))?;
-        let mut command = Command::new(exe);
-        command
-            .args(["lab", "serve", "--port", &PROBE_PORT.to_string()])
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null());
-        // SAFETY: between fork and exec the closure only makes the setns system call, which is
-        // async-signal-safe, and allocates nothing.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            command.pre_exec(move || {
-                nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(Into::into)
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", run::describe(&command)))?;
-        let server = Self { child };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !ready.exists() {
-            if std::time::Instant::now() > deadline {
-                bail!("the probe server in {pod_netns} did not start");
+        let listener = netns::run_inside(pod_netns, || {
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, PROBE_PORT))
+                .with_context(|| format!("binding TCP port {PROBE_PORT} in {pod_netns}"))
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                // Accepting is the answer; a failed accept concerns one client only.
+                drop(stream);
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(server)
+        });
+        Ok(Self {
+            pod_netns: pod_netns.to_owned(),
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // Best effort: the server's namespace goes with the bed anyway.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop.store(true, Ordering::Relaxed);
+        // One more connection wakes the accepting thread, which then sees the flag.
+        let woken = netns::run_inside(&self.pod_netns, || {
+            TcpStream::connect((Ipv4Addr::LOCALHOST, PROBE_PORT)).context("waking the server")
+        });
+        if woken.is_ok()
+            && let Some(thread) = self.thread.take()
+        {
+            // A panicked server thread has nothing left to clean up.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -586,7 +609,7 @@ mod tests {
             (Change::PodAdded, 2, None),
             (Change::PodDeleted, 1, ms(99)),
         ];
-        let figures = latency(Change::PodAdded, &samples);
+        let figures = latency(Change::PodAdded, &samples, 2);
         assert_eq!(figures.samples_ms, vec![10.0, 20.0, 30.0]);
         assert_eq!(figures.missed, 1);
         assert_eq!((figures.p50_ms, figures.max_ms), (20.0, 30.0));
@@ -605,5 +628,40 @@ mod tests {
         assert!(!dir.join("a.yaml").exists());
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_dir_all(dir.with_extension("staged")).unwrap();
+    }
+
+    /// The whole bench on a small scale, against the debug agent: the agent starts and
+    /// programs entries that grow with the pods, and every change flips real traffic.
+    #[test]
+    #[ignore = "needs root: run through cargo xtask test"]
+    fn a_small_bench_sees_every_change_flip_real_traffic() {
+        let agent = crate::check::workspace_root().join("target/debug/policy-agent");
+        assert!(agent.exists(), "build the agent first: {}", agent.display());
+        let settings = Settings {
+            runs: 1,
+            rounds_per_run: 2,
+            start_pods: &[1_000, 2_000],
+        };
+        let figures = measure(&agent, settings).unwrap();
+        for change in &figures.changes.changes {
+            assert_eq!(change.missed, 0, "{} did not flip", change.change);
+            assert_eq!(change.samples_ms.len(), 2, "{}", change.change);
+        }
+        let entries = |start: &StartFigures, name: &str| {
+            start
+                .maps
+                .iter()
+                .find(|map| map.name == name)
+                .and_then(|map| map.entries)
+                .unwrap()
+        };
+        let [small, large] = &figures.starts[..] else {
+            panic!("two start sizes expected");
+        };
+        use policy_common::names::{ENDPOINTS_MAP, PEERS_V4_MAP};
+        assert_eq!(entries(small, ENDPOINTS_MAP), 100);
+        assert_eq!(entries(large, ENDPOINTS_MAP), 100);
+        assert!(entries(large, PEERS_V4_MAP) > entries(small, PEERS_V4_MAP));
+        assert!(small.peak_rss_bytes > 0 && small.map_memory_bytes > 0);
     }
 }
