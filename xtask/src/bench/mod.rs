@@ -8,6 +8,8 @@
 //!   BPF_PROG_TEST_RUN for established, new allowed and new denied flows with 10 and 10,000 policy
 //!   entries, net of an empty classifier measured in the same run.
 
+pub mod report;
+
 use std::{fs, process::Command};
 
 use anyhow::Context as _;
