@@ -18,7 +18,7 @@ mod testrun;
 mod tools;
 mod traffic;
 
-use std::{fs, process::Command};
+use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
@@ -42,6 +42,9 @@ pub struct Args {
     /// Milliseconds of each latency and each connection-rate run.
     #[arg(long, default_value_t = 500)]
     run_ms: u64,
+    /// The agent binary the lab runs (default: a release build, built first).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -101,14 +104,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         if wants(Part::Lab) {
             setup::ensure_debian_packages()?;
-            println!("bench: building the agent (release)");
-            run::status(Command::new("cargo").args([
-                "build",
-                "--release",
-                "--package",
-                "policy-agent",
-            ]))?;
-            let agent = workspace_root().join("target/release/policy-agent");
+            let agent = match args.agent_bin {
+                Some(agent) => agent,
+                None => {
+                    println!("bench: building the agent (release)");
+                    run::status(Command::new("cargo").args([
+                        "build",
+                        "--release",
+                        "--package",
+                        "policy-agent",
+                    ]))?;
+                    workspace_root().join("target/release/policy-agent")
+                }
+            };
             let durations = traffic::Durations {
                 rounds: args.rounds,
                 iperf_seconds: args.iperf_seconds,
