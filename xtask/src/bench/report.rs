@@ -210,6 +210,7 @@ impl Plot {
         let mut chart = ChartBuilder::on(&root)
             .caption(&self.title, ("sans-serif", 24))
             .margin(16)
+            .margin_right(48)
             .x_label_area_size(48)
             .y_label_area_size(72)
             .build_cartesian_2d(x_range, y_range)
@@ -217,6 +218,8 @@ impl Plot {
         chart
             .configure_mesh()
             .x_desc(&self.x_label)
+            .x_label_formatter(&|x| format_axis(*x))
+            .y_label_formatter(&|y| format_axis(*y))
             .y_desc(&self.y_label)
             .label_style(("sans-serif", 15))
             .draw()
@@ -252,6 +255,18 @@ impl Plot {
             .map_err(|e| drawing(e.to_string()))?;
         root.present().map_err(|e| drawing(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// An axis label: whole numbers without decimals, others with up to two.
+fn format_axis(value: f64) -> String {
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
     }
 }
 
@@ -365,6 +380,14 @@ mod tests {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         assert!(png.len() > 5_000, "a drawn plot, not an empty image");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn axis_labels_drop_needless_decimals() {
+        assert_eq!(format_axis(10_000.0), "10000");
+        assert_eq!(format_axis(0.5), "0.5");
+        assert_eq!(format_axis(1.25), "1.25");
+        assert_eq!(format_axis(2.0), "2");
     }
 
     #[test]
