@@ -238,8 +238,8 @@ impl Lab {
     fn start_servers(&self, server: &LabPod) -> anyhow::Result<()> {
         let cpu = self.cpus[1].map(|cpu| cpu.to_string());
         let log = names::pods_run_dir().join(format!("{}.bench.log", server.netns()));
-        let mut echo = std::process::Command::new(&self.xtask);
-        echo.args([
+        let mut echo = std::process::Command::new("nice");
+        echo.args(NICE).arg(&self.xtask).args([
             "bench",
             "tool",
             "server",
