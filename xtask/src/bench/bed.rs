@@ -30,7 +30,10 @@ use nix::{
     unistd::Pid,
 };
 use policy_common::{
-    maps::{CtKey, CtValue, EndpointInfo, FragKey, FragValue, HostAddrKey, PeerClass, PolicyKey, PolicyValue},
+    maps::{
+        CtKey, CtValue, EndpointInfo, FragKey, FragValue, HostAddrKey, PeerClass, PolicyKey,
+        PolicyValue,
+    },
     names::{
         ALL_MAPS, CONNTRACK_MAP, ENDPOINTS_MAP, FRAGMENTS_MAP, HOST_ADDRS_MAP, PEERS_V4_MAP,
         PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP,
@@ -393,7 +396,9 @@ fn ip_batch(netns_name: &str, commands: &[String]) -> Result<()> {
             .write_all(input.as_bytes())
             .context("writing to `ip -batch`")?;
     }
-    let output = child.wait_with_output().context("waiting for `ip -batch`")?;
+    let output = child
+        .wait_with_output()
+        .context("waiting for `ip -batch`")?;
     if !output.status.success() {
         bail!(
             "`ip -n {netns_name} -batch -` failed: {}\n{input}",
@@ -474,7 +479,10 @@ fn count_entries(map: Map, name: &str) -> Result<Option<u64>> {
             .with_context(|| format!("{name} is not the LPM trie this build expects"))?;
         count(map.keys(), name)
     }
-    fn count<K>(keys: impl Iterator<Item = Result<K, aya::maps::MapError>>, name: &str) -> Result<u64> {
+    fn count<K>(
+        keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
+        name: &str,
+    ) -> Result<u64> {
         let mut entries = 0;
         for key in keys {
             key.with_context(|| format!("listing the keys of {name}"))?;
@@ -500,7 +508,8 @@ mod tests {
 
     #[test]
     fn reads_the_peak_resident_set_and_memlock() {
-        let status = "Name:\tpolicy-agent\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t   40000 kB\n";
+        let status =
+            "Name:\tpolicy-agent\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t   40000 kB\n";
         assert_eq!(kilobytes_field(status, "VmHWM:"), Some(51234));
         assert_eq!(kilobytes_field(status, "VmSwap:"), None);
         let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t11\n\

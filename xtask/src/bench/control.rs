@@ -22,13 +22,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use policy_common::names::{PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP};
 use serde::Serialize;
 use serde_json::json;
 
 use super::{
-    bed::{Bed, MapMemory, Start},
+    bed::{Bed, MapMemory, Phases, Start},
     cluster::{self, ClusterSize, MEASURED_NODE},
     probe::{self, percentile},
+    report::{Plot, Section, Series, Table, Target},
 };
 use crate::{lab::netns, run};
 
@@ -180,7 +182,10 @@ fn write_cluster(name: &str, cluster: &cluster::Cluster) -> Result<PathBuf> {
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>> {
@@ -235,7 +240,11 @@ fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>>
         .map(|scale| {
             let mut times: Vec<f64> = scale.runs.iter().map(|r| r.first_generation_ms).collect();
             let mut rss: Vec<f64> = scale.runs.iter().map(|r| r.peak_rss_bytes as f64).collect();
-            let mut maps: Vec<f64> = scale.runs.iter().map(|r| map_bytes(&r.maps) as f64).collect();
+            let mut maps: Vec<f64> = scale
+                .runs
+                .iter()
+                .map(|r| map_bytes(&r.maps) as f64)
+                .collect();
             let first_generation_ms = median(&mut times);
             let median_run = scale
                 .runs
@@ -256,6 +265,329 @@ fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>>
             }
         })
         .collect())
+}
+
+/// The report's sections: change to enforcement, then the agent's start.
+pub fn sections(figures: &ControlFigures) -> Vec<Section> {
+    vec![
+        change_section(&figures.changes),
+        start_section(&figures.starts),
+    ]
+}
+
+fn change_section(figures: &ChangeFigures) -> Section {
+    let rows = figures
+        .changes
+        .iter()
+        .map(|change| {
+            let spread = match (
+                change.run_p50s_ms.iter().copied().reduce(f64::min),
+                change.run_p50s_ms.iter().copied().reduce(f64::max),
+            ) {
+                (Some(low), Some(high)) => format!("{low:.1} to {high:.1}"),
+                _ => "-".to_owned(),
+            };
+            vec![
+                change.change.clone(),
+                change.verdict.clone(),
+                change.samples_ms.len().to_string(),
+                change.missed.to_string(),
+                format!("{:.1}", change.p50_ms),
+                format!("{:.1}", change.p99_ms),
+                format!("{:.1}", change.max_ms),
+                spread,
+            ]
+        })
+        .collect();
+    let series = figures
+        .changes
+        .iter()
+        .map(|change| Series {
+            name: change.change.clone(),
+            points: (1..=100)
+                .filter_map(|p| {
+                    let p = f64::from(p);
+                    percentile(&change.samples_ms, p).map(|ms| (p, ms))
+                })
+                .collect(),
+        })
+        .collect();
+    let targets = figures
+        .changes
+        .iter()
+        .map(|change| Target {
+            what: format!("{}: p99 from the write to enforcement", change.change),
+            goal: "< 100 ms, none missed".to_owned(),
+            measured: format!("{:.1} ms, {} missed", change.p99_ms, change.missed),
+            met: change.p99_ms < 100.0 && change.missed == 0,
+        })
+        .collect();
+    Section {
+        title: "Control plane: from a manifest change to enforcement".to_owned(),
+        setup: format!(
+            "The release agent runs in a bench node's network namespace against a manifest \
+             directory of {pods} pods, {policies} NetworkPolicies and {namespaces} namespaces: the \
+             synthetic cluster of the resolver benchmark (100 pods per node, ten kinds of policy) \
+             plus a probe namespace. Pods of other nodes are not materialised: the agent resolves \
+             them as peers, as it would in a cluster. The {endpoints} pods of its own node have \
+             real interfaces (host-side veths with the programs attached): 100 synthetic pods \
+             whose pod side carries no traffic, and four probe pods, each a network namespace \
+             wired like the ptp CNI plugin: a server on TCP {port}, isolated by a policy that \
+             lets in pods labelled `access: granted`, and one client per kind of change. Each \
+             change is written to the directory (a file renamed into place, or removed) while \
+             its client opens a TCP connection to the server every {period} ms; a connection \
+             counts as denied when the SYN gets no answer within {timeout} ms. The figure is the \
+             time from just before the write to the first connection of a run of {stable} that \
+             all see the new verdict, so it includes the agent noticing the change (inotify), \
+             reading and resolving all manifests, writing the maps and, for a new pod, attaching \
+             its programs; it is seen at most one attempt late ({period} ms, or {timeout} ms when \
+             a denied connection was in flight). A policy added and deleted toggles a policy \
+             that lets one client in; a pod label added and removed toggles `access: granted` on \
+             another; a pod added and deleted writes and removes a third client (whose interface \
+             was wired before, as when its address reaches the API after the CNI ran). Each run \
+             makes every change {rounds} times, all kinds interleaved, and waits for the agent \
+             to publish each change before the next; {runs} runs give {samples} samples per \
+             change. The percentiles pool all samples (nearest rank); the last column is the \
+             spread of the per-run medians. The machine is shared with other builds, so the tail \
+             is noisy.",
+            pods = figures.pods,
+            policies = figures.policies,
+            namespaces = figures.namespaces,
+            endpoints = figures.endpoints,
+            port = PROBE_PORT,
+            period = figures.attempt_period_ms,
+            timeout = figures.attempt_timeout_ms,
+            stable = probe::STABLE,
+            rounds = figures.rounds_per_run,
+            runs = figures.runs,
+            samples = figures.runs * figures.rounds_per_run,
+        ),
+        tables: vec![Table {
+            caption: "Milliseconds from writing a change to the kernel enforcing it".to_owned(),
+            columns: [
+                "change",
+                "verdict after",
+                "samples",
+                "missed",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "run p50s ms",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        }],
+        plots: vec![Plot {
+            file: "control-changes.png".to_owned(),
+            title: "From a manifest change to enforcement: percentiles".to_owned(),
+            x_label: "percentile".to_owned(),
+            y_label: "ms".to_owned(),
+            log_x: false,
+            series,
+        }],
+        targets,
+    }
+}
+
+/// The entries of `name` in the maps of a start, or 0.
+fn entries(start: &StartFigures, name: &str) -> u64 {
+    start
+        .maps
+        .iter()
+        .find(|map| map.name == name)
+        .and_then(|map| map.entries)
+        .unwrap_or(0)
+}
+
+/// Entries that follow the pods and the rules: peer prefixes and policy entries.
+fn growing_entries(start: &StartFigures) -> u64 {
+    [PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP]
+        .iter()
+        .map(|name| entries(start, name))
+        .sum()
+}
+
+fn start_section(starts: &[StartFigures]) -> Section {
+    let mb = |bytes: u64| format!("{:.1}", bytes as f64 / 1e6);
+    let phase = |start: &StartFigures, pick: fn(&Phases) -> f64| {
+        let mut values: Vec<f64> = start
+            .runs
+            .iter()
+            .filter_map(|run| run.phases.as_ref().map(pick))
+            .collect();
+        if values.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.0}", median(&mut values))
+        }
+    };
+    let rows = starts
+        .iter()
+        .map(|start| {
+            vec![
+                start.pods.to_string(),
+                start.policies.to_string(),
+                start.endpoints.to_string(),
+                format!("{:.0}", start.first_generation_ms),
+                phase(start, |p| p.load_ms),
+                phase(start, |p| p.resolve_and_write_ms),
+                phase(start, |p| p.attach_ms),
+                mb(start.peak_rss_bytes),
+                mb(start.map_memory_bytes),
+            ]
+        })
+        .collect();
+    let mut map_columns = vec!["map".to_owned(), "max entries".to_owned()];
+    for start in starts {
+        map_columns.push(format!("{} pods: entries", start.pods));
+        map_columns.push(format!("{} pods: MB", start.pods));
+    }
+    let map_rows = starts
+        .first()
+        .map(|first| {
+            first
+                .maps
+                .iter()
+                .map(|map| {
+                    let mut row = vec![map.name.clone(), map.max_entries.to_string()];
+                    for start in starts {
+                        let same = start.maps.iter().find(|other| other.name == map.name);
+                        row.push(
+                            same.and_then(|m| m.entries)
+                                .map_or("fixed".to_owned(), |n| n.to_string()),
+                        );
+                        row.push(same.map_or("-".to_owned(), |m| mb(m.memlock_bytes)));
+                    }
+                    row
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pods = |start: &StartFigures| start.pods as f64;
+    let series = vec![
+        Series {
+            name: "agent peak RSS".to_owned(),
+            points: starts
+                .iter()
+                .map(|s| (pods(s), s.peak_rss_bytes as f64 / 1e6))
+                .collect(),
+        },
+        Series {
+            name: "BPF map memory".to_owned(),
+            points: starts
+                .iter()
+                .map(|s| (pods(s), s.map_memory_bytes as f64 / 1e6))
+                .collect(),
+        },
+        Series {
+            name: "peer prefixes + policy entries (thousands)".to_owned(),
+            points: starts
+                .iter()
+                .map(|s| (pods(s), growing_entries(s) as f64 / 1e3))
+                .collect(),
+        },
+    ];
+    let mut targets = Vec::new();
+    if let Some(start) = starts.iter().find(|start| start.pods == 10_000) {
+        targets.push(Target {
+            what: "10,000 pods: start to first published generation".to_owned(),
+            goal: "< 1 s".to_owned(),
+            measured: format!("{:.2} s", start.first_generation_ms / 1e3),
+            met: start.first_generation_ms < 1_000.0,
+        });
+        targets.push(Target {
+            what: "10,000 pods: agent peak RSS".to_owned(),
+            goal: "< 100 MB".to_owned(),
+            measured: format!("{} MB", mb(start.peak_rss_bytes)),
+            met: start.peak_rss_bytes < 100_000_000,
+        });
+    }
+    if let (Some(small), Some(large)) = (starts.first(), starts.last())
+        && large.pods > small.pods
+    {
+        let pods_ratio = large.pods as f64 / small.pods as f64;
+        let entries_ratio = growing_entries(large) as f64 / growing_entries(small).max(1) as f64;
+        targets.push(Target {
+            what: format!(
+                "map entries from {} to {} pods (x{pods_ratio:.0} pods)",
+                small.pods, large.pods
+            ),
+            goal: "grow with pods + rules, not pods x pods".to_owned(),
+            measured: format!(
+                "peer prefixes + policy entries x{entries_ratio:.1} ({} to {})",
+                growing_entries(small),
+                growing_entries(large)
+            ),
+            met: entries_ratio <= pods_ratio,
+        });
+    }
+    Section {
+        title: "Control plane: full resolve and first programming".to_owned(),
+        setup: format!(
+            "The release agent (`policy-agent run --source files:DIR`) starts in a bench node's \
+             network namespace with empty pins, against the synthetic cluster of the resolver \
+             benchmark at {sizes} pods, each with {policies} NetworkPolicies in {namespaces} \
+             namespaces and 100 pods per node. The 100 pods of its node have real interfaces \
+             (host-side veths with /32 routes, their pod ends in one namespace), so the agent \
+             attaches its three programs to each. The time runs from starting the process to \
+             the agent publishing the manifests' generation as applied, which it does after \
+             writing the maps and attaching every program; the phases come from the timestamps \
+             of its log: loading the eBPF object (verifier included) until `datapath open`, \
+             resolving and writing the maps until `datapath converged`, attaching until the last \
+             `attached`. Peak RSS is the agent's `VmHWM` read when the generation is published. \
+             Map memory is what the kernel charges for each pinned map (`memlock` in the fdinfo \
+             of the map's descriptor, which since Linux 6.4 is the map's actual usage: hash maps \
+             created without preallocation and LPM tries grow with their entries; preallocated \
+             maps, arrays and the ring buffer have a fixed size); entries are counted by walking \
+             each hash map's and trie's keys. Connection tracking and fragments are empty at \
+             start but preallocated. Every size is started {runs} times, sizes interleaved; the \
+             figures are medians, the map table is from the median run.",
+            sizes = starts
+                .iter()
+                .map(|start| start.pods.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            policies = starts.first().map_or(0, |start| start.policies),
+            namespaces = starts.first().map_or(0, |start| start.namespaces),
+            runs = starts.first().map_or(0, |start| start.runs.len()),
+        ),
+        tables: vec![
+            Table {
+                caption: "Agent start: medians".to_owned(),
+                columns: [
+                    "pods",
+                    "policies",
+                    "endpoints",
+                    "first generation ms",
+                    "load ms",
+                    "resolve + write ms",
+                    "attach ms",
+                    "peak RSS MB",
+                    "map memory MB",
+                ]
+                .map(String::from)
+                .to_vec(),
+                rows,
+            },
+            Table {
+                caption: "BPF maps after the first programming: entries in use and kernel-charged \
+                          memory"
+                    .to_owned(),
+                columns: map_columns,
+                rows: map_rows,
+            },
+        ],
+        plots: vec![Plot {
+            file: "control-start.png".to_owned(),
+            title: "Agent start: memory against cluster size".to_owned(),
+            x_label: "pods".to_owned(),
+            y_label: "MB (entries: thousands)".to_owned(),
+            log_x: true,
+            series,
+        }],
+        targets,
+    }
 }
 
 /// The kernel-reported memory of all maps.

@@ -4,7 +4,7 @@
 
 mod agent;
 mod assign;
-mod cmd;
+pub(crate) mod cmd;
 mod down;
 pub(crate) mod manifest;
 pub(crate) mod names;
