@@ -327,9 +327,9 @@ impl Phases {
         let start = seconds_of_day(started_at)?;
         let last = |message: &str| {
             log.lines()
+                .rev()
                 .filter(|line| line.contains(message))
-                .filter_map(log_seconds_of_day)
-                .last()
+                .find_map(log_seconds_of_day)
         };
         let open = last("datapath open")?;
         let converged = last("datapath converged")?;

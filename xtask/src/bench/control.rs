@@ -141,6 +141,8 @@ pub fn measure(agent: &Path, settings: Settings) -> Result<ControlFigures> {
         CHANGE_CLUSTER.pods, CHANGE_CLUSTER.policies, settings.runs, settings.rounds_per_run
     );
     let changes = measure_changes(agent, settings)?;
+    // The generated manifests (tens of MB at 50,000 pods) would otherwise stay in /run.
+    fs::remove_dir_all(WORK_DIR).with_context(|| format!("removing {WORK_DIR}"))?;
     Ok(ControlFigures { changes, starts })
 }
 
