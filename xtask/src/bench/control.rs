@@ -544,7 +544,8 @@ fn start_section(starts: &[StartFigures]) -> Section {
              maps, arrays and the ring buffer have a fixed size); entries are counted by walking \
              each hash map's and trie's keys. Connection tracking and fragments are empty at \
              start but preallocated. Every size is started {runs} times, sizes interleaved; the \
-             figures are medians, the map table is from the median run.",
+             figures are medians, the map table is from the median run.{breakdown}",
+            breakdown = breakdown(starts),
             sizes = starts
                 .iter()
                 .map(|start| start.pods.to_string())
@@ -590,6 +591,35 @@ fn start_section(starts: &[StartFigures]) -> Section {
         }],
         targets,
     }
+}
+
+/// Where the start time goes at the largest size, in a sentence (empty without phases).
+fn breakdown(starts: &[StartFigures]) -> String {
+    let Some(start) = starts.last() else {
+        return String::new();
+    };
+    let phases: Vec<Phases> = start.runs.iter().filter_map(|run| run.phases).collect();
+    if phases.is_empty() || start.endpoints == 0 {
+        return String::new();
+    }
+    let pick = |field: fn(&Phases) -> f64| {
+        let mut values: Vec<f64> = phases.iter().map(field).collect();
+        median(&mut values)
+    };
+    let (load, write, attach) = (
+        pick(|p| p.load_ms),
+        pick(|p| p.resolve_and_write_ms),
+        pick(|p| p.attach_ms),
+    );
+    // Every endpoint gets three TCX links: from_pod, to_pod and svc_egress.
+    let per_link = attach / (3 * start.endpoints) as f64;
+    format!(
+        " At {} pods, loading the object took {load:.0} ms, resolving and writing the maps \
+         {write:.0} ms, and attaching {attach:.0} ms: {per_link:.1} ms for each of the {} TCX \
+         links (three per endpoint).",
+        start.pods,
+        3 * start.endpoints
+    )
 }
 
 /// The kernel-reported memory of all maps.
@@ -997,5 +1027,111 @@ mod tests {
         assert_eq!(entries(large, ENDPOINTS_MAP), 100);
         assert!(entries(large, PEERS_V4_MAP) > entries(small, PEERS_V4_MAP));
         assert!(small.peak_rss_bytes > 0 && small.map_memory_bytes > 0);
+    }
+
+    fn start(pods: usize, ms: f64, rss_mb: u64, peer_entries: u64) -> StartFigures {
+        let maps = vec![
+            MapMemory {
+                name: PEERS_V4_MAP.to_owned(),
+                max_entries: 262_144,
+                memlock_bytes: 1_000_000,
+                entries: Some(peer_entries),
+            },
+            MapMemory {
+                name: "NP_COUNTER_V2".to_owned(),
+                max_entries: 32_768,
+                memlock_bytes: 2_000_000,
+                entries: None,
+            },
+        ];
+        let run = Start {
+            first_generation_ms: ms,
+            phases: Some(Phases {
+                load_ms: ms / 4.0,
+                resolve_and_write_ms: ms / 4.0,
+                attach_ms: ms / 2.0,
+            }),
+            peak_rss_bytes: rss_mb * 1_000_000,
+            maps: maps.clone(),
+        };
+        StartFigures {
+            pods,
+            policies: 1_000,
+            namespaces: 100,
+            endpoints: 100,
+            first_generation_ms: ms,
+            peak_rss_bytes: rss_mb * 1_000_000,
+            map_memory_bytes: 3_000_000,
+            runs: vec![run],
+            maps,
+        }
+    }
+
+    #[test]
+    fn the_start_section_judges_time_memory_and_growth() {
+        let section = start_section(&[
+            start(1_000, 600.0, 20, 1_000),
+            start(10_000, 1_500.0, 40, 10_000),
+            start(50_000, 2_000.0, 120, 50_000),
+        ]);
+        let verdicts: Vec<(&str, bool)> = section
+            .targets
+            .iter()
+            .map(|target| (target.goal.as_str(), target.met))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("< 1 s", false),
+                ("< 100 MB", true),
+                ("grow with pods + rules, not pods x pods", true)
+            ]
+        );
+        assert_eq!(section.tables[0].rows.len(), 3);
+        assert_eq!(section.tables[1].rows[1][2..4], ["fixed", "2.0"]);
+        assert!(
+            section
+                .setup
+                .contains("attaching 1000 ms: 3.3 ms for each of the 300")
+        );
+        let quadratic = start_section(&[start(1_000, 1.0, 1, 1_000), start(2_000, 1.0, 1, 4_000)]);
+        assert!(!quadratic.targets[0].met, "entries x4 for pods x2");
+    }
+
+    #[test]
+    fn the_change_section_misses_a_slow_or_missed_change() {
+        let change = |name: &str, samples: Vec<f64>, missed| ChangeLatency {
+            change: name.to_owned(),
+            verdict: "allowed".to_owned(),
+            p50_ms: percentile(&samples, 50.0).unwrap(),
+            p99_ms: percentile(&samples, 99.0).unwrap(),
+            max_ms: *samples.last().unwrap(),
+            samples_ms: samples,
+            missed,
+            run_p50s_ms: vec![20.0, 30.0],
+        };
+        let figures = ChangeFigures {
+            pods: 1_004,
+            policies: 502,
+            namespaces: 101,
+            endpoints: 104,
+            runs: 5,
+            rounds_per_run: 20,
+            attempt_timeout_ms: 3.0,
+            attempt_period_ms: 0.5,
+            changes: vec![
+                change("fast", vec![10.0, 20.0, 30.0], 0),
+                change("slow", vec![10.0, 20.0, 150.0], 0),
+                change("missed", vec![10.0], 1),
+            ],
+        };
+        let section = change_section(&figures);
+        let met: Vec<bool> = section.targets.iter().map(|target| target.met).collect();
+        assert_eq!(met, [true, false, false]);
+        assert_eq!(section.tables[0].rows[0][7], "20.0 to 30.0");
+        assert_eq!(
+            section.plots[0].series[1].points.last(),
+            Some(&(100.0, 150.0))
+        );
     }
 }
