@@ -283,6 +283,15 @@ impl Bed {
         self.run_dir.join("state")
     }
 
+    /// Milliseconds from `written_at` to the last `datapath updated` line of the agent's log
+    /// (the reconcile that wrote the maps and attached the programs), if that line comes after
+    /// `written_at`.
+    pub fn updated_after(&self, written_at: SystemTime) -> Result<Option<f64>> {
+        let log = fs::read_to_string(self.log())
+            .with_context(|| format!("reading {}", self.log().display()))?;
+        Ok(updated_after(&log, written_at))
+    }
+
     /// The agent's log.
     pub fn log(&self) -> PathBuf {
         self.run_dir.join("agent.log")
@@ -341,6 +350,18 @@ impl Phases {
             attach_ms: millis(converged, attached),
         })
     }
+}
+
+/// See [`Bed::updated_after`].
+fn updated_after(log: &str, written_at: SystemTime) -> Option<f64> {
+    let updated = log
+        .lines()
+        .rev()
+        .filter(|line| line.contains("datapath updated"))
+        .find_map(log_seconds_of_day)?;
+    let seconds = (updated - seconds_of_day(written_at)?).rem_euclid(86_400.0);
+    // Half a day "later" is an update from before the write.
+    (seconds < 43_200.0).then_some(seconds * 1e3)
 }
 
 /// Seconds since midnight UTC.
@@ -533,6 +554,24 @@ mod tests {
         assert!(close(phases.resolve_and_write_ms, 150.893), "{phases:?}");
         assert!(close(phases.attach_ms, 689.759), "{phases:?}");
         assert_eq!(Phases::from_log("no milestones\n", started), None);
+    }
+
+    #[test]
+    fn the_agent_share_is_the_last_update_after_the_write() {
+        let log = "2026-11-26T07:28:00.100000Z  INFO policy_agent::agent: datapath updated writes=3\n\
+                   2026-11-26T07:28:02.250000Z  INFO policy_agent::agent: datapath updated writes=5\n\
+                   2026-11-26T07:28:02.260000Z  INFO policy_agent::datapath::links: attached ifindex=9\n";
+        let at = |seconds: f64| {
+            UNIX_EPOCH + Duration::from_secs_f64(7.0 * 3600.0 + 28.0 * 60.0 + seconds)
+        };
+        let share = updated_after(log, at(2.2)).unwrap();
+        assert!((share - 50.0).abs() < 0.01, "{share}");
+        assert_eq!(
+            updated_after(log, at(3.0)),
+            None,
+            "no update after the write"
+        );
+        assert_eq!(updated_after("", at(0.0)), None);
     }
 
     #[test]

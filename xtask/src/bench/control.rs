@@ -14,11 +14,11 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -111,6 +111,21 @@ pub struct ChangeLatency {
     pub max_ms: f64,
     /// The p50 of each run, in run order: the spread between runs.
     pub run_p50s_ms: Vec<f64>,
+    /// From writing the change to the agent logging `datapath updated` (its maps written and
+    /// programs attached), by the agent's log timestamps: the agent's share of the time.
+    pub agent_p50_ms: f64,
+    pub agent_p99_ms: f64,
+}
+
+/// One timed change.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    change: Change,
+    run: usize,
+    /// From the write to the flip seen by the probe; `None` when it did not flip in time.
+    flip: Option<Duration>,
+    /// From the write to the agent's `datapath updated`, in milliseconds.
+    agent_ms: Option<f64>,
 }
 
 /// The agent's start at one cluster size: medians over the runs, and the maps of the median
@@ -298,6 +313,8 @@ fn change_section(figures: &ChangeFigures) -> Section {
                 format!("{:.1}", change.p99_ms),
                 format!("{:.1}", change.max_ms),
                 spread,
+                format!("{:.1}", change.agent_p50_ms),
+                format!("{:.1}", change.agent_p99_ms),
             ]
         })
         .collect();
@@ -349,8 +366,10 @@ fn change_section(figures: &ChangeFigures) -> Section {
              was wired before, as when its address reaches the API after the CNI ran). Each run \
              makes every change {rounds} times, all kinds interleaved, and waits for the agent \
              to publish each change before the next; {runs} runs give {samples} samples per \
-             change. The percentiles pool all samples (nearest rank); the last column is the \
-             spread of the per-run medians. The machine is shared with other builds, so the tail \
+             change. The percentiles pool all samples (nearest rank); `run p50s` is the spread \
+             of the per-run medians. The agent columns are the agent's share: from the write to \
+             its log line `datapath updated` (maps written, programs attached), by its log's \
+             timestamps; the rest is the wait for the probe's next attempts. The machine is shared with other builds, so the tail \
              is noisy.",
             pods = figures.pods,
             policies = figures.policies,
@@ -375,6 +394,8 @@ fn change_section(figures: &ChangeFigures) -> Section {
                 "p99 ms",
                 "max ms",
                 "run p50s ms",
+                "agent p50 ms",
+                "agent p99 ms",
             ]
             .map(String::from)
             .to_vec(),
@@ -799,7 +820,7 @@ fn measure_changes(agent: &Path, settings: Settings) -> Result<ChangeFigures> {
     bed.wait_generation(&generation(agent, &dir)?, Duration::from_secs(60))?;
 
     let target = SocketAddr::new(IpAddr::V4(PROBE_PODS.server), PROBE_PORT);
-    let mut samples: Vec<(Change, usize, Option<Duration>)> = Vec::new();
+    let mut samples = Vec::new();
     for run in 1..=settings.runs {
         for _ in 0..settings.rounds_per_run {
             for change in Change::ROUND {
@@ -808,17 +829,32 @@ fn measure_changes(agent: &Path, settings: Settings) -> Result<ChangeFigures> {
                     .find(|(address, _)| *address == change.client())
                     .map(|(_, netns)| netns.as_str())
                     .context("every change has its client")?;
+                let written_at = Mutex::new(None);
                 let flip = probe::time_flip(
                     client,
                     target,
                     !change.allows(),
-                    || change.apply(&dir),
+                    || {
+                        if let Ok(mut written_at) = written_at.lock() {
+                            *written_at = Some(SystemTime::now());
+                        }
+                        change.apply(&dir)
+                    },
                     FLIP_TIMEOUT,
                 )
                 .with_context(|| format!("timing `{}`", change.name()))?;
                 // The next change starts from an idle agent that applied this one.
                 bed.wait_generation(&generation(agent, &dir)?, Duration::from_secs(30))?;
-                samples.push((change, run, flip));
+                let agent_ms = match written_at.into_inner().ok().flatten() {
+                    Some(written_at) => bed.updated_after(written_at)?,
+                    None => None,
+                };
+                samples.push(Sample {
+                    change,
+                    run,
+                    flip,
+                    agent_ms,
+                });
             }
         }
         println!("  run {run} of {} done", settings.runs);
@@ -845,27 +881,24 @@ fn bed_endpoints(cluster: &cluster::Cluster) -> usize {
     cluster.local_pods.len() + 4
 }
 
-fn latency(
-    change: Change,
-    samples: &[(Change, usize, Option<Duration>)],
-    runs: usize,
-) -> ChangeLatency {
-    let of_change: Vec<&(Change, usize, Option<Duration>)> =
-        samples.iter().filter(|(c, _, _)| *c == change).collect();
-    let millis = |flip: &Option<Duration>| flip.map(|d| d.as_secs_f64() * 1e3);
-    let mut sorted: Vec<f64> = of_change.iter().filter_map(|(_, _, f)| millis(f)).collect();
+fn latency(change: Change, samples: &[Sample], runs: usize) -> ChangeLatency {
+    let of_change: Vec<&Sample> = samples.iter().filter(|s| s.change == change).collect();
+    let millis = |sample: &&Sample| sample.flip.map(|d| d.as_secs_f64() * 1e3);
+    let mut sorted: Vec<f64> = of_change.iter().filter_map(millis).collect();
     sorted.sort_by(f64::total_cmp);
     let run_p50s_ms = (1..=runs)
         .filter_map(|run| {
             let mut of_run: Vec<f64> = of_change
                 .iter()
-                .filter(|(_, r, _)| *r == run)
-                .filter_map(|(_, _, f)| millis(f))
+                .filter(|s| s.run == run)
+                .filter_map(millis)
                 .collect();
             of_run.sort_by(f64::total_cmp);
             percentile(&of_run, 50.0)
         })
         .collect();
+    let mut agent: Vec<f64> = of_change.iter().filter_map(|s| s.agent_ms).collect();
+    agent.sort_by(f64::total_cmp);
     ChangeLatency {
         change: change.name().to_owned(),
         verdict: if change.allows() { "allowed" } else { "denied" }.to_owned(),
@@ -875,6 +908,8 @@ fn latency(
         max_ms: sorted.last().copied().unwrap_or(f64::NAN),
         samples_ms: sorted,
         run_p50s_ms,
+        agent_p50_ms: percentile(&agent, 50.0).unwrap_or(f64::NAN),
+        agent_p99_ms: percentile(&agent, 99.0).unwrap_or(f64::NAN),
     }
 }
 
@@ -965,15 +1000,21 @@ mod tests {
 
     #[test]
     fn latency_summarises_each_change_and_counts_misses() {
-        let ms = |m: u64| Some(Duration::from_millis(m));
+        let sample = |change, run, flip: Option<u64>, agent_ms| Sample {
+            change,
+            run,
+            flip: flip.map(Duration::from_millis),
+            agent_ms,
+        };
         let samples = vec![
-            (Change::PodAdded, 1, ms(10)),
-            (Change::PodAdded, 1, ms(30)),
-            (Change::PodAdded, 2, ms(20)),
-            (Change::PodAdded, 2, None),
-            (Change::PodDeleted, 1, ms(99)),
+            sample(Change::PodAdded, 1, Some(10), Some(8.0)),
+            sample(Change::PodAdded, 1, Some(30), Some(25.0)),
+            sample(Change::PodAdded, 2, Some(20), None),
+            sample(Change::PodAdded, 2, None, Some(4000.0)),
+            sample(Change::PodDeleted, 1, Some(99), Some(1.0)),
         ];
         let figures = latency(Change::PodAdded, &samples, 2);
+        assert_eq!((figures.agent_p50_ms, figures.agent_p99_ms), (25.0, 4000.0));
         assert_eq!(figures.samples_ms, vec![10.0, 20.0, 30.0]);
         assert_eq!(figures.missed, 1);
         assert_eq!((figures.p50_ms, figures.max_ms), (20.0, 30.0));
@@ -1109,6 +1150,8 @@ mod tests {
             samples_ms: samples,
             missed,
             run_p50s_ms: vec![20.0, 30.0],
+            agent_p50_ms: 5.0,
+            agent_p99_ms: 9.0,
         };
         let figures = ChangeFigures {
             pods: 1_004,
