@@ -208,7 +208,7 @@ fn median(values: &mut [f64]) -> f64 {
 fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>> {
     struct Scale {
         size: ClusterSize,
-        bed: Bed,
+        addresses: Vec<Ipv4Addr>,
         dir: PathBuf,
         generation: String,
         endpoints: usize,
@@ -223,24 +223,25 @@ fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>>
         };
         let cluster = cluster::generate(size);
         let dir = write_cluster(&format!("start-{pods}"), &cluster)?;
-        let mut bed = Bed::new(&format!("start-{pods}"))?;
         let addresses: Vec<Ipv4Addr> = cluster.local_pods.iter().map(|pod| pod.ipv4).collect();
-        bed.add_sink_endpoints(&addresses)?;
         scales.push(Scale {
             generation: generation(agent, &dir)?,
             endpoints: addresses.len(),
+            addresses,
             size,
-            bed,
             dir,
             runs: Vec::new(),
         });
     }
     for run in 1..=settings.runs {
         for scale in &mut scales {
-            let start =
-                scale
-                    .bed
-                    .measure_start(agent, &scale.dir, MEASURED_NODE, &scale.generation)?;
+            // A fresh node every time: started again on the same interfaces after the pins of
+            // the previous agent were removed, the agent was seconds slower to resolve and
+            // write its maps, which is not a first programming.
+            let mut bed = Bed::new(&format!("start-{}", scale.size.pods))?;
+            bed.add_sink_endpoints(&scale.addresses)?;
+            let start = bed.measure_start(agent, &scale.dir, MEASURED_NODE, &scale.generation)?;
+            drop(bed);
             println!(
                 "  run {run}, {} pods: first generation after {:.0} ms, peak RSS {:.1} MB, \
                  map memory {:.1} MB",
@@ -564,8 +565,11 @@ fn start_section(starts: &[StartFigures]) -> Section {
              created without preallocation and LPM tries grow with their entries; preallocated \
              maps, arrays and the ring buffer have a fixed size); entries are counted by walking \
              each hash map's and trie's keys. Connection tracking and fragments are empty at \
-             start but preallocated. Every size is started {runs} times, sizes interleaved; the \
-             figures are medians, the map table is from the median run.{breakdown}",
+             start but preallocated. Every size is started {runs} times, sizes interleaved, each time \
+             on a freshly wired node (an agent started with empty pins on interfaces a previous \
+             agent had programmed took about 3 s longer to resolve and write its maps, which \
+             is not measured here); the figures are medians, the map table is from the median \
+             run.{breakdown}",
             breakdown = breakdown(starts),
             sizes = starts
                 .iter()

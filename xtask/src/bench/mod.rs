@@ -130,6 +130,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if wants(Part::Control) {
             let agent = release_agent(args.agent_bin.clone())?;
             let figures = control::measure(&agent, control::Settings::FULL)?;
+            let figures_file = out_dir.join("control.json");
+            fs::write(&figures_file, serde_json::to_string_pretty(&figures)?)
+                .with_context(|| format!("writing {}", figures_file.display()))?;
             sections.extend(control::sections(&figures));
         }
     }
