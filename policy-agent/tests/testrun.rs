@@ -2026,12 +2026,56 @@ fn authentication_header_with_length_zero_is_malformed() {
 
 // ---- measurements ----
 
+/// Repetitions per BPF_PROG_TEST_RUN in the measurements.
 const REPEAT: u32 = 100_000;
+/// The policy-entry counts measured.
+const SIZES: [u32; 5] = [10, 100, 1_000, 10_000, 100_000];
+/// Rounds: each measures every family and size once, so a slow spell of a busy machine is
+/// spread over all figures rather than falling on one; `cargo xtask bench` reports medians.
+const ROUNDS: u32 = 5;
+/// Denied packets are timed in batches of this many, with the event ring drained in between,
+/// so that every drop reserves and submits its event as on a live interface.
+const DENIED_BATCH: u32 = 2_000;
 
-/// An endpoint whose ingress has `entries` policy entries: half as many peer classes (one /32
-/// each), every class allowing TCP 80 and TCP 8000-8007, so the plan probes two prefix lengths
-/// whatever the size. Returns the peer address of the middle class.
-fn setup_sized(entries: u32) -> (Datapath, Ipv4Addr) {
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 => "ipv6",
+        }
+    }
+
+    /// The address of peer class `class` (one /32 or /128 per class).
+    fn peer(self, class: u32) -> IpAddr {
+        match self {
+            Self::V4 => v4(Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(10, 100, 0, 0)) + class,
+            )),
+            Self::V6 => v6(Ipv6Addr::from(
+                u128::from(Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0)) + u128::from(class),
+            )),
+        }
+    }
+}
+
+/// A TCP packet from `peer` to the pod of the peer's family.
+fn pkt_tcp_from(peer: IpAddr, src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
+    match peer {
+        IpAddr::V4(peer) => pkt_tcp4(peer, POD4, src_port, dst_port, flags),
+        IpAddr::V6(peer) => pkt_tcp6(peer, POD6, src_port, dst_port, flags),
+    }
+}
+
+/// An endpoint whose ingress has `entries` policy entries: half as many peer classes (one
+/// address each), every class allowing TCP 80 and TCP 8000-8007, so the plan probes two prefix
+/// lengths whatever the size. Returns the peer address of the middle class.
+fn setup_sized(family: Family, entries: u32) -> (Datapath, IpAddr) {
     let classes = entries / 2;
     let mut allows = Vec::new();
     for class in 1..=classes {
@@ -2040,47 +2084,33 @@ fn setup_sized(entries: u32) -> (Datapath, Ipv4Addr) {
     }
     let mut dp = Datapath::load();
     dp.setup_endpoint(setup_test_ifindex(), EP, ENDPOINT_INGRESS_ISOLATED, &allows);
+    let prefix_len = match family {
+        Family::V4 => 32,
+        Family::V6 => 128,
+    };
     for class in 1..=classes {
-        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + class);
-        dp.set_peer(v4(addr), 32, class);
+        dp.set_peer(family.peer(class), prefix_len, class);
     }
-    let middle = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + classes / 2);
-    (dp, middle)
+    (dp, family.peer(classes / 2))
 }
 
-/// Mean kernel-measured ns over `REPEAT` single runs of the frames `frame_of(i)`.
-fn single_runs_ns(dp: &Datapath, frame_of: impl Fn(u32) -> Vec<u8>, expected: i32) -> f64 {
-    let mut total = 0u128;
-    for i in 0..REPEAT {
-        let (action, duration) = dp.run_repeat(Direction::Ingress, &frame_of(i), 1);
-        assert_eq!(action, expected, "run {i}");
-        total += duration.as_nanos();
-    }
-    total as f64 / f64::from(REPEAT)
+/// Prints one figure line for `cargo xtask bench`: family, policy entries, case, round and ns
+/// per packet as the kernel timed it.
+fn print_figure(family: Family, entries: u32, case: &str, round: u32, ns: f64) {
+    println!("figure {} {entries} {case} {round} {ns:.2}", family.name());
 }
 
-/// Pod address and source port of the `i`-th distinct new flow: the peer, and with it the
-/// class, stays the same.
-fn fresh_flow(i: u32) -> (Ipv4Addr, u16) {
-    (
-        Ipv4Addr::from(u32::from(POD4) + i / 60_000),
-        1024 + (i % 60_000) as u16,
-    )
-}
-
-/// Prints verifier-accepted instruction counts and ns per packet of the established, new
-/// allowed and new denied paths with 10 and 10,000 policy entries, each also net of what
-/// TEST_RUN costs per repetition around an empty classifier.
+/// Prints the programs' sizes, then ns per packet through BPF_PROG_TEST_RUN for the
+/// established, new allowed and new denied paths, IPv4 and IPv6, at every size of `SIZES`,
+/// next to an empty classifier (the floor: what TEST_RUN itself costs per repetition), over
+/// `ROUNDS` interleaved rounds, each on freshly loaded programs and maps. Checks that every
+/// repetition took the path it is named after; timing is left to the bench's report.
 ///
-/// Established and new denied packets leave no new state, so one TEST_RUN with `REPEAT`
-/// repetitions times them (the denied one with the event ring full after its first few
-/// thousand drops, and again in batches that drain the ring). A new allowed packet creates its
-/// flow, so a plain repeat would time the established path after the first run. Two methods:
-/// - repeat a SYN+FIN: the flow it creates is closing, and a SYN on a closing flow is decided
-///   by policy again and re-inserted, so every repetition takes the whole new-flow path;
-/// - `REPEAT` single runs, each with a fresh flow, minus the single-run overhead (the timer
-///   and a cold cache after the syscall), which the same single-run method on the established
-///   packet reveals as its difference to the repeated established run.
+/// Established and new denied packets leave no new state, so one TEST_RUN of `REPEAT`
+/// repetitions times them. A new allowed packet creates its flow, so a plain repeat would time
+/// the established path after the first run; a SYN+FIN is repeated instead: the flow it
+/// creates is closing, and a SYN on a closing flow is decided by policy again and re-inserted,
+/// so every repetition takes the whole new-flow path.
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
 fn measure_instructions_and_ns_per_packet() {
@@ -2090,86 +2120,75 @@ fn measure_instructions_and_ns_per_packet() {
         let xlated = info.size_translated().expect("xlated size");
         let jited = info.size_jitted();
         let verified = info.verified_instruction_count().unwrap_or(0);
-        println!(
-            "{name}: {} xlated instructions, {jited} bytes jitted, {verified} instructions \
-             processed by the verifier",
-            xlated / 8
-        );
+        println!("program {name} {} {jited} {verified}", xlated / 8);
         assert!(xlated > 0 && jited > 0);
     }
     drop(dp);
-    let baseline = f64::from(common::empty_classifier_ns(
-        &pkt_tcp4(PEER4, POD4, 999, 80, ACK),
-        REPEAT,
-    ));
-    println!("empty classifier: {baseline:.1} ns per repetition (subtracted in `net`)");
-    for entries in [10, 10_000] {
-        let (mut dp, peer) = setup_sized(entries);
-        assert_eq!(
-            dp.run(Direction::Ingress, &pkt_tcp4(peer, POD4, 999, 80, SYN)),
-            PASS
-        );
-        let established = pkt_tcp4(peer, POD4, 999, 80, ACK);
-        let (action, per_run) = dp.run_repeat(Direction::Ingress, &established, REPEAT);
-        assert_eq!(action, PASS);
-        let established_ns = per_run.as_nanos() as f64;
-        check_counter_is(&dp, Ok(Verdict::Established), u64::from(REPEAT));
-
-        let reopening = pkt_tcp4(peer, POD4, 998, 80, SYN | FIN);
-        let (action, per_run) = dp.run_repeat(Direction::Ingress, &reopening, REPEAT);
-        assert_eq!(action, PASS);
-        let new_ns = per_run.as_nanos() as f64;
-        check_counter_is(&dp, Ok(Verdict::Policy), 1 + u64::from(REPEAT));
-
-        let established_single = single_runs_ns(&dp, |_| established.clone(), PASS);
-        let single_overhead = (established_single - established_ns).max(0.0);
-        let new_single = single_runs_ns(
-            &dp,
-            |i| {
-                let (pod, port) = fresh_flow(i);
-                pkt_tcp4(peer, pod, port, 80, SYN)
-            },
-            PASS,
-        );
-        check_counter_is(&dp, Ok(Verdict::Policy), 1 + 2 * u64::from(REPEAT));
-
-        let denied = pkt_tcp4(peer, POD4, 999, 81, SYN);
-        let (action, per_run) = dp.run_repeat(Direction::Ingress, &denied, REPEAT);
-        assert_eq!(action, DROP);
-        let denied_full_ns = per_run.as_nanos() as f64;
-        let ring_capacity = (policy_common::maps::EVENTS_BYTES / (8 + 64)) as usize;
-        assert_eq!(dp.events().len(), ring_capacity, "the ring holds what fits");
-        let mut denied_total = 0u128;
-        for batch in 0..REPEAT / 2_000 {
-            let (action, per_run) = dp.run_repeat(Direction::Ingress, &denied, 2_000);
-            assert_eq!(action, DROP, "denied batch {batch}");
-            denied_total += per_run.as_nanos() * 2_000;
-            assert_eq!(dp.events().len(), 2_000, "one drop event per denied run");
+    for round in 0..ROUNDS {
+        for family in [Family::V4, Family::V6] {
+            let floor =
+                common::empty_classifier_ns(&pkt_tcp_from(family.peer(1), 999, 80, ACK), REPEAT);
+            print_figure(family, 0, "empty", round, f64::from(floor));
+            for entries in SIZES {
+                measure_sized(family, entries, round);
+            }
         }
-        let denied_ns = denied_total as f64 / f64::from(REPEAT);
-        check_counter_is(&dp, Err(DropReason::PolicyDenied), 2 * u64::from(REPEAT));
+    }
+}
 
-        println!("{entries} policy entries (ns per packet, measured / net):");
-        println!(
-            "  established          {established_ns:6.1} / {:6.1}",
-            established_ns - baseline
-        );
-        println!(
-            "  new allowed (repeat) {new_ns:6.1} / {:6.1}",
-            new_ns - baseline
-        );
-        println!(
-            "  new allowed (single) {:6.1} / {:6.1}   (single-run mean {new_single:.1} minus \
-             single-run overhead {single_overhead:.1})",
-            new_single - single_overhead,
-            new_single - single_overhead - baseline
-        );
-        println!(
-            "  new denied           {denied_ns:6.1} / {:6.1}   (with the ring full: \
-             {denied_full_ns:.1})",
-            denied_ns - baseline
+fn measure_sized(family: Family, entries: u32, round: u32) {
+    let (mut dp, peer) = setup_sized(family, entries);
+    assert_eq!(
+        dp.run(Direction::Ingress, &pkt_tcp_from(peer, 999, 80, SYN)),
+        PASS
+    );
+    let (action, per_run) = dp.run_repeat(
+        Direction::Ingress,
+        &pkt_tcp_from(peer, 999, 80, ACK),
+        REPEAT,
+    );
+    assert_eq!(action, PASS);
+    check_counter_is(&dp, Ok(Verdict::Established), u64::from(REPEAT));
+    print_figure(
+        family,
+        entries,
+        "established",
+        round,
+        per_run.as_nanos() as f64,
+    );
+
+    let reopening = pkt_tcp_from(peer, 998, 80, SYN | FIN);
+    let (action, per_run) = dp.run_repeat(Direction::Ingress, &reopening, REPEAT);
+    assert_eq!(action, PASS);
+    check_counter_is(&dp, Ok(Verdict::Policy), 1 + u64::from(REPEAT));
+    print_figure(
+        family,
+        entries,
+        "new-allowed",
+        round,
+        per_run.as_nanos() as f64,
+    );
+
+    let denied = pkt_tcp_from(peer, 999, 81, SYN);
+    let mut denied_total = 0u128;
+    for batch in 0..REPEAT / DENIED_BATCH {
+        let (action, per_run) = dp.run_repeat(Direction::Ingress, &denied, DENIED_BATCH);
+        assert_eq!(action, DROP, "denied batch {batch}");
+        denied_total += per_run.as_nanos() * u128::from(DENIED_BATCH);
+        assert_eq!(
+            dp.events().len(),
+            DENIED_BATCH as usize,
+            "one drop event per denied run"
         );
     }
+    check_counter_is(&dp, Err(DropReason::PolicyDenied), u64::from(REPEAT));
+    print_figure(
+        family,
+        entries,
+        "new-denied",
+        round,
+        denied_total as f64 / f64::from(REPEAT),
+    );
 }
 
 fn check_counter_is(dp: &Datapath, outcome: Result<Verdict, DropReason>, packets: u64) {

@@ -34,7 +34,7 @@ enum Command {
     /// Every test; the privileged ones need root.
     Test(test::Args),
     /// Benchmarks: the resolver, and (as root) the kernel programs' cost per packet.
-    Bench,
+    Bench(bench::Args),
     /// Network-namespace cluster: nodes, pods, Services and one agent per node.
     Lab(lab::Args),
     /// The end-to-end NetworkPolicy scenarios against the lab (root).
@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Check => check::run(),
         Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(args),
-        Command::Bench => bench::run(),
+        Command::Bench(args) => bench::run(args),
         Command::E2e(args) => e2e::run(&args),
         Command::KindE2e(args) => kind_e2e::run(&args),
         Command::Demo(args) => demo::run(&args),

@@ -16,9 +16,15 @@ use anyhow::{Context as _, bail};
 
 use crate::run;
 
-/// Debian packages used by the lab, the privileged tests and the benchmarks, and the command each
-/// one provides.
-const DEBIAN_PACKAGES: [(&str, &str); 2] = [("iproute2", "ip"), ("iptables", "iptables")];
+/// Debian packages used by the lab, the privileged tests and the benchmarks, and the command (or,
+/// for an absolute path, the file) each one provides.
+const DEBIAN_PACKAGES: [(&str, &str); 5] = [
+    ("iproute2", "ip"),
+    ("iptables", "iptables"),
+    ("nftables", "nft"),
+    ("iperf3", "iperf3"),
+    ("fonts-dejavu-core", crate::bench::report::FONT_FILE),
+];
 
 /// The nightly toolchain used only for rustfmt: the house rustfmt settings are unstable options.
 pub const RUSTFMT_TOOLCHAIN: &str = "nightly-2026-10-15";
@@ -86,7 +92,13 @@ pub fn ensure_bpf_linker(force: bool) -> anyhow::Result<()> {
 pub fn ensure_debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(_, command)| which(command).is_none())
+        .filter(|(_, provided)| {
+            if provided.starts_with('/') {
+                !Path::new(provided).exists()
+            } else {
+                which(provided).is_none()
+            }
+        })
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {

@@ -4,7 +4,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod assign;
-mod cmd;
+pub(crate) mod cmd;
 mod down;
 pub(crate) mod manifest;
 pub(crate) mod names;
