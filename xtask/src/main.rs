@@ -33,7 +33,8 @@ enum Command {
     Check,
     /// Every test; the privileged ones need root.
     Test(test::Args),
-    /// Benchmarks: the resolver, and (as root) the kernel programs' cost per packet.
+    /// Benchmarks: the resolver and, as root, the datapath (per packet through
+    /// BPF_PROG_TEST_RUN, and traffic through the lab), reported in target/bench/report.md.
     Bench(bench::Args),
     /// Network-namespace cluster: nodes, pods, Services and one agent per node.
     Lab(lab::Args),

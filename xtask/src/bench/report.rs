@@ -191,7 +191,8 @@ impl Plot {
         if !x_min.is_finite() || x_min >= x_max {
             bail!("plot {}: needs points at two x values at least", self.title);
         }
-        let y_range = 0.0..(y_max * 1.1).max(f64::MIN_POSITIVE);
+        // Headroom above the data for the legend in the upper right corner.
+        let y_range = 0.0..(y_max * 1.5).max(f64::MIN_POSITIVE);
         if self.log_x {
             self.draw(file, (x_min..x_max).log_scale(), y_range)
         } else {
