@@ -73,6 +73,10 @@ struct RunArgs {
     /// e.g. 0.0.0.0:9402. Off when absent.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Also log the first packet of every allowed new flow (with the rule that allowed it) in
+    /// the flow log, not only drops.
+    #[arg(long)]
+    log_allowed: bool,
 }
 
 const DEFAULT_STATE_DIR: &str = "/run/netpol";
@@ -193,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     interface_prefixes: args.endpoint_interface_prefixes,
                 },
                 metrics_addr: args.metrics_addr,
+                log_allowed: args.log_allowed,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -90,6 +90,11 @@ impl Lab {
 
     /// Starts the agent in the node namespace, serving metrics on the node's loopback.
     fn start_agent(&self) -> Agent {
+        self.start_agent_with(&[])
+    }
+
+    /// [`Lab::start_agent`] with more `run` arguments.
+    fn start_agent_with(&self, extra_args: &[&str]) -> Agent {
         let log = self.dir.join("agent.log");
         let stderr = fs::File::create(&log).expect("agent log");
         let target = fs::File::open(format!("/run/netns/{}", self.node.netns.name))
@@ -114,6 +119,7 @@ impl Lab {
             .arg(self.state_dir())
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{DEFAULT_PORT}"))
+            .args(extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -673,4 +679,42 @@ fn a_full_policy_map_fences_the_endpoint_until_the_agent_heals_it() {
         .filter(|line| line.contains(" WARN ") && line.contains("map-full"))
         .count();
     assert_eq!(warnings, 1, "{}", agent.log());
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn allowed_new_flows_are_logged_with_their_rule_only_when_enabled() {
+    if skip_without_root() {
+        return;
+    }
+    let allowed_to_b = |flow: &FlowRecord| {
+        flow.dst_port == ALLOWED_PORT
+            && flow.verdict == "allowed"
+            && flow.pod.as_deref() == Some("obs/b")
+    };
+    for log_allowed in [false, true] {
+        let lab = Lab::new(if log_allowed { "obs-log" } else { "obs-nolog" });
+        let _allowed = EchoServer::tcp(&lab.b.netns, ALLOWED_PORT);
+        let args: &[&str] = if log_allowed { &["--log-allowed"] } else { &[] };
+        let _agent = lab.start_agent_with(args);
+        lab.wait_applied();
+        let target = SocketAddr::new(IpAddr::V4(lab.b.v4), ALLOWED_PORT);
+        assert!(tcp_works(&lab.a.netns, target));
+        // A denied datagram after the connection: once it is logged, so is anything before it.
+        lab.send_denied(1);
+        wait_flows(&lab, 1, |flow| flow.verdict == "dropped");
+        let allowed = wait_flows(&lab, 0, allowed_to_b);
+        if !log_allowed {
+            assert!(allowed.is_empty(), "{allowed:?}");
+            continue;
+        }
+        assert_eq!(allowed.len(), 1, "one record per new flow: {allowed:?}");
+        let flow = &allowed[0];
+        assert_eq!(flow.src_pod.as_deref(), Some("obs/a"));
+        assert_eq!(flow.reason, "allowed-by-policy");
+        assert_eq!(
+            flow.decided_by.as_deref(),
+            Some("obs/b-from-a, ingress rule 0")
+        );
+    }
 }

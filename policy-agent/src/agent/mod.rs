@@ -47,6 +47,7 @@ pub use endpoints::{
     DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, NewEndpointsParseError,
 };
 pub use flows::{Clocks, FLOW_LOG_MAX_BYTES, FlowContext, FlowRecord, rotated_path};
+use policy_common::maps::ENDPOINT_LOG_ALLOWED;
 use source::{LoadError, Loader};
 pub use source::{Source, SourceParseError};
 use tracing::{debug, info};
@@ -89,6 +90,8 @@ pub struct RunConfig {
     pub new_endpoints: NewEndpointPolicy,
     /// Where to serve metrics and health probes; none when absent.
     pub metrics_addr: Option<SocketAddr>,
+    /// Also report the first packet of every allowed new flow, not only drops.
+    pub log_allowed: bool,
 }
 
 /// Failures that stop the agent. Failures of one reconcile are reported and retried instead.
@@ -381,6 +384,11 @@ impl Agent {
         programmable
             .endpoints
             .retain(|pod, _| interfaces.contains_key(pod));
+        if self.config.log_allowed {
+            for endpoint in programmable.endpoints.values_mut() {
+                endpoint.info.flags |= ENDPOINT_LOG_ALLOWED;
+            }
+        }
 
         let mut addr_writes = 0;
         let host_addrs = self.discovery.host_addresses().await?;
