@@ -349,6 +349,27 @@ fn allowed_flows_pass_and_denied_flows_drop() {
         Ok(Flow { endpoint_id: 1, dst, dst_port: 7070, outcome: Err(DropReason::PolicyDenied), direction: Direction::Ingress, .. })
             if *dst == IpAddr::V6(a_v6)
     )), "{flows:?}");
+
+    // c goes away: its freed id starts from zero for the next pod that gets it.
+    let before = lab.desired();
+    let mut after = before.clone();
+    after.endpoints.remove(&pod_ref("c"));
+    after.policy.retain(|key, _| key.endpoint_id != 3);
+    let ifindexes = lab.ifindexes();
+    datapath
+        .apply(&Delta::between(&before, &after), |pod| {
+            ifindexes.get(pod).copied()
+        })
+        .expect("remove c");
+    assert_eq!(
+        datapath.endpoint_counters(3).expect("counters"),
+        Vec::new(),
+        "the counters of c's freed id are reset"
+    );
+    assert!(
+        !datapath.endpoint_counters(2).expect("counters").is_empty(),
+        "b keeps its counters"
+    );
 }
 
 #[test]

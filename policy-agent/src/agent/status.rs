@@ -572,7 +572,9 @@ fn update_object(failure: &UpdateError, endpoint_pods: &BTreeMap<u32, PodRef>) -
         UpdateError::PolicyUpsert { key, .. } | UpdateError::PolicyRemoval { key, .. } => {
             endpoint(key.endpoint_id)
         }
-        UpdateError::EndpointIdWrite { endpoint_id, .. } => endpoint(*endpoint_id),
+        UpdateError::EndpointIdWrite { endpoint_id, .. }
+        | UpdateError::CounterReset { endpoint_id, .. }
+        | UpdateError::CounterCpus { endpoint_id, .. } => endpoint(*endpoint_id),
         UpdateError::PeerUpsert { .. }
         | UpdateError::PeerRemoval { .. }
         | UpdateError::InvalidPrefix { .. } => "peer prefixes".to_owned(),

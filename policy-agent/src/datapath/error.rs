@@ -189,6 +189,18 @@ pub enum DatapathError {
 /// One map update that failed. Each names the object it was for.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
+    #[error("cannot reset the counters of freed endpoint id {endpoint_id}")]
+    CounterReset {
+        endpoint_id: u32,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot size the per-CPU counters of freed endpoint id {endpoint_id}")]
+    CounterCpus {
+        endpoint_id: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write policy entry {key:?}")]
     PolicyUpsert {
         key: PolicyKey,

@@ -5,8 +5,11 @@ use std::{
     net::IpAddr,
 };
 
-use aya::maps::{HashMap, MapData, MapError};
-use policy_common::maps::{ENDPOINT_NOT_READY, EndpointInfo, HostAddrKey, PeerClass};
+use aya::maps::{HashMap, MapData, MapError, PerCpuValues};
+use policy_common::{
+    maps::{Counter, ENDPOINT_NOT_READY, EndpointInfo, HostAddrKey, PeerClass, counter_index},
+    verdict::{Direction, OUTCOMES},
+};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -264,6 +267,34 @@ impl Datapath {
             })
     }
 
+    /// Zeroes the counters of a freed endpoint id, so the pod that gets the id next starts
+    /// from zero.
+    fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), Box<UpdateError>> {
+        let cpus_error = |source| {
+            Box::new(UpdateError::CounterCpus {
+                endpoint_id,
+                source,
+            })
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| cpus_error(source))?;
+        for direction in Direction::ALL {
+            for outcome in 0..OUTCOMES as u8 {
+                let zero = PerCpuValues::try_from(vec![Counter::default(); cpus.get() as usize])
+                    .map_err(cpus_error)?;
+                self.maps
+                    .counters
+                    .set(counter_index(endpoint_id, direction, outcome), zero, 0)
+                    .map_err(|source| {
+                        Box::new(UpdateError::CounterReset {
+                            endpoint_id,
+                            source,
+                        })
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the endpoint entry of `ifindex` and empties its slot in the endpoints-by-id map
     /// (unless a newer endpoint took that id already).
     fn remove_endpoint_entry(
@@ -292,6 +323,7 @@ impl Datapath {
                     return Ok(1);
                 }
                 self.write_endpoint_id(endpoint_id, &EndpointInfo::default())?;
+                self.reset_counters(endpoint_id)?;
                 Ok(2)
             }
             Err(source) if is_not_found(&source) => Ok(0),
