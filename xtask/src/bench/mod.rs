@@ -140,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let report = report::Report {
-        title: "Datapath benchmarks".to_owned(),
+        title: "Benchmarks: the datapath and the control plane".to_owned(),
         intro: intro(),
         sections,
     };
