@@ -21,7 +21,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo},
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute},
         route::RouteAttribute,
     },
@@ -104,18 +104,22 @@ impl Discovery {
         Ok(addresses)
     }
 
-    /// The interfaces that may carry pod traffic off the node, where `svc_egress` decides the
-    /// deferred egress of packets to a ClusterIP: every interface but loopback, bridges and
-    /// bridge ports (pod veths behind a bridge). The caller leaves out the endpoints' own veths.
-    pub async fn uplinks(&self) -> Result<Vec<u32>, DiscoveryError> {
-        let links: Vec<_> = self
-            .handle
+    /// Every interface of the node.
+    async fn links(&self) -> Result<Vec<LinkMessage>, DiscoveryError> {
+        self.handle
             .link()
             .get()
             .execute()
             .try_collect()
             .await
-            .map_err(|source| request("the node's interfaces", source))?;
+            .map_err(|source| request("the node's interfaces", source))
+    }
+
+    /// The interfaces that may carry pod traffic off the node, where `svc_egress` decides the
+    /// deferred egress of packets to a ClusterIP: every interface but loopback, bridges and
+    /// bridge ports (pod veths behind a bridge). The caller leaves out the endpoints' own veths.
+    pub async fn uplinks(&self) -> Result<Vec<u32>, DiscoveryError> {
+        let links = self.links().await?;
         let mut uplinks: Vec<u32> = links
             .iter()
             .filter(|link| !link.header.flags.contains(LinkFlags::Loopback))
@@ -137,14 +141,7 @@ impl Discovery {
     /// The node's veths, with their names: the interfaces a CNI gives its pods (routed, or ports
     /// of a bridge), candidates to become endpoints.
     pub async fn veths(&self) -> Result<Vec<(u32, String)>, DiscoveryError> {
-        let links: Vec<_> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| request("the node's interfaces", source))?;
+        let links = self.links().await?;
         let mut veths: Vec<(u32, String)> = links
             .iter()
             .filter(|link| {
