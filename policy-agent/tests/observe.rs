@@ -298,11 +298,16 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The flows of the JSON flow log that `wanted` selects, once there are at least `count`.
+/// The flows of the JSON flow log that `wanted` selects, once there are at least `count`. The
+/// agent creates the log with its first record, so a missing log counts as an empty one.
 fn wait_flows(lab: &Lab, count: usize, wanted: impl Fn(&FlowRecord) -> bool) -> Vec<FlowRecord> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = stdout(&lab.cli(&["flows", "-o", "json"]));
+        let text = if lab.state_dir().join("flows.jsonl").exists() {
+            stdout(&lab.cli(&["flows", "-o", "json"]))
+        } else {
+            String::new()
+        };
         let flows: Vec<FlowRecord> = text
             .lines()
             .map(|line| serde_json::from_str(line).expect("a flow record"))
