@@ -50,10 +50,10 @@ impl Fence {
 }
 
 impl Datapath {
-    /// Writes `delta` to the maps in its documented order: policy upserts, peer upserts,
-    /// endpoint upserts, peer removals, policy removals, endpoint removals. `ifindex_of` gives
-    /// the host-side interface of each upserted pod. Every write is attempted; failures are
-    /// collected, and the endpoints they could open up are fenced (module documentation).
+    /// Writes `delta` to the maps in the order of its phases ([`Delta`]), waiting for the packets
+    /// in flight where the phases need it. `ifindex_of` gives the host-side interface of each
+    /// upserted pod. Every write is attempted; failures are collected, and the endpoints they
+    /// could open up are fenced (module documentation).
     pub fn apply(
         &mut self,
         delta: &Delta,
@@ -65,8 +65,9 @@ impl Datapath {
         let mut fenced = Vec::new();
         debug!(
             policy_upserts = delta.policy_upserts.len(),
-            peer_upserts = delta.peer_upserts.len(),
+            peer_bridges = delta.peer_bridges.len(),
             endpoint_upserts = delta.endpoint_upserts.len(),
+            peer_upserts = delta.peer_upserts.len(),
             peer_removals = delta.peer_removals.len(),
             policy_removals = delta.policy_removals.len(),
             endpoint_removals = delta.endpoint_removals.len(),
@@ -83,7 +84,7 @@ impl Datapath {
             }
         }
 
-        for &(prefix, class) in &delta.peer_upserts {
+        for &(prefix, class) in &delta.peer_bridges {
             match self.write_peer(prefix, Some(class)) {
                 Ok(()) => stats.writes += 1,
                 Err(failure) => {
@@ -153,6 +154,18 @@ impl Datapath {
             }
         }
 
+        if delta.needs_grace_period_after_endpoints() {
+            wait_for_packets_in_flight();
+        }
+        for &(prefix, class) in &delta.peer_upserts {
+            match self.write_peer(prefix, Some(class)) {
+                Ok(()) => stats.writes += 1,
+                Err(failure) => {
+                    fence.all_isolated = true;
+                    failures.push(*failure);
+                }
+            }
+        }
         for &prefix in &delta.peer_removals {
             match self.write_peer(prefix, None) {
                 Ok(()) => stats.writes += 1,
@@ -163,6 +176,9 @@ impl Datapath {
             }
         }
 
+        if delta.needs_grace_period_after_peers() {
+            wait_for_packets_in_flight();
+        }
         for key in &delta.policy_removals {
             match self.maps.policy.remove(key) {
                 Ok(()) => stats.writes += 1,
@@ -580,6 +596,25 @@ impl Datapath {
     /// The addresses in the host address map.
     pub fn host_addrs(&self) -> Result<Vec<IpAddr>, DatapathError> {
         read_addr_map(&self.maps.host_addrs, policy_common::names::HOST_ADDRS_MAP)
+    }
+}
+
+/// `MEMBARRIER_CMD_GLOBAL` of `<linux/membarrier.h>`: returns after an RCU grace period.
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// Returns once every TC program run that started before the call has finished: the programs
+/// run inside RCU read-side sections, and `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU
+/// grace period (a few milliseconds). Kernels that refuse it (`nohz_full`) leave the phases of a
+/// delta unseparated; that is logged once.
+fn wait_for_packets_in_flight() {
+    static REFUSED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: membarrier takes no pointers; it only blocks the caller.
+    let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if result != 0 {
+        let error = std::io::Error::last_os_error();
+        REFUSED.call_once(|| {
+            warn!(%error, "membarrier refused: map updates cannot wait for packets in flight");
+        });
     }
 }
 

@@ -334,7 +334,18 @@ mod tests {
             ]
         );
         assert_eq!(delta.peer_removals, [prefix("10.0.0.2/32")]);
-        assert_eq!(delta.policy_upserts.len(), 1);
-        assert!(delta.policy_removals.is_empty() && delta.endpoint_upserts.is_empty());
+        // Besides the entries of the bridge classes that carry the moved prefixes, which the
+        // same delta removes again, one entry is new: the new class's.
+        let bridges: BTreeSet<u32> = delta.peer_bridges.iter().map(|(_, class)| *class).collect();
+        let lasting = |key: &PolicyKey| !bridges.contains(&key.peer_class);
+        assert_eq!(
+            delta
+                .policy_upserts
+                .iter()
+                .filter(|(key, _)| lasting(key))
+                .count(),
+            1
+        );
+        assert!(!delta.policy_removals.iter().any(lasting) && delta.endpoint_upserts.is_empty());
     }
 }

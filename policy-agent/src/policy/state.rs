@@ -2,14 +2,14 @@
 //! between two such states.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
 use policy_common::{
-    maps::{EndpointInfo, PolicyKey, PolicyValue},
+    maps::{ANY_PEER_CLASS, EndpointInfo, PolicyKey, PolicyValue, WORLD_CLASS},
     verdict::Direction,
 };
 
@@ -224,23 +224,41 @@ impl Default for Allocations {
     }
 }
 
-/// The map changes that turn one [`NodeState`] into another.
+/// The map changes that turn one [`NodeState`] into another, in the phases they are applied in.
 ///
-/// Applied in this order so that no intermediate state allows what neither end state allows
-/// longer than the update takes: policy upserts, peer upserts, endpoint upserts, peer removals,
-/// policy removals, endpoint removals.
+/// A packet reads its endpoint's entry, then its peer's class, then the policy entries of that
+/// class: three reads that an update can fall between. The phases keep every mix a packet can
+/// read as permissive as one of the two states for every flow both allow, and never more
+/// permissive than their union:
+/// 1. `policy_upserts`: the new state's entries the maps lack, and the entries of the bridge
+///    classes (below).
+/// 2. `peer_bridges`: every prefix whose addresses change class (a changed class, or a prefix
+///    that appears or goes) is moved to a bridge class. A bridge class stands for one (old
+///    class, new class) pair and holds the entries of both, so an endpoint finds what it needs
+///    under its old entry and under its new one.
+/// 3. `endpoint_upserts`: endpoint entries (isolation, lookup plans).
+/// 4. `peer_upserts` and `peer_removals`: prefixes take their new classes; prefixes that go are
+///    removed. Every endpoint entry is the new one by now.
+/// 5. `policy_removals`: the old state's entries the new one lacks, and the bridge entries.
+/// 6. `endpoint_removals`.
+///
+/// The datapath waits for packets in flight between phases 3 and 4 and between 4 and 5 (see
+/// [`Delta::needs_grace_period_after_endpoints`]), so that no packet reads an endpoint entry of
+/// one phase and a class or policy entry of a later one that the first did not expect.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Delta {
     pub policy_upserts: Vec<(PolicyKey, PolicyValue)>,
-    pub peer_upserts: Vec<(Prefix, u32)>,
+    pub peer_bridges: Vec<(Prefix, u32)>,
     pub endpoint_upserts: Vec<EndpointState>,
+    pub peer_upserts: Vec<(Prefix, u32)>,
     pub peer_removals: Vec<Prefix>,
     pub policy_removals: Vec<PolicyKey>,
     pub endpoint_removals: Vec<PodRef>,
 }
 
 impl Delta {
-    /// The changes that turn `old` into `new`: only entries that differ.
+    /// The changes that turn `old` into `new`: only entries that differ, and the bridges that
+    /// carry the prefixes whose class changes.
     pub fn between(old: &NodeState, new: &NodeState) -> Delta {
         let mut delta = Delta::default();
         diff_maps(
@@ -261,26 +279,101 @@ impl Delta {
             |_, endpoint| delta.endpoint_upserts.push(endpoint.clone()),
             |pod| delta.endpoint_removals.push(pod.clone()),
         );
+        let moves: Vec<Prefix> = (delta.peer_upserts.iter().map(|(prefix, _)| *prefix))
+            .chain(delta.peer_removals.iter().copied())
+            .collect();
+        delta.bridge(old, new, &moves);
         delta
+    }
+
+    /// Adds a bridge class for every (old class, new class) pair that `moves` (prefixes added,
+    /// changed or removed) put addresses through, with the entries of both classes.
+    fn bridge(&mut self, old: &NodeState, new: &NodeState, moves: &[Prefix]) {
+        let mut bridges: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+        let in_use: BTreeSet<u32> = [old, new]
+            .iter()
+            .flat_map(|state| {
+                state
+                    .peers
+                    .values()
+                    .copied()
+                    .chain(state.policy.keys().map(|key| key.peer_class))
+            })
+            .collect();
+        // Bridge ids come from the top of the range, downwards: the resolver counts up from 1.
+        let mut next_bridge = ANY_PEER_CLASS;
+        for &prefix in moves {
+            let from = old.class_of(prefix);
+            let to = new.class_of(prefix);
+            if from == to {
+                continue;
+            }
+            let bridge = *bridges.entry((from, to)).or_insert_with(|| {
+                next_bridge -= 1;
+                while in_use.contains(&next_bridge) {
+                    next_bridge -= 1;
+                }
+                next_bridge
+            });
+            self.peer_bridges.push((prefix, bridge));
+        }
+        if bridges.is_empty() {
+            return;
+        }
+        let mut entries: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
+        let mut add = |policy: &BTreeMap<PolicyKey, PolicyValue>, pick: fn(&(u32, u32)) -> u32| {
+            let by_class: BTreeMap<u32, Vec<u32>> =
+                bridges
+                    .iter()
+                    .fold(BTreeMap::new(), |mut by_class, (pair, &bridge)| {
+                        by_class.entry(pick(pair)).or_default().push(bridge);
+                        by_class
+                    });
+            for (key, value) in policy {
+                for &bridge in by_class.get(&key.peer_class).into_iter().flatten() {
+                    entries.insert(
+                        PolicyKey {
+                            peer_class: bridge,
+                            ..*key
+                        },
+                        *value,
+                    );
+                }
+            }
+        };
+        add(&old.policy, |&(from, _)| from);
+        add(&new.policy, |&(_, to)| to);
+        self.policy_removals.extend(entries.keys().copied());
+        self.policy_upserts.extend(entries);
+    }
+
+    /// Whether packets that read an endpoint entry before phase 3 must be waited for before
+    /// phase 4 changes the classes they may read next.
+    pub fn needs_grace_period_after_endpoints(&self) -> bool {
+        !self.endpoint_upserts.is_empty()
+            && !(self.peer_upserts.is_empty() && self.peer_removals.is_empty())
+    }
+
+    /// Whether packets that read a class before phase 4 must be waited for before phase 5
+    /// removes the entries of that class.
+    pub fn needs_grace_period_after_peers(&self) -> bool {
+        !(self.peer_upserts.is_empty() && self.peer_removals.is_empty())
+            && !self.policy_removals.is_empty()
     }
 
     /// Number of map operations.
     pub fn len(&self) -> usize {
         self.policy_upserts.len()
-            + self.peer_upserts.len()
+            + self.peer_bridges.len()
             + self.endpoint_upserts.len()
+            + self.peer_upserts.len()
             + self.peer_removals.len()
             + self.policy_removals.len()
             + self.endpoint_removals.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.policy_upserts.is_empty()
-            && self.peer_upserts.is_empty()
-            && self.endpoint_upserts.is_empty()
-            && self.peer_removals.is_empty()
-            && self.policy_removals.is_empty()
-            && self.endpoint_removals.is_empty()
+        self.len() == 0
     }
 }
 
@@ -328,12 +421,22 @@ fn diff_maps<K: Ord, V: PartialEq>(
 }
 
 impl NodeState {
+    /// The class the addresses of `prefix` that no longer prefix holds get: the prefix's own,
+    /// else that of the longest shorter prefix that covers it, else the world class.
+    pub fn class_of(&self, prefix: Prefix) -> u32 {
+        (0..=prefix.len)
+            .rev()
+            .find_map(|len| self.peers.get(&Prefix::new(prefix.addr, len)))
+            .copied()
+            .unwrap_or(WORLD_CLASS)
+    }
+
     /// The whole state as readable text, one map entry per line, in key order: what golden
     /// tests compare and what a person reads to see what the kernel got.
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
 
-        use policy_common::maps::{ANY_PEER_CLASS, ANY_PROTOCOL};
+        use policy_common::maps::ANY_PROTOCOL;
 
         let mut text = String::new();
         let plan = |plan: u32| {
@@ -480,6 +583,55 @@ mod tests {
     }
 
     #[test]
+    fn a_bridge_holds_the_entries_of_both_classes_and_goes_afterwards() {
+        let key = |endpoint_id, peer_class, port| PolicyKey {
+            endpoint_id,
+            peer_class,
+            port,
+            direction: 0,
+            protocol: 6,
+            port_prefix_len: 16,
+            _pad: [0; 3],
+        };
+        let mut old = NodeState::default();
+        old.peers.insert(prefix("10.0.0.1/32"), 1);
+        old.policy.insert(key(7, 1, 80), PolicyValue { rule_id: 1 });
+        let mut new = NodeState::default();
+        new.peers.insert(prefix("10.0.0.1/32"), 2);
+        new.policy.insert(key(7, 2, 81), PolicyValue { rule_id: 2 });
+        let delta = Delta::between(&old, &new);
+        let [(bridged, bridge)] = delta.peer_bridges[..] else {
+            panic!("one bridge: {delta:?}");
+        };
+        assert_eq!(bridged, prefix("10.0.0.1/32"));
+        let upserted: BTreeMap<PolicyKey, PolicyValue> =
+            delta.policy_upserts.iter().copied().collect();
+        assert_eq!(
+            upserted.get(&key(7, bridge, 80)),
+            Some(&PolicyValue { rule_id: 1 })
+        );
+        assert_eq!(
+            upserted.get(&key(7, bridge, 81)),
+            Some(&PolicyValue { rule_id: 2 })
+        );
+        assert!(delta.policy_removals.contains(&key(7, bridge, 80)));
+        assert!(delta.policy_removals.contains(&key(7, bridge, 81)));
+        assert_eq!(delta.peer_upserts, [(prefix("10.0.0.1/32"), 2)]);
+        assert!(delta.needs_grace_period_after_peers());
+    }
+
+    #[test]
+    fn a_prefix_takes_the_class_of_the_longest_shorter_one_that_covers_it() {
+        let mut state = NodeState::default();
+        state.peers.insert(prefix("10.0.0.0/8"), 4);
+        state.peers.insert(prefix("10.1.0.0/16"), 5);
+        assert_eq!(state.class_of(prefix("10.1.2.3/32")), 5);
+        assert_eq!(state.class_of(prefix("10.2.0.0/16")), 4);
+        assert_eq!(state.class_of(prefix("10.0.0.0/8")), 4);
+        assert_eq!(state.class_of(prefix("11.0.0.1/32")), WORLD_CLASS);
+    }
+
+    #[test]
     fn delta_lists_only_differences() {
         let mut old = NodeState::default();
         old.peers.insert(prefix("10.0.0.1/32"), 1);
@@ -494,7 +646,13 @@ mod tests {
             [(prefix("10.0.0.2/32"), 3), (prefix("10.0.0.3/32"), 1)]
         );
         assert_eq!(delta.peer_removals, [prefix("10.0.0.1/32")]);
-        assert_eq!(delta.len(), 3);
+        // Each prefix's addresses change class (1 -> world, 2 -> 3, world -> 1): three
+        // bridges, none of them a class either state uses.
+        let bridges: BTreeSet<u32> = delta.peer_bridges.iter().map(|(_, class)| *class).collect();
+        assert_eq!(delta.peer_bridges.len(), 3);
+        assert_eq!(bridges.len(), 3);
+        assert!(bridges.iter().all(|class| ![0, 1, 2, 3].contains(class)));
+        assert_eq!(delta.len(), 6);
         assert!(Delta::between(&new, &new).is_empty());
     }
 }
