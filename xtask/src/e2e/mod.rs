@@ -19,9 +19,12 @@
 //! to a server that the step before and the step after both allow (see [`steady`]), and a single
 //! lost connection fails the scenario.
 //!
-//! Last comes the restart check (see [`restart`]): the agents are killed with SIGKILL and
-//! restarted while a TCP stream runs through an allowed pair and a denied pair keeps knocking.
-//! A FILTER runs it only when "restart" contains it.
+//! Then comes the flip check (see [`stress`]): 200 pod-label, policy and namespace-label flips in
+//! a row while steady TCP and UDP clients run through pairs every state allows, on both node
+//! styles and across them; not one exchange may be lost. Last comes the restart check (see
+//! [`restart`]): the agents are killed with SIGKILL and restarted while a TCP stream runs through
+//! an allowed pair and a denied pair keeps knocking. A FILTER runs either check only when its
+//! name ("flips", "restart") contains it.
 
 mod expect;
 mod lab;
@@ -29,6 +32,7 @@ pub(crate) mod matrix;
 mod restart;
 pub(crate) mod scenario;
 mod steady;
+mod stress;
 
 use std::{
     collections::BTreeMap,
@@ -49,6 +53,8 @@ use crate::run;
 
 /// The name of the restart check, as FILTER matches it.
 const RESTART: &str = "restart";
+/// The name of the flip check, as FILTER matches it.
+const FLIPS: &str = "flips";
 /// The manifest directory the suite writes and the lab renders from.
 const MANIFESTS: &str = "/run/netpol-e2e/manifests";
 
@@ -76,7 +82,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .filter
         .as_deref()
         .is_none_or(|filter| RESTART.contains(filter));
-    if scenarios.is_empty() && !check_restart {
+    let check_flips = args
+        .filter
+        .as_deref()
+        .is_none_or(|filter| FLIPS.contains(filter));
+    if scenarios.is_empty() && !check_restart && !check_flips {
         bail!(
             "no scenario name contains {:?}",
             args.filter.as_deref().unwrap_or_default()
@@ -121,6 +131,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
     }
+    if check_flips {
+        match stress::run(&lab, dir, &base) {
+            Ok(outcome) => {
+                println!("ok     {FLIPS} ({:.1} s)", outcome.seconds);
+                println!(
+                    "e2e: {FLIPS}: {} pod-label, policy and namespace-label flips; {} steady TCP \
+                     connections and UDP exchanges on the ptp node, the bridge node and across \
+                     them, none lost",
+                    outcome.flips, outcome.exchanges
+                );
+            }
+            Err(error) => {
+                println!("FAILED {FLIPS}");
+                println!("{}", indent(&format!("{error:#}")));
+                failed.push(FLIPS.to_owned());
+            }
+        }
+    }
     if check_restart {
         let started = Instant::now();
         match restart::run(&lab, dir, &base) {
@@ -155,7 +183,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
     }
-    let checks = scenarios.len() + usize::from(check_restart);
+    let checks = scenarios.len() + usize::from(check_flips) + usize::from(check_restart);
     let down = if args.keep_lab {
         println!("e2e: the lab stays up (`cargo xtask lab down` removes it)");
         Ok(())

@@ -1,9 +1,10 @@
-//! Steady traffic across a change: a client keeps opening TCP connections to a server while the
-//! lab and its agents apply the change, and every one of them must get through when the pair is
-//! allowed both before and after. Re-programming the maps must never drop what stays allowed.
+//! Steady traffic across a change: a client keeps opening TCP connections (or exchanging UDP
+//! datagrams) with a server while the lab and its agents apply the change, and every one of them
+//! must get through when the pair is allowed both before and after. Re-programming the maps must
+//! never drop what stays allowed.
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +20,8 @@ use crate::lab::{netns, state::State};
 
 /// The port every base pod serves over TCP.
 const PORT: u16 = 80;
-/// How long one connection may take before it counts as failed.
+/// How long one connection (or one datagram's answer) may take before it counts as failed: a
+/// dropped SYN is retransmitted after one second, so any drop fails it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The pause between two connections.
 const INTERVAL: Duration = Duration::from_millis(5);
@@ -29,6 +31,24 @@ const INTERVAL: Duration = Duration::from_millis(5);
 pub struct Tally {
     pub attempts: u32,
     pub failures: u32,
+}
+
+/// What a steady client exchanges with its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// A new TCP connection each time.
+    Tcp,
+    /// A UDP datagram and its answer each time, from one socket.
+    Udp,
+}
+
+impl Traffic {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Traffic::Tcp => "TCP",
+            Traffic::Udp => "UDP",
+        }
+    }
 }
 
 /// A client connecting to a server in a loop until [`Steady::finish`].
@@ -57,6 +77,11 @@ pub fn stable_pair(before: &Matrix, after: &Matrix) -> Option<(String, String)> 
 impl Steady {
     /// Starts connecting from pod `from` to pod `to` (both `namespace/name`) over IPv4.
     pub fn start(from: &str, to: &str) -> anyhow::Result<Steady> {
+        Steady::start_with(from, to, Traffic::Tcp)
+    }
+
+    /// Starts `traffic` from pod `from` to pod `to` (both `namespace/name`) over IPv4.
+    pub fn start_with(from: &str, to: &str, traffic: Traffic) -> anyhow::Result<Steady> {
         let plan = State::require()?.plan;
         let find = |name: &str| {
             plan.pods
@@ -73,10 +98,31 @@ impl Steady {
         let stopping = Arc::clone(&stop);
         let worker = thread::spawn(move || {
             netns::enter(&client)?;
+            let udp = match traffic {
+                Traffic::Tcp => None,
+                Traffic::Udp => {
+                    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+                        .context("binding the steady UDP client")?;
+                    socket
+                        .set_read_timeout(Some(CONNECT_TIMEOUT))
+                        .context("setting the steady UDP client's timeout")?;
+                    Some(socket)
+                }
+            };
             let mut tally = Tally::default();
+            let mut answer = [0_u8; 64];
             while !stopping.load(Ordering::Relaxed) {
                 tally.attempts += 1;
-                if TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).is_err() {
+                let through = match &udp {
+                    None => TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).is_ok(),
+                    Some(socket) => {
+                        socket.send_to(b"steady", address).is_ok()
+                            && socket
+                                .recv_from(&mut answer)
+                                .is_ok_and(|(_, from)| from == address)
+                    }
+                };
+                if !through {
                     tally.failures += 1;
                 }
                 thread::sleep(INTERVAL);
