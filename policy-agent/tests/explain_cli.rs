@@ -141,7 +141,7 @@ fn a_rejected_object_fails_the_run_and_the_rest_is_still_answered() {
 
 #[test]
 fn each_kind_of_bad_input_is_an_error_naming_file_object_and_field() {
-    let cases: [(&str, String, &str); 8] = [
+    let cases: [(&str, String, &str); 9] = [
         (
             "ingres",
             db_policy("db", "  ingres: [{from: [{podSelector: {}}]}]\n"),
@@ -193,6 +193,12 @@ fn each_kind_of_bad_input_is_an_error_naming_file_object_and_field() {
             "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec: {selectr: {app: db}}\n"
                 .to_owned(),
             "Service shop/db: unknown field spec.selectr: the Service API does not define it",
+        ),
+        (
+            "api-version",
+            db_policy("db", "").replace("networking.k8s.io/v1", "extensions/v1beta1"),
+            "NetworkPolicy shop/db: apiVersion \"extensions/v1beta1\" is not read; this kind is \
+             read as networking.k8s.io/v1",
         ),
     ];
     for (name, text, expected) in cases {

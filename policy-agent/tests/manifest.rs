@@ -702,6 +702,26 @@ fn a_value_of_the_wrong_type_names_its_field() {
 }
 
 #[test]
+fn a_kind_the_agent_reads_under_another_api_version_is_rejected() {
+    let text = "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec: {podSelector: {}}\n---\napiVersion: v2\nkind: Pod\nmetadata: {name: web}\n";
+    let loaded = load_str(text);
+    let messages: Vec<String> = loaded
+        .errors
+        .iter()
+        .map(|e| policy_agent::error_chain(e))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "test.yaml: NetworkPolicy shop/p: apiVersion \"extensions/v1beta1\" is not read; this \
+             kind is read as networking.k8s.io/v1",
+            "test.yaml: Pod default/web: apiVersion \"v2\" is not read; this kind is read as v1",
+        ]
+    );
+    assert!(loaded.skipped.is_empty());
+}
+
+#[test]
 fn a_network_policy_without_spec_is_rejected() {
     // Read without a spec, it would select every pod of its namespace.
     let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\n";

@@ -552,6 +552,7 @@ fn manifest_object(error: &ManifestError) -> String {
     match error {
         ManifestError::Schema { path, object, .. }
         | ManifestError::UnknownFields { path, object, .. }
+        | ManifestError::ApiVersion { path, object, .. }
         | ManifestError::Invalid { path, object, .. }
         | ManifestError::Duplicate { path, object, .. } => {
             format!("{object} ({})", path.display())

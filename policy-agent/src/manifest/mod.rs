@@ -4,8 +4,9 @@
 //! Each document is parsed on its own, so an unparsable document or an invalid object is
 //! reported (file, object, field) and skipped while everything else loads. Objects are decoded
 //! strictly (see [`strict`]): a field the API does not define, a second definition of an object
-//! or anything else the API server would refuse is an error. Kinds other than Namespace, Pod,
-//! Service and NetworkPolicy are skipped with a note.
+//! or anything else that would be read other than as written is an error. Kinds other than
+//! Namespace, Pod, Service and NetworkPolicy are skipped with a note; those four under another
+//! apiVersion are an error.
 
 mod addresses;
 pub mod convert;
@@ -78,6 +79,16 @@ pub enum ManifestError {
         field: String,
         #[source]
         error: convert::FieldError,
+    },
+    #[error(
+        "{path}: {object}: apiVersion {api_version:?} is not read; this kind is read as {expected}",
+        path = path.display()
+    )]
+    ApiVersion {
+        path: PathBuf,
+        object: String,
+        api_version: String,
+        expected: &'static str,
     },
     #[error(
         "{path}: {object}: already defined in {first}; this second definition is rejected",
@@ -236,6 +247,20 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
             })
             .map(Converted::Policy)
         }
+        // A kind the agent reads under another version: an old or mistyped apiVersion, not
+        // some other resource to pass over.
+        (_, "Namespace" | "Pod" | "Service") => Err(ManifestError::ApiVersion {
+            path: path.to_owned(),
+            object: object.clone(),
+            api_version,
+            expected: "v1",
+        }),
+        (_, "NetworkPolicy") => Err(ManifestError::ApiVersion {
+            path: path.to_owned(),
+            object: object.clone(),
+            api_version,
+            expected: "networking.k8s.io/v1",
+        }),
         _ => {
             loaded.skipped.push(Skipped {
                 path: path.to_owned(),
