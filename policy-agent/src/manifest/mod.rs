@@ -3,7 +3,7 @@
 //!
 //! Each document is parsed on its own, so an unparsable document or an invalid object is
 //! reported (file, object, field) and skipped while everything else loads. Objects are decoded
-//! strictly (see [`strict`]): a field the API does not define, a second definition of an object
+//! strictly (module `strict`): a field the API does not define, a second definition of an object
 //! or anything else that would be read other than as written is an error. Kinds other than
 //! Namespace, Pod, Service and NetworkPolicy are skipped with a note; those four under another
 //! apiVersion are an error.
