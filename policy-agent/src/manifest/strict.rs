@@ -43,10 +43,13 @@ pub fn decode<A: DeserializeOwned>(value: serde_json::Value) -> Result<A, Decode
     }
 }
 
-/// Appends one key: `.key` for plain names, `[key]` for keys such as label names
-/// (`metadata.labels[app.kubernetes.io/name]`), as the API server writes field paths.
+/// Appends one key: `.key` for plain names, `[key]` for keys that would read as more than one
+/// step (`metadata.labels[app.kubernetes.io/name]`), as the API server writes map keys.
 fn push_key(path: &mut String, key: &str) {
-    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !plain {
         path.push_str(&format!("[{key}]"));
         return;
