@@ -9,8 +9,12 @@
 //! itself: that traffic never crosses its veth. Pods that are not policy peers (hostNetwork,
 //! Succeeded or Failed) are left out. The address pair is the server's first address (IPv4
 //! first) and the client's address of the same family.
+//!
+//! What could not be loaded is never silently left out: each problem is printed before the
+//! answer and the run ends with [`ExplainError::Incomplete`]. Text from the input (names,
+//! paths) is printed with control characters escaped.
 
-use std::{collections::BTreeMap, io, net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, fs, io, net::IpAddr, path::PathBuf};
 
 use policy_common::verdict::Direction;
 use serde::Serialize;
@@ -25,10 +29,17 @@ use crate::{
         spec::{Evaluation, evaluate},
         state::NodeState,
     },
+    printable, steers_terminal,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
+    #[error("{path}: cannot read", path = path.display())]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot assign pod addresses")]
     Addresses(#[source] AddressError),
     #[error("cannot resolve the policies of node {node}")]
@@ -45,6 +56,12 @@ pub enum ExplainError {
     Write(#[source] io::Error),
     #[error("cannot encode the output")]
     Json(#[source] serde_json::Error),
+    #[error(
+        "the manifests have {problems} problem{}, listed before the answer; the answer leaves \
+         out what could not be loaded, so it may allow what the manifests deny",
+        if *problems == 1 { "" } else { "s" }
+    )]
+    Incomplete { problems: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,27 +80,51 @@ pub struct ExplainOptions {
     pub output: OutputFormat,
 }
 
-/// Runs `explain`: the answer goes to `out`, load problems to `notes`.
+/// Runs `explain`: the answer goes to `out`, load problems to `notes`. When anything could not
+/// be loaded, the answer for the rest is still written, and the result is
+/// [`ExplainError::Incomplete`].
 pub fn run(
     options: &ExplainOptions,
     out: &mut dyn io::Write,
     notes: &mut dyn io::Write,
 ) -> Result<(), ExplainError> {
+    // A path that is not there is a mistake in the command, not a partial answer.
+    for path in &options.paths {
+        fs::metadata(path).map_err(|source| ExplainError::Path {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let loaded = manifest::load(&options.paths);
     for error in &loaded.errors {
-        writeln!(notes, "error: {}", error_chain(error)).map_err(ExplainError::Write)?;
+        writeln!(notes, "error: {}", printable(&error_chain(error)))
+            .map_err(ExplainError::Write)?;
     }
     for skipped in &loaded.skipped {
-        writeln!(notes, "note: {skipped}").map_err(ExplainError::Write)?;
+        writeln!(notes, "note: {}", printable(&skipped.to_string()))
+            .map_err(ExplainError::Write)?;
     }
+    let problems = loaded.errors.len();
     let cluster = Cluster::compile(loaded.snapshot)?;
+    answer(&cluster, options, out)?;
+    if problems > 0 {
+        return Err(ExplainError::Incomplete { problems });
+    }
+    Ok(())
+}
+
+fn answer(
+    cluster: &Cluster,
+    options: &ExplainOptions,
+    out: &mut dyn io::Write,
+) -> Result<(), ExplainError> {
     match (&options.from, &options.to) {
         (None, None) => {
             let matrix = cluster.matrix(options.protocol, options.port);
             match options.output {
                 OutputFormat::Json => {
                     let text = serde_json::to_string_pretty(&matrix).map_err(ExplainError::Json)?;
-                    writeln!(out, "{text}").map_err(ExplainError::Write)
+                    writeln!(out, "{}", json_printable(&text)).map_err(ExplainError::Write)
                 }
                 OutputFormat::Table => out
                     .write_all(matrix.table().as_bytes())
@@ -96,7 +137,7 @@ pub fn run(
                 OutputFormat::Json => {
                     let text =
                         serde_json::to_string_pretty(&verdict).map_err(ExplainError::Json)?;
-                    writeln!(out, "{text}").map_err(ExplainError::Write)
+                    writeln!(out, "{}", json_printable(&text)).map_err(ExplainError::Write)
                 }
                 OutputFormat::Table => out
                     .write_all(verdict.text().as_bytes())
@@ -105,6 +146,21 @@ pub fn run(
         }
         _ => Err(ExplainError::HalfPair),
     }
+}
+
+/// JSON text with the characters [`printable`] escapes written as JSON escapes. serde_json
+/// escapes only those below U+0020; the rest can only stand inside strings, where `\uXXXX`
+/// means the same character.
+fn json_printable(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\n' && steers_terminal(c) {
+            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 /// A snapshot with every pod addressed and every node's state compiled.
@@ -320,15 +376,20 @@ impl Matrix {
              A pod always reaches itself (its own traffic never crosses its veth).\n\n",
             self.protocol, self.port
         );
-        let width = self.pods.iter().map(String::len).max().unwrap_or(0);
+        let names: Vec<_> = self.pods.iter().map(|pod| printable(pod)).collect();
+        let width = names
+            .iter()
+            .map(|name| name.chars().count())
+            .max()
+            .unwrap_or(0);
         let number_width = self.pods.len().to_string().len();
         text.push_str(&format!("{:>w$}  {:<width$} ", "", "", w = number_width));
         for column in 1..=self.pods.len() {
             text.push_str(&format!(" {column:>number_width$}"));
         }
         text.push('\n');
-        for (row, client) in self.pods.iter().enumerate() {
-            text.push_str(&format!("{:>number_width$}  {client:<width$} ", row + 1));
+        for (row, (client, name)) in self.pods.iter().zip(&names).enumerate() {
+            text.push_str(&format!("{:>number_width$}  {name:<width$} ", row + 1));
             for server in &self.pods {
                 let allowed = self
                     .allowed
@@ -380,7 +441,10 @@ impl Verdict {
         let outcome = if self.allowed { "ALLOWED" } else { "DENIED" };
         let mut text = format!(
             "{} -> {} {}/{}: {outcome}\n",
-            self.from, self.to, self.protocol, self.port
+            printable(&self.from),
+            printable(&self.to),
+            self.protocol,
+            self.port
         );
         if self.same_pod {
             text.push_str(
@@ -401,21 +465,28 @@ impl Verdict {
 
 impl Side {
     fn text(&self, direction: &str, preposition: &str) -> String {
-        let mut text = format!("  {} {direction} ({preposition} {}): ", self.pod, self.peer);
+        let mut text = format!(
+            "  {} {direction} ({preposition} {}): ",
+            printable(&self.pod),
+            self.peer
+        );
         if self.isolated_by.is_empty() {
             text.push_str(&format!(
                 "allowed, not isolated (no policy selects it for {direction})\n"
             ));
             return text;
         }
-        text.push_str(&format!("isolated by {}; ", self.isolated_by.join(", ")));
+        text.push_str(&format!(
+            "isolated by {}; ",
+            printable(&self.isolated_by.join(", "))
+        ));
         match &self.decided_by {
             Some(rule) => {
-                text.push_str(&format!("allowed by {rule}\n"));
+                text.push_str(&format!("allowed by {}\n", printable(rule)));
                 let others: Vec<&String> =
                     self.allowing_rules.iter().filter(|r| *r != rule).collect();
                 for other in others {
-                    text.push_str(&format!("    also allowed by {other}\n"));
+                    text.push_str(&format!("    also allowed by {}\n", printable(other)));
                 }
             }
             None => text.push_str("denied: no rule allows it\n"),

@@ -15,6 +15,7 @@ use policy_agent::{
     explain::{self, ExplainOptions, OutputFormat},
     manifest,
     policy::model::Protocol,
+    printable,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -109,8 +110,8 @@ struct ExplainArgs {
     /// Manifest files or directories (multi-document YAML or JSON).
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     paths: Vec<PathBuf>,
-    /// The server's port.
-    #[arg(long, default_value_t = 80)]
+    /// The server's port (1-65535).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// The connection's protocol.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
@@ -153,7 +154,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", printable(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }

@@ -521,3 +521,360 @@ fn node_count_follows_the_nodes_pods_name() {
     assign_addresses(&mut snapshot, 5).unwrap();
     assert_eq!(snapshot.pods[0].ips[0].to_string(), "10.244.5.2");
 }
+
+/// A policy whose spec has the given extra lines, as the only document.
+fn policy_with(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  podSelector: {{}}\n{spec}"
+    )
+}
+
+/// The one error of loading `text`, as printed.
+fn only_error(text: &str) -> String {
+    let loaded = load_str(text);
+    assert_eq!(loaded.errors.len(), 1, "{text}: {:?}", loaded.errors);
+    assert!(loaded.snapshot.policies.is_empty() && loaded.snapshot.pods.is_empty());
+    policy_agent::error_chain(&loaded.errors[0])
+}
+
+#[test]
+fn fields_the_api_does_not_define_are_rejected_by_path() {
+    // `ingres` would turn the policy into deny-all, `excpt` would widen the allow.
+    let cases = [
+        (
+            policy_with("  ingres: [{from: [{podSelector: {}}]}]\n"),
+            "test.yaml: NetworkPolicy shop/p: unknown field spec.ingres: the NetworkPolicy API \
+             does not define it",
+        ),
+        (
+            policy_with(
+                "  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8, excpt: [10.1.0.0/16]}\n",
+            ),
+            "test.yaml: NetworkPolicy shop/p: unknown field \
+             spec.ingress[0].from[0].ipBlock.excpt: the NetworkPolicy API does not define it",
+        ),
+        (
+            // A key with no value is still a field the API server refuses.
+            policy_with("  egres:\n  polcyTypes: [Egress]\n"),
+            "test.yaml: NetworkPolicy shop/p: unknown fields spec.egres, spec.polcyTypes: the \
+             NetworkPolicy API does not define them",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, lables: {a: b}}\n"
+                .to_owned(),
+            "test.yaml: Pod shop/web: unknown field metadata.lables: the Pod API does not define it",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80, targetport: 8080}]}\n"
+                .to_owned(),
+            "test.yaml: Service default/s: unknown field spec.ports[0].targetport: the Service \
+             API does not define it",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\nlabels: {a: b}\n".to_owned(),
+            "test.yaml: Namespace shop: unknown field labels: the Namespace API does not define it",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(only_error(&text), expected);
+    }
+}
+
+#[test]
+fn every_field_the_api_defines_is_accepted() {
+    let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {team: a, "app.kubernetes.io/part-of": shop}
+  annotations: {note: x}
+  uid: 9d5a1c1e-0000-4000-8000-000000000000
+  resourceVersion: "12"
+  creationTimestamp: null
+  finalizers: [kubernetes]
+spec: {finalizers: [kubernetes]}
+status: {phase: Active}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-1, uid: u, controller: true}]
+  managedFields: [{manager: kubectl, operation: Update, fieldsType: FieldsV1, fieldsV1: {"f:metadata": {}}}]
+spec:
+  nodeName: node-1
+  restartPolicy: Always
+  tolerations: [{key: k, operator: Exists, effect: NoSchedule}]
+  securityContext: {runAsNonRoot: true}
+  volumes: [{name: v, emptyDir: {}}]
+  containers:
+  - name: c
+    image: i
+    args: [serve]
+    env: [{name: A, value: b}]
+    resources: {limits: {cpu: 100m, memory: 64Mi}}
+    readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 5}
+    volumeMounts: [{name: v, mountPath: /data}]
+    ports: [{name: http, containerPort: 8080, protocol: TCP, hostPort: 0}]
+status:
+  phase: Running
+  hostIP: 192.168.0.10
+  hostIPs: [{ip: 192.168.0.10}]
+  podIP: 10.244.1.9
+  podIPs: [{ip: 10.244.1.9}]
+  qosClass: Burstable
+  conditions: [{type: Ready, status: "True", lastTransitionTime: "2026-01-01T00:00:00Z"}]
+  containerStatuses: [{name: c, image: i, imageID: x, ready: true, restartCount: 0, started: true, state: {running: {startedAt: "2026-01-01T00:00:00Z"}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: ClusterIP
+  selector: {app: web}
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ipFamilies: [IPv4]
+  ipFamilyPolicy: SingleStack
+  sessionAffinity: None
+  internalTrafficPolicy: Cluster
+  ports: [{name: http, port: 80, targetPort: http, protocol: TCP, appProtocol: http}]
+status: {loadBalancer: {}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: shop, generation: 3, annotations: {a: b}}
+spec:
+  podSelector: {matchLabels: {app: web}, matchExpressions: [{key: tier, operator: Exists}]}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}, {namespaceSelector: {}, podSelector: {}}]
+    ports: [{protocol: TCP, port: 8000, endPort: 9000}]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: http}]
+"#;
+    let loaded = load_str(text);
+    assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
+    let snapshot = &loaded.snapshot;
+    assert_eq!(
+        (
+            snapshot.namespaces.len(),
+            snapshot.pods.len(),
+            snapshot.services.len(),
+            snapshot.policies.len()
+        ),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_field() {
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {tier: 5}}\n",
+            "test.yaml: Pod shop/web: metadata.labels.tier: does not fit the Pod schema: invalid \
+             type: integer `5`, expected a string",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app.kubernetes.io/name: [a]}}\n",
+            "test.yaml: Pod default/web: metadata.labels[app.kubernetes.io/name]: does not fit the \
+             Pod schema: invalid type: sequence, expected a string",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {containers: 7}\n",
+            "test.yaml: Pod default/web: spec.containers: does not fit the Pod schema: invalid \
+             type: integer `7`, expected a sequence",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(only_error(text), expected);
+    }
+    let policy = policy_with("  ingress: [{ports: [{port: 80, endPort: high}]}]\n");
+    let error = only_error(&policy);
+    assert!(
+        error.starts_with("test.yaml: NetworkPolicy shop/p: spec.ingress[0].ports[0].endPort: "),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_kind_the_agent_reads_under_another_api_version_is_rejected() {
+    let text = "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec: {podSelector: {}}\n---\napiVersion: v2\nkind: Pod\nmetadata: {name: web}\n";
+    let loaded = load_str(text);
+    let messages: Vec<String> = loaded
+        .errors
+        .iter()
+        .map(|e| policy_agent::error_chain(e))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "test.yaml: NetworkPolicy shop/p: apiVersion \"extensions/v1beta1\" is not read; this \
+             kind is read as networking.k8s.io/v1",
+            "test.yaml: Pod default/web: apiVersion \"v2\" is not read; this kind is read as v1",
+        ]
+    );
+    assert!(loaded.skipped.is_empty());
+}
+
+#[test]
+fn a_network_policy_without_spec_is_rejected() {
+    // Read without a spec, it would select every pod of its namespace.
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\n";
+    assert_eq!(
+        only_error(text),
+        "test.yaml: NetworkPolicy shop/p: spec: is required"
+    );
+}
+
+#[test]
+fn a_cidr_with_host_bits_is_rejected_in_manifests() {
+    let cases = [
+        (
+            "  ingress: [{from: [{ipBlock: {cidr: 10.244.1.7/8}}]}]\n",
+            "spec.ingress[0].from[0].ipBlock.cidr: \"10.244.1.7/8\" has host bits set: write the \
+             network 10.0.0.0/8 or the address 10.244.1.7/32",
+        ),
+        (
+            "  egress: [{to: [{podSelector: {}}, {ipBlock: {cidr: 10.0.0.0/8, except: [10.1.2.3/16]}}]}]\n",
+            "spec.egress[0].to[1].ipBlock.except[0]: \"10.1.2.3/16\" has host bits set: write the \
+             network 10.1.0.0/16 or the address 10.1.2.3/32",
+        ),
+        (
+            "  ingress: [{from: [{ipBlock: {cidr: \"2001:db8::1/32\"}}]}]\n",
+            "spec.ingress[0].from[0].ipBlock.cidr: \"2001:db8::1/32\" has host bits set: write the \
+             network 2001:db8::/32 or the address 2001:db8::1/128",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let error = only_error(&policy_with(spec));
+        assert_eq!(
+            error,
+            format!("test.yaml: NetworkPolicy shop/p: {expected}")
+        );
+    }
+    // The whole address is a network of its own at full length.
+    let loaded = load_str(&policy_with(
+        "  ingress: [{from: [{ipBlock: {cidr: 10.244.1.7/32}}]}]\n",
+    ));
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+}
+
+#[test]
+fn a_key_given_twice_is_rejected() {
+    let text = policy_with("  ingress: [{from: [{podSelector: {}}]}]\n  ingress: []\n");
+    let error = only_error(&text);
+    assert!(
+        error.contains("not valid YAML") && error.contains("duplicate entry with key \"ingress\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_second_definition_of_an_object_is_rejected_naming_both_files() {
+    let dir = TempDir::new("duplicate");
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: shop}\n";
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: db}\n";
+    fs::write(dir.0.join("a.yaml"), pod).unwrap();
+    // Same name, other kind or namespace: different objects.
+    fs::write(
+        dir.0.join("b.yaml"),
+        format!(
+            "{namespace}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: db, namespace: other}}\n"
+        ),
+    )
+    .unwrap();
+    fs::write(dir.0.join("sub/c.yaml"), pod).unwrap();
+    let loaded = load(std::slice::from_ref(&dir.0));
+    let messages: Vec<String> = loaded
+        .errors
+        .iter()
+        .map(|e| policy_agent::error_chain(e))
+        .collect();
+    assert_eq!(
+        messages,
+        [format!(
+            "{}: Pod shop/db: already defined in {}; this second definition is rejected",
+            dir.0.join("sub/c.yaml").display(),
+            dir.0.join("a.yaml").display()
+        )]
+    );
+    let pods: Vec<String> = loaded
+        .snapshot
+        .pods
+        .iter()
+        .map(|p| p.pod_ref().to_string())
+        .collect();
+    assert_eq!(pods, ["shop/db", "other/db"]);
+}
+
+#[test]
+fn each_file_is_read_once_whatever_links_lead_to_it() {
+    use std::os::unix::fs::symlink;
+
+    let dir = TempDir::new("links");
+    fs::write(dir.0.join("a.yaml"), GOOD).unwrap();
+    // Two loops, a link to a file and a link to a directory: each file still counts once.
+    symlink(".", dir.0.join("self")).unwrap();
+    symlink("..", dir.0.join("sub/up")).unwrap();
+    symlink("../a.yaml", dir.0.join("sub/again.yaml")).unwrap();
+    fs::create_dir(dir.0.join("real")).unwrap();
+    fs::write(
+        dir.0.join("real/b.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: b}\n",
+    )
+    .unwrap();
+    symlink("real", dir.0.join("alias")).unwrap();
+    // The same file named twice on the command line.
+    let loaded = load(&[dir.0.clone(), dir.0.join("a.yaml"), dir.0.join("real")]);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let pods: Vec<&str> = loaded
+        .snapshot
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(pods, ["web", "b"]);
+    // The generation hashes each file once too, so it does not loop either.
+    assert!(generation(&dir.0).is_ok());
+}
+
+/// The manifests the demo and the end-to-end scenarios use load without a single rejection:
+/// the examples as a whole, the scenarios' base cluster as a whole, and every scenario file on
+/// its own (the scenarios combine them step by step, and check for objects declared twice).
+#[test]
+fn the_shipped_manifests_load_without_rejections() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut sets = vec![
+        vec![root.join("deploy/examples")],
+        vec![root.join("xtask/scenarios/base")],
+    ];
+    let mut scenarios: Vec<PathBuf> = fs::read_dir(root.join("xtask/scenarios"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.join("scenario.yaml").is_file())
+        .collect();
+    scenarios.sort();
+    assert!(scenarios.len() > 40, "{scenarios:?}");
+    for scenario in scenarios {
+        for entry in fs::read_dir(&scenario).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|name| name != "scenario.yaml") {
+                sets.push(vec![path]);
+            }
+        }
+    }
+    for paths in sets {
+        let loaded = load(&paths);
+        let messages: Vec<String> = loaded
+            .errors
+            .iter()
+            .map(|e| policy_agent::error_chain(e))
+            .collect();
+        assert!(messages.is_empty(), "{paths:?}: {messages:#?}");
+    }
+}

@@ -182,6 +182,52 @@ mod tests {
         assert_eq!(source.to_string(), "kubernetes");
     }
 
+    /// A manifest directory removed when the test ends.
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn rejected_objects_keep_the_whole_content_from_being_applied() {
+        let dir = Dir(std::env::temp_dir().join(format!("source-strict-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                      metadata: {name: db, namespace: shop}\nspec: {podSelector: {}}\n";
+        std::fs::write(dir.0.join("a.yaml"), policy).unwrap();
+        let content = load_files(&dir.0).expect("valid manifests load");
+        assert_eq!(content.snapshot.policies.len(), 1);
+        for (file, text, expected) in [
+            (
+                "b.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\n\
+                 spec: {containers: [{name: c, image: i, portz: []}]}\n",
+                "unknown field spec.containers[0].portz",
+            ),
+            ("b.yaml", policy, "already defined in"),
+            (
+                "b.yaml",
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {name: other, namespace: shop}\n",
+                "NetworkPolicy shop/other: spec: is required",
+            ),
+        ] {
+            std::fs::write(dir.0.join(file), text).unwrap();
+            match load_files(&dir.0) {
+                Err(LoadError::Manifests { errors }) => {
+                    let message = error_chain(&errors[0]);
+                    assert!(message.contains(expected), "{message}");
+                }
+                Err(other) => panic!("{expected}: {other}"),
+                Ok(_) => panic!("{expected}: content with a rejected object was given"),
+            }
+        }
+    }
+
     #[test]
     fn other_sources_are_refused_by_name() {
         for given in ["kubernetes:", "kube", "files:", "dir:/x"] {

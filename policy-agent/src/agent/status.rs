@@ -551,7 +551,10 @@ fn failures_of(
 fn manifest_object(error: &ManifestError) -> String {
     match error {
         ManifestError::Schema { path, object, .. }
-        | ManifestError::Invalid { path, object, .. } => {
+        | ManifestError::UnknownFields { path, object, .. }
+        | ManifestError::ApiVersion { path, object, .. }
+        | ManifestError::Invalid { path, object, .. }
+        | ManifestError::Duplicate { path, object, .. } => {
             format!("{object} ({})", path.display())
         }
         ManifestError::Read { path, .. }

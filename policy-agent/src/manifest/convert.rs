@@ -28,6 +28,13 @@ pub enum FieldError {
     Missing,
     #[error(transparent)]
     Cidr(PrefixParseError),
+    #[error(
+        "\"{address}/{len}\" has host bits set: write the network {network} or the address \
+         {address}/{max}",
+        network = Prefix::new(*address, *len),
+        max = Prefix::max_len(*address)
+    )]
+    HostBits { address: IpAddr, len: u8 },
     #[error("{except} is not strictly inside the cidr {cidr}")]
     ExceptOutsideCidr { except: Prefix, cidr: Prefix },
     #[error("{value:?} is not an IP address")]

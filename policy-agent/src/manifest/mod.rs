@@ -2,22 +2,29 @@
 //! the k8s-openapi types, the same conversion the Kubernetes source uses.
 //!
 //! Each document is parsed on its own, so an unparsable document or an invalid object is
-//! reported (file, object, field) and skipped while everything else loads. Kinds other than
-//! Namespace, Pod, Service and NetworkPolicy are skipped with a note.
+//! reported (file, object, field) and skipped while everything else loads. Objects are decoded
+//! strictly (module `strict`): a field the API does not define, a second definition of an object
+//! or anything else that would be read other than as written is an error. Kinds other than
+//! Namespace, Pod, Service and NetworkPolicy are skipped with a note; those four under another
+//! apiVersion are an error.
 
 mod addresses;
 pub mod convert;
+mod strict;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fmt, fs, io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 pub use addresses::{AddressError, assign_addresses, node_count, node_name};
+use k8s_openapi::api::networking::v1::NetworkPolicy as ApiPolicy;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::policy::model::Snapshot;
+use crate::policy::model::{Namespace, NetworkPolicy, Pod, Service, Snapshot};
 
 /// A file, document or object that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +50,27 @@ pub enum ManifestError {
         line: usize,
         problem: &'static str,
     },
-    #[error("{path}: {object}: does not fit the {kind} schema", path = path.display())]
+    #[error("{path}: {object}: {field}: does not fit the {kind} schema", path = path.display())]
     Schema {
         path: PathBuf,
         object: String,
         kind: String,
+        field: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error(
+        "{path}: {object}: unknown field{} {}: the {kind} API does not define {}",
+        if fields.len() == 1 { "" } else { "s" },
+        fields.join(", "),
+        if fields.len() == 1 { "it" } else { "them" },
+        path = path.display()
+    )]
+    UnknownFields {
+        path: PathBuf,
+        object: String,
+        kind: String,
+        fields: Vec<String>,
     },
     #[error("{path}: {object}: {field}", path = path.display())]
     Invalid {
@@ -58,6 +79,26 @@ pub enum ManifestError {
         field: String,
         #[source]
         error: convert::FieldError,
+    },
+    #[error(
+        "{path}: {object}: apiVersion {api_version:?} is not read; this kind is read as {expected}",
+        path = path.display()
+    )]
+    ApiVersion {
+        path: PathBuf,
+        object: String,
+        api_version: String,
+        expected: &'static str,
+    },
+    #[error(
+        "{path}: {object}: already defined in {first}; this second definition is rejected",
+        path = path.display(),
+        first = first.display()
+    )]
+    Duplicate {
+        path: PathBuf,
+        object: String,
+        first: PathBuf,
     },
 }
 
@@ -85,14 +126,18 @@ pub struct Loaded {
     pub snapshot: Snapshot,
     pub errors: Vec<ManifestError>,
     pub skipped: Vec<Skipped>,
+    /// The file that defined each loaded object, by its name (`Pod shop/web`).
+    defined: BTreeMap<String, PathBuf>,
 }
 
 /// Loads every `*.yaml`, `*.yml` and `*.json` file under the given files and directories
-/// (directories recursively, in sorted path order).
+/// (directories recursively, in sorted path order). A file reached twice (named twice, or
+/// through a symbolic link) is read once.
 pub fn load(paths: &[PathBuf]) -> Loaded {
     let mut loaded = Loaded::default();
+    let mut visited = Visited::default();
     for path in paths {
-        match manifest_files(path) {
+        match manifest_files(path, &mut visited) {
             Ok(files) => {
                 for file in files {
                     match fs::read_to_string(&file) {
@@ -113,7 +158,11 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
 pub fn load_text(path: &Path, text: &str, loaded: &mut Loaded) {
     for (index, (line, document)) in split_documents(text).into_iter().enumerate() {
         let document_number = index + 1;
-        let value: serde_json::Value = match serde_norway::from_str(document) {
+        // The YAML value refuses a key given twice, which the JSON value would let the last
+        // one win silently.
+        let parsed = serde_norway::from_str::<serde_norway::Value>(document)
+            .and_then(|_| serde_norway::from_str::<serde_json::Value>(document));
+        let value = match parsed {
             Ok(value) => value,
             Err(source) => {
                 loaded.errors.push(ManifestError::Yaml {
@@ -183,33 +232,77 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
         (_, Some(namespace)) => format!("{kind} {namespace}/{name}"),
         (_, None) => format!("{kind} default/{name}"),
     };
-    let snapshot = &mut loaded.snapshot;
-    let result = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => typed(path, &object, &kind, value, convert::namespace)
-            .map(|ns| snapshot.namespaces.push(ns)),
-        ("v1", "Pod") => {
-            typed(path, &object, &kind, value, convert::pod).map(|pod| snapshot.pods.push(pod))
+    let converted = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => {
+            typed(path, &object, &kind, value, convert::namespace).map(Converted::Namespace)
         }
-        ("v1", "Service") => typed(path, &object, &kind, value, convert::service)
-            .map(|service| snapshot.services.push(service)),
+        ("v1", "Pod") => typed(path, &object, &kind, value, convert::pod).map(Converted::Pod),
+        ("v1", "Service") => {
+            typed(path, &object, &kind, value, convert::service).map(Converted::Service)
+        }
         ("networking.k8s.io/v1", "NetworkPolicy") => {
-            typed(path, &object, &kind, value, convert::network_policy)
-                .map(|policy| snapshot.policies.push(policy))
+            typed(path, &object, &kind, value, |policy: &ApiPolicy| {
+                strict::check_policy(policy)?;
+                convert::network_policy(policy)
+            })
+            .map(Converted::Policy)
         }
+        // A kind the agent reads under another version: an old or mistyped apiVersion, not
+        // some other resource to pass over.
+        (_, "Namespace" | "Pod" | "Service") => Err(ManifestError::ApiVersion {
+            path: path.to_owned(),
+            object: object.clone(),
+            api_version,
+            expected: "v1",
+        }),
+        (_, "NetworkPolicy") => Err(ManifestError::ApiVersion {
+            path: path.to_owned(),
+            object: object.clone(),
+            api_version,
+            expected: "networking.k8s.io/v1",
+        }),
         _ => {
             loaded.skipped.push(Skipped {
                 path: path.to_owned(),
                 object: format!("{object} ({api_version})"),
             });
-            Ok(())
+            return;
         }
     };
-    if let Err(error) = result {
-        loaded.errors.push(error);
+    let converted = match converted {
+        Ok(converted) => converted,
+        Err(error) => {
+            loaded.errors.push(error);
+            return;
+        }
+    };
+    if let Some(first) = loaded.defined.get(&object) {
+        loaded.errors.push(ManifestError::Duplicate {
+            path: path.to_owned(),
+            object,
+            first: first.clone(),
+        });
+        return;
+    }
+    loaded.defined.insert(object, path.to_owned());
+    let snapshot = &mut loaded.snapshot;
+    match converted {
+        Converted::Namespace(namespace) => snapshot.namespaces.push(namespace),
+        Converted::Pod(pod) => snapshot.pods.push(pod),
+        Converted::Service(service) => snapshot.services.push(service),
+        Converted::Policy(policy) => snapshot.policies.push(policy),
     }
 }
 
-/// Deserializes into the k8s-openapi type `A`, then converts.
+/// One object of a kind the snapshot holds.
+enum Converted {
+    Namespace(Namespace),
+    Pod(Pod),
+    Service(Service),
+    Policy(NetworkPolicy),
+}
+
+/// Decodes strictly into the k8s-openapi type `A`, then converts.
 fn typed<A: DeserializeOwned, T>(
     path: &Path,
     object: &str,
@@ -217,11 +310,20 @@ fn typed<A: DeserializeOwned, T>(
     value: serde_json::Value,
     convert: impl FnOnce(&A) -> Result<T, convert::Invalid>,
 ) -> Result<T, ManifestError> {
-    let api: A = serde_json::from_value(value).map_err(|source| ManifestError::Schema {
-        path: path.to_owned(),
-        object: object.to_owned(),
-        kind: kind.to_owned(),
-        source,
+    let api: A = strict::decode(value).map_err(|error| match error {
+        strict::DecodeError::Unknown { fields } => ManifestError::UnknownFields {
+            path: path.to_owned(),
+            object: object.to_owned(),
+            kind: kind.to_owned(),
+            fields,
+        },
+        strict::DecodeError::Type { field, source } => ManifestError::Schema {
+            path: path.to_owned(),
+            object: object.to_owned(),
+            kind: kind.to_owned(),
+            field,
+            source,
+        },
     })?;
     convert(&api).map_err(|invalid| ManifestError::Invalid {
         path: path.to_owned(),
@@ -264,38 +366,72 @@ fn is_manifest(path: &Path) -> bool {
         .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
 }
 
-/// The manifest files of a path: the file itself, or every manifest under a directory, sorted.
-fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
-    let read_error = |source| ManifestError::Read {
+/// The files and directories a listing has reached, by device and inode, so that a second
+/// path to one (a symbolic link, a path named twice) adds nothing and a link to an ancestor
+/// directory does not loop.
+#[derive(Default)]
+struct Visited {
+    files: BTreeSet<(u64, u64)>,
+    directories: BTreeSet<(u64, u64)>,
+}
+
+fn identity(metadata: &fs::Metadata) -> (u64, u64) {
+    (metadata.dev(), metadata.ino())
+}
+
+/// The manifest files of a path not yet visited: the file itself, or every manifest under a
+/// directory, sorted. Each file is listed once, under the first path in sorted order that
+/// reaches it.
+fn manifest_files(path: &Path, visited: &mut Visited) -> Result<Vec<PathBuf>, ManifestError> {
+    let metadata = fs::metadata(path).map_err(|source| ManifestError::Read {
         path: path.to_owned(),
         source,
-    };
-    let metadata = fs::metadata(path).map_err(read_error)?;
-    if !metadata.is_dir() {
-        return Ok(vec![path.to_owned()]);
-    }
+    })?;
     let mut files = Vec::new();
-    let mut pending = vec![path.to_owned()];
-    while let Some(dir) = pending.pop() {
-        let entries = fs::read_dir(&dir).map_err(|source| ManifestError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| ManifestError::Read {
-                path: dir.clone(),
-                source,
-            })?;
-            let entry_path = entry.path();
-            if entry_path.is_dir() {
-                pending.push(entry_path);
-            } else if is_manifest(&entry_path) {
-                files.push(entry_path);
-            }
+    if metadata.is_dir() {
+        if visited.directories.insert(identity(&metadata)) {
+            walk(path, visited, &mut files)?;
         }
+    } else if visited.files.insert(identity(&metadata)) {
+        files.push(path.to_owned());
     }
     files.sort();
     Ok(files)
+}
+
+fn walk(dir: &Path, visited: &mut Visited, files: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+    let read_error = |source| ManifestError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries = fs::read_dir(dir)
+        .map_err(read_error)?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_error)?;
+    entries.sort();
+    for entry in entries {
+        match fs::metadata(&entry) {
+            Ok(metadata) if metadata.is_dir() => {
+                if visited.directories.insert(identity(&metadata)) {
+                    walk(&entry, visited, files)?;
+                }
+            }
+            Ok(metadata) => {
+                if is_manifest(&entry) && visited.files.insert(identity(&metadata)) {
+                    files.push(entry);
+                }
+            }
+            // A manifest that cannot be examined (a dangling link) is listed so that reading
+            // it reports why.
+            Err(_) => {
+                if is_manifest(&entry) {
+                    files.push(entry);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A hex SHA-256 of a manifest directory's content: every `*.yaml`, `*.yml` and `*.json` file,
@@ -303,7 +439,7 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 /// little endian) and its bytes. Equal content gives the same generation on every machine.
 pub fn generation(dir: &Path) -> Result<String, ManifestError> {
     let mut hasher = Sha256::new();
-    let mut files: Vec<(String, PathBuf)> = manifest_files(dir)?
+    let mut files: Vec<(String, PathBuf)> = manifest_files(dir, &mut Visited::default())?
         .into_iter()
         .map(|file| {
             let relative = file
