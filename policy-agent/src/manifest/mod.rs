@@ -140,11 +140,14 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
         match manifest_files(path, &mut visited) {
             Ok(files) => {
                 for file in files {
-                    match fs::read_to_string(&file) {
-                        Ok(text) => load_text(&file, &text, &mut loaded),
-                        Err(source) => loaded
-                            .errors
-                            .push(ManifestError::Read { path: file, source }),
+                    match read_listed(&file).map(|bytes| bytes.map(String::from_utf8)) {
+                        Ok(Some(Ok(text))) => load_text(&file, &text, &mut loaded),
+                        Ok(Some(Err(error))) => loaded.errors.push(ManifestError::Read {
+                            path: file,
+                            source: io::Error::new(io::ErrorKind::InvalidData, error),
+                        }),
+                        Ok(None) => {}
+                        Err(error) => loaded.errors.push(error),
                     }
                 }
             }
@@ -423,15 +426,34 @@ fn walk(dir: &Path, visited: &mut Visited, files: &mut Vec<PathBuf>) -> Result<(
                 }
             }
             // A manifest that cannot be examined (a dangling link) is listed so that reading
-            // it reports why.
+            // it reports why; one removed since the directory was read is not there.
             Err(_) => {
-                if is_manifest(&entry) {
+                if is_manifest(&entry) && !removed(&entry) {
                     files.push(entry);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The bytes of a listed file, or `None` when it was removed since it was listed: a file
+/// deleted while a directory is read is not part of the content (and no error), as if the
+/// listing had come a moment later. The removal's own notification brings the next load.
+fn read_listed(file: &Path) -> Result<Option<Vec<u8>>, ManifestError> {
+    match fs::read(file) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(source) if source.kind() == io::ErrorKind::NotFound && removed(file) => Ok(None),
+        Err(source) => Err(ManifestError::Read {
+            path: file.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Whether nothing is at `path` any more, not even a dangling link.
+fn removed(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_err_and(|error| error.kind() == io::ErrorKind::NotFound)
 }
 
 /// A hex SHA-256 of a manifest directory's content: every `*.yaml`, `*.yml` and `*.json` file,
@@ -452,14 +474,34 @@ pub fn generation(dir: &Path) -> Result<String, ManifestError> {
         .collect();
     files.sort();
     for (relative, file) in files {
-        let bytes = fs::read(&file).map_err(|source| ManifestError::Read {
-            path: file.clone(),
-            source,
-        })?;
+        let Some(bytes) = read_listed(&file)? else {
+            continue;
+        };
         hasher.update(relative.as_bytes());
         hasher.update([0]);
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
     }
     Ok(format!("{:x}", hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_removed_after_listing_is_absent_and_a_dangling_link_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("netpol-listed-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let gone = dir.join("gone.yaml");
+        assert!(matches!(read_listed(&gone), Ok(None)));
+        let dangling = dir.join("dangling.yaml");
+        let _ = fs::remove_file(&dangling);
+        std::os::unix::fs::symlink(dir.join("nowhere.yaml"), &dangling).unwrap();
+        assert!(matches!(
+            read_listed(&dangling),
+            Err(ManifestError::Read { path, .. }) if path == dangling
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
