@@ -22,6 +22,8 @@ mod up;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
+use crate::setup;
+
 /// Arguments of `cargo xtask lab`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,6 +47,9 @@ enum LabCommand {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if !matches!(args.command, LabCommand::Serve(_)) {
+        setup::ensure_packages(setup::Task::Lab)?;
+    }
     match args.command {
         LabCommand::Up(args) => {
             require_root()?;
