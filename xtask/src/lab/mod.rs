@@ -6,6 +6,7 @@ pub(crate) mod agent;
 pub(crate) mod assign;
 pub(crate) mod cmd;
 mod down;
+mod follow;
 pub(crate) mod manifest;
 pub(crate) mod names;
 pub(crate) mod netns;
@@ -35,9 +36,10 @@ pub struct Args {
 enum LabCommand {
     /// Build the lab from a manifest directory, or update the lab that is up to match it.
     Up(up::UpArgs),
-    /// Show the nodes, pods and Services of the lab.
+    /// Bring the lab to its directory's current content, and show its nodes, pods and Services.
     Status(status::StatusArgs),
-    /// Probe every ordered pod pair and print the reachability matrix.
+    /// Bring the lab to its directory's current content, wait until every agent has applied it,
+    /// then probe every ordered pod pair and print the reachability matrix.
     Probe(probe::ProbeArgs),
     /// Remove everything the lab created, also after a crash.
     Down,
@@ -55,7 +57,10 @@ pub fn run(args: Args) -> Result<()> {
             require_root()?;
             up::run(args)
         }
-        LabCommand::Status(args) => status::run(args),
+        LabCommand::Status(args) => {
+            require_root()?;
+            status::run(args)
+        }
         LabCommand::Probe(args) => {
             require_root()?;
             probe::run(args)
