@@ -2,9 +2,10 @@
 //!
 //! - bpf-linker, built against the LLVM that the pinned rustc ships (prebuilt binaries cannot be
 //!   fetched here, and bpf-linker must use exactly rustc's LLVM). Rebuilt when the toolchain changes.
-//! - As root, the Debian packages the lab and the privileged tests use.
+//! - As root, every Debian package of [`DEBIAN_PACKAGES`].
 //!
-//! Every other subcommand runs this first, so a fresh machine needs no manual step.
+//! The subcommands that build run [`ensure_bpf_linker`] first, and those that use a Debian package
+//! run [`ensure_packages`] with their own name, so a fresh machine needs no manual step.
 
 use std::{
     fs,
@@ -16,14 +17,72 @@ use anyhow::{Context as _, bail};
 
 use crate::run;
 
-/// Debian packages used by the lab, the privileged tests and the benchmarks, and the command (or,
-/// for an absolute path, the file) each one provides.
-const DEBIAN_PACKAGES: [(&str, &str); 5] = [
-    ("iproute2", "ip"),
-    ("iptables", "iptables"),
-    ("nftables", "nft"),
-    ("iperf3", "iperf3"),
-    ("fonts-dejavu-core", crate::bench::report::FONT_FILE),
+/// A subcommand that uses Debian packages, as [`DEBIAN_PACKAGES`] names its users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Installs every package of the table.
+    Setup,
+    Test,
+    Bench,
+    Lab,
+    E2e,
+    Demo,
+}
+
+impl Task {
+    /// The subcommand's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Setup => "setup",
+            Self::Test => "test",
+            Self::Bench => "bench",
+            Self::Lab => "lab",
+            Self::E2e => "e2e",
+            Self::Demo => "demo",
+        }
+    }
+}
+
+/// A Debian package: what of it is used, and by which subcommands.
+struct Package {
+    name: &'static str,
+    /// The commands (or, for an absolute path, the files) of the package that are used; the
+    /// package counts as missing when any of them is.
+    provides: &'static [&'static str],
+    /// The subcommands that use them (besides `setup`, which installs every package).
+    used_by: &'static [Task],
+}
+
+/// Every Debian package a subcommand uses: the lab runs `ip` and `iptables-restore` (the e2e
+/// suite, the demo, the privileged tests and the traffic benchmarks run the lab), the privileged
+/// tests `iptables`, the traffic benchmarks `iperf3` and `nft`, and the benchmark report's plots
+/// (and its unit test) read the DejaVu font.
+const DEBIAN_PACKAGES: [Package; 5] = [
+    Package {
+        name: "iproute2",
+        provides: &["ip"],
+        used_by: &[Task::Test, Task::Bench, Task::Lab, Task::E2e, Task::Demo],
+    },
+    Package {
+        name: "iptables",
+        provides: &["iptables", "iptables-restore", "ip6tables-restore"],
+        used_by: &[Task::Test, Task::Bench, Task::Lab, Task::E2e, Task::Demo],
+    },
+    Package {
+        name: "nftables",
+        provides: &["nft"],
+        used_by: &[Task::Bench],
+    },
+    Package {
+        name: "iperf3",
+        provides: &["iperf3"],
+        used_by: &[Task::Bench],
+    },
+    Package {
+        name: "fonts-dejavu-core",
+        provides: &[crate::bench::report::FONT_FILE],
+        used_by: &[Task::Test, Task::Bench],
+    },
 ];
 
 /// The nightly toolchain used only for rustfmt: the house rustfmt settings are unstable options.
@@ -38,7 +97,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure_bpf_linker(args.force)?;
-    ensure_debian_packages()
+    ensure_packages(Task::Setup)
 }
 
 /// Installs bpf-linker unless the installed one was built for the current rustc.
@@ -88,35 +147,51 @@ pub fn ensure_bpf_linker(force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// As root, installs the Debian packages whose commands are missing; otherwise names them.
-pub fn ensure_debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// The Debian packages `task` uses, in table order.
+fn packages(task: Task) -> impl Iterator<Item = &'static Package> {
+    DEBIAN_PACKAGES
         .iter()
-        .filter(|(_, provided)| {
-            if provided.starts_with('/') {
-                !Path::new(provided).exists()
-            } else {
-                which(provided).is_none()
-            }
+        .filter(move |package| task == Task::Setup || package.used_by.contains(&task))
+}
+
+/// Makes sure the Debian packages `task` uses are installed: as root, installs the missing ones
+/// (one `apt-get update`, one `apt-get install`); otherwise fails, naming them and the command
+/// that installs them.
+pub fn ensure_packages(task: Task) -> anyhow::Result<()> {
+    let missing: Vec<&Package> = packages(task)
+        .filter(|package| {
+            package.provides.iter().any(|provided| {
+                if provided.starts_with('/') {
+                    !Path::new(provided).exists()
+                } else {
+                    which(provided).is_none()
+                }
+            })
         })
-        .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
+    let names: Vec<&str> = missing.iter().map(|package| package.name).collect();
     if !run::is_root() {
-        println!(
-            "setup: the lab and the privileged tests need these Debian packages: {} (run as root to install them)",
-            missing.join(" ")
+        let provided: Vec<String> = missing
+            .iter()
+            .map(|package| format!("{} ({})", package.name, package.provides.join(", ")))
+            .collect();
+        bail!(
+            "cargo xtask {} needs the Debian packages {}, which are not installed: run it as \
+             root to install them, or install them with `apt-get install --no-install-recommends {}`",
+            task.name(),
+            provided.join(", "),
+            names.join(" ")
         );
-        return Ok(());
     }
-    println!("setup: installing {}", missing.join(" "));
+    println!("{}: installing {}", task.name(), names.join(" "));
     run::status(Command::new("apt-get").args(["update", "-qq"]))?;
     run::status(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(&names)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -192,4 +267,74 @@ pub fn which(command: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(command))
             .find(|path| path.is_file())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory as _;
+
+    use super::*;
+    use crate::bench::report::FONT_FILE;
+
+    /// The package of the table that provides `thing`.
+    fn provider(thing: &str) -> &'static str {
+        DEBIAN_PACKAGES
+            .iter()
+            .find(|package| package.provides.contains(&thing))
+            .map(|package| package.name)
+            .unwrap_or_else(|| panic!("no package of the table provides {thing}"))
+    }
+
+    #[test]
+    fn every_subcommand_asks_for_the_packages_it_uses() {
+        let lab = ["ip", "iptables-restore", "ip6tables-restore"];
+        let privileged_tests = ["ip", "iptables"];
+        let traffic = ["iperf3", "nft"];
+        let everything: Vec<&str> = DEBIAN_PACKAGES
+            .iter()
+            .flat_map(|package| package.provides.iter().copied())
+            .collect();
+        // What each subcommand runs or reads, as its code does.
+        let uses: Vec<(&str, Vec<&str>)> = vec![
+            ("setup", everything),
+            ("build", vec![]),
+            ("check", vec![]),
+            ("test", [&lab[..], &privileged_tests, &[FONT_FILE]].concat()),
+            ("bench", [&lab[..], &traffic, &[FONT_FILE]].concat()),
+            ("lab", lab.to_vec()),
+            ("e2e", lab.to_vec()),
+            ("kind-e2e", vec![]),
+            ("demo", lab.to_vec()),
+        ];
+        let subcommands: Vec<String> = crate::Cli::command()
+            .get_subcommands()
+            .map(|command| command.get_name().to_owned())
+            .collect();
+        let listed: Vec<&str> = uses.iter().map(|(name, _)| *name).collect();
+        assert_eq!(subcommands, listed, "every subcommand says what it uses");
+        let tasks = [
+            Task::Setup,
+            Task::Test,
+            Task::Bench,
+            Task::Lab,
+            Task::E2e,
+            Task::Demo,
+        ];
+        for (name, used) in &uses {
+            let needed: BTreeSet<&str> = used.iter().map(|thing| provider(thing)).collect();
+            let asked: BTreeSet<&str> = tasks
+                .iter()
+                .find(|task| task.name() == *name)
+                .map(|task| packages(*task).map(|package| package.name).collect())
+                .unwrap_or_default();
+            assert_eq!(
+                asked, needed,
+                "the Debian packages `cargo xtask {name}` asks for"
+            );
+        }
+        let demo: Vec<&str> = packages(Task::Demo).map(|package| package.name).collect();
+        assert_eq!(demo, ["iproute2", "iptables"]);
+    }
 }

@@ -23,7 +23,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     setup::ensure_bpf_linker(false)?;
-    setup::ensure_debian_packages()?;
+    setup::ensure_packages(setup::Task::Test)?;
     if !args.no_check {
         check::run()?;
     }

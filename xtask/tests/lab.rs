@@ -1,5 +1,7 @@
-//! The lab itself, end to end and without agents: nodes of both CNI styles, pods with their
-//! servers, Services, probes over both families and protocols, an update, and `down`.
+//! The lab itself, end to end: nodes of both CNI styles, pods with their servers, Services, probes
+//! over both families and protocols, an update, and `down`, without agents; and the lab following
+//! edits of its manifest directory, with agents and without. The tests take turns: the lab's names
+//! are global.
 
 use std::{
     collections::BTreeSet,
@@ -7,7 +9,8 @@ use std::{
     io::Read,
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output},
+    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -60,11 +63,18 @@ spec: {selector: {app: web}, ports: [{port: 8080, targetPort: http}]}
 
 const PODS: [&str; 4] = ["other/client", "shop/api", "shop/db", "shop/web"];
 
-fn xtask(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+/// Held by the test that has the lab.
+static LAB: Mutex<()> = Mutex::new(());
+
+fn run_xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(args)
         .output()
-        .expect("run xtask");
+        .expect("run xtask")
+}
+
+fn xtask(args: &[&str]) -> String {
+    let output = run_xtask(args);
     assert!(
         output.status.success(),
         "xtask {args:?} failed: {}\n{}",
@@ -75,10 +85,7 @@ fn xtask(args: &[&str]) -> String {
 }
 
 fn xtask_error(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run xtask");
+    let output = run_xtask(args);
     assert!(!output.status.success(), "xtask {args:?} should fail");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -90,14 +97,27 @@ fn json(args: &[&str]) -> Value {
 /// Takes the lab down when the test ends, also when it fails.
 struct LabGuard {
     dir: PathBuf,
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl LabGuard {
     fn new() -> Self {
+        // A test that failed holding the lab took it down on its way out.
+        let turn = LAB
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = std::env::temp_dir().join(format!("netpol-lab-test-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("create the manifest directory");
         xtask(&["lab", "down"]);
-        Self { dir }
+        Self { dir, _turn: turn }
+    }
+
+    fn dir(&self) -> &str {
+        self.dir.to_str().expect("UTF-8 path")
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        fs::write(self.dir.join(file), text).expect("write manifests");
     }
 }
 
@@ -333,4 +353,113 @@ fn lab_wires_pods_and_services_and_down_leaves_nothing() {
         probe_time.as_millis(),
         down_time.as_millis()
     );
+}
+
+/// Two pods on two nodes, and a Service in front of x/a.
+const FOLLOWED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: node-2, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: x}
+spec: {selector: {app: a}, ports: [{port: 8080, targetPort: 80}]}
+"#;
+
+/// x/b's ingress: nothing, or only from `app: a` when `allow_a`.
+fn policy(allow_a: bool) -> String {
+    let ingress = if allow_a {
+        "[{from: [{podSelector: {matchLabels: {app: a}}}]}]"
+    } else {
+        "[]"
+    };
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: b-ingress, namespace: x}}\n\
+         spec: {{podSelector: {{matchLabels: {{app: b}}}}, policyTypes: [Ingress], ingress: {ingress}}}\n"
+    )
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn probe_applies_what_was_written_to_the_directory_after_up() {
+    let lab = LabGuard::new();
+    lab.write("cluster.yaml", FOLLOWED);
+    xtask(&["lab", "up", "-f", lab.dir()]);
+    let pods = ["x/a", "x/b"];
+    assert_matrix(&probe(&[]), &pods, |_, _| json!(true));
+
+    // Written after `up`, each edit is what the next probe shows: a policy added, then edited,
+    // then a label its rule reads changed, then the policy removed.
+    lab.write("policy.yaml", &policy(false));
+    assert_matrix(&probe(&[]), &pods, |client, server| {
+        json!(client == server || server != "x/b")
+    });
+    lab.write("policy.yaml", &policy(true));
+    assert_matrix(&probe(&[]), &pods, |_, _| json!(true));
+    lab.write(
+        "cluster.yaml",
+        &FOLLOWED.replacen("labels: {app: a}", "labels: {app: z}", 1),
+    );
+    assert_matrix(&probe(&[]), &pods, |client, server| {
+        json!(client == server || server != "x/b")
+    });
+    fs::remove_file(lab.dir.join("policy.yaml")).expect("remove the policy");
+    assert_matrix(&probe(&[]), &pods, |_, _| json!(true));
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn probe_follows_services_and_asks_for_up_when_pods_change() {
+    let lab = LabGuard::new();
+    lab.write("cluster.yaml", FOLLOWED);
+    xtask(&["lab", "up", "-f", lab.dir(), "--no-agent"]);
+    let pods = ["x/a", "x/b"];
+    let via_service = ["--via", "service"];
+    assert_matrix(&probe(&via_service), &pods, |_, server| {
+        if server == "x/a" {
+            json!(true)
+        } else {
+            Value::Null
+        }
+    });
+
+    // The Service's new selector is followed without `up`: its ClusterIP now leads to x/b.
+    lab.write(
+        "cluster.yaml",
+        &FOLLOWED.replace("selector: {app: a}", "selector: {app: b}"),
+    );
+    assert_matrix(&probe(&via_service), &pods, |_, server| {
+        if server == "x/b" {
+            json!(true)
+        } else {
+            Value::Null
+        }
+    });
+
+    // A new pod needs a namespace: probe refuses to report a matrix without it, status warns.
+    lab.write(
+        "more.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: x}\n\
+         spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}\n",
+    );
+    let error = xtask_error(&["lab", "probe"]);
+    assert!(
+        error.contains("x/c is new, for node-1")
+            && error.contains(&format!("run `cargo xtask lab up -f {}`", lab.dir())),
+        "{error}"
+    );
+    let status = run_xtask(&["lab", "status", "-o", "json"]);
+    assert!(status.status.success());
+    let warning = String::from_utf8_lossy(&status.stderr);
+    assert!(warning.contains("x/c is new"), "{warning}");
+
+    xtask(&["lab", "up", "-f", lab.dir(), "--no-agent"]);
+    assert_matrix(&probe(&[]), &["x/a", "x/b", "x/c"], |_, _| json!(true));
 }

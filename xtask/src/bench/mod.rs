@@ -106,6 +106,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !run::is_root() {
         println!("bench: the datapath figures need root (BPF_PROG_TEST_RUN, the lab); skipped");
     } else {
+        if [Part::Testrun, Part::Lab, Part::Control]
+            .into_iter()
+            .any(wants)
+        {
+            setup::ensure_packages(setup::Task::Bench)?;
+        }
         if wants(Part::Testrun) {
             println!(
                 "bench: the kernel programs (BPF_PROG_TEST_RUN, release build; a minute or two)"
@@ -113,7 +119,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             sections.push(testrun::measure()?);
         }
         if wants(Part::Lab) {
-            setup::ensure_debian_packages()?;
             let agent = release_agent(args.agent_bin.clone())?;
             let durations = traffic::Durations {
                 rounds: args.rounds,

@@ -112,6 +112,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
              eBPF programs; run `sudo -E cargo xtask demo`"
         );
     }
+    setup::ensure_packages(setup::Task::Demo)?;
     if Path::new(LAB_STATE).exists() {
         bail!(
             "a lab is up already ({LAB_STATE}); the demo brings up its own: take it down first \

@@ -49,7 +49,7 @@ use self::{
     scenario::{Family, Probe, Protocol, Scenario, Via},
     steady::Steady,
 };
-use crate::run;
+use crate::{run, setup};
 
 /// The name of the restart check, as FILTER matches it.
 const RESTART: &str = "restart";
@@ -77,6 +77,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
              eBPF programs; run `sudo -E cargo xtask e2e`"
         );
     }
+    setup::ensure_packages(setup::Task::E2e)?;
     let (base, scenarios) = scenario::load_all(&scenario::scenarios_dir(), args.filter.as_deref())?;
     let check_restart = args
         .filter

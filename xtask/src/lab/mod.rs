@@ -6,6 +6,7 @@ pub(crate) mod agent;
 pub(crate) mod assign;
 pub(crate) mod cmd;
 mod down;
+mod follow;
 pub(crate) mod manifest;
 pub(crate) mod names;
 pub(crate) mod netns;
@@ -22,6 +23,8 @@ mod up;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
+use crate::setup;
+
 /// Arguments of `cargo xtask lab`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,9 +36,10 @@ pub struct Args {
 enum LabCommand {
     /// Build the lab from a manifest directory, or update the lab that is up to match it.
     Up(up::UpArgs),
-    /// Show the nodes, pods and Services of the lab.
+    /// Bring the lab to its directory's current content, and show its nodes, pods and Services.
     Status(status::StatusArgs),
-    /// Probe every ordered pod pair and print the reachability matrix.
+    /// Bring the lab to its directory's current content, wait until every agent has applied it,
+    /// then probe every ordered pod pair and print the reachability matrix.
     Probe(probe::ProbeArgs),
     /// Remove everything the lab created, also after a crash.
     Down,
@@ -45,12 +49,18 @@ enum LabCommand {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if !matches!(args.command, LabCommand::Serve(_)) {
+        setup::ensure_packages(setup::Task::Lab)?;
+    }
     match args.command {
         LabCommand::Up(args) => {
             require_root()?;
             up::run(args)
         }
-        LabCommand::Status(args) => status::run(args),
+        LabCommand::Status(args) => {
+            require_root()?;
+            status::run(args)
+        }
         LabCommand::Probe(args) => {
             require_root()?;
             probe::run(args)

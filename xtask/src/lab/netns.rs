@@ -98,7 +98,9 @@ pub fn create(netns: &str) -> Result<()> {
 }
 
 /// Starts `command` inside `netns`, detached in its own session, output appended to `log`.
-/// The process keeps the caller's mount namespace, so it sees the host's bpffs.
+/// The process keeps the caller's mount namespace, so it sees the host's bpffs. It inherits no
+/// descriptor but its standard streams: it outlives the caller, and must not keep the caller's
+/// files open (a `flock` on a lock file the caller runs under would never be released).
 pub fn spawn_detached(netns: &str, command: &mut Command, log: &Path) -> Result<u32> {
     let target = open(netns)?;
     let output = OpenOptions::new()
@@ -110,12 +112,21 @@ pub fn spawn_detached(netns: &str, command: &mut Command, log: &Path) -> Result<
         .try_clone()
         .with_context(|| format!("opening {}", log.display()))?;
     command.stdin(Stdio::null()).stdout(output).stderr(errors);
-    // SAFETY: between fork and exec the closure only makes the setns and setsid system calls,
-    // which are async-signal-safe, and allocates nothing.
+    // SAFETY: between fork and exec the closure only makes the setns, setsid and close_range
+    // system calls, which are async-signal-safe, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
             setns(&target, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            // Close-on-exec rather than closed: std reports a failed exec through one of them.
+            if libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }

@@ -1,6 +1,10 @@
 //! `cargo xtask lab probe`: tries every ordered pod pair, self included, from inside the client
 //! pod, and prints the matrix in the shape of `policy-agent explain -o json`.
 //!
+//! It first brings the lab to the current content of its manifest directory (see [`follow`]) and
+//! waits until every node's agent has applied it; it fails, saying so, when DIR's pods differ
+//! from the lab's.
+//!
 //! A probe counts as allowed when the server pod's kernel answered: a TCP connection or a UDP
 //! reply, and also a refusal (TCP reset, ICMP port unreachable), since a refused packet was let
 //! through to the pod. A policy drop shows as silence until the 1 s timeout.
@@ -19,6 +23,7 @@ use serde::Serialize;
 
 use super::{
     agent,
+    follow::{self, Followed},
     manifest::Protocol,
     netns,
     plan::{LabPod, Plan},
@@ -104,7 +109,7 @@ pub struct Matrix {
 }
 
 pub fn run(args: ProbeArgs) -> Result<()> {
-    let state = State::require()?;
+    let mut state = State::require()?;
     if args.protocol == Protocol::Sctp {
         bail!(
             "cannot probe SCTP: this kernel has no SCTP (CONFIG_IP_SCTP is off), so pods can \
@@ -122,6 +127,16 @@ pub fn run(args: ProbeArgs) -> Result<()> {
             state.plan.family,
             if v6 { 6 } else { 4 }
         );
+    }
+    match follow::follow(&mut state)? {
+        Followed::NeedsUp(changes) => {
+            bail!(follow::needs_up_message(&state.plan.source, &changes))
+        }
+        Followed::Current { rendered: true } => eprintln!(
+            "{} changed since the lab last read it: the agents are given its new content",
+            state.plan.source.display()
+        ),
+        Followed::Current { rendered: false } => {}
     }
     let wait = match &state.agent {
         Some(binary) => {

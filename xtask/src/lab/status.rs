@@ -1,10 +1,13 @@
-//! `cargo xtask lab status`: the nodes, pods and Services of the lab that is up.
+//! `cargo xtask lab status`: the nodes, pods and Services of the lab that is up, once it follows
+//! the current content of its manifest directory (see [`super::follow`]); a warning says when
+//! DIR's pods differ from the lab's and need `lab up`.
 
 use anyhow::Result;
 use serde::Serialize;
 
 use super::{
     assign::{node_cidrs, node_name},
+    follow::{self, Followed},
     manifest::TargetPort,
     plan::Plan,
     state::State,
@@ -107,7 +110,13 @@ fn status(plan: &Plan) -> Status {
 }
 
 pub fn run(args: StatusArgs) -> Result<()> {
-    let state = State::require()?;
+    let mut state = State::require()?;
+    if let Followed::NeedsUp(changes) = follow::follow(&mut state)? {
+        eprintln!(
+            "warning: {}",
+            follow::needs_up_message(&state.plan.source, &changes)
+        );
+    }
     let status = status(&state.plan);
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
