@@ -32,11 +32,14 @@ fn render_delta(delta: &Delta) -> String {
     for (key, value) in &delta.policy_upserts {
         let _ = writeln!(text, "+ policy {key:?} -> rule {}", value.rule_id);
     }
-    for (prefix, class) in &delta.peer_upserts {
-        let _ = writeln!(text, "+ peer {prefix} -> {class}");
+    for (prefix, class) in &delta.peer_bridges {
+        let _ = writeln!(text, "~ peer {prefix} -> bridge {class}");
     }
     for endpoint in &delta.endpoint_upserts {
         let _ = writeln!(text, "+ endpoint {} {:?}", endpoint.pod, endpoint.info);
+    }
+    for (prefix, class) in &delta.peer_upserts {
+        let _ = writeln!(text, "+ peer {prefix} -> {class}");
     }
     for prefix in &delta.peer_removals {
         let _ = writeln!(text, "- peer {prefix}");
