@@ -213,6 +213,17 @@ impl Lab {
         });
     }
 
+    /// [`Lab::denied_at_b`] once it reaches `count` (or after five seconds), and after a
+    /// moment more, so that a count past `count` shows too.
+    fn wait_denied_at_b(&self, count: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.denied_at_b() < count && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        self.denied_at_b()
+    }
+
     /// b's dropped ingress packets (policy-denied) as the metrics count them.
     fn denied_at_b(&self) -> u64 {
         metric(
@@ -387,13 +398,8 @@ fn status_flows_and_metrics_of_a_running_agent_match_real_traffic() {
     ));
     let before = lab.denied_at_b();
     lab.send_denied(7);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while lab.denied_at_b() < before + 7 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(lab.wait_denied_at_b(before + 7), before + 7);
     let text = lab.scrape();
-    assert_eq!(lab.denied_at_b(), before + 7, "{text}");
     let allowed = metric(
         &text,
         "netpol_packets_total",
@@ -539,7 +545,10 @@ fn failures_are_reported_once_and_never_open_the_endpoint() {
     assert!(status.last_error.is_some());
     // The failed reconcile is retried every second; it is logged and counted once.
     let first = reconciles();
-    std::thread::sleep(Duration::from_millis(3500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reconciles() < first + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(reconciles() >= first + 2, "the periodic pass retries");
     assert_eq!(failures("invalid-object"), 1);
     let warnings = agent
@@ -556,8 +565,7 @@ fn failures_are_reported_once_and_never_open_the_endpoint() {
     // The datapath keeps the last good state: b still drops what its policy denies.
     let before = lab.denied_at_b();
     lab.send_denied(3);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.denied_at_b(), before + 3);
+    assert_eq!(lab.wait_denied_at_b(before + 3), before + 3);
 
     // Fixed: the failure is resolved and stays counted once.
     fs::remove_file(lab.manifests().join("opens-b.yaml")).expect("remove");
@@ -594,8 +602,7 @@ fn failures_are_reported_once_and_never_open_the_endpoint() {
     assert_eq!(failures("map-full"), 1);
     let before = lab.denied_at_b();
     lab.send_denied(2);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.denied_at_b(), before + 2);
+    assert_eq!(lab.wait_denied_at_b(before + 2), before + 2);
 }
 
 #[test]
