@@ -1,8 +1,8 @@
 //! Differential test: the compiled node state, looked up the way the kernel does, against the
 //! reference evaluator that loops over policies and rules per packet, on random clusters,
-//! policies and packets (IPv4 and IPv6, named ports, ranges, ipBlock except, every selector
-//! operator). Also checks that resolving against a previous state after a small change gives the
-//! same answers and a delta that turns the old maps into the new ones.
+//! policies and packets (IPv4 and IPv6, named ports, also behind ipBlock peers, ranges, ipBlock
+//! except, every selector operator). Also checks that resolving against a previous state after a
+//! small change gives the same answers and a delta that turns the old maps into the new ones.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,7 +18,7 @@ use policy_agent::policy::{
     },
     resolve::resolve,
     spec::evaluate,
-    state::{Delta, NodeState, Prefix},
+    state::{Delta, NodeState, Prefix, RuleRef},
 };
 use policy_common::verdict::Direction;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
@@ -150,8 +150,17 @@ fn prefix(rng: &mut StdRng) -> Prefix {
     }
 }
 
-fn ip_block(rng: &mut StdRng) -> IpBlock {
-    let cidr = prefix(rng);
+/// A prefix short enough to hold several pod addresses.
+fn wide_prefix(rng: &mut StdRng) -> Prefix {
+    if rng.random_bool(0.6) {
+        Prefix::new(v4(rng), *[8, 15, 16, 22].choose(rng).unwrap())
+    } else {
+        Prefix::new(v6(rng), *[16, 100, 112].choose(rng).unwrap())
+    }
+}
+
+/// `cidr` with up to two random excepts inside it.
+fn ip_block(rng: &mut StdRng, cidr: Prefix) -> IpBlock {
     let max = Prefix::max_len(cidr.addr);
     let mut except = BTreeSet::new();
     if cidr.len < max {
@@ -179,30 +188,92 @@ fn ip_block(rng: &mut StdRng) -> IpBlock {
     IpBlock { cidr, except }
 }
 
-fn rule(rng: &mut StdRng, namespace: &str) -> Rule {
-    let mut rule = Rule::default();
-    for _ in 0..rng.random_range(0..3) {
-        rule.peers.push(match rng.random_range(0..4) {
-            0 => Peer::IpBlock(ip_block(rng)),
-            1 => Peer::Pods(PodPeer {
-                namespaces: NamespaceScope::Own(namespace.to_owned()),
-                pods: selector(rng),
-            }),
-            2 => Peer::Pods(PodPeer {
-                namespaces: NamespaceScope::Selected(namespace_selector(rng)),
-                pods: LabelSelector::default(),
-            }),
-            _ => Peer::Pods(PodPeer {
-                namespaces: NamespaceScope::Selected(namespace_selector(rng)),
-                pods: selector(rng),
-            }),
-        });
+/// What random rules are made of.
+#[derive(Clone, Copy)]
+enum Mix {
+    /// Every kind of peer and port alike.
+    Any,
+    /// Mostly ipBlock peers over the pod addresses and named ports, so that names resolve on
+    /// the pods behind the blocks' addresses.
+    NamesBehindBlocks,
+}
+
+impl Mix {
+    /// The protocols of rules' ports, TCP the most common as in real policies.
+    fn rule_protocols(self) -> &'static [Protocol] {
+        match self {
+            Mix::Any => &[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
+            Mix::NamesBehindBlocks => &[Protocol::Tcp, Protocol::Tcp, Protocol::Udp],
+        }
     }
-    for _ in 0..rng.random_range(0..3) {
-        let protocol = *[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
-            .choose(rng)
-            .unwrap();
-        let (port, end_port) = match rng.random_range(0..5) {
+
+    /// The protocols of containerPorts.
+    fn container_protocols(self) -> &'static [Protocol] {
+        match self {
+            Mix::Any => &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
+            Mix::NamesBehindBlocks => &[Protocol::Tcp, Protocol::Tcp, Protocol::Udp],
+        }
+    }
+
+    /// How often a packet goes to a declared containerPort of the pod that receives it.
+    fn aim(self) -> f64 {
+        match self {
+            Mix::Any => 0.5,
+            Mix::NamesBehindBlocks => 0.9,
+        }
+    }
+}
+
+/// A podSelector and/or namespaceSelector peer of a policy in `namespace`.
+fn pod_peer(rng: &mut StdRng, namespace: &str) -> Peer {
+    Peer::Pods(match rng.random_range(0..3) {
+        0 => PodPeer {
+            namespaces: NamespaceScope::Own(namespace.to_owned()),
+            pods: selector(rng),
+        },
+        1 => PodPeer {
+            namespaces: NamespaceScope::Selected(namespace_selector(rng)),
+            pods: LabelSelector::default(),
+        },
+        _ => PodPeer {
+            namespaces: NamespaceScope::Selected(namespace_selector(rng)),
+            pods: selector(rng),
+        },
+    })
+}
+
+fn rule(rng: &mut StdRng, namespace: &str, mix: Mix) -> Rule {
+    let mut rule = Rule::default();
+    let peers = match mix {
+        Mix::Any => rng.random_range(0..3),
+        Mix::NamesBehindBlocks => rng.random_range(1..3),
+    };
+    for _ in 0..peers {
+        let peer = match mix {
+            Mix::Any if rng.random_bool(0.25) => {
+                let cidr = prefix(rng);
+                Peer::IpBlock(ip_block(rng, cidr))
+            }
+            Mix::NamesBehindBlocks if rng.random_bool(0.75) => {
+                let cidr = wide_prefix(rng);
+                Peer::IpBlock(ip_block(rng, cidr))
+            }
+            _ => pod_peer(rng, namespace),
+        };
+        rule.peers.push(peer);
+    }
+    let ports = match mix {
+        Mix::Any => rng.random_range(0..3),
+        Mix::NamesBehindBlocks => rng.random_range(1..3),
+    };
+    for _ in 0..ports {
+        let protocol = *mix.rule_protocols().choose(rng).unwrap();
+        let kind = match mix {
+            // A named port.
+            Mix::NamesBehindBlocks if rng.random_bool(0.75) => 1,
+            _ => rng.random_range(0..5),
+        };
+        let (port, end_port) = match kind {
             0 => (None, None),
             1 | 2 => (
                 Some(PortValue::Name(
@@ -226,7 +297,7 @@ fn rule(rng: &mut StdRng, namespace: &str) -> Rule {
     rule
 }
 
-fn cluster(rng: &mut StdRng) -> Snapshot {
+fn cluster(rng: &mut StdRng, mix: Mix) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for name in NAMESPACES {
         let mut labels = Labels::new();
@@ -258,16 +329,7 @@ fn cluster(rng: &mut StdRng) -> Snapshot {
             continue;
         }
         used.extend(ips.iter().copied());
-        let mut ports = Vec::new();
-        for _ in 0..rng.random_range(0..4) {
-            ports.push(ContainerPort {
-                name: Some((*PORT_NAMES[..3].choose(rng).unwrap()).to_owned()),
-                protocol: *[Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
-                    .choose(rng)
-                    .unwrap(),
-                port: *PORTS.choose(rng).unwrap(),
-            });
-        }
+        let ports = container_ports(rng, mix);
         snapshot.pods.push(Pod {
             namespace: (*NAMESPACES.choose(rng).unwrap()).to_owned(),
             name: format!("pod-{index}"),
@@ -289,12 +351,23 @@ fn cluster(rng: &mut StdRng) -> Snapshot {
         });
     }
     for index in 0..rng.random_range(1..5) {
-        snapshot.policies.push(policy(rng, index));
+        snapshot.policies.push(policy(rng, index, mix));
     }
     snapshot
 }
 
-fn policy(rng: &mut StdRng, index: usize) -> NetworkPolicy {
+/// Up to three named containerPorts; the last of [`PORT_NAMES`] is never declared.
+fn container_ports(rng: &mut StdRng, mix: Mix) -> Vec<ContainerPort> {
+    (0..rng.random_range(0..4))
+        .map(|_| ContainerPort {
+            name: Some((*PORT_NAMES[..3].choose(rng).unwrap()).to_owned()),
+            protocol: *mix.container_protocols().choose(rng).unwrap(),
+            port: *PORTS.choose(rng).unwrap(),
+        })
+        .collect()
+}
+
+fn policy(rng: &mut StdRng, index: usize, mix: Mix) -> NetworkPolicy {
     let namespace = *NAMESPACES.choose(rng).unwrap();
     let policy_types = match rng.random_range(0..4) {
         0 => Vec::new(),
@@ -308,10 +381,10 @@ fn policy(rng: &mut StdRng, index: usize) -> NetworkPolicy {
         pod_selector: selector(rng),
         policy_types,
         ingress: (0..rng.random_range(0..3))
-            .map(|_| rule(rng, namespace))
+            .map(|_| rule(rng, namespace, mix))
             .collect(),
         egress: (0..rng.random_range(0..3))
-            .map(|_| rule(rng, namespace))
+            .map(|_| rule(rng, namespace, mix))
             .collect(),
     }
 }
@@ -355,6 +428,46 @@ struct Tally {
     packets: usize,
     allowed: usize,
     isolated: usize,
+    /// Packets allowed by a rule through one of its ipBlock peers and one of its named ports,
+    /// by direction: the name resolved on the pod that owns the destination address.
+    named_behind_blocks: [usize; 2],
+}
+
+/// Whether `rule` matches the packet through an ipBlock peer and a named port that `receiver`
+/// (the pod owning the destination address) declares.
+fn name_behind_block(
+    snapshot: &Snapshot,
+    rule: &RuleRef,
+    receiver: Option<&Pod>,
+    peer: IpAddr,
+    protocol: u8,
+    port: u16,
+) -> bool {
+    let policy = snapshot
+        .policies
+        .iter()
+        .find(|p| p.namespace == rule.namespace && p.name == rule.policy)
+        .expect("the rule's policy exists");
+    let rule = &policy.rules(rule.direction)[rule.index];
+    let in_block = rule
+        .peers
+        .iter()
+        .any(|p| matches!(p, Peer::IpBlock(block) if block.contains(peer)));
+    let by_name = rule.ports.iter().any(|spec| match &spec.port {
+        Some(PortValue::Name(name)) => {
+            spec.protocol.number() == protocol
+                && receiver.and_then(|pod| pod.named_port(name, spec.protocol)) == Some(port)
+        }
+        _ => false,
+    });
+    in_block && by_name
+}
+
+/// The random source of one run, what its rules are made of, and what it has seen.
+struct Run {
+    rng: StdRng,
+    mix: Mix,
+    tally: Tally,
 }
 
 /// Compares compiled and reference verdicts for `count` random packets at `node`'s endpoints.
@@ -362,11 +475,12 @@ fn compare(
     snapshot: &Snapshot,
     state: &NodeState,
     node: &str,
-    rng: &mut StdRng,
     count: usize,
-    tally: &mut Tally,
+    run: &mut Run,
     context: &str,
 ) {
+    let Run { rng, mix, tally } = run;
+    let mix = *mix;
     let endpoints: Vec<&Pod> = snapshot
         .pods
         .iter()
@@ -384,7 +498,17 @@ fn compare(
     for _ in 0..count {
         let pod = *endpoints.choose(rng).unwrap();
         let direction = *Direction::ALL.choose(rng).unwrap();
-        let peer = *addresses.choose(rng).unwrap();
+        let peer = match mix {
+            Mix::NamesBehindBlocks if rng.random_bool(0.75) => {
+                let pods = snapshot
+                    .pods
+                    .choose(rng)
+                    .map_or(&[][..], |p| p.ips.as_slice());
+                pods.choose(rng).copied()
+            }
+            _ => None,
+        }
+        .unwrap_or_else(|| *addresses.choose(rng).unwrap());
         let mut protocol = *[6u8, 6, 17, 132, 1].choose(rng).unwrap();
         let mut port = if rng.random_bool(0.9) {
             PORTS.choose(rng).unwrap() + rng.random_range(0..12)
@@ -397,7 +521,7 @@ fn compare(
             Direction::Egress => snapshot.pods.iter().find(|p| p.ips.contains(&peer)),
         };
         if let Some(declared) = receiver.and_then(|r| r.ports.choose(rng))
-            && rng.random_bool(0.5)
+            && rng.random_bool(mix.aim())
         {
             protocol = declared.protocol.number();
             port = declared.port;
@@ -409,6 +533,20 @@ fn compare(
         tally.packets += 1;
         tally.allowed += usize::from(decision.allows());
         tally.isolated += usize::from(reference.isolated());
+        let owner = match direction {
+            Direction::Ingress => Some(pod),
+            Direction::Egress => snapshot
+                .pods
+                .iter()
+                .find(|p| p.is_peer() && p.ips.contains(&peer)),
+        };
+        if reference
+            .allowing
+            .iter()
+            .any(|rule| name_behind_block(snapshot, rule, owner, peer, protocol, port))
+        {
+            tally.named_behind_blocks[direction as usize] += 1;
+        }
         assert_eq!(
             decision.allows(),
             reference.allows(),
@@ -457,7 +595,7 @@ fn apply(old: &NodeState, delta: &Delta) -> NodeState {
 }
 
 /// One small change: a pod's labels, a policy rewritten, a pod gone, or a pod added.
-fn mutate(snapshot: &Snapshot, rng: &mut StdRng) -> Snapshot {
+fn mutate(snapshot: &Snapshot, rng: &mut StdRng, mix: Mix) -> Snapshot {
     let mut next = snapshot.clone();
     match rng.random_range(0..4) {
         0 if !next.pods.is_empty() => {
@@ -467,7 +605,7 @@ fn mutate(snapshot: &Snapshot, rng: &mut StdRng) -> Snapshot {
         1 => {
             let index = rng.random_range(0..next.policies.len());
             let name = next.policies[index].name.clone();
-            next.policies[index] = policy(rng, 0);
+            next.policies[index] = policy(rng, 0, mix);
             next.policies[index].name = name;
         }
         2 if !next.pods.is_empty() => {
@@ -485,7 +623,7 @@ fn mutate(snapshot: &Snapshot, rng: &mut StdRng) -> Snapshot {
                     phase: PodPhase::Running,
                     host_network: false,
                     ips: vec![ip],
-                    ports: Vec::new(),
+                    ports: container_ports(rng, mix),
                 });
             }
         }
@@ -507,21 +645,26 @@ fn key_maps(
     )
 }
 
-#[test]
-fn compiled_state_agrees_with_the_reference_evaluator() {
-    let mut rng = StdRng::seed_from_u64(0x5eed_2026);
-    let mut tally = Tally {
-        packets: 0,
-        allowed: 0,
-        isolated: 0,
+/// Resolves `rounds` random clusters of `mix` for every node, and a small change of each against
+/// the previous state, comparing every compiled verdict with the reference evaluator's.
+fn run(seed: u64, rounds: usize, mix: Mix) -> Tally {
+    let mut run = Run {
+        rng: StdRng::seed_from_u64(seed),
+        mix,
+        tally: Tally {
+            packets: 0,
+            allowed: 0,
+            isolated: 0,
+            named_behind_blocks: [0; 2],
+        },
     };
-    for round in 0..400 {
-        let snapshot = cluster(&mut rng);
-        let next = mutate(&snapshot, &mut rng);
+    for round in 0..rounds {
+        let snapshot = cluster(&mut run.rng, mix);
+        let next = mutate(&snapshot, &mut run.rng, mix);
         for node in NODES {
             let context = format!("round {round} {node}");
             let state = resolve(&snapshot, node, &NodeState::default()).expect("resolves");
-            compare(&snapshot, &state, node, &mut rng, 30, &mut tally, &context);
+            compare(&snapshot, &state, node, 30, &mut run, &context);
 
             // Same input against its own result: nothing changes, ids included.
             let again = resolve(&snapshot, node, &state).expect("resolves");
@@ -537,15 +680,7 @@ fn compiled_state_agrees_with_the_reference_evaluator() {
             // A small change, resolved against the previous state.
             let incremental = resolve(&next, node, &state).expect("resolves");
             let context = format!("{context} after change");
-            compare(
-                &next,
-                &incremental,
-                node,
-                &mut rng,
-                25,
-                &mut tally,
-                &context,
-            );
+            compare(&next, &incremental, node, 25, &mut run, &context);
             let delta = Delta::between(&state, &incremental);
             assert_eq!(
                 key_maps(&apply(&state, &delta)),
@@ -568,6 +703,12 @@ fn compiled_state_agrees_with_the_reference_evaluator() {
             }
         }
     }
+    run.tally
+}
+
+#[test]
+fn compiled_state_agrees_with_the_reference_evaluator() {
+    let tally = run(0x5eed_2026, 400, Mix::Any);
     assert!(tally.packets >= 20_000, "only {} packets", tally.packets);
     // The random mix must exercise both outcomes and isolation substantially.
     assert!(
@@ -585,5 +726,21 @@ fn compiled_state_agrees_with_the_reference_evaluator() {
         "isolated {} of {}",
         tally.isolated,
         tally.packets
+    );
+}
+
+#[test]
+fn named_ports_behind_ip_blocks_agree_with_the_reference_evaluator() {
+    let tally = run(0x0b10_c4a3, 500, Mix::NamesBehindBlocks);
+    for direction in Direction::ALL {
+        let count = tally.named_behind_blocks[direction as usize];
+        assert!(
+            count >= 100,
+            "{direction:?}: only {count} packets allowed by a named port behind an ipBlock"
+        );
+    }
+    assert!(
+        tally.packets - tally.allowed > tally.packets / 10,
+        "denied too rare"
     );
 }

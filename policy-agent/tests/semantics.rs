@@ -1668,7 +1668,7 @@ spec:
         ],
     },
     Case {
-        name: "named port never matches an ipBlock peer",
+        name: "egress named port to an ipBlock resolves against the pod behind the address",
         policies: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -1679,12 +1679,82 @@ spec:
   egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}], ports: [{port: http}, {port: 3306}]}]
 "#,
         checks: &[
-            ("other/client", "prod/web", Tcp, 80, false),
+            ("other/client", "prod/web", Tcp, 80, true),
+            ("other/client", "prod/api", Tcp, 8080, true),
+            ("other/client", "prod/api", Tcp, 80, false),
+            ("other/client", "dev/web", Tcp, 8000, true),
+            ("other/client", "dev/web:6", Tcp, 8000, false),
+            ("other/client", "prod/db", Tcp, 80, false),
             ("other/client", "prod/db", Tcp, 3306, true),
+            ("other/client", "10.9.9.9", Tcp, 80, false),
+            ("other/client", "10.9.9.9", Tcp, 3306, true),
         ],
     },
     Case {
-        name: "ingress named port with an ipBlock peer matches nothing",
+        name: "egress named port to an ipBlock skips pods in its except",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: other}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.10/32, 10.0.2.0/24]}}]
+    ports: [{port: http}]
+"#,
+        checks: &[
+            ("other/client", "prod/web", Tcp, 80, false),
+            ("other/client", "prod/api", Tcp, 8080, true),
+            ("other/client", "dev/web", Tcp, 8000, false),
+            ("other/client", "10.0.1.99", Tcp, 80, false),
+        ],
+    },
+    Case {
+        name: "egress named port to an ipBlock matches the protocol of the declaration",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.0.1.0/24}}]
+    ports: [{port: dns, protocol: UDP}, {port: metrics, protocol: UDP}]
+"#,
+        checks: &[
+            ("prod/web", "prod/api", Udp, 53, true),
+            ("prod/web", "prod/api", Tcp, 53, false),
+            ("prod/web", "prod/api", Udp, 9090, false),
+            ("prod/web", "prod/api", Tcp, 9090, false),
+            ("prod/web", "prod/db", Udp, 53, false),
+            ("prod/web", "10.0.1.99", Udp, 53, false),
+        ],
+    },
+    Case {
+        name: "egress named port reaches a pod through the ipBlock of a rule that also selects pods",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.0.2.0/24}}, {podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: http}, {port: mysql}]
+"#,
+        checks: &[
+            ("prod/api", "dev/web", Tcp, 8000, true),
+            ("prod/api", "dev/tool", Tcp, 8000, false),
+            ("prod/api", "prod/db", Tcp, 3306, true),
+            ("prod/api", "prod/web", Tcp, 80, false),
+            ("prod/api", "10.0.2.99", Tcp, 8000, false),
+        ],
+    },
+    Case {
+        name: "ingress named port with an ipBlock peer resolves against the selected pod",
         policies: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -1696,8 +1766,35 @@ spec:
     ports: [{port: http}]
 "#,
         checks: &[
-            ("203.0.113.5", "prod/web", Tcp, 80, false),
+            ("203.0.113.5", "prod/web", Tcp, 80, true),
+            ("203.0.113.5", "prod/web", Tcp, 8080, false),
+            ("198.51.100.1", "prod/web", Tcp, 80, false),
             ("prod/api", "prod/web", Tcp, 80, true),
+            ("dev/tool", "prod/web", Tcp, 80, false),
+        ],
+    },
+    Case {
+        name: "ingress named port with an ipBlock except, from pods and from addresses that are no pod's",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: prod}
+spec:
+  podSelector: {matchLabels: {tier: back}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.2.0/24]}}]
+    ports: [{port: http}, {port: mysql}, {port: dns}]
+"#,
+        checks: &[
+            ("prod/web", "prod/api", Tcp, 8080, true),
+            ("prod/web", "prod/db", Tcp, 3306, true),
+            ("prod/web", "prod/db", Tcp, 8080, false),
+            ("dev/tool", "prod/api", Tcp, 8080, false),
+            ("other/client", "prod/db", Tcp, 3306, true),
+            ("10.0.9.9", "prod/api", Tcp, 8080, true),
+            ("10.0.2.99", "prod/api", Tcp, 8080, false),
+            ("prod/web", "prod/api", Udp, 53, false),
+            ("prod/web", "prod/api", Tcp, 53, false),
         ],
     },
     Case {

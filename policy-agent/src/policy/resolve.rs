@@ -3,10 +3,12 @@
 //! Peer classes: only the policies that select a local endpoint matter (the relevant policies),
 //! and of those only the peers of the directions they isolate. Each address's class is the set of
 //! relevant peers it matches, plus (when a relevant egress rule names a port) its pod's
-//! containerPorts of those names, since egress named ports resolve per peer pod. Every pod address
-//! gets a host prefix with its class; every ipBlock `cidr` and `except` gets a prefix with the
-//! class of the ipBlocks that cover the part of it no longer prefix carves out. The LPM lookup
-//! then gives every address exactly its class, with memory in pods plus rules.
+//! containerPorts of those names, since an egress named port resolves against the pod behind the
+//! destination address, whichever peer matched it (ipBlock prefixes carry no ports, so an address
+//! that is no pod's matches no name). Every pod address gets a host prefix with its class; every
+//! ipBlock `cidr` and `except` gets a prefix with the class of the ipBlocks that cover the part of
+//! it no longer prefix carves out. The LPM lookup then gives every address exactly its class, with
+//! memory in pods plus rules.
 
 use std::{
     collections::{BTreeMap, BTreeSet, hash_map::Entry},
@@ -454,8 +456,8 @@ fn allocate_endpoints(
 struct RelevantPeers<'a> {
     peers: Vec<&'a Peer>,
     ids: HashMap<&'a Peer, usize>,
-    /// Named ports (name, protocol) of egress rules that can match pods, by index: a peer pod's
-    /// containerPorts of these names are part of its class.
+    /// Named ports (name, protocol) of egress rules, by index: a peer pod's containerPorts of
+    /// these names are part of its class, whichever peer of the rule matches its address.
     egress_port_names: Vec<(&'a str, Protocol)>,
     egress_port_name_ids: HashMap<(&'a str, Protocol), u32>,
 }
@@ -479,9 +481,7 @@ impl<'a> RelevantPeers<'a> {
                         peers.peers.push(peer);
                     }
                 }
-                let reaches_pods = rule.peers.is_empty()
-                    || rule.peers.iter().any(|peer| matches!(peer, Peer::Pods(_)));
-                if direction == Direction::Egress && reaches_pods {
+                if direction == Direction::Egress {
                     for spec in &rule.ports {
                         if let Some(PortValue::Name(name)) = &spec.port
                             && let Entry::Vacant(vacant) = peers
@@ -731,51 +731,45 @@ impl EntryCompiler<'_> {
         classes: &Classes,
         class_ids: &[u32],
     ) {
-        // Classes the rule's peers reach, and those reached through pod selectors (named ports
-        // never match ipBlock peers). `None`: every peer.
-        let (all, through_pods): (Option<BTreeSet<usize>>, Option<BTreeSet<usize>>) =
-            if rule.peers.is_empty() {
-                (None, None)
-            } else {
-                let mut all = BTreeSet::new();
-                let mut through_pods = BTreeSet::new();
-                for peer in &rule.peers {
-                    let reached = &classes.of_peer[peers.ids[peer]];
-                    all.extend(reached.iter().copied());
-                    if matches!(peer, Peer::Pods(_)) {
-                        through_pods.extend(reached.iter().copied());
+        // Classes the rule's peers reach; `None`: every peer. A named port resolves against the
+        // pod that receives the traffic whichever peer matched, ipBlocks included.
+        let reached: Option<BTreeSet<usize>> = (!rule.peers.is_empty()).then(|| {
+            rule.peers
+                .iter()
+                .flat_map(|peer| classes.of_peer[peers.ids[peer]].iter().copied())
+                .collect()
+        });
+
+        // The ports that are the same for every peer: numbers, and on ingress the names, which
+        // resolve on the endpoint itself.
+        let mut ranges: Vec<(Option<u8>, u16, u16)> = Vec::new();
+        if rule.ports.is_empty() {
+            ranges.push((None, 0, u16::MAX));
+        }
+        for spec in &rule.ports {
+            let protocol = Some(spec.protocol.number());
+            match &spec.port {
+                None => ranges.push((protocol, 0, u16::MAX)),
+                Some(PortValue::Number(port)) => {
+                    ranges.push((protocol, *port, spec.end_port.unwrap_or(*port)))
+                }
+                Some(PortValue::Name(name)) => {
+                    if self.direction == Direction::Ingress
+                        && let Some(port) = pod.named_port(name, spec.protocol)
+                    {
+                        ranges.push((protocol, port, port));
                     }
                 }
-                (Some(all), Some(through_pods))
-            };
-
-        let numeric = |emit: &mut dyn FnMut(Option<u8>, u16, u16)| {
-            if rule.ports.is_empty() {
-                emit(None, 0, u16::MAX);
             }
-            for spec in &rule.ports {
-                match &spec.port {
-                    None => emit(Some(spec.protocol.number()), 0, u16::MAX),
-                    Some(PortValue::Number(port)) => emit(
-                        Some(spec.protocol.number()),
-                        *port,
-                        spec.end_port.unwrap_or(*port),
-                    ),
-                    Some(PortValue::Name(_)) => {}
-                }
-            }
-        };
-
-        let mut ranges: Vec<(Option<u8>, u16, u16)> = Vec::new();
-        numeric(&mut |protocol, first, last| ranges.push((protocol, first, last)));
-        match &all {
+        }
+        match &reached {
             None => {
                 for &(protocol, first, last) in &ranges {
                     self.emit(ANY_PEER_CLASS, protocol, first, last, rule_id);
                 }
             }
-            Some(all) => {
-                for &class in all {
+            Some(reached) => {
+                for &class in reached {
                     for &(protocol, first, last) in &ranges {
                         self.emit(class_ids[class], protocol, first, last, rule_id);
                     }
@@ -783,56 +777,33 @@ impl EntryCompiler<'_> {
             }
         }
 
+        if self.direction == Direction::Ingress {
+            return;
+        }
+        // Egress names resolve per destination. Only the classes of pod addresses carry ports,
+        // so an address that is no pod's matches no name.
+        let candidates: Vec<usize> = match &reached {
+            None => (0..classes.keys.len()).collect(),
+            Some(reached) => reached.iter().copied().collect(),
+        };
         for spec in &rule.ports {
             let Some(PortValue::Name(name)) = &spec.port else {
                 continue;
             };
             let protocol = spec.protocol;
-            match self.direction {
-                Direction::Ingress => {
-                    let Some(port) = pod.named_port(name, protocol) else {
-                        continue;
-                    };
-                    match &through_pods {
-                        None => {
-                            self.emit(ANY_PEER_CLASS, Some(protocol.number()), port, port, rule_id)
-                        }
-                        Some(reached) => {
-                            for &class in reached {
-                                self.emit(
-                                    class_ids[class],
-                                    Some(protocol.number()),
-                                    port,
-                                    port,
-                                    rule_id,
-                                );
-                            }
-                        }
-                    }
-                }
-                Direction::Egress => {
-                    let resolve = |class: usize| {
-                        classes
-                            .ports(class)
-                            .iter()
-                            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
-                            .map(|p| p.port)
-                    };
-                    let candidates: Vec<usize> = match &through_pods {
-                        None => (0..classes.keys.len()).collect(),
-                        Some(reached) => reached.iter().copied().collect(),
-                    };
-                    for class in candidates {
-                        if let Some(port) = resolve(class) {
-                            self.emit(
-                                class_ids[class],
-                                Some(protocol.number()),
-                                port,
-                                port,
-                                rule_id,
-                            );
-                        }
-                    }
+            for &class in &candidates {
+                let resolved = classes
+                    .ports(class)
+                    .iter()
+                    .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name));
+                if let Some(resolved) = resolved {
+                    self.emit(
+                        class_ids[class],
+                        Some(protocol.number()),
+                        resolved.port,
+                        resolved.port,
+                        rule_id,
+                    );
                 }
             }
         }

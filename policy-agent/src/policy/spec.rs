@@ -90,45 +90,30 @@ struct Packet<'a> {
     port: u16,
 }
 
-/// Which kind of peer matched: named ports resolve only for pods.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum PeerKind {
-    Any,
-    Pods,
-    IpBlock,
-}
-
 impl Packet<'_> {
     fn matches(&self, rule: &Rule, policy_namespace: &str) -> bool {
-        let kinds: Vec<PeerKind> = if rule.peers.is_empty() {
-            vec![PeerKind::Any]
-        } else {
-            rule.peers
+        let peer_ok = rule.peers.is_empty()
+            || rule
+                .peers
                 .iter()
-                .filter_map(|peer| self.peer_matches(peer, policy_namespace))
-                .collect()
-        };
-        kinds.into_iter().any(|kind| {
-            rule.ports.is_empty() || rule.ports.iter().any(|spec| self.port_matches(spec, kind))
-        })
+                .any(|peer| self.peer_matches(peer, policy_namespace));
+        peer_ok && (rule.ports.is_empty() || rule.ports.iter().any(|spec| self.port_matches(spec)))
     }
 
-    fn peer_matches(&self, peer: &Peer, policy_namespace: &str) -> Option<PeerKind> {
+    fn peer_matches(&self, peer: &Peer, policy_namespace: &str) -> bool {
         match peer {
-            Peer::IpBlock(block) => {
-                let in_cidr = block.cidr.contains(self.peer);
-                let excepted = block.except.iter().any(|e| e.contains(self.peer));
-                (in_cidr && !excepted).then_some(PeerKind::IpBlock)
-            }
+            Peer::IpBlock(block) => block.contains(self.peer),
             Peer::Pods(pod_peer) => {
-                let peer_pod = self.peer_pod?;
+                let Some(peer_pod) = self.peer_pod else {
+                    return false;
+                };
                 let namespace_ok = match &pod_peer.namespaces {
                     NamespaceScope::Own(_) => peer_pod.namespace == policy_namespace,
                     NamespaceScope::Selected(selector) => {
                         selector.matches(&self.namespace_labels(&peer_pod.namespace))
                     }
                 };
-                (namespace_ok && pod_peer.pods.matches(&peer_pod.labels)).then_some(PeerKind::Pods)
+                namespace_ok && pod_peer.pods.matches(&peer_pod.labels)
             }
         }
     }
@@ -145,7 +130,7 @@ impl Packet<'_> {
         }
     }
 
-    fn port_matches(&self, spec: &PortSpec, kind: PeerKind) -> bool {
+    fn port_matches(&self, spec: &PortSpec) -> bool {
         if spec.protocol.number() != self.protocol {
             return false;
         }
@@ -156,9 +141,8 @@ impl Packet<'_> {
                 (*first..=last).contains(&self.port)
             }
             Some(PortValue::Name(name)) => {
-                if kind == PeerKind::IpBlock {
-                    return false;
-                }
+                // The pod that owns the destination address, however the peer matched: on
+                // egress to an address that is no pod's, a name matches nothing.
                 let receiver = match self.direction {
                     Direction::Ingress => Some(self.pod),
                     Direction::Egress => self.peer_pod,
