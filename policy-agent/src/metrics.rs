@@ -25,7 +25,7 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use policy_common::verdict::Direction;
 use prometheus_client::{
     collector::Collector,
@@ -39,7 +39,7 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
 use crate::{datapath::CounterReader, policy::state::PodRef};
@@ -50,6 +50,14 @@ pub const LIVENESS_WINDOW: Duration = Duration::from_secs(30);
 
 /// The port the DaemonSet's probes and scrape annotations use.
 pub const DEFAULT_PORT: u16 = 9402;
+
+/// Connections served at once; more wait to be accepted. Prometheus and the kubelet's probes
+/// need a handful.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a client may take to send its request headers before the connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection is kept, whatever it does (a keep-alive scraper reconnects).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Entries and capacity of one map that can fill.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,7 +279,13 @@ impl Health {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Health>) {
+    // A client holding connections open (or never finishing its headers) takes slots for
+    // HEADER_TIMEOUT at most; the others wait in the listen backlog, never in memory.
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -283,15 +297,19 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Hea
         let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let response = respond(&request, &metrics, &health);
                 async move { Ok::<_, Infallible>(response) }
             });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%error, "metrics connection ended");
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => debug!(%error, "metrics connection ended"),
+                Err(_) => debug!("metrics connection closed after its lifetime"),
             }
         });
     }

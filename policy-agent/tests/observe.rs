@@ -23,7 +23,7 @@ use policy_agent::{
         FlowRecord,
         status::{EndpointPhase, FailureKind, Status},
     },
-    metrics::DEFAULT_PORT,
+    metrics::{DEFAULT_PORT, HEADER_TIMEOUT, MAX_CONNECTIONS},
 };
 use policy_common::{
     maps::{MAX_POLICY_ENTRIES, PolicyKey, PolicyValue},
@@ -729,4 +729,60 @@ fn allowed_new_flows_are_logged_with_their_rule_only_when_enabled() {
             Some("obs/b-from-a, ingress rule 0")
         );
     }
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn clients_that_hold_connections_open_cannot_keep_the_metrics_endpoint_from_answering() {
+    if skip_without_root() {
+        return;
+    }
+    let lab = Lab::new("obh");
+    let _agent = lab.start_agent();
+    lab.wait_applied();
+    let (closed, health) = lab.node.netns.run(|| {
+        let address = ("127.0.0.1", DEFAULT_PORT);
+        // More idle clients than the server serves at once; half send part of a request and
+        // never finish its headers.
+        let mut idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 4)
+            .map(|n| {
+                let mut stream = TcpStream::connect(address).expect("connect");
+                if n % 2 == 1 {
+                    stream
+                        .write_all(b"GET /metrics HTTP/1.1\r\n")
+                        .expect("send");
+                }
+                stream
+            })
+            .collect();
+        let bound = HEADER_TIMEOUT * 4;
+        let mut probe = TcpStream::connect(address).expect("connect");
+        probe.set_read_timeout(Some(bound)).expect("read timeout");
+        write!(
+            probe,
+            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut health = String::new();
+        let _ = probe.read_to_string(&mut health);
+        let closed = idle
+            .iter_mut()
+            .map(|stream| {
+                stream.set_read_timeout(Some(bound)).expect("read timeout");
+                // The server ends the connection (whatever it says first) within the bound.
+                match stream.read_to_end(&mut Vec::new()) {
+                    Ok(_) => true,
+                    Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+                }
+            })
+            .filter(|&closed| closed)
+            .count();
+        (closed, health)
+    });
+    assert!(health.starts_with("HTTP/1.1 200"), "{health:?}");
+    assert_eq!(
+        closed,
+        MAX_CONNECTIONS + 4,
+        "every idle connection is closed"
+    );
 }
