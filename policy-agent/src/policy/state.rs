@@ -289,7 +289,15 @@ impl Delta {
     /// Adds a bridge class for every (old class, new class) pair that `moves` (prefixes added,
     /// changed or removed) put addresses through, with the entries of both classes.
     fn bridge(&mut self, old: &NodeState, new: &NodeState, moves: &[Prefix]) {
-        let mut bridges: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+        let crossings: Vec<(Prefix, (u32, u32))> = moves
+            .iter()
+            .map(|&prefix| (prefix, (old.class_of(prefix), new.class_of(prefix))))
+            .filter(|(_, (from, to))| from != to)
+            .collect();
+        // Most reconciles move no address to another class: they skip the scan below.
+        if crossings.is_empty() {
+            return;
+        }
         let in_use: BTreeSet<u32> = [old, new]
             .iter()
             .flat_map(|state| {
@@ -300,15 +308,11 @@ impl Delta {
                     .chain(state.policy.keys().map(|key| key.peer_class))
             })
             .collect();
+        let mut bridges: BTreeMap<(u32, u32), u32> = BTreeMap::new();
         // Bridge ids come from the top of the range, downwards: the resolver counts up from 1.
         let mut next_bridge = ANY_PEER_CLASS;
-        for &prefix in moves {
-            let from = old.class_of(prefix);
-            let to = new.class_of(prefix);
-            if from == to {
-                continue;
-            }
-            let bridge = *bridges.entry((from, to)).or_insert_with(|| {
+        for (prefix, pair) in crossings {
+            let bridge = *bridges.entry(pair).or_insert_with(|| {
                 next_bridge -= 1;
                 while in_use.contains(&next_bridge) {
                     next_bridge -= 1;
@@ -316,9 +320,6 @@ impl Delta {
                 next_bridge
             });
             self.peer_bridges.push((prefix, bridge));
-        }
-        if bridges.is_empty() {
-            return;
         }
         let mut entries: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
         let mut add = |policy: &BTreeMap<PolicyKey, PolicyValue>, pick: fn(&(u32, u32)) -> u32| {
