@@ -22,8 +22,8 @@ use aya::maps::{HashMap, Map, MapData};
 use netns::{EchoServer, Node, Pod, tcp_works};
 use policy_agent::{datapath::HELD, manifest};
 use policy_common::{
-    maps::EndpointInfo,
-    names::{ENDPOINTS_MAP, FROM_POD_PROG, TO_POD_PROG},
+    maps::{EndpointInfo, HostAddrKey},
+    names::{ENDPOINTS_MAP, FROM_POD_PROG, HOST_ADDRS_MAP, TO_POD_PROG},
 };
 
 /// Far below the agent's periodic pass (10 s): only a reaction to the kernel's notifications
@@ -69,6 +69,15 @@ impl Dirs {
         let map: HashMap<MapData, u32, EndpointInfo> =
             HashMap::try_from(Map::HashMap(data)).ok()?;
         map.get(&ifindex, 0).ok()
+    }
+
+    /// How many addresses the host address map holds.
+    fn host_addrs(&self) -> usize {
+        let Some(data) = MapData::from_pin(self.pins.join("maps").join(HOST_ADDRS_MAP)).ok() else {
+            return 0;
+        };
+        HashMap::<MapData, HostAddrKey, u8>::try_from(Map::HashMap(data))
+            .map_or(0, |map| map.keys().filter_map(Result::ok).count())
     }
 
     /// Whether both pod programs of `ifindex` have a pinned link.
@@ -527,6 +536,11 @@ fn deny_mode_holds_a_new_interface_until_its_pod_is_programmed() {
     wait_for("the stray interface to be held", &dirs, || {
         dirs.endpoint(stray_ifindex) == Some(HELD)
     });
+    // The new veth brings the node an IPv6 link-local address once its pod side is up; the
+    // agent must have programmed it before it is killed, or its successor rightly writes it.
+    wait_for("the node's addresses to be programmed", &dirs, || {
+        dirs.host_addrs() == node_addresses(&node)
+    });
     drop(agent);
     assert!(
         !tcp_works(&stray.netns, to(&client, 80)),
@@ -553,4 +567,19 @@ fn deny_mode_holds_a_new_interface_until_its_pod_is_programmed() {
     wait_for("the stray interface to be released", &dirs, || {
         dirs.endpoint(stray_ifindex).is_none() && !dirs.any_link(stray_ifindex)
     });
+}
+
+/// The distinct addresses of the node's interfaces, as the agent counts them.
+fn node_addresses(node: &Node) -> usize {
+    let output = Command::new("ip")
+        .args(["-n", &node.netns.name, "-o", "addr", "show"])
+        .output()
+        .expect("ip addr show");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let addresses: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(3))
+        .filter_map(|address| address.split('/').next())
+        .collect();
+    addresses.len()
 }
