@@ -78,6 +78,10 @@ struct RunArgs {
     /// the flow log, not only drops.
     #[arg(long)]
     log_allowed: bool,
+    /// A namespace whose pods may send from addresses that are not theirs (a VPN gateway, a
+    /// pod that routes): their packets skip source validation. Repeat for more namespaces.
+    #[arg(long = "any-source-namespace", value_name = "NAMESPACE")]
+    any_source_namespaces: Vec<String>,
 }
 
 const DEFAULT_STATE_DIR: &str = "/run/netpol";
@@ -199,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 metrics_addr: args.metrics_addr,
                 log_allowed: args.log_allowed,
+                any_source_namespaces: args.any_source_namespaces.into_iter().collect(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -265,7 +265,13 @@ fn program_policy(dp: &mut Datapath, endpoints: &[Endpoint]) -> Vec<EndpointInfo
             }
         }
         // Parked on an interface index no test runs on until its epoch comes.
-        infos.push(dp.setup_endpoint(10_000 + endpoint.id, endpoint.id, endpoint.flags, &allows));
+        infos.push(dp.setup_endpoint(
+            10_000 + endpoint.id,
+            endpoint.id,
+            &[IpAddr::V4(POD4), IpAddr::V6(POD6)],
+            endpoint.flags,
+            &allows,
+        ));
     }
     dp.set_host(IpAddr::V4(HOST4));
     dp.set_host(IpAddr::V6(HOST6));

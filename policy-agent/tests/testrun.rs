@@ -27,6 +27,8 @@ const PEER4: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 9);
 const OTHER4: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
 const HOST4: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
 const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 5);
+/// The addresses of the pod of endpoint EP.
+const POD: [IpAddr; 2] = [IpAddr::V4(POD4), IpAddr::V6(POD6)];
 const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 9);
 const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const HOST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 1);
@@ -47,7 +49,7 @@ fn setup_web() -> Datapath {
 
 fn setup_with(flags: u32, allows: &[Allow]) -> Datapath {
     let mut dp = Datapath::load();
-    dp.setup_endpoint(setup_test_ifindex(), EP, flags, allows);
+    dp.setup_endpoint(setup_test_ifindex(), EP, &POD, flags, allows);
     dp.set_peer(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 0)), 24, PEER_CLASS);
     dp.set_peer(
         IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 0)),
@@ -1013,7 +1015,7 @@ fn not_ready_endpoint_drops_every_ip_packet_and_passes_arp() {
 #[ignore = "needs root: run through cargo xtask test"]
 fn unmanaged_interface_passes_without_accounting() {
     let mut dp = Datapath::load();
-    dp.setup_endpoint(setup_test_ifindex() + 1000, EP, ISOLATED, &[]);
+    dp.setup_endpoint(setup_test_ifindex() + 1000, EP, &POD, ISOLATED, &[]);
     assert_eq!(
         dp.run(Direction::Ingress, &pkt_tcp4(PEER4, POD4, 40000, 80, SYN)),
         PASS
@@ -2083,7 +2085,7 @@ fn setup_sized(family: Family, entries: u32) -> (Datapath, IpAddr) {
         allows.push(allow(Direction::Ingress, class, TCP, 8000, 8007, class));
     }
     let mut dp = Datapath::load();
-    dp.setup_endpoint(setup_test_ifindex(), EP, ENDPOINT_INGRESS_ISOLATED, &allows);
+    dp.setup_endpoint(setup_test_ifindex(), EP, &POD, ENDPOINT_INGRESS_ISOLATED, &allows);
     let prefix_len = match family {
         Family::V4 => 32,
         Family::V6 => 128,
@@ -2220,9 +2222,9 @@ fn setup_service_client(flags: u32, allows: &[Allow]) -> Datapath {
 /// ways with no rule; CLUSTER4 a ClusterIP; PEER4's /24 in PEER_CLASS.
 fn setup_service_backend(flags: u32, allows: &[Allow]) -> Datapath {
     let mut dp = setup_service_client(flags, allows);
-    let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, flags, allows);
+    let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, &POD, flags, allows);
     dp.set_endpoint_id(client);
-    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, ISOLATED, &[]);
+    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, &[v4(PEER4)], ISOLATED, &[]);
     dp
 }
 
@@ -2380,7 +2382,7 @@ fn marked_packet_of_a_client_not_egress_isolated_passes_as_not_isolated() {
 fn marked_packet_back_on_the_clients_own_interface_passes_as_own_service() {
     // Isolated both ways with no rule: only the hairpin verdict lets the packet through.
     let mut dp = setup_service_client(ISOLATED, &[]);
-    let client = dp.setup_endpoint(setup_test_ifindex(), EP, ISOLATED, &[]);
+    let client = dp.setup_endpoint(setup_test_ifindex(), EP, &POD, ISOLATED, &[]);
     dp.set_endpoint_id(client);
     let (action, mark) = dp.run_with_mark(
         names::SVC_EGRESS_PROG,
@@ -2487,11 +2489,11 @@ fn later_marked_packet_rides_on_the_post_dnat_entry() {
 fn marked_packet_still_to_the_cluster_ip_is_decided_by_policy_and_leaves_the_entry() {
     let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[egress_to_backends()]);
     // from_pod runs on the client's veth; here the test interface stands in for it.
-    let client = dp.setup_endpoint(setup_test_ifindex(), EP, ENDPOINT_EGRESS_ISOLATED, &[]);
+    let client = dp.setup_endpoint(setup_test_ifindex(), EP, &POD, ENDPOINT_EGRESS_ISOLATED, &[]);
     let frame = pkt_tcp4(POD4, CLUSTER4, 40000, 80, SYN);
     let (action, mark) = dp.run_with_mark(names::FROM_POD_PROG, &frame, 0);
     assert_eq!((action, mark), (PASS, svc_mark(0, EP)));
-    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, ISOLATED, &[]);
+    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, &[v4(PEER4)], ISOLATED, &[]);
     dp.set_endpoint_id(client);
     // No Service port matched, so kube-proxy left the ClusterIP in place: the uplink's
     // svc_egress sees the packet as from_pod did, and no rule allows the ClusterIP.
@@ -2551,9 +2553,9 @@ fn ipv6_cluster_ip_is_deferred_and_decided_after_dnat() {
         0,
     );
     assert_eq!((action, mark), (PASS, svc_mark(0, EP)));
-    let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, ENDPOINT_EGRESS_ISOLATED, &allows);
+    let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, &POD, ENDPOINT_EGRESS_ISOLATED, &allows);
     dp.set_endpoint_id(client);
-    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, ISOLATED, &[]);
+    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, &[v4(PEER4)], ISOLATED, &[]);
     let (action, mark) = dp.run_with_mark(
         names::SVC_EGRESS_PROG,
         &pkt_tcp6(POD6, PEER6, 40000, 8080, SYN),
@@ -2588,7 +2590,7 @@ fn ipv6_cluster_ip_is_deferred_and_decided_after_dnat() {
 #[ignore = "needs root: run through cargo xtask test"]
 fn hairpin_through_the_own_service_reaches_an_isolated_client() {
     let mut dp = setup_service_client(ISOLATED, &[]);
-    let client = dp.setup_endpoint(setup_test_ifindex(), EP, ISOLATED, &[]);
+    let client = dp.setup_endpoint(setup_test_ifindex(), EP, &POD, ISOLATED, &[]);
     dp.set_endpoint_id(client);
     // kube-proxy masquerades a hairpin to a node address, so the client's ingress is host
     // traffic once svc_egress in front of to_pod passed it.

@@ -104,6 +104,8 @@ impl Lab {
                         flags,
                         ingress_plan,
                         egress_plan,
+                        addr6: pod.v6.octets(),
+                        addr4: pod.v4.octets(),
                     },
                 },
             );

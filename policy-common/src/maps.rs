@@ -18,8 +18,11 @@ pub const MAX_POLICY_ENTRIES: u32 = 524_288;
 pub const MAX_CONNECTIONS: u32 = 131_072;
 /// Capacity of the fragment LRU map.
 pub const MAX_FRAGMENTS: u32 = 8192;
-/// Capacity of the host address map.
-pub const MAX_HOST_ADDRS: u32 = 256;
+/// Capacity of the host address map. ClusterIPs are never in it (an address that is both
+/// local and a ClusterIP is a Service), so only the node's own addresses count against it.
+pub const MAX_HOST_ADDRS: u32 = 4096;
+/// Capacity of the unconfirmed connection-tracking LRU map: flows not yet seen both ways.
+pub const MAX_UNCONFIRMED: u32 = 65_536;
 /// Capacity of the Service address map (ClusterIPs of both families).
 pub const MAX_SERVICE_ADDRS: u32 = 65_536;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
@@ -44,6 +47,9 @@ pub const ENDPOINT_EGRESS_ISOLATED: u32 = 1 << 1;
 pub const ENDPOINT_LOG_ALLOWED: u32 = 1 << 2;
 /// `EndpointInfo::flags`: the endpoint is not programmed yet; drop all its traffic.
 pub const ENDPOINT_NOT_READY: u32 = 1 << 3;
+/// `EndpointInfo::flags`: the operator exempted the pod from source validation; its packets may
+/// carry any source address.
+pub const ENDPOINT_ANY_SOURCE: u32 = 1 << 4;
 
 /// `LookupPlan` bits 0 to 16: some entry of this direction has that port prefix length.
 pub const PLAN_PORT_PREFIX_BITS: u32 = (1 << 17) - 1;
@@ -68,6 +74,10 @@ pub struct EndpointInfo {
     pub ingress_plan: LookupPlan,
     /// Probes for packets from the pod.
     pub egress_plan: LookupPlan,
+    /// The pod's IPv6 address, network order; all zero when it has none.
+    pub addr6: [u8; 16],
+    /// The pod's IPv4 address, network order; all zero when it has none.
+    pub addr4: [u8; 4],
 }
 
 impl EndpointInfo {
@@ -85,6 +95,36 @@ impl EndpointInfo {
         };
         self.flags & bit != 0
     }
+
+    /// Whether `addr` (a 16-byte address field of `family`) is the pod's own address. The
+    /// unspecified address is never anyone's.
+    #[inline(always)]
+    pub fn owns(&self, family: u8, addr: &[u8; 16]) -> bool {
+        if family == FAMILY_V4 {
+            let own = u32::from_ne_bytes(self.addr4);
+            own != 0 && u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]) == own
+        } else {
+            !same_address(&self.addr6, &[0; 16]) && same_address(addr, &self.addr6)
+        }
+    }
+}
+
+/// Whether two 16-byte address fields are equal, compared as two words each: byte-array
+/// equality becomes a `bcmp` call, which BPF programs cannot make.
+#[inline(always)]
+pub const fn same_address(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a_high, a_low) = halves(a);
+    let (b_high, b_low) = halves(b);
+    a_high == b_high && a_low == b_low
+}
+
+#[inline(always)]
+const fn halves(addr: &[u8; 16]) -> (u64, u64) {
+    let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *addr;
+    (
+        u64::from_ne_bytes([a, b, c, d, e, f, g, h]),
+        u64::from_ne_bytes([i, j, k, l, m, n, o, p]),
+    )
 }
 
 /// Value of the peer-class LPM tries: the set of addresses no policy tells apart.
@@ -171,6 +211,10 @@ pub const CT_CLOSING: u32 = 1 << 0;
 /// `CtValue::flags`: a flow from the pod to a ClusterIP. Its packets are not decided on this
 /// tuple but deferred to the backend; replies from the ClusterIP pass by it.
 pub const CT_SERVICE: u32 = 1 << 1;
+/// `CtValue::flags`, with [`CT_SERVICE`]: the deferred flow goes to an address of this node.
+pub const CT_HOST: u32 = 1 << 2;
+/// `CtValue::flags`, in the unconfirmed map only: a packet came back the other way.
+pub const CT_REPLIED: u32 = 1 << 3;
 
 /// `skb->mark` bits 28 to 31 of a packet whose egress decision is pending: `from_pod` saw it go
 /// to a ClusterIP. Chosen clear of kube-proxy's 0x4000 (masquerade) and 0x8000 (drop) marks.
@@ -307,7 +351,7 @@ pub struct FlowEvent {
     pub dst_addr: [u8; 16],
 }
 
-const _: () = assert!(size_of::<EndpointInfo>() == 16);
+const _: () = assert!(size_of::<EndpointInfo>() == 36);
 const _: () = assert!(size_of::<PeerClass>() == 4);
 const _: () = assert!(size_of::<PolicyKey>() == 16);
 const _: () = assert!(size_of::<PolicyValue>() == 4);
@@ -347,9 +391,9 @@ mod tests {
         let a = counter_index(1, Direction::Ingress, 0);
         let b = counter_index(1, Direction::Egress, 0);
         let c = counter_index(2, Direction::Ingress, 0);
-        let d = counter_index(1, Direction::Ingress, 15);
-        assert_eq!([a, b, c, d], [32, 48, 64, 47]);
-        assert!(counter_index(MAX_ENDPOINTS - 1, Direction::Egress, 15) < COUNTER_SLOTS);
+        let d = counter_index(1, Direction::Ingress, 17);
+        assert_eq!([a, b, c, d], [36, 54, 72, 53]);
+        assert!(counter_index(MAX_ENDPOINTS - 1, Direction::Egress, 17) < COUNTER_SLOTS);
     }
 
     #[test]

@@ -4,31 +4,36 @@
 //! changes too, so a pinned map of an older layout is replaced instead of misread. Names are at
 //! most 15 characters, the kernel's limit for object names.
 
-/// Endpoints by host-side ifindex: `u32` (host order) -> [`crate::maps::EndpointInfo`].
-pub const ENDPOINTS_MAP: &str = "NP_ENDPOINT_V1";
+/// Endpoints by host-side ifindex: `u32` (host order) -> [`crate::maps::EndpointInfo`]. `_V2`:
+/// the value carries the pod's addresses.
+pub const ENDPOINTS_MAP: &str = "NP_ENDPOINT_V2";
 /// Peer classes of IPv4 prefixes: LPM trie of `[u8; 4]` -> [`crate::maps::PeerClass`].
 pub const PEERS_V4_MAP: &str = "NP_PEER4_V1";
 /// Peer classes of IPv6 prefixes: LPM trie of `[u8; 16]` -> [`crate::maps::PeerClass`].
 pub const PEERS_V6_MAP: &str = "NP_PEER6_V1";
 /// Allowed (endpoint, class, direction, protocol, port prefix): [`crate::maps::PolicyKey`] -> [`crate::maps::PolicyValue`].
 pub const POLICY_MAP: &str = "NP_POLICY_V1";
-/// Connection tracking: [`crate::maps::CtKey`] -> [`crate::maps::CtValue`].
+/// Connection tracking of confirmed flows (seen both ways, then again the first way):
+/// [`crate::maps::CtKey`] -> [`crate::maps::CtValue`].
 pub const CONNTRACK_MAP: &str = "NP_CT_V1";
+/// Connection tracking of flows not confirmed yet, so a flood of new flows evicts only other
+/// new flows: [`crate::maps::CtKey`] -> [`crate::maps::CtValue`].
+pub const UNCONFIRMED_MAP: &str = "NP_CTNEW_V1";
 /// Verdicts of first fragments, for the fragments that follow: [`crate::maps::FragKey`] -> [`crate::maps::FragValue`].
 pub const FRAGMENTS_MAP: &str = "NP_FRAG_V1";
-/// This node's own addresses: [`crate::maps::HostAddrKey`] -> `u8` (always 1).
-pub const HOST_ADDRS_MAP: &str = "NP_HOSTADDR_V1";
+/// This node's own addresses: [`crate::maps::HostAddrKey`] -> `u8` (always 1). `_V2`: larger.
+pub const HOST_ADDRS_MAP: &str = "NP_HOSTADDR_V2";
 /// The ClusterIPs of every Service: [`crate::maps::HostAddrKey`] -> `u8` (always 1).
 pub const SERVICES_MAP: &str = "NP_SVC_V1";
 /// Endpoints by endpoint id: array of [`crate::maps::EndpointInfo`] indexed by the id; an unused
-/// slot has endpoint id 0.
-pub const ENDPOINT_IDS_MAP: &str = "NP_EPID_V1";
-/// Per-CPU packet and byte counters, indexed by [`crate::maps::counter_index`]. `_V2`: the
-/// outcome codes were renumbered (verdicts 0 to 9, drops 10 to 15).
-pub const COUNTERS_MAP: &str = "NP_COUNTER_V2";
+/// slot has endpoint id 0. `_V2`: as [`ENDPOINTS_MAP`].
+pub const ENDPOINT_IDS_MAP: &str = "NP_EPID_V2";
+/// Per-CPU packet and byte counters, indexed by [`crate::maps::counter_index`]. `_V3`: 18
+/// outcome codes (verdicts 0 to 9, drops 10 to 17).
+pub const COUNTERS_MAP: &str = "NP_COUNTER_V3";
 /// Drop events and (when enabled per endpoint) new allowed flows: [`crate::maps::FlowEvent`]
-/// records. `_V2`: outcome codes as in [`COUNTERS_MAP`].
-pub const EVENTS_MAP: &str = "NP_EVENTS_V2";
+/// records. `_V3`: outcome codes as in [`COUNTERS_MAP`].
+pub const EVENTS_MAP: &str = "NP_EVENTS_V3";
 
 /// Program on the host veth's TC ingress: decides what the pod sends (the pod's egress).
 pub const FROM_POD_PROG: &str = "from_pod";
@@ -39,12 +44,13 @@ pub const TO_POD_PROG: &str = "to_pod";
 pub const SVC_EGRESS_PROG: &str = "svc_egress";
 
 /// Every map name, for checks that the built object defines them all.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     ENDPOINTS_MAP,
     PEERS_V4_MAP,
     PEERS_V6_MAP,
     POLICY_MAP,
     CONNTRACK_MAP,
+    UNCONFIRMED_MAP,
     FRAGMENTS_MAP,
     HOST_ADDRS_MAP,
     SERVICES_MAP,

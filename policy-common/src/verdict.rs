@@ -43,11 +43,15 @@ pub enum Verdict {
     Reply = 3,
     /// An ICMP error about a tracked flow (unreachable, packet too big, time exceeded).
     Related = 4,
-    /// Traffic between the pod and an address of its own node.
+    /// Traffic between the pod and an address of its own node. The pod's egress to a node
+    /// address is also deferred like [`Verdict::Service`]: one the node translates to a pod
+    /// (NodePort, hostPort, externalIPs, IPVS) is decided against that pod after DNAT, and only
+    /// what the node itself terminates passes as host traffic.
     Host = 5,
     /// A non-first fragment whose first fragment was allowed.
     Fragment = 6,
-    /// Traffic NetworkPolicy never applies to: non-IP frames (ARP) and ICMPv6 neighbour discovery.
+    /// Traffic NetworkPolicy never applies to: ARP from the pod's own address (or to the pod),
+    /// and ICMPv6 neighbour discovery that stays on the link (see the programs' documentation).
     Exempt = 7,
     /// A packet to a Service's ClusterIP: the pod's egress is decided after kube-proxy's DNAT,
     /// against the backend, by the first hook that sees the packet then.
@@ -56,7 +60,7 @@ pub enum Verdict {
     OwnService = 9,
 }
 
-/// Why a packet was dropped. Codes 10 to 15 of [`Outcome`].
+/// Why a packet was dropped. Codes 10 to 17 of [`Outcome`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -72,10 +76,16 @@ pub enum DropReason {
     NotReady = 14,
     /// The IPv6 extension header chain is longer than the parser walks.
     Unparsed = 15,
+    /// The pod sent a packet claiming an address that is not its own: an IP source, an ARP
+    /// sender or a neighbour advertisement's target.
+    Spoofed = 16,
+    /// A frame that is neither IP, ARP nor neighbour discovery, at an endpoint isolated in
+    /// its direction.
+    NotIp = 17,
 }
 
 /// Number of outcome codes: [`Verdict`] and [`DropReason`] together.
-pub const OUTCOMES: u32 = 16;
+pub const OUTCOMES: u32 = 18;
 /// The first drop code: verdicts are below it, drop reasons from it on.
 pub const FIRST_DROP: u32 = 10;
 
@@ -113,13 +123,15 @@ impl Verdict {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::PolicyDenied,
         DropReason::Malformed,
         DropReason::FragmentUnknown,
         DropReason::FragmentDenied,
         DropReason::NotReady,
         DropReason::Unparsed,
+        DropReason::Spoofed,
+        DropReason::NotIp,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -130,6 +142,8 @@ impl DropReason {
             DropReason::FragmentDenied => "fragment-denied",
             DropReason::NotReady => "not-ready",
             DropReason::Unparsed => "unparsed",
+            DropReason::Spoofed => "spoofed",
+            DropReason::NotIp => "not-ip",
         }
     }
 }
@@ -175,7 +189,7 @@ mod tests {
             assert!((reason as u32) >= FIRST_DROP && (reason as u32) < OUTCOMES);
             assert_eq!(outcome_from_u8(reason as u8), Some(Err(reason)));
         }
-        assert_eq!(outcome_from_u8(16), None);
+        assert_eq!(outcome_from_u8(18), None);
         assert_eq!(
             Verdict::ALL.len() + DropReason::ALL.len(),
             OUTCOMES as usize

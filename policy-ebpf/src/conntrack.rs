@@ -1,18 +1,25 @@
-//! Connection tracking: per-endpoint flow entries in `NP_CT_V1`, and the fragment verdicts in
-//! `NP_FRAG_V1`.
+//! Connection tracking: per-endpoint flow entries, and the fragment verdicts in `NP_FRAG_V1`.
+//!
+//! A new flow goes into `NP_CTNEW_V1`. It moves to `NP_CT_V1` once it is confirmed: a packet came
+//! back the other way, and then another went the first way. Whoever floods new flows from
+//! forged or random sources never sees the replies, so never confirms a flow, and its entries
+//! evict only other unconfirmed ones: the confirmed flows of every endpoint survive the flood.
 
+use aya_ebpf::maps::LruHashMap;
 use policy_common::{
     maps::{
-        CT_CLOSING, CT_CLOSING_TIMEOUT_NS, CT_OTHER_TIMEOUT_NS, CT_REFRESH_NS, CT_SERVICE,
-        CT_TCP_TIMEOUT_NS, CtKey, CtValue, FAMILY_V4, FragKey, FragValue,
+        CT_CLOSING, CT_CLOSING_TIMEOUT_NS, CT_HOST, CT_OTHER_TIMEOUT_NS, CT_REFRESH_NS, CT_REPLIED,
+        CT_SERVICE, CT_TCP_TIMEOUT_NS, CtKey, CtValue, FAMILY_V4, FragKey, FragValue,
     },
     verdict::{Direction, Verdict},
 };
 
 use crate::{
-    maps::{NP_CT_V1, NP_FRAG_V1},
+    maps::{NP_CT_V1, NP_CTNEW_V1, NP_FRAG_V1},
     parse::{IPPROTO_TCP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
+
+type FlowMap = LruHashMap<CtKey, CtValue>;
 
 /// The key of the flow `packet` starts or continues at this endpoint and direction.
 #[inline(always)]
@@ -51,12 +58,11 @@ const fn reopens(value: &CtValue, tcp_flags: u8) -> bool {
     value.flags & CT_CLOSING != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
-/// Looks `key` up; on a live hit refreshes it (at most every `CT_REFRESH_NS`, and at once when
-/// a FIN or RST starts closing the flow) and returns the rule that allowed the flow and the
-/// entry's flags.
+/// Looks `key` up in `map`; on a live hit refreshes it (at most every `CT_REFRESH_NS`, and at
+/// once when a FIN or RST starts closing the flow) and returns the entry.
 #[inline(always)]
-fn hit(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(u32, u32)> {
-    let entry = NP_CT_V1.get_ptr_mut(key)?;
+fn hit(map: &'static FlowMap, key: &CtKey, tcp_flags: u8, now: u64) -> Option<*mut CtValue> {
+    let entry = map.get_ptr_mut(key)?;
     // SAFETY: the pointer is to a live map value; a concurrent update can at worst make the
     // timestamp or flags we read stale, which only delays a refresh.
     let value = unsafe { &mut *entry };
@@ -73,37 +79,78 @@ fn hit(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(u32, u32)> {
     } else if now.saturating_sub(value.last_seen_ns) >= CT_REFRESH_NS {
         value.last_seen_ns = now;
     }
-    Some((value.rule_id, value.flags))
+    Some(entry)
 }
 
-/// An established packet (same key) or a reply (reversed key), with the flow's rule id. A
-/// later packet of a flow to a ClusterIP (`CT_SERVICE`) is `Service`: it is not decided here.
+/// The verdict of a later packet of a flow in its own direction: a flow the pod's egress
+/// deferred (`CT_SERVICE`) stays deferred, to a ClusterIP (`Service`) or a node address (`Host`).
 #[inline(always)]
-pub fn lookup(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(Verdict, u32)> {
-    if let Some((rule_id, flags)) = hit(key, tcp_flags, now) {
-        let verdict = if flags & CT_SERVICE != 0 {
-            Verdict::Service
-        } else {
-            Verdict::Established
-        };
-        return Some((verdict, rule_id));
+const fn forward_verdict(flags: u32) -> Verdict {
+    if flags & CT_SERVICE == 0 {
+        Verdict::Established
+    } else if flags & CT_HOST != 0 {
+        Verdict::Host
+    } else {
+        Verdict::Service
     }
-    hit(&key.reversed(), tcp_flags, now).map(|(rule_id, _)| (Verdict::Reply, rule_id))
 }
 
-/// Records an allowed first packet; `service` marks a flow to a ClusterIP (`CT_SERVICE`).
+/// An established packet (same key) or a reply (reversed key), with the flow's rule id.
+/// Confirmed flows are looked up first: they carry almost every packet.
+///
+/// Not inlined: its keys would otherwise share the programs' frame, which the verifier's
+/// 512-byte stack limit does not allow.
+#[inline(never)]
+pub fn lookup(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(Verdict, u32)> {
+    if let Some(entry) = hit(&NP_CT_V1, key, tcp_flags, now) {
+        // SAFETY: a live map value, read once.
+        let value = unsafe { *entry };
+        return Some((forward_verdict(value.flags), value.rule_id));
+    }
+    let reversed = key.reversed();
+    if let Some(entry) = hit(&NP_CT_V1, &reversed, tcp_flags, now) {
+        // SAFETY: a live map value, read once.
+        return Some((Verdict::Reply, unsafe { (*entry).rule_id }));
+    }
+    if let Some(entry) = hit(&NP_CTNEW_V1, key, tcp_flags, now) {
+        // SAFETY: a live map value, copied out once.
+        let value = unsafe { *entry };
+        if value.flags & CT_REPLIED != 0 {
+            confirm(key, &value);
+        }
+        return Some((forward_verdict(value.flags), value.rule_id));
+    }
+    let entry = hit(&NP_CTNEW_V1, &reversed, tcp_flags, now)?;
+    // SAFETY: a live map value; a lost concurrent flag update only delays the confirmation.
+    let value = unsafe { &mut *entry };
+    value.flags |= CT_REPLIED;
+    Some((Verdict::Reply, value.rule_id))
+}
+
+/// Moves a flow seen both ways, then again its own way, to the confirmed map. A failed insert
+/// leaves it unconfirmed, still tracked.
 #[inline(always)]
-pub fn insert(key: &CtKey, rule_id: u32, tcp_flags: u8, now: u64, service: bool) {
+fn confirm(key: &CtKey, value: &CtValue) {
+    let confirmed = CtValue {
+        last_seen_ns: value.last_seen_ns,
+        rule_id: value.rule_id,
+        flags: value.flags & !CT_REPLIED,
+    };
+    if NP_CT_V1.insert(key, &confirmed, 0).is_ok() {
+        let _ = NP_CTNEW_V1.remove(key);
+    }
+}
+
+/// Records an allowed first packet as an unconfirmed flow; `deferred` is 0, or `CT_SERVICE`
+/// (with `CT_HOST` for a node address) for a flow whose egress is decided after DNAT.
+#[inline(never)]
+pub fn insert(key: &CtKey, rule_id: u32, tcp_flags: u8, now: u64, deferred: u32) {
     let closing = if key.protocol == IPPROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         CT_CLOSING
     } else {
         0
     };
-    let flags = if service {
-        closing | CT_SERVICE
-    } else {
-        closing
-    };
+    let flags = closing | deferred;
     let value = CtValue {
         last_seen_ns: now,
         rule_id,
@@ -111,7 +158,7 @@ pub fn insert(key: &CtKey, rule_id: u32, tcp_flags: u8, now: u64, service: bool)
     };
     // A failed insert leaves the flow untracked: later packets are decided by policy again and
     // replies into an isolated direction drop, which fails closed.
-    let _ = NP_CT_V1.insert(key, &value, 0);
+    let _ = NP_CTNEW_V1.insert(key, &value, 0);
 }
 
 /// Whether an ICMP error quotes a flow this endpoint tracks, with that flow's rule id.
@@ -121,17 +168,29 @@ pub fn insert(key: &CtKey, rule_id: u32, tcp_flags: u8, now: u64, service: bool)
 /// back, or the endpoint received it and reports the error), that is the entry itself. If the
 /// quoted packet was a reply, the entry is its reverse, which `reversed` also puts back into the
 /// error's own direction.
+/// `quoted` is reversed in place for the second lookup, to keep one key on the stack.
 #[inline(always)]
-pub fn related(quoted: &CtKey, now: u64) -> Option<u32> {
+pub fn related(quoted: &mut CtKey, now: u64) -> Option<u32> {
     if let Some(rule_id) = live_rule(quoted, now) {
         return Some(rule_id);
     }
-    live_rule(&quoted.reversed(), now)
+    core::mem::swap(&mut quoted.src_addr, &mut quoted.dst_addr);
+    core::mem::swap(&mut quoted.src_port, &mut quoted.dst_port);
+    quoted.direction = match Direction::from_u8(quoted.direction) {
+        Some(direction) => direction.opposite() as u8,
+        None => quoted.direction,
+    };
+    live_rule(quoted, now)
 }
 
 #[inline(always)]
 fn live_rule(key: &CtKey, now: u64) -> Option<u32> {
-    let entry = NP_CT_V1.get_ptr(key)?;
+    live_rule_in(&NP_CT_V1, key, now).or_else(|| live_rule_in(&NP_CTNEW_V1, key, now))
+}
+
+#[inline(always)]
+fn live_rule_in(map: &'static FlowMap, key: &CtKey, now: u64) -> Option<u32> {
+    let entry = map.get_ptr(key)?;
     // SAFETY: a live map value, read once.
     let value = unsafe { &*entry };
     live(value, key.protocol, now).then_some(value.rule_id)
@@ -158,8 +217,18 @@ pub fn fragment_key(endpoint_id: u32, direction: Direction, packet: &Packet) -> 
 }
 
 /// Records what a first fragment got, for the fragments that follow.
-#[inline(always)]
-pub fn record_fragment(key: &FragKey, packet: &Packet, allowed: bool, rule_id: u32) {
+///
+/// Not inlined (nor is [`insert`]): their keys and values would otherwise share the programs'
+/// frame, which the verifier's 512-byte stack limit does not allow.
+#[inline(never)]
+pub fn record_fragment(
+    endpoint_id: u32,
+    direction: Direction,
+    packet: &Packet,
+    allowed: bool,
+    rule_id: u32,
+) {
+    let key = fragment_key(endpoint_id, direction, packet);
     let value = FragValue {
         rule_id,
         src_port: packet.src_port,
@@ -168,7 +237,7 @@ pub fn record_fragment(key: &FragKey, packet: &Packet, allowed: bool, rule_id: u
         _pad: [0; 3],
     };
     // A failed insert makes the later fragments unknown, and they drop when isolated.
-    let _ = NP_FRAG_V1.insert(key, &value, 0);
+    let _ = NP_FRAG_V1.insert(&key, &value, 0);
 }
 
 /// What the first fragment of this datagram got, if it was seen.

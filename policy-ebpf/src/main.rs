@@ -10,7 +10,7 @@
 //! replies), and passes the packet with `skb->mark` carrying "egress pending" and the client's
 //! endpoint id (`policy_common::maps::svc_mark`). The first hook that sees the packet after DNAT
 //! decides the client's egress on the post-DNAT tuple exactly as `from_pod` decides a direct
-//! packet, with the client's endpoint from `NP_EPID_V1`, counting and reporting for the client:
+//! packet, with the client's endpoint from `NP_EPID_V2`, counting and reporting for the client:
 //! - `svc_egress` in front of `to_pod` on a local backend's host veth, before the backend's own
 //!   ingress decision; a client reaching itself through its own Service passes (`OwnService`);
 //! - `svc_egress` on TC egress of the node's other interfaces, for remote backends.
@@ -35,21 +35,21 @@ use aya_ebpf::{
 };
 use policy_common::{
     maps::{
-        CtKey, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo, SVC_MARK_BITS, svc_mark,
-        svc_pending,
+        CT_HOST, CT_SERVICE, CtKey, ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY,
+        EndpointInfo, FAMILY_V4, FAMILY_V6, SVC_MARK_BITS, same_address, svc_mark, svc_pending,
     },
     verdict::{Direction, DropReason, Verdict, outcome},
 };
 
 use crate::{
-    maps::{NP_ENDPOINT_V1, NP_EPID_V1},
+    maps::{NP_ENDPOINT_V2, NP_EPID_V2},
     parse::{FRAGMENT_FIRST, Packet, ParseError, Shape},
 };
 
 /// The pod's egress, on the host veth's TC ingress.
 ///
 /// Passes (`TC_ACT_UNSPEC`, so later programs and the stack still decide):
-/// - packets on an interface that is not in `NP_ENDPOINT_V1` (not counted);
+/// - packets on an interface that is not in `NP_ENDPOINT_V2` (not counted);
 /// - non-IP frames such as ARP, and ICMPv6 neighbour discovery, types 133 to 137 (`Exempt`);
 /// - packets to a ClusterIP (`Service`): marked "egress pending", decided after DNAT (see the
 ///   crate documentation), and their flow tracked on the ClusterIP tuple;
@@ -83,7 +83,7 @@ use crate::{
 /// of packets that failed to parse carry no tuple.
 #[classifier]
 fn from_pod(ctx: TcContext) -> i32 {
-    run(&ctx, Direction::Egress)
+    run(&ctx, Hook::FromPod)
 }
 
 /// The pod's ingress, on the host veth's TC egress.
@@ -93,28 +93,49 @@ fn from_pod(ctx: TcContext) -> i32 {
 /// A pending Service egress was decided before, by `svc_egress` in front of it on this hook.
 #[classifier]
 fn to_pod(ctx: TcContext) -> i32 {
-    run(&ctx, Direction::Ingress)
+    run(&ctx, Hook::ToPod)
 }
 
 /// A pod program: the endpoint of the interface decides its packet in `direction`. Only the
 /// pod's egress defers packets to a ClusterIP, marking them for `svc_egress`.
 #[inline(always)]
-fn run(ctx: &TcContext, direction: Direction) -> i32 {
+fn run(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    let Some(endpoint) = NP_ENDPOINT_V1.get_ptr(&ifindex) else {
+    let Some(endpoint) = NP_ENDPOINT_V2.get_ptr(&ifindex) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: a live map value, copied out once.
     let endpoint = unsafe { *endpoint };
     let mut packet = Packet::new();
     let parsed = parse::parse(ctx, &mut packet);
-    let services = direction == Direction::Egress;
-    let decision = decide(ctx, &endpoint, direction, &mut packet, parsed, services);
-    if decision.result == Ok(Verdict::Service) {
+    let decision = decide(ctx, &endpoint, hook, &mut packet, parsed);
+    if hook == Hook::FromPod && matches!(decision.result, Ok(Verdict::Service | Verdict::Host)) {
         ctx.set_mark(svc_mark(mark(ctx), endpoint.endpoint_id));
     }
-    account(ctx, &endpoint, ifindex, direction, &packet, &decision)
+    account(ctx, &endpoint, ifindex, hook.direction(), &packet, &decision)
+}
+
+/// Where a decision is made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    /// `from_pod`: checks the pod's source addresses, and defers packets to a ClusterIP or a
+    /// node address to the hook that sees them after DNAT.
+    FromPod,
+    /// `to_pod`.
+    ToPod,
+    /// `svc_egress`: a deferred egress decision, on the post-DNAT tuple.
+    AfterDnat,
+}
+
+impl Hook {
+    #[inline(always)]
+    const fn direction(self) -> Direction {
+        match self {
+            Hook::ToPod => Direction::Ingress,
+            Hook::FromPod | Hook::AfterDnat => Direction::Egress,
+        }
+    }
 }
 
 /// The deferred egress of pod packets to a ClusterIP, on TC egress of every interface a packet
@@ -136,7 +157,7 @@ fn svc_egress(ctx: TcContext) -> i32 {
     ctx.set_mark(mark & !SVC_MARK_BITS);
     // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    let Some(client) = NP_EPID_V1.get_ptr(client_id) else {
+    let Some(client) = NP_EPID_V2.get_ptr(client_id) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: a live map value, copied out once.
@@ -146,14 +167,21 @@ fn svc_egress(ctx: TcContext) -> i32 {
     }
     let mut packet = Packet::new();
     let parsed = parse::parse(&ctx, &mut packet);
-    let own = NP_ENDPOINT_V1
+    // Only IP packets are ever marked pending, and neighbour discovery is never exempt here:
+    // it is decided like any ICMPv6 packet.
+    let parsed = match parsed {
+        Ok(Shape::Arp | Shape::NonIp) => return TC_ACT_UNSPEC,
+        Ok(Shape::NeighbourDiscovery) => Ok(Shape::Flow),
+        other => other,
+    };
+    let own = NP_ENDPOINT_V2
         .get_ptr(&ifindex)
         // SAFETY: a live map value, read once.
         .is_some_and(|endpoint| unsafe { (*endpoint).endpoint_id } == client_id);
     let decision = if own {
         Decision::pass(Verdict::OwnService, 0)
     } else {
-        decide(&ctx, &client, Direction::Egress, &mut packet, parsed, false)
+        decide(&ctx, &client, Hook::AfterDnat, &mut packet, parsed)
     };
     account(
         &ctx,
@@ -230,29 +258,40 @@ impl Decision {
     }
 }
 
-/// Decides one parsed packet for `endpoint` in `direction`. With `services`, a packet to a
-/// ClusterIP is not decided but gets `Service`; without, it is decided as any other.
+/// Decides one parsed packet for `endpoint` at `hook`.
 #[inline(always)]
 fn decide(
     ctx: &TcContext,
     endpoint: &EndpointInfo,
-    direction: Direction,
+    hook: Hook,
     packet: &mut Packet,
     parsed: Result<Shape, ParseError>,
-    services: bool,
 ) -> Decision {
-    // Exempt before the not-ready check: a bridge learns a held pod's MAC from its ARP and
-    // neighbour discovery, and the agent finds the pod's bridge port through that MAC.
-    if let Ok(Shape::NonIp | Shape::NeighbourDiscovery) = parsed {
-        return Decision::pass(Verdict::Exempt, 0);
-    }
+    let direction = hook.direction();
+    // ARP and neighbour discovery are decided before the not-ready check: a pod cannot reach
+    // its node or its neighbours without them.
+    let shape = match parsed {
+        Ok(Shape::Arp) => return arp(endpoint, hook, packet),
+        Ok(Shape::NonIp) => return non_ip(endpoint, endpoint.isolated(direction)),
+        Ok(Shape::NeighbourDiscovery) => match neighbour(ctx, endpoint, hook, packet) {
+            Some(decision) => return decision,
+            None => Ok(Shape::Flow),
+        },
+        other => other,
+    };
     if endpoint.flags & ENDPOINT_NOT_READY != 0 {
         return Decision::drop(DropReason::NotReady);
     }
     let isolated = endpoint.isolated(direction);
-    let shape = match parsed {
+    // What the pod sends must parse, isolated or not: a source the parser cannot read cannot
+    // be checked.
+    let checked = hook == Hook::FromPod;
+    if checked && shape.is_ok() && spoofed(endpoint, packet) {
+        return Decision::drop(DropReason::Spoofed);
+    }
+    let shape = match shape {
         Ok(shape) => shape,
-        Err(_) if !isolated => return Decision::pass(Verdict::NotIsolated, 0),
+        Err(_) if !isolated && !checked => return Decision::pass(Verdict::NotIsolated, 0),
         Err(ParseError::Malformed) => return Decision::drop(DropReason::Malformed),
         Err(ParseError::Unparsed) => return Decision::drop(DropReason::Unparsed),
     };
@@ -264,10 +303,16 @@ fn decide(
     let mut track = true;
     if shape == Shape::Flow {
         match conntrack::lookup(&key, packet.tcp_flags, now) {
-            // After DNAT, a packet that still matches a Service entry was not translated (no
+            // After DNAT, a packet that still matches a deferred entry was not translated (no
             // Service port matched): decided by policy, untracked so the entry stays.
-            Some((Verdict::Service, _)) if !services => track = false,
-            Some((Verdict::Service, rule_id)) => return Decision::pass(Verdict::Service, rule_id),
+            Some((Verdict::Service | Verdict::Host, _)) if hook == Hook::AfterDnat => {
+                track = false;
+            }
+            Some((verdict @ (Verdict::Service | Verdict::Host), rule_id))
+                if hook == Hook::FromPod =>
+            {
+                return Decision::pass(verdict, rule_id);
+            }
             Some((verdict, rule_id)) => {
                 return record_first_fragment(
                     endpoint,
@@ -279,22 +324,129 @@ fn decide(
             None => {}
         }
     }
-    if policy::is_host(packet, direction) {
+    // The pod's own egress to a node address is deferred with Services (`first_packet`); an
+    // ICMP error is never translated to a backend, so it is host traffic at every hook.
+    let deferring = hook == Hook::FromPod && shape != Shape::IcmpError;
+    if !deferring && policy::is_host(packet, direction) {
         return Decision::pass(Verdict::Host, 0);
     }
     let decision = match shape {
         Shape::LaterFragment => {
-            return later_fragment(endpoint, direction, packet, isolated, services);
+            return later_fragment(endpoint, hook, packet, isolated);
         }
-        Shape::IcmpError => icmp_error(ctx, endpoint, direction, packet, isolated, now),
-        _ => first_packet(
-            endpoint, direction, packet, &key, isolated, now, services, track,
-        ),
+        Shape::IcmpError => icmp_error(ctx, endpoint, direction, packet, isolated),
+        _ => first_packet(endpoint, hook, packet, &key, isolated, now, track),
     };
-    if decision.result == Ok(Verdict::Service) {
+    if matches!(decision.result, Ok(Verdict::Service | Verdict::Host)) && hook == Hook::FromPod {
         return decision;
     }
     record_first_fragment(endpoint, direction, packet, decision)
+}
+
+/// ARP passes both ways (`Exempt`), isolated or not ready, when the pod sends it from its own
+/// address (or probes for one from 0.0.0.0); the pod's ARP claiming another address is
+/// `Spoofed`.
+#[inline(always)]
+fn arp(endpoint: &EndpointInfo, hook: Hook, packet: &Packet) -> Decision {
+    let probe = u32::from_ne_bytes([
+        packet.src_addr[0],
+        packet.src_addr[1],
+        packet.src_addr[2],
+        packet.src_addr[3],
+    ]) == 0;
+    let own = endpoint.flags & ENDPOINT_ANY_SOURCE != 0
+        || probe
+        || endpoint.owns(FAMILY_V4, &packet.src_addr);
+    if hook == Hook::FromPod && !own {
+        return Decision::drop(DropReason::Spoofed);
+    }
+    Decision::pass(Verdict::Exempt, 0)
+}
+
+/// A frame that is neither IP nor ARP: dropped while the endpoint is not ready (`NotReady`) or
+/// isolated in this direction (`NotIp`), else passed (`NotIsolated`).
+#[inline(always)]
+const fn non_ip(endpoint: &EndpointInfo, isolated: bool) -> Decision {
+    if endpoint.flags & ENDPOINT_NOT_READY != 0 {
+        Decision::drop(DropReason::NotReady)
+    } else if isolated {
+        Decision::drop(DropReason::NotIp)
+    } else {
+        Decision::pass(Verdict::NotIsolated, 0)
+    }
+}
+
+/// Neighbour discovery a host needs on its link: router and neighbour solicitations and
+/// neighbour advertisements of at most this many bytes (the 24-byte message and five 8-byte
+/// options; Linux sends at most two), so that nothing rides in them.
+const ND_MAX_LEN: u32 = 64;
+/// The shortest neighbour solicitation or advertisement: header, flags and target.
+const ND_TARGET_LEN: u32 = 24;
+const ND_ROUTER_SOLICITATION: u8 = 133;
+const ND_NEIGHBOUR_SOLICITATION: u8 = 135;
+const ND_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+
+/// Neighbour discovery (hop limit 255: never routed) passes without a policy decision
+/// (`Exempt`), isolated or not ready, when it is what the protocol sends:
+/// - router solicitations, neighbour solicitations and advertisements of at most
+///   `ND_MAX_LEN` bytes, either way. Solicitations and advertisements may go to a neighbour's
+///   unicast address (reachability checks, and the answer to a solicitation);
+/// - router advertisements and redirects to the pod, from a link-local address (as routers
+///   send them).
+///
+/// From the pod, a source or an advertised target that is not the pod's is `Spoofed`. Anything
+/// else is not neighbour discovery to the programs (`None`): an ordinary ICMPv6 packet.
+#[inline(always)]
+fn neighbour(
+    ctx: &TcContext,
+    endpoint: &EndpointInfo,
+    hook: Hook,
+    packet: &Packet,
+) -> Option<Decision> {
+    let kind = parse::icmp_type(ctx, packet)?;
+    let len = parse::l4_length(ctx, packet);
+    let exempt = match kind {
+        ND_ROUTER_SOLICITATION => len <= ND_MAX_LEN,
+        ND_NEIGHBOUR_SOLICITATION | ND_NEIGHBOUR_ADVERTISEMENT => {
+            (ND_TARGET_LEN..=ND_MAX_LEN).contains(&len)
+        }
+        _ => hook == Hook::ToPod && policy::is_link_local(&packet.src_addr),
+    };
+    if !exempt {
+        return None;
+    }
+    if hook == Hook::FromPod {
+        let target_foreign = kind == ND_NEIGHBOUR_ADVERTISEMENT
+            && parse::neighbour_target(ctx, packet)
+                .is_none_or(|target| !own_source(endpoint, FAMILY_V6, &target, false));
+        if spoofed(endpoint, packet) || target_foreign {
+            return Some(Decision::drop(DropReason::Spoofed));
+        }
+    }
+    Some(Decision::pass(Verdict::Exempt, 0))
+}
+
+/// Whether a parsed packet from the pod carries a source address that is not the pod's.
+#[inline(always)]
+fn spoofed(endpoint: &EndpointInfo, packet: &Packet) -> bool {
+    if endpoint.flags & ENDPOINT_ANY_SOURCE != 0 {
+        return false;
+    }
+    let to_multicast = packet.family == FAMILY_V6 && policy::is_multicast(&packet.dst_addr);
+    !own_source(endpoint, packet.family, &packet.src_addr, to_multicast)
+}
+
+/// Whether `source` may be the pod's: one of its addresses, or an IPv6 link-local address
+/// (which the agent cannot know and which never leaves the link). With `to_multicast`, also the
+/// IPv6 unspecified address, which duplicate address detection and MLD send from before the
+/// pod has an address.
+#[inline(always)]
+fn own_source(endpoint: &EndpointInfo, family: u8, source: &[u8; 16], to_multicast: bool) -> bool {
+    if endpoint.owns(family, source) {
+        return true;
+    }
+    family == FAMILY_V6
+        && (policy::is_link_local(source) || (to_multicast && same_address(source, &[0; 16])))
 }
 
 /// Records what a first fragment got, for the fragments that follow it.
@@ -306,8 +458,13 @@ fn record_first_fragment(
     decision: Decision,
 ) -> Decision {
     if packet.fragment == FRAGMENT_FIRST {
-        let key = conntrack::fragment_key(endpoint.endpoint_id, direction, packet);
-        conntrack::record_fragment(&key, packet, decision.result.is_ok(), decision.rule_id);
+        conntrack::record_fragment(
+            endpoint.endpoint_id,
+            direction,
+            packet,
+            decision.result.is_ok(),
+            decision.rule_id,
+        );
     }
     decision
 }
@@ -315,25 +472,29 @@ fn record_first_fragment(
 /// The first packet of a flow (no live entry): decided by policy, and tracked when allowed
 /// (unless `track` is false).
 ///
-/// With `services`, a flow to a ClusterIP is tracked with `CT_SERVICE` and gets `Service`.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "an always-inlined step of `decide`, taking its locals"
-)]
+/// From the pod, a flow to a ClusterIP (`Service`) or to a node address (`Host`) is not
+/// decided: it is tracked as deferred (`CT_SERVICE`, with `CT_HOST` for a node address) and
+/// decided after DNAT. An address that is both is a Service.
 #[inline(always)]
 fn first_packet(
     endpoint: &EndpointInfo,
-    direction: Direction,
+    hook: Hook,
     packet: &Packet,
     key: &CtKey,
     isolated: bool,
     now: u64,
-    services: bool,
     track: bool,
 ) -> Decision {
-    if services && direction == Direction::Egress && policy::is_service(packet) {
-        conntrack::insert(key, 0, packet.tcp_flags, now, true);
-        return Decision::pass(Verdict::Service, 0);
+    let direction = hook.direction();
+    if hook == Hook::FromPod {
+        if policy::is_service(packet) {
+            conntrack::insert(key, 0, packet.tcp_flags, now, CT_SERVICE);
+            return Decision::pass(Verdict::Service, 0);
+        }
+        if policy::is_host(packet, direction) {
+            conntrack::insert(key, 0, packet.tcp_flags, now, CT_SERVICE | CT_HOST);
+            return Decision::pass(Verdict::Host, 0);
+        }
     }
     let (verdict, rule_id) = if isolated {
         match policy::allowing_rule(endpoint, direction, packet) {
@@ -346,7 +507,7 @@ fn first_packet(
     if !track {
         return Decision::pass(verdict, rule_id);
     }
-    conntrack::insert(key, rule_id, packet.tcp_flags, now, false);
+    conntrack::insert(key, rule_id, packet.tcp_flags, now, 0);
     Decision {
         result: Ok(verdict),
         rule_id,
@@ -354,8 +515,9 @@ fn first_packet(
     }
 }
 
-/// An ICMP error: passes as `Related` when it quotes a tracked flow, else is decided by policy
-/// like an ICMP packet without ports. Errors are not flows: they create no entry.
+/// An ICMP error: passes as `Related` when it quotes a tracked flow and travels back to the
+/// quoted packet's sender (from the pod: about a packet sent to the pod), else is decided by
+/// policy like an ICMP packet without ports. Errors are not flows: they create no entry.
 #[inline(always)]
 fn icmp_error(
     ctx: &TcContext,
@@ -363,23 +525,9 @@ fn icmp_error(
     direction: Direction,
     packet: &Packet,
     isolated: bool,
-    now: u64,
 ) -> Decision {
-    if let Some(quote) = parse::quoted_tuple(ctx, packet) {
-        let quoted = CtKey {
-            endpoint_id: endpoint.endpoint_id,
-            src_port: quote.src_port,
-            dst_port: quote.dst_port,
-            direction: direction.opposite() as u8,
-            protocol: quote.protocol,
-            family: packet.family,
-            _pad: 0,
-            src_addr: quote.src_addr,
-            dst_addr: quote.dst_addr,
-        };
-        if let Some(rule_id) = conntrack::related(&quoted, now) {
-            return Decision::pass(Verdict::Related, rule_id);
-        }
+    if let Some(rule_id) = related_flow(ctx, endpoint.endpoint_id, direction, packet) {
+        return Decision::pass(Verdict::Related, rule_id);
     }
     if !isolated {
         return Decision::pass(Verdict::NotIsolated, 0);
@@ -390,16 +538,42 @@ fn icmp_error(
     }
 }
 
-/// A non-first fragment gets what its first fragment got. With `services`, one to a ClusterIP
-/// (whose first fragment was deferred, so left no record here) is deferred too.
-#[inline(always)]
+/// The rule of the tracked flow an ICMP error is about, if the error goes back to the quoted
+/// packet's sender and (from the pod) is about a packet sent to the pod: a pod does not
+/// forward.
+///
+/// Not inlined: the quote and its keys would otherwise share the programs' frame, which the
+/// verifier's 512-byte stack limit does not allow.
+#[inline(never)]
+fn related_flow(
+    ctx: &TcContext,
+    endpoint_id: u32,
+    direction: Direction,
+    packet: &Packet,
+) -> Option<u32> {
+    let mut quoted = parse::quoted_key(ctx, packet, endpoint_id, direction.opposite())?;
+    let back_to_sender = same_address(&packet.dst_addr, &quoted.src_addr)
+        && (direction == Direction::Ingress || same_address(&packet.src_addr, &quoted.dst_addr));
+    if !back_to_sender {
+        return None;
+    }
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    conntrack::related(&mut quoted, now)
+}
+
+/// A non-first fragment gets what its first fragment got. From the pod, one to a ClusterIP or
+/// a node address (whose first fragment was deferred, so left no record here) is deferred too.
+///
+/// Not inlined, to keep its key out of the common path's frame.
+#[inline(never)]
 fn later_fragment(
     endpoint: &EndpointInfo,
-    direction: Direction,
+    hook: Hook,
     packet: &mut Packet,
     isolated: bool,
-    services: bool,
 ) -> Decision {
+    let direction = hook.direction();
     let key = conntrack::fragment_key(endpoint.endpoint_id, direction, packet);
     match conntrack::fragment(&key) {
         Some(first) => {
@@ -411,8 +585,11 @@ fn later_fragment(
                 Decision::drop(DropReason::FragmentDenied)
             }
         }
-        None if services && direction == Direction::Egress && policy::is_service(packet) => {
+        None if hook == Hook::FromPod && policy::is_service(packet) => {
             Decision::pass(Verdict::Service, 0)
+        }
+        None if hook == Hook::FromPod && policy::is_host(packet, direction) => {
+            Decision::pass(Verdict::Host, 0)
         }
         None if isolated => Decision::drop(DropReason::FragmentUnknown),
         None => Decision::pass(Verdict::NotIsolated, 0),

@@ -5,13 +5,20 @@
 //! `bpf_skb_pull_data` and checks again. Nothing else touches packet memory.
 
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
-use policy_common::maps::{FAMILY_V4, FAMILY_V6};
+use policy_common::{
+    maps::{CtKey, FAMILY_V4, FAMILY_V6},
+    verdict::Direction,
+};
 
 const ETH_HEADER: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_ARP: u16 = 0x0806;
+/// An ARP packet for IPv4 over Ethernet: hardware type, protocol type, both lengths, operation,
+/// then sender MAC, sender IPv4, target MAC, target IPv4.
+const ARP_LEN: usize = 28;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -96,9 +103,15 @@ impl Packet {
 /// The kinds of packet the programs decide differently.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
-    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    /// Not IPv4, IPv6 or ARP (LLDP, raw Ethernet, ARP for other protocols, ...).
     NonIp,
-    /// ICMPv6 neighbour discovery (types 133 to 137).
+    /// ARP for IPv4 over Ethernet: the sender's address in `src_addr`, the target's in
+    /// `dst_addr`, `family` 0 (no IP header).
+    Arp,
+    /// ICMPv6 neighbour discovery (types 133 to 137, code 0) with hop limit 255, so sent on this
+    /// link ([`icmp_type`] tells which). The same types with another hop limit or code are an
+    /// ordinary ICMPv6 [`Shape::Flow`]. (No payload here: an enum with one makes LLVM carry
+    /// undefined bits the verifier rejects.)
     NeighbourDiscovery,
     /// A packet with a full L4 tuple (ports 0 for protocols without ports).
     Flow,
@@ -206,8 +219,52 @@ fn parse_frame(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError
     match ethertype {
         ETH_P_IPV4 => parse_ipv4(ctx, offset, packet),
         ETH_P_IPV6 => parse_ipv6(ctx, offset, packet),
+        ETH_P_ARP => parse_arp(ctx, offset, packet),
         _ => Ok(Shape::NonIp),
     }
+}
+
+#[inline(always)]
+fn parse_arp(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
+    let Some(arp) = header::<ARP_LEN>(ctx, offset) else {
+        return Ok(Shape::NonIp);
+    };
+    // SAFETY: bounds-checked by `header`.
+    let arp = unsafe { *arp };
+    let ipv4_over_ethernet = be16(arp[0], arp[1]) == 1
+        && be16(arp[2], arp[3]) == ETH_P_IPV4
+        && arp[4] == 6
+        && arp[5] == 4;
+    if !ipv4_over_ethernet {
+        return Ok(Shape::NonIp);
+    }
+    packet.src_addr = ipv4_field([arp[14], arp[15], arp[16], arp[17]]);
+    packet.dst_addr = ipv4_field([arp[24], arp[25], arp[26], arp[27]]);
+    Ok(Shape::Arp)
+}
+
+/// The ICMP or ICMPv6 type of a parsed ICMP packet. (The whole 8-byte header is read: for a
+/// 1-byte read LLVM folds the bounds check into a form the verifier learns no range from.)
+#[inline(always)]
+pub fn icmp_type(ctx: &TcContext, packet: &Packet) -> Option<u8> {
+    let icmp = header::<8>(ctx, packet.l4_offset as usize)?;
+    // SAFETY: bounds-checked by `header`.
+    Some(unsafe { (*icmp)[0] })
+}
+
+/// The target address of a neighbour solicitation or advertisement (after the ICMPv6 header
+/// and 4 reserved or flag bytes).
+#[inline(always)]
+pub fn neighbour_target(ctx: &TcContext, packet: &Packet) -> Option<[u8; 16]> {
+    let target = header::<16>(ctx, packet.l4_offset as usize + 8)?;
+    // SAFETY: bounds-checked by `header`.
+    Some(unsafe { *target })
+}
+
+/// Bytes from the L4 header to the end of the frame.
+#[inline(always)]
+pub fn l4_length(ctx: &TcContext, packet: &Packet) -> u32 {
+    ctx.len().saturating_sub(packet.l4_offset)
 }
 
 #[inline(always)]
@@ -238,14 +295,14 @@ fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Sha
     if flags_offset & 0x2000 != 0 {
         packet.fragment = FRAGMENT_FIRST;
     }
-    parse_l4(ctx, offset + header_len, ip[9], packet)
+    parse_l4(ctx, offset + header_len, ip[9], 0, packet)
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
     let ip = header::<40>(ctx, offset).ok_or(ParseError::Malformed)?;
     // SAFETY: bounds-checked by `header`.
-    let (version, mut next) = unsafe { ((*ip)[0] >> 4, (*ip)[6]) };
+    let (version, mut next, hop_limit) = unsafe { ((*ip)[0] >> 4, (*ip)[6], (*ip)[7]) };
     if version != 6 {
         return Err(ParseError::Malformed);
     }
@@ -292,22 +349,25 @@ fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Sha
                 next = frag[0];
                 offset += 8;
             }
-            _ => return parse_l4(ctx, offset, next, packet),
+            _ => return parse_l4(ctx, offset, next, hop_limit, packet),
         }
     }
     match next {
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
             Err(ParseError::Unparsed)
         }
-        _ => parse_l4(ctx, offset, next, packet),
+        _ => parse_l4(ctx, offset, next, hop_limit, packet),
     }
 }
 
+/// `hop_limit` is the IPv6 header's (0 for IPv4), which tells neighbour discovery from packets
+/// that crossed a router.
 #[inline(always)]
 fn parse_l4(
     ctx: &TcContext,
     offset: usize,
     protocol: u8,
+    hop_limit: u8,
     packet: &mut Packet,
 ) -> Result<Shape, ParseError> {
     packet.protocol = protocol;
@@ -328,8 +388,10 @@ fn parse_l4(
         }
         IPPROTO_UDP => ports::<8>(ctx, offset, packet),
         IPPROTO_SCTP => ports::<12>(ctx, offset, packet),
-        IPPROTO_ICMP if packet.family == FAMILY_V4 => parse_icmp(ctx, offset, packet),
-        IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => parse_icmp(ctx, offset, packet),
+        IPPROTO_ICMP if packet.family == FAMILY_V4 => parse_icmp(ctx, offset, 0, packet),
+        IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => {
+            parse_icmp(ctx, offset, hop_limit, packet)
+        }
         _ => Ok(Shape::Flow),
     }
 }
@@ -361,13 +423,22 @@ const fn echo_ports(family: u8, icmp_type: u8, id: u16) -> (u16, u16) {
     }
 }
 
+/// Neighbour discovery is sent with hop limit 255 and a receiver discards any other (RFC 4861),
+/// so only that can be neighbour discovery.
+const ND_HOP_LIMIT: u8 = 255;
+
 #[inline(always)]
-fn parse_icmp(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
+fn parse_icmp(
+    ctx: &TcContext,
+    offset: usize,
+    hop_limit: u8,
+    packet: &mut Packet,
+) -> Result<Shape, ParseError> {
     let icmp = header::<8>(ctx, offset).ok_or(ParseError::Malformed)?;
     // SAFETY: bounds-checked by `header`.
-    let (icmp_type, id) = unsafe { ((*icmp)[0], be16((*icmp)[4], (*icmp)[5])) };
+    let (icmp_type, code, id) = unsafe { ((*icmp)[0], (*icmp)[1], be16((*icmp)[4], (*icmp)[5])) };
     let v4 = packet.family == FAMILY_V4;
-    if !v4 && (133..=137).contains(&icmp_type) {
+    if !v4 && (133..=137).contains(&icmp_type) && code == 0 && hop_limit == ND_HOP_LIMIT {
         return Ok(Shape::NeighbourDiscovery);
     }
     let error = if v4 {
@@ -382,53 +453,58 @@ fn parse_icmp(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Sha
     Ok(Shape::Flow)
 }
 
-/// The tuple of the packet an ICMP error quotes, as seen by whoever sent that packet.
-pub struct Quote {
-    pub protocol: u8,
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
-    /// Host order; the echo identifier convention of [`Packet`] for quoted ICMP echo.
-    pub src_port: u16,
-    pub dst_port: u16,
-}
-
-/// The quoted packet of an ICMP error: its IP header (IPv4 options skipped) and the first 8
-/// bytes of its L4 header. `None` when the quote is too short, is a non-first fragment, or
-/// (IPv6) starts with an extension header.
+/// The flow key of the packet an ICMP error quotes, as seen by whoever sent that packet: its IP
+/// header (IPv4 options skipped) and the first 8 bytes of its L4 header, keyed for
+/// `endpoint_id` in `direction`. `None` when the quote is too short, is a non-first fragment,
+/// or (IPv6) starts with an extension header.
 #[inline(always)]
-pub fn quoted_tuple(ctx: &TcContext, packet: &Packet) -> Option<Quote> {
+pub fn quoted_key(
+    ctx: &TcContext,
+    packet: &Packet,
+    endpoint_id: u32,
+    direction: Direction,
+) -> Option<CtKey> {
     let offset = packet.l4_offset as usize + 8;
-    let src;
-    let dst;
-    let (protocol, l4_offset) = if packet.family == FAMILY_V4 {
+    let mut key = CtKey {
+        endpoint_id,
+        src_port: 0,
+        dst_port: 0,
+        direction: direction as u8,
+        protocol: 0,
+        family: packet.family,
+        _pad: 0,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+    };
+    let l4_offset = if packet.family == FAMILY_V4 {
         let ip = header::<20>(ctx, offset)?;
         // SAFETY: bounds-checked by `header`.
-        let ip = unsafe { *ip };
+        let ip = unsafe { &*ip };
         let header_len = usize::from(ip[0] & 0x0f) * 4;
         if ip[0] >> 4 != 4 || header_len < 20 || be16(ip[6], ip[7]) & 0x1fff != 0 {
             return None;
         }
-        src = ipv4_field([ip[12], ip[13], ip[14], ip[15]]);
-        dst = ipv4_field([ip[16], ip[17], ip[18], ip[19]]);
-        (ip[9], offset + header_len)
+        key.protocol = ip[9];
+        key.src_addr = ipv4_field([ip[12], ip[13], ip[14], ip[15]]);
+        key.dst_addr = ipv4_field([ip[16], ip[17], ip[18], ip[19]]);
+        offset + header_len
     } else {
         let ip = header::<40>(ctx, offset)?;
         // SAFETY: bounds-checked by `header`.
-        let (version, next) = unsafe { ((*ip)[0] >> 4, (*ip)[6]) };
-        if version != 6 {
-            return None;
-        }
-        // SAFETY: bounds-checked by `header`.
         unsafe {
-            src = *(ip as *const u8).add(8).cast::<[u8; 16]>();
-            dst = *(ip as *const u8).add(24).cast::<[u8; 16]>();
+            if (*ip)[0] >> 4 != 6 {
+                return None;
+            }
+            key.protocol = (*ip)[6];
+            key.src_addr = *(ip as *const u8).add(8).cast::<[u8; 16]>();
+            key.dst_addr = *(ip as *const u8).add(24).cast::<[u8; 16]>();
         }
-        (next, offset + 40)
+        offset + 40
     };
     let l4 = header::<8>(ctx, l4_offset)?;
     // SAFETY: bounds-checked by `header`.
-    let l4 = unsafe { *l4 };
-    let (src_port, dst_port) = match protocol {
+    let l4 = unsafe { &*l4 };
+    (key.src_port, key.dst_port) = match key.protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => (be16(l4[0], l4[1]), be16(l4[2], l4[3])),
         IPPROTO_ICMP if packet.family == FAMILY_V4 => {
             echo_ports(FAMILY_V4, l4[0], be16(l4[4], l4[5]))
@@ -438,11 +514,5 @@ pub fn quoted_tuple(ctx: &TcContext, packet: &Packet) -> Option<Quote> {
         }
         _ => (0, 0),
     };
-    Some(Quote {
-        protocol,
-        src_addr: src,
-        dst_addr: dst,
-        src_port,
-        dst_port,
-    })
+    Some(key)
 }

@@ -8,7 +8,7 @@ use policy_common::{
 };
 
 use crate::{
-    maps::{NP_HOSTADDR_V1, NP_PEER4_V1, NP_PEER6_V1, NP_POLICY_V1, NP_SVC_V1},
+    maps::{NP_HOSTADDR_V2, NP_PEER4_V1, NP_PEER6_V1, NP_POLICY_V1, NP_SVC_V1},
     parse::Packet,
 };
 
@@ -42,7 +42,19 @@ pub fn is_host(packet: &Packet, direction: Direction) -> bool {
     };
     // SAFETY: same size, every byte initialised, and `HostAddrKey` is valid for any bytes.
     let key = unsafe { core::mem::transmute::<HostAddrWords, HostAddrKey>(words) };
-    NP_HOSTADDR_V1.get_ptr(&key).is_some()
+    NP_HOSTADDR_V2.get_ptr(&key).is_some()
+}
+
+/// Whether an IPv6 address is link-local (fe80::/10).
+#[inline(always)]
+pub const fn is_link_local(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
+}
+
+/// Whether an IPv6 address is multicast (ff00::/8).
+#[inline(always)]
+pub const fn is_multicast(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xff
 }
 
 /// Whether the packet goes to a Service's ClusterIP.
@@ -70,7 +82,10 @@ fn peer_class(packet: &Packet, direction: Direction) -> u32 {
 }
 
 /// The rule of the endpoint that allows `packet` in `direction`, if any.
-#[inline(always)]
+///
+/// Not inlined: its keys would otherwise share the programs' frame, which the verifier's
+/// 512-byte stack limit does not allow.
+#[inline(never)]
 pub fn allowing_rule(
     endpoint: &EndpointInfo,
     direction: Direction,

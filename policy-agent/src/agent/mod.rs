@@ -47,7 +47,7 @@ pub use endpoints::{
     DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, NewEndpointsParseError,
 };
 pub use flows::{Clocks, FLOW_LOG_MAX_BYTES, FlowContext, FlowRecord, rotated_path};
-use policy_common::maps::ENDPOINT_LOG_ALLOWED;
+use policy_common::maps::{ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED};
 use source::{LoadError, Loader};
 pub use source::{Source, SourceParseError};
 use tracing::{debug, info};
@@ -92,6 +92,8 @@ pub struct RunConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Also report the first packet of every allowed new flow, not only drops.
     pub log_allowed: bool,
+    /// Namespaces whose pods may send from any source address (see `ENDPOINT_ANY_SOURCE`).
+    pub any_source_namespaces: BTreeSet<String>,
 }
 
 /// Failures that stop the agent. Failures of one reconcile are reported and retried instead.
@@ -384,14 +386,21 @@ impl Agent {
         programmable
             .endpoints
             .retain(|pod, _| interfaces.contains_key(pod));
-        if self.config.log_allowed {
-            for endpoint in programmable.endpoints.values_mut() {
+        for (pod, endpoint) in &mut programmable.endpoints {
+            if self.config.log_allowed {
                 endpoint.info.flags |= ENDPOINT_LOG_ALLOWED;
+            }
+            if self.config.any_source_namespaces.contains(&pod.namespace) {
+                endpoint.info.flags |= ENDPOINT_ANY_SOURCE;
             }
         }
 
         let mut addr_writes = 0;
-        let host_addrs = self.discovery.host_addresses().await?;
+        let service_addrs = service_addrs(&loaded.snapshot);
+        // An address that is both local and a ClusterIP (IPVS puts every ClusterIP on
+        // kube-ipvs0) is a Service; only the node's own addresses are host addresses.
+        let mut host_addrs = self.discovery.host_addresses().await?;
+        host_addrs.retain(|addr| service_addrs.binary_search(addr).is_err());
         if host_addrs != self.host_addrs {
             addr_writes += self.datapath.set_host_addrs(&host_addrs)?.writes;
             info!(addresses = host_addrs.len(), "node addresses programmed");
@@ -399,7 +408,6 @@ impl Agent {
         }
 
         // ClusterIPs first: a pod attached below must already defer its Service traffic.
-        let service_addrs = service_addrs(&loaded.snapshot);
         if service_addrs != self.service_addrs {
             addr_writes += self.datapath.set_service_addrs(&service_addrs)?.writes;
             self.service_addrs = service_addrs;

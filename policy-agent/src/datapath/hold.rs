@@ -17,6 +17,8 @@ pub const HELD: EndpointInfo = EndpointInfo {
     flags: ENDPOINT_NOT_READY,
     ingress_plan: 0,
     egress_plan: 0,
+    addr6: [0; 16],
+    addr4: [0; 4],
 };
 
 /// Whether an endpoint-map entry holds its interface rather than describing an endpoint.

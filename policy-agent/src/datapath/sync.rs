@@ -712,8 +712,7 @@ mod tests {
             info: EndpointInfo {
                 endpoint_id: id,
                 flags,
-                ingress_plan: 0,
-                egress_plan: 0,
+                ..EndpointInfo::default()
             },
         }
     }

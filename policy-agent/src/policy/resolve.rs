@@ -156,6 +156,12 @@ pub fn resolve(
             endpoint_id,
             ..EndpointInfo::default()
         };
+        for ip in &pod.ips {
+            match ip {
+                IpAddr::V4(addr) => info.addr4 = addr.octets(),
+                IpAddr::V6(addr) => info.addr6 = addr.octets(),
+            }
+        }
         for direction in Direction::ALL {
             let applying = &by_direction[direction as usize];
             if applying.is_empty() {

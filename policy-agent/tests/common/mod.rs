@@ -237,21 +237,27 @@ impl Datapath {
             .unwrap_or_else(|| panic!("no map {name}"))
     }
 
-    /// Programs an endpoint on `ifindex` with `flags` and the policy entries and lookup plans
-    /// of `allows`.
+    /// Programs an endpoint of a pod with addresses `pod` on `ifindex`, with `flags` and the
+    /// policy entries and lookup plans of `allows`.
     pub fn setup_endpoint(
         &mut self,
         ifindex: u32,
         endpoint_id: u32,
+        pod: &[IpAddr],
         flags: u32,
         allows: &[Allow],
     ) -> EndpointInfo {
         let mut info = EndpointInfo {
             endpoint_id,
             flags,
-            ingress_plan: 0,
-            egress_plan: 0,
+            ..EndpointInfo::default()
         };
+        for addr in pod {
+            match addr {
+                IpAddr::V4(addr) => info.addr4 = addr.octets(),
+                IpAddr::V6(addr) => info.addr6 = addr.octets(),
+            }
+        }
         for allow in allows {
             let plan = match allow.direction {
                 Direction::Ingress => &mut info.ingress_plan,
@@ -346,14 +352,23 @@ impl Datapath {
             .expect("inserting a ClusterIP");
     }
 
+    /// Every tracked flow, confirmed and unconfirmed.
     pub fn conntrack(&self) -> Vec<(CtKey, CtValue)> {
+        let mut flows = self.flows_in(names::CONNTRACK_MAP);
+        flows.extend(self.flows_in(names::UNCONFIRMED_MAP));
+        flows
+    }
+
+    /// The flows of one of the two conntrack maps.
+    pub fn flows_in(&self, name: &str) -> Vec<(CtKey, CtValue)> {
         let map: HashMap<&MapData, CtKey, CtValue> =
-            HashMap::try_from(self.map_ref(names::CONNTRACK_MAP)).expect("conntrack map");
+            HashMap::try_from(self.map_ref(name)).expect("conntrack map");
         map.iter()
             .collect::<Result<_, _>>()
             .expect("reading conntrack")
     }
 
+    /// Tracks a confirmed flow.
     pub fn set_conntrack(&mut self, key: CtKey, value: CtValue) {
         let mut map: HashMap<&mut MapData, CtKey, CtValue> =
             HashMap::try_from(self.map(names::CONNTRACK_MAP)).expect("conntrack map");
@@ -361,11 +376,13 @@ impl Datapath {
     }
 
     pub fn clear_conntrack(&mut self) {
-        let keys: Vec<CtKey> = self.conntrack().into_iter().map(|(key, _)| key).collect();
-        let mut map: HashMap<&mut MapData, CtKey, CtValue> =
-            HashMap::try_from(self.map(names::CONNTRACK_MAP)).expect("conntrack map");
-        for key in keys {
-            map.remove(&key).expect("removing a flow");
+        for name in [names::CONNTRACK_MAP, names::UNCONFIRMED_MAP] {
+            let keys: Vec<CtKey> = self.flows_in(name).into_iter().map(|(key, _)| key).collect();
+            let mut map: HashMap<&mut MapData, CtKey, CtValue> =
+                HashMap::try_from(self.map(name)).expect("conntrack map");
+            for key in keys {
+                map.remove(&key).expect("removing a flow");
+            }
         }
     }
 
