@@ -13,9 +13,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use common::{Allow, DROP, Datapath, PASS, addr16, packets::*, setup_test_ifindex};
 use policy_common::{
     maps::{
-        ANY_PEER_CLASS, ANY_PROTOCOL, CT_CLOSING, CT_SERVICE, CtKey, ENDPOINT_EGRESS_ISOLATED,
-        ENDPOINT_INGRESS_ISOLATED, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, FAMILY_V4, FAMILY_V6,
-        FlowEvent, SVC_MARK_MAGIC, WORLD_CLASS, svc_mark, svc_pending,
+        ANY_PEER_CLASS, ANY_PROTOCOL, CT_CLOSING, CT_HOST, CT_REPLIED, CT_SERVICE, CtKey,
+        ENDPOINT_ANY_SOURCE, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED,
+        ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, FAMILY_V4, FAMILY_V6, FlowEvent, SVC_MARK_MAGIC,
+        WORLD_CLASS, svc_mark, svc_pending,
     },
     names,
     verdict::{Direction, DropReason, Outcome, Verdict},
@@ -389,16 +390,30 @@ fn ethertype_without_a_header_is_malformed() {
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
 fn malformed_packet_of_a_direction_that_is_not_isolated_passes() {
-    let mut dp = setup_with(ENDPOINT_INGRESS_ISOLATED, &[]);
-    let frame = pkt_tcp4(POD4, PEER4, 40000, 80, SYN);
+    let mut dp = setup_with(ENDPOINT_EGRESS_ISOLATED, &[]);
+    let frame = pkt_tcp4(PEER4, POD4, 40000, 80, SYN);
     check_verdict(
         &mut dp,
-        Direction::Egress,
+        Direction::Ingress,
         &frame[..14 + 30],
         Ok(Verdict::NotIsolated),
     );
     assert!(dp.conntrack().is_empty());
     check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn malformed_packet_from_the_pod_is_dropped_even_where_not_isolated() {
+    let mut dp = setup_with(0, &[]);
+    let frame = pkt_tcp4(POD4, PEER4, 40000, 80, SYN);
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &frame[..14 + 30],
+        Err(DropReason::Malformed),
+    );
+    assert!(dp.conntrack().is_empty());
 }
 
 // ---- L4 parsing ----
@@ -896,31 +911,131 @@ fn stacked_vlan_tags_are_unparsed() {
 
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
-fn arp_is_exempt() {
+fn arp_to_the_pod_and_from_its_own_address_is_exempt() {
     let mut dp = setup_web();
     check_verdict(&mut dp, Direction::Ingress, &pkt_arp(), Ok(Verdict::Exempt));
-    check_verdict(&mut dp, Direction::Egress, &pkt_arp(), Ok(Verdict::Exempt));
+    let own = pkt_arp_from(POD4, PEER4);
+    check_verdict(&mut dp, Direction::Egress, &own, Ok(Verdict::Exempt));
+    let probe = pkt_arp_from(Ipv4Addr::UNSPECIFIED, POD4);
+    check_verdict(&mut dp, Direction::Egress, &probe, Ok(Verdict::Exempt));
     assert!(dp.conntrack().is_empty());
     check_no_events(&mut dp);
 }
 
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
-fn neighbour_discovery_is_exempt() {
+fn arp_claiming_another_address_is_spoofed() {
+    let mut dp = setup_with(0, &[]);
+    let claim = pkt_arp_from(PEER4, PEER4);
+    check_verdict(&mut dp, Direction::Egress, &claim, Err(DropReason::Spoofed));
+    let event = check_one_event(&mut dp, Err(DropReason::Spoofed), 0);
+    assert_eq!(event.src_addr, addr16(v4(PEER4)));
+}
+
+/// An ICMPv6 neighbour discovery message of `icmp_type` with hop limit 255 and `body` after
+/// the 4-byte header.
+fn pkt_nd(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8, body: &[u8]) -> Vec<u8> {
+    let mut ip = Ip6::new(src, dst, ICMPV6);
+    ip.hop_limit = 255;
+    let mut message = vec![icmp_type, 0, 0, 0];
+    message.extend_from_slice(body);
+    pkt_ip6(&ip, &message)
+}
+
+/// A neighbour advertisement for `target` (flags, target, a target link-layer option).
+fn pkt_na(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let mut body = vec![0x20, 0, 0, 0];
+    body.extend_from_slice(&target.octets());
+    body.extend_from_slice(&[2, 1, 0x02, 0, 0, 0, 0, 0x01]);
+    pkt_nd(src, dst, 136, &body)
+}
+
+const LINK_LOCAL6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+const ALL_NODES6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn neighbour_discovery_on_the_link_is_exempt() {
     let mut dp = setup_web();
+    let solicit_body = [[0; 4].as_slice(), &PEER6.octets()].concat();
     for icmp_type in 133..=137 {
-        let frame = pkt_ip6(
-            &Ip6::new(OTHER6, POD6, ICMPV6),
-            &pkt_icmp(icmp_type, 0, 0, &[0; 16]),
-        );
+        let frame = pkt_nd(LINK_LOCAL6, POD6, icmp_type, &solicit_body);
         check_verdict(&mut dp, Direction::Ingress, &frame, Ok(Verdict::Exempt));
     }
-    let solicit = pkt_ip6(
-        &Ip6::new(POD6, OTHER6, ICMPV6),
-        &pkt_icmp(135, 0, 0, &[0; 16]),
-    );
+    let solicit = pkt_nd(POD6, OTHER6, 135, &solicit_body);
     check_verdict(&mut dp, Direction::Egress, &solicit, Ok(Verdict::Exempt));
+    let dad = pkt_nd(Ipv6Addr::UNSPECIFIED, ALL_NODES6, 135, &solicit_body);
+    check_verdict(&mut dp, Direction::Egress, &dad, Ok(Verdict::Exempt));
+    let router = pkt_nd(LINK_LOCAL6, ALL_NODES6, 133, &[0; 4]);
+    check_verdict(&mut dp, Direction::Egress, &router, Ok(Verdict::Exempt));
+    for target in [POD6, LINK_LOCAL6] {
+        let advert = pkt_na(POD6, PEER6, target);
+        check_verdict(&mut dp, Direction::Egress, &advert, Ok(Verdict::Exempt));
+    }
     assert!(dp.conntrack().is_empty());
+    check_no_events(&mut dp);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn neighbour_discovery_off_the_link_or_with_a_payload_is_decided_by_policy() {
+    let mut dp = setup_web();
+    let target = [[0; 4].as_slice(), &PEER6.octets()].concat();
+    let mut routed = Ip6::new(POD6, PEER6, ICMPV6);
+    routed.hop_limit = 64;
+    let hop_limit_64 = pkt_ip6(&routed, &pkt_icmp(135, 0, 0, &PEER6.octets()));
+    let padded = [target.as_slice(), &[0xaa; 199]].concat();
+    let frames = [
+        hop_limit_64,
+        pkt_nd(POD6, PEER6, 135, &padded),
+        pkt_nd(POD6, PEER6, 136, &padded),
+        // Router advertisements and redirects are routers' to send, not a pod's.
+        pkt_nd(LINK_LOCAL6, ALL_NODES6, 134, &[0; 12]),
+        pkt_nd(
+            LINK_LOCAL6,
+            PEER6,
+            137,
+            &[[0; 4].as_slice(), &[0; 32]].concat(),
+        ),
+    ];
+    for frame in &frames {
+        check_verdict(
+            &mut dp,
+            Direction::Egress,
+            frame,
+            Err(DropReason::PolicyDenied),
+        );
+    }
+    let into_pod = pkt_nd(PEER6, POD6, 135, &padded);
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &into_pod,
+        Err(DropReason::PolicyDenied),
+    );
+    let redirect_from_global = pkt_nd(OTHER6, POD6, 137, &[0; 36]);
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &redirect_from_global,
+        Err(DropReason::PolicyDenied),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn neighbour_advertisement_claiming_another_address_is_spoofed() {
+    let mut dp = setup_with(0, &[]);
+    let claim = pkt_na(POD6, ALL_NODES6, PEER6);
+    check_verdict(&mut dp, Direction::Egress, &claim, Err(DropReason::Spoofed));
+    let forged_source = pkt_na(PEER6, ALL_NODES6, PEER6);
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &forged_source,
+        Err(DropReason::Spoofed),
+    );
+    assert_eq!(dp.events().len(), 2);
 }
 
 #[test]
@@ -941,7 +1056,7 @@ fn icmpv6_type_138_is_not_neighbour_discovery() {
 
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
-fn traffic_with_host_addresses_passes_untracked() {
+fn traffic_with_host_addresses_passes() {
     let mut dp = setup_web();
     check_verdict(
         &mut dp,
@@ -967,7 +1082,22 @@ fn traffic_with_host_addresses_passes_untracked() {
         &pkt_tcp6(POD6, HOST6, 1, 2, SYN),
         Ok(Verdict::Host),
     );
-    assert!(dp.conntrack().is_empty());
+    // What the node sends is untracked; what the pod sends to a node address is tracked as
+    // deferred, in case the node translates it to a pod.
+    let mut flows: Vec<_> = dp
+        .conntrack()
+        .into_iter()
+        .map(|(key, value)| (key.direction, key.family, value.flags))
+        .collect();
+    flows.sort_unstable();
+    let egress = Direction::Egress as u8;
+    assert_eq!(
+        flows,
+        [
+            (egress, FAMILY_V4, CT_SERVICE | CT_HOST),
+            (egress, FAMILY_V6, CT_SERVICE | CT_HOST)
+        ]
+    );
     check_no_events(&mut dp);
 }
 
@@ -975,12 +1105,12 @@ fn traffic_with_host_addresses_passes_untracked() {
 #[ignore = "needs root: run through cargo xtask test"]
 fn host_address_as_the_pod_side_is_not_host_traffic() {
     let mut dp = setup_web();
-    // from_pod: only the destination counts; a spoofed host source is decided by policy.
+    // from_pod: a host source is not the pod's own.
     check_verdict(
         &mut dp,
         Direction::Egress,
         &pkt_tcp4(HOST4, PEER4, 1, 2, SYN),
-        Err(DropReason::PolicyDenied),
+        Err(DropReason::Spoofed),
     );
     check_verdict(
         &mut dp,
@@ -1006,9 +1136,12 @@ fn not_ready_endpoint_drops_every_ip_packet_and_passes_arp() {
         &pkt_tcp4(POD4, HOST4, 1, 2, SYN),
         Err(DropReason::NotReady),
     );
-    check_verdict(&mut dp, Direction::Egress, &pkt_arp(), Ok(Verdict::Exempt));
+    let arp = pkt_arp_from(POD4, PEER4);
+    check_verdict(&mut dp, Direction::Egress, &arp, Ok(Verdict::Exempt));
+    let raw = pkt_eth(0x88b5, &[0; 46]);
+    check_verdict(&mut dp, Direction::Egress, &raw, Err(DropReason::NotReady));
     assert!(dp.conntrack().is_empty());
-    assert_eq!(dp.events().len(), 2);
+    assert_eq!(dp.events().len(), 3);
 }
 
 #[test]
@@ -1204,7 +1337,7 @@ fn fin_and_rst_mark_the_entry_closing() {
         &pkt_tcp4(POD4, PEER4, 80, 40000, FIN | ACK),
         Ok(Verdict::Reply),
     );
-    assert_eq!(dp.conntrack()[0].1.flags, CT_CLOSING);
+    assert_eq!(dp.conntrack()[0].1.flags, CT_CLOSING | CT_REPLIED);
     check_verdict(
         &mut dp,
         Direction::Ingress,
@@ -1220,7 +1353,7 @@ fn fin_and_rst_mark_the_entry_closing() {
     let closing = dp
         .conntrack()
         .iter()
-        .filter(|(_, value)| value.flags == CT_CLOSING)
+        .filter(|(_, value)| value.flags & CT_CLOSING != 0)
         .count();
     assert_eq!(closing, 2);
 }
@@ -2085,7 +2218,13 @@ fn setup_sized(family: Family, entries: u32) -> (Datapath, IpAddr) {
         allows.push(allow(Direction::Ingress, class, TCP, 8000, 8007, class));
     }
     let mut dp = Datapath::load();
-    dp.setup_endpoint(setup_test_ifindex(), EP, &POD, ENDPOINT_INGRESS_ISOLATED, &allows);
+    dp.setup_endpoint(
+        setup_test_ifindex(),
+        EP,
+        &POD,
+        ENDPOINT_INGRESS_ISOLATED,
+        &allows,
+    );
     let prefix_len = match family {
         Family::V4 => 32,
         Family::V6 => 128,
@@ -2224,7 +2363,13 @@ fn setup_service_backend(flags: u32, allows: &[Allow]) -> Datapath {
     let mut dp = setup_service_client(flags, allows);
     let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, &POD, flags, allows);
     dp.set_endpoint_id(client);
-    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, &[v4(PEER4)], ISOLATED, &[]);
+    dp.setup_endpoint(
+        setup_test_ifindex(),
+        BACKEND_EP,
+        &[v4(PEER4)],
+        ISOLATED,
+        &[],
+    );
     dp
 }
 
@@ -2423,7 +2568,7 @@ fn reply_from_a_cluster_ip_passes_an_ingress_isolated_client() {
         &dp,
         ct_key(Direction::Egress, TCP, v4(POD4), v4(CLUSTER4), 40000, 80),
         0,
-        CT_SERVICE,
+        CT_SERVICE | CT_REPLIED,
     );
     check_only_counters(
         &dp,
@@ -2489,11 +2634,23 @@ fn later_marked_packet_rides_on_the_post_dnat_entry() {
 fn marked_packet_still_to_the_cluster_ip_is_decided_by_policy_and_leaves_the_entry() {
     let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[egress_to_backends()]);
     // from_pod runs on the client's veth; here the test interface stands in for it.
-    let client = dp.setup_endpoint(setup_test_ifindex(), EP, &POD, ENDPOINT_EGRESS_ISOLATED, &[]);
+    let client = dp.setup_endpoint(
+        setup_test_ifindex(),
+        EP,
+        &POD,
+        ENDPOINT_EGRESS_ISOLATED,
+        &[],
+    );
     let frame = pkt_tcp4(POD4, CLUSTER4, 40000, 80, SYN);
     let (action, mark) = dp.run_with_mark(names::FROM_POD_PROG, &frame, 0);
     assert_eq!((action, mark), (PASS, svc_mark(0, EP)));
-    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, &[v4(PEER4)], ISOLATED, &[]);
+    dp.setup_endpoint(
+        setup_test_ifindex(),
+        BACKEND_EP,
+        &[v4(PEER4)],
+        ISOLATED,
+        &[],
+    );
     dp.set_endpoint_id(client);
     // No Service port matched, so kube-proxy left the ClusterIP in place: the uplink's
     // svc_egress sees the packet as from_pod did, and no rule allows the ClusterIP.
@@ -2555,7 +2712,13 @@ fn ipv6_cluster_ip_is_deferred_and_decided_after_dnat() {
     assert_eq!((action, mark), (PASS, svc_mark(0, EP)));
     let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, &POD, ENDPOINT_EGRESS_ISOLATED, &allows);
     dp.set_endpoint_id(client);
-    dp.setup_endpoint(setup_test_ifindex(), BACKEND_EP, &[v4(PEER4)], ISOLATED, &[]);
+    dp.setup_endpoint(
+        setup_test_ifindex(),
+        BACKEND_EP,
+        &[v4(PEER4)],
+        ISOLATED,
+        &[],
+    );
     let (action, mark) = dp.run_with_mark(
         names::SVC_EGRESS_PROG,
         &pkt_tcp6(POD6, PEER6, 40000, 8080, SYN),
@@ -2608,4 +2771,267 @@ fn hairpin_through_the_own_service_reaches_an_isolated_client() {
         ],
     );
     check_no_events(&mut dp);
+}
+
+// ---- source validation ----
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn packets_from_another_source_are_spoofed_isolated_or_not() {
+    for flags in [0, ISOLATED] {
+        let mut dp = setup_with(
+            flags,
+            &[allow(
+                Direction::Egress,
+                ANY_PEER_CLASS,
+                ANY_PROTOCOL,
+                0,
+                0,
+                1,
+            )],
+        );
+        let frames = [
+            pkt_tcp4(PEER4, OTHER4, 40000, 80, SYN),
+            pkt_tcp4(HOST4, PEER4, 40000, 80, SYN),
+            pkt_tcp6(PEER6, OTHER6, 40000, 80, SYN),
+            pkt_tcp6(Ipv6Addr::UNSPECIFIED, OTHER6, 40000, 80, SYN),
+            pkt_ip4(&Ip4::new(OTHER4, PEER4, UDP), &pkt_udp(53, 53, 8)),
+        ];
+        for frame in &frames {
+            check_verdict(&mut dp, Direction::Egress, frame, Err(DropReason::Spoofed));
+        }
+        assert!(dp.conntrack().is_empty(), "a spoofed packet tracks nothing");
+        let events = dp.events();
+        assert_eq!(events.len(), frames.len());
+        assert!(events.iter().all(|event| event.endpoint_id == EP));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn own_and_link_local_sources_pass() {
+    let mut dp = setup_with(0, &[]);
+    let frames = [
+        pkt_tcp4(POD4, PEER4, 40000, 80, SYN),
+        pkt_tcp6(POD6, PEER6, 40000, 80, SYN),
+        pkt_tcp6(LINK_LOCAL6, PEER6, 40000, 80, SYN),
+    ];
+    for frame in &frames {
+        check_verdict(&mut dp, Direction::Egress, frame, Ok(Verdict::NotIsolated));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn a_forged_reply_does_not_ride_on_another_flow() {
+    let mut dp = setup_web();
+    // PEER4 -> POD4:80 is an allowed, tracked flow of EP.
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_tcp4(PEER4, POD4, 40000, 80, SYN),
+        Ok(Verdict::Policy),
+    );
+    // The pod cannot answer as someone else, even on that flow's tuple.
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &pkt_tcp4(OTHER4, PEER4, 80, 40000, SYN | ACK),
+        Err(DropReason::Spoofed),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn an_exempted_endpoint_may_send_from_any_source() {
+    let mut dp = setup_with(ENDPOINT_ANY_SOURCE, &[]);
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &pkt_tcp4(OTHER4, PEER4, 40000, 80, SYN),
+        Ok(Verdict::NotIsolated),
+    );
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &pkt_arp_from(OTHER4, PEER4),
+        Ok(Verdict::Exempt),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn frames_that_are_not_ip_drop_where_isolated() {
+    let raw = pkt_eth(0x88b5, &[0; 46]);
+    let mut dp = setup_with(ENDPOINT_EGRESS_ISOLATED, &[]);
+    check_verdict(&mut dp, Direction::Egress, &raw, Err(DropReason::NotIp));
+    check_verdict(&mut dp, Direction::Ingress, &raw, Ok(Verdict::NotIsolated));
+    let mut dp = setup_with(ENDPOINT_INGRESS_ISOLATED, &[]);
+    check_verdict(&mut dp, Direction::Ingress, &raw, Err(DropReason::NotIp));
+    check_one_event(&mut dp, Err(DropReason::NotIp), 0);
+}
+
+// ---- node addresses ----
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn egress_to_a_node_address_is_deferred_and_its_replies_pass() {
+    let mut dp = setup_with(ISOLATED, &[]);
+    let frame = pkt_tcp4(POD4, HOST4, 40000, 30080, SYN);
+    let (action, mark) = dp.run_with_mark(names::FROM_POD_PROG, &frame, 0);
+    assert_eq!(action, PASS);
+    assert_eq!(svc_pending(mark), Some(EP));
+    check_one_flow(
+        &dp,
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(HOST4), 40000, 30080),
+        0,
+        CT_SERVICE | CT_HOST,
+    );
+    let (action, mark) = dp.run_with_mark(
+        names::FROM_POD_PROG,
+        &pkt_tcp4(POD4, HOST4, 40000, 30080, ACK),
+        0,
+    );
+    assert_eq!((action, svc_pending(mark)), (PASS, Some(EP)));
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_tcp4(HOST4, POD4, 30080, 40000, SYN | ACK),
+        Ok(Verdict::Reply),
+    );
+    check_only_counters(
+        &dp,
+        &[
+            (Direction::Egress, Ok(Verdict::Host), 2),
+            (Direction::Ingress, Ok(Verdict::Reply), 1),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn a_node_address_translated_to_a_denied_backend_drops_after_dnat() {
+    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[]);
+    // kube-proxy translated HOST4:30080 (deferred by from_pod) to the backend PEER4:8080.
+    let (action, _) = dp.run_with_mark(
+        names::SVC_EGRESS_PROG,
+        &pkt_tcp4(POD4, PEER4, 40000, 8080, SYN),
+        svc_mark(0, EP),
+    );
+    assert_eq!(action, DROP);
+    assert_eq!(
+        dp.counter(EP, Direction::Egress, code(Err(DropReason::PolicyDenied)))
+            .packets,
+        1
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn a_cluster_ip_that_is_also_a_node_address_is_a_service() {
+    let mut dp = setup_service_client(ENDPOINT_EGRESS_ISOLATED, &[]);
+    dp.set_host(v4(CLUSTER4));
+    let (action, mark) = dp.run_with_mark(
+        names::FROM_POD_PROG,
+        &pkt_tcp4(POD4, CLUSTER4, 40000, 80, SYN),
+        0,
+    );
+    assert_eq!((action, svc_pending(mark)), (PASS, Some(EP)));
+    check_only_counters(&dp, &[(Direction::Egress, Ok(Verdict::Service), 1)]);
+}
+
+// ---- ICMP errors ----
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn icmp_error_going_elsewhere_than_the_quoted_sender_is_not_related() {
+    let mut dp = setup_with(
+        ISOLATED,
+        &[allow(Direction::Egress, PEER_CLASS, TCP, 80, 80, 5)],
+    );
+    let sent = pkt_tcp4(POD4, PEER4, 40000, 80, SYN);
+    check_verdict(&mut dp, Direction::Egress, &sent, Ok(Verdict::Policy));
+    let right = pkt_icmp4_error(OTHER4, POD4, 3, &sent);
+    check_verdict(&mut dp, Direction::Ingress, &right, Ok(Verdict::Related));
+    // An error from the pod about a packet the pod sent: a pod only reports errors about
+    // packets it received.
+    let from_pod = pkt_icmp4_error(POD4, PEER4, 3, &sent);
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &from_pod,
+        Err(DropReason::PolicyDenied),
+    );
+}
+
+// ---- conntrack ----
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn a_flow_is_confirmed_once_seen_both_ways_and_again() {
+    let mut dp = setup_web();
+    let key = ct_key(Direction::Ingress, TCP, v4(PEER4), v4(POD4), 40000, 80);
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_tcp4(PEER4, POD4, 40000, 80, SYN),
+        Ok(Verdict::Policy),
+    );
+    assert_eq!(dp.flows_in(names::UNCONFIRMED_MAP).len(), 1);
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &pkt_tcp4(POD4, PEER4, 80, 40000, SYN | ACK),
+        Ok(Verdict::Reply),
+    );
+    assert_eq!(dp.flows_in(names::UNCONFIRMED_MAP)[0].1.flags, CT_REPLIED);
+    assert!(dp.flows_in(names::CONNTRACK_MAP).is_empty());
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_tcp4(PEER4, POD4, 40000, 80, ACK),
+        Ok(Verdict::Established),
+    );
+    assert!(dp.flows_in(names::UNCONFIRMED_MAP).is_empty());
+    let confirmed = dp.flows_in(names::CONNTRACK_MAP);
+    assert_eq!(confirmed.len(), 1);
+    assert_eq!(confirmed[0].0, key);
+    assert_eq!(
+        (confirmed[0].1.rule_id, confirmed[0].1.flags),
+        (RULE_WEB, 0)
+    );
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &pkt_tcp4(POD4, PEER4, 80, 40000, ACK),
+        Ok(Verdict::Reply),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn a_flood_of_new_flows_evicts_only_unconfirmed_ones() {
+    let mut dp = setup_with(0, &[]);
+    dp.set_conntrack(
+        ct_key(Direction::Egress, TCP, v4(POD4), v4(PEER4), 40000, 80),
+        policy_common::maps::CtValue {
+            last_seen_ns: monotonic_ns(),
+            rule_id: 0,
+            flags: 0,
+        },
+    );
+    let capacity = policy_common::maps::MAX_UNCONFIRMED as usize;
+    for i in 0..capacity + capacity / 4 {
+        let source = Ipv4Addr::from(0x0a64_0000 + i as u32);
+        let frame = pkt_tcp4(source, POD4, 1024 + (i % 60000) as u16, 80, SYN);
+        assert_eq!(dp.run(Direction::Ingress, &frame), PASS);
+    }
+    assert_eq!(dp.flows_in(names::CONNTRACK_MAP).len(), 1);
+    assert!(dp.flows_in(names::UNCONFIRMED_MAP).len() <= capacity);
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_tcp4(PEER4, POD4, 80, 40000, ACK),
+        Ok(Verdict::Reply),
+    );
 }

@@ -377,7 +377,11 @@ impl Datapath {
 
     pub fn clear_conntrack(&mut self) {
         for name in [names::CONNTRACK_MAP, names::UNCONFIRMED_MAP] {
-            let keys: Vec<CtKey> = self.flows_in(name).into_iter().map(|(key, _)| key).collect();
+            let keys: Vec<CtKey> = self
+                .flows_in(name)
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
             let mut map: HashMap<&mut MapData, CtKey, CtValue> =
                 HashMap::try_from(self.map(name)).expect("conntrack map");
             for key in keys {

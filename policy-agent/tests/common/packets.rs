@@ -37,9 +37,16 @@ pub fn pkt_vlan(vlan_id: u16, ethertype: u16, payload: &[u8]) -> Vec<u8> {
 
 /// An ARP request frame.
 pub fn pkt_arp() -> Vec<u8> {
+    pkt_arp_from(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2))
+}
+
+/// An ARP request from `sender` asking for `target`.
+pub fn pkt_arp_from(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
-    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 10, 0, 0, 1]);
-    arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    arp.extend_from_slice(&sender.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target.octets());
     pkt_eth(ETH_P_ARP, &arp)
 }
 
@@ -154,6 +161,7 @@ pub struct Ip6 {
     pub src: Ipv6Addr,
     pub dst: Ipv6Addr,
     pub protocol: u8,
+    pub hop_limit: u8,
     pub extensions: Vec<Ext>,
 }
 
@@ -163,6 +171,7 @@ impl Ip6 {
             src,
             dst,
             protocol,
+            hop_limit: 64,
             extensions: Vec::new(),
         }
     }
@@ -183,7 +192,7 @@ impl Ip6 {
             .map_or(self.protocol, |ext| ext.number());
         let mut out = vec![0x60, 0, 0, 0];
         out.extend_from_slice(&((chain.len() + payload_len) as u16).to_be_bytes());
-        out.extend_from_slice(&[first, 64]);
+        out.extend_from_slice(&[first, self.hop_limit]);
         out.extend_from_slice(&self.src.octets());
         out.extend_from_slice(&self.dst.octets());
         out.extend_from_slice(&chain);
