@@ -2,7 +2,8 @@
 //!
 //! A fixed-seed random policy (several endpoints, peer CIDRs with excepts, any-peer and
 //! any-protocol rules, port ranges) is encoded into the maps the way the agent does it, and
-//! 100,000 packets of every kind (valid, then byte flips, truncations and length-field lies) go
+//! 100,000 packets of every kind (valid, forged sources, ARP and neighbour discovery claiming
+//! other addresses, then byte flips, truncations and length-field lies) go
 //! through `from_pod` and `to_pod`. For every packet the reference below parses the frame with
 //! `etherparse` and decides against the rules as CIDRs and port ranges, never through the map
 //! encoding; the program's action, the counter slot it bumps and the event it reports must
@@ -320,13 +321,26 @@ struct Datagram {
 #[derive(Clone, Copy, Debug)]
 enum Parsed {
     NonIp,
-    NeighbourDiscovery,
+    /// ARP for IPv4 over Ethernet, with the sender's address.
+    Arp(Ipv4Addr),
+    /// ICMPv6 types 133 to 137 with code 0 and hop limit 255.
+    NeighbourDiscovery(Neighbour),
     Flow(Datagram),
     /// A non-first fragment: addresses, the protocol field and the id.
     Later(Datagram),
     IcmpError(Datagram, Option<Tuple>),
     Malformed,
     Unparsed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Neighbour {
+    datagram: Datagram,
+    icmp_type: u8,
+    /// Bytes of the ICMPv6 message.
+    len: usize,
+    /// The target of a solicitation or advertisement, when present.
+    target: Option<Ipv6Addr>,
 }
 
 fn echo_ports(v4: bool, icmp_type: u8, id: u16) -> (u16, u16) {
@@ -359,6 +373,8 @@ fn reference_parse(frame: &[u8]) -> Parsed {
         parse_v4(rest)
     } else if ether_type == EtherType::IPV6 {
         parse_v6(rest)
+    } else if ether_type == EtherType::ARP && rest.len() >= 28 && rest[..6] == [0, 1, 8, 0, 6, 4] {
+        Parsed::Arp(Ipv4Addr::new(rest[14], rest[15], rest[16], rest[17]))
     } else {
         Parsed::NonIp
     }
@@ -388,7 +404,7 @@ fn parse_v4(packet: &[u8]) -> Parsed {
     }
     datagram.first_fragment = ip.more_fragments();
     let protocol = datagram.tuple.protocol;
-    parse_l4(&packet[ip.slice().len()..], datagram, protocol, true)
+    parse_l4(&packet[ip.slice().len()..], datagram, protocol, None)
 }
 
 fn parse_v6(packet: &[u8]) -> Parsed {
@@ -408,6 +424,7 @@ fn parse_v6(packet: &[u8]) -> Parsed {
         fragment_id: 0,
     };
     let mut next = ip.next_header().0;
+    let hop_limit = Some(ip.hop_limit());
     let mut rest = &packet[ip.slice().len()..];
     let is_extension = |n: u8| matches!(n, 0 | 43 | 44 | 51 | 60);
     for _ in 0..WALKED_EXTENSIONS {
@@ -441,17 +458,19 @@ fn parse_v6(packet: &[u8]) -> Parsed {
                 next = fragment.next_header().0;
                 rest = &rest[fragment.slice().len()..];
             }
-            _ => return parse_l4(rest, datagram, next, false),
+            _ => return parse_l4(rest, datagram, next, hop_limit),
         }
     }
     if is_extension(next) {
         Parsed::Unparsed
     } else {
-        parse_l4(rest, datagram, next, false)
+        parse_l4(rest, datagram, next, hop_limit)
     }
 }
 
-fn parse_l4(l4: &[u8], mut datagram: Datagram, protocol: u8, v4: bool) -> Parsed {
+/// `hop_limit` is the IPv6 header's, `None` for IPv4.
+fn parse_l4(l4: &[u8], mut datagram: Datagram, protocol: u8, hop_limit: Option<u8>) -> Parsed {
+    let v4 = hop_limit.is_none();
     datagram.tuple.protocol = protocol;
     match protocol {
         TCP => {
@@ -488,19 +507,29 @@ fn parse_l4(l4: &[u8], mut datagram: Datagram, protocol: u8, v4: bool) -> Parsed
             datagram.tuple.dst_port = u16::from_be_bytes([l4[2], l4[3]]);
             Parsed::Flow(datagram)
         }
-        ICMP if v4 => parse_icmp(l4, datagram, true),
-        ICMPV6 if !v4 => parse_icmp(l4, datagram, false),
+        ICMP if v4 => parse_icmp(l4, datagram, None),
+        ICMPV6 if !v4 => parse_icmp(l4, datagram, hop_limit),
         _ => Parsed::Flow(datagram),
     }
 }
 
-fn parse_icmp(icmp: &[u8], mut datagram: Datagram, v4: bool) -> Parsed {
+fn parse_icmp(icmp: &[u8], mut datagram: Datagram, hop_limit: Option<u8>) -> Parsed {
+    let v4 = hop_limit.is_none();
     if icmp.len() < 8 {
         return Parsed::Malformed;
     }
     let icmp_type = icmp[0];
-    if !v4 && (133..=137).contains(&icmp_type) {
-        return Parsed::NeighbourDiscovery;
+    if hop_limit == Some(255) && (133..=137).contains(&icmp_type) && icmp[1] == 0 {
+        let target = icmp.get(8..24).map(|bytes| {
+            let octets: [u8; 16] = bytes.try_into().expect("16 bytes");
+            Ipv6Addr::from(octets)
+        });
+        return Parsed::NeighbourDiscovery(Neighbour {
+            datagram,
+            icmp_type,
+            len: icmp.len(),
+            target,
+        });
     }
     let error = if v4 {
         matches!(icmp_type, 3 | 11 | 12)
@@ -623,6 +652,43 @@ fn is_host(ip: IpAddr) -> bool {
     ip == IpAddr::V4(HOST4) || ip == IpAddr::V6(HOST6)
 }
 
+fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// Whether the pod may send from `src` (to `dst`): its own addresses, IPv6 link-local, and the
+/// unspecified address to a multicast group.
+fn own_source(src: IpAddr, dst: IpAddr) -> bool {
+    src == IpAddr::V4(POD4)
+        || src == IpAddr::V6(POD6)
+        || is_link_local(src)
+        || (src == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && dst.is_multicast())
+}
+
+/// Neighbour discovery that passes without a policy decision (`Exempt`, or `Spoofed` when the
+/// pod claims another address); `None` when it is an ordinary ICMPv6 packet.
+fn on_link(neighbour: &Neighbour, direction: Direction) -> Option<Expected> {
+    let tuple = &neighbour.datagram.tuple;
+    let exempt = match neighbour.icmp_type {
+        133 => neighbour.len <= 64,
+        135 | 136 => (24..=64).contains(&neighbour.len),
+        _ => direction == Direction::Ingress && is_link_local(tuple.src),
+    };
+    if !exempt {
+        return None;
+    }
+    if direction == Direction::Egress {
+        let foreign_target = neighbour.icmp_type == 136
+            && neighbour
+                .target
+                .is_none_or(|target| target != POD6 && !is_link_local(IpAddr::V6(target)));
+        if !own_source(tuple.src, tuple.dst) || foreign_target {
+            return Some(Expected::of(Err(DropReason::Spoofed)));
+        }
+    }
+    Some(Expected::of(Ok(Verdict::Exempt)))
+}
+
 fn peer_of(tuple: &Tuple, direction: Direction) -> IpAddr {
     match direction {
         Direction::Egress => tuple.dst,
@@ -637,24 +703,67 @@ impl Reference {
     }
 
     fn decide(&mut self, endpoint: &Endpoint, direction: Direction, frame: &[u8]) -> Expected {
-        let parsed = reference_parse(frame);
-        if matches!(parsed, Parsed::NonIp | Parsed::NeighbourDiscovery) {
-            return Expected::of(Ok(Verdict::Exempt));
-        }
+        let from_pod = direction == Direction::Egress;
+        let parsed = match reference_parse(frame) {
+            Parsed::Arp(sender) => {
+                let own = sender == POD4 || sender.is_unspecified();
+                return if from_pod && !own {
+                    Expected::of(Err(DropReason::Spoofed))
+                } else {
+                    Expected::of(Ok(Verdict::Exempt))
+                };
+            }
+            Parsed::NonIp => {
+                return if endpoint.flags & ENDPOINT_NOT_READY != 0 {
+                    Expected::of(Err(DropReason::NotReady))
+                } else if endpoint.isolated(direction) {
+                    Expected::of(Err(DropReason::NotIp))
+                } else {
+                    Expected::of(Ok(Verdict::NotIsolated))
+                };
+            }
+            Parsed::NeighbourDiscovery(neighbour) => {
+                if let Some(expected) = on_link(&neighbour, direction) {
+                    return expected;
+                }
+                Parsed::Flow(neighbour.datagram)
+            }
+            other => other,
+        };
         if endpoint.flags & ENDPOINT_NOT_READY != 0 {
             return Expected::of(Err(DropReason::NotReady));
         }
         let isolated = endpoint.isolated(direction);
         let datagram = match parsed {
-            Parsed::NonIp | Parsed::NeighbourDiscovery => unreachable!("exempt above"),
-            Parsed::Malformed | Parsed::Unparsed if !isolated => {
+            Parsed::NonIp | Parsed::Arp(_) | Parsed::NeighbourDiscovery(_) => {
+                unreachable!("decided above")
+            }
+            Parsed::Malformed | Parsed::Unparsed if !isolated && !from_pod => {
                 return Expected::of(Ok(Verdict::NotIsolated));
             }
             Parsed::Malformed => return Expected::of(Err(DropReason::Malformed)),
             Parsed::Unparsed => return Expected::of(Err(DropReason::Unparsed)),
             Parsed::Flow(d) | Parsed::Later(d) | Parsed::IcmpError(d, _) => d,
         };
+        if from_pod && !own_source(datagram.tuple.src, datagram.tuple.dst) {
+            return Expected::of(Err(DropReason::Spoofed));
+        }
+        // The pod's own traffic to a node address is deferred (and tracked) like a Service's;
+        // an ICMP error is host traffic either way.
+        let deferred = from_pod && !matches!(parsed, Parsed::IcmpError(..));
         if is_host(peer_of(&datagram.tuple, direction)) {
+            let is_flow = matches!(parsed, Parsed::Flow(_));
+            if deferred {
+                return self.to_host(endpoint, &datagram, is_flow);
+            }
+            let reply = FlowKey {
+                endpoint: endpoint.id,
+                direction: direction.opposite(),
+                tuple: datagram.tuple.reversed(),
+            };
+            if is_flow && self.ride(&reply, datagram.tcp_flags) {
+                return Expected::of(Ok(Verdict::Reply));
+            }
             return Expected::of(Ok(Verdict::Host));
         }
         let fragment_key = FragmentKey {
@@ -696,6 +805,20 @@ impl Reference {
             );
         }
         expected
+    }
+
+    /// A packet from the pod to a node address: deferred; a flow is tracked so replies pass.
+    fn to_host(&mut self, endpoint: &Endpoint, datagram: &Datagram, is_flow: bool) -> Expected {
+        let key = FlowKey {
+            endpoint: endpoint.id,
+            direction: Direction::Egress,
+            tuple: datagram.tuple,
+        };
+        if is_flow && !self.ride(&key, datagram.tcp_flags) {
+            let closing = datagram.tuple.protocol == TCP && datagram.tcp_flags & (FIN | RST) != 0;
+            self.flows.insert(key, FlowState { closing });
+        }
+        Expected::of(Ok(Verdict::Host))
     }
 
     fn allowing_rules(endpoint: &Endpoint, direction: Direction, tuple: &Tuple) -> Vec<u32> {
@@ -778,7 +901,11 @@ impl Reference {
         quote: Option<Tuple>,
         isolated: bool,
     ) -> Expected {
-        if let Some(quote) = quote {
+        let back_to_sender = |quote: &Tuple| {
+            datagram.tuple.dst == quote.src
+                && (direction == Direction::Ingress || datagram.tuple.src == quote.dst)
+        };
+        if let Some(quote) = quote.filter(back_to_sender) {
             let as_sent = FlowKey {
                 endpoint: endpoint.id,
                 direction: direction.opposite(),
@@ -920,6 +1047,37 @@ impl Generator {
         }
     }
 
+    /// A neighbour discovery message of any type, on the link or not, small or padded, from
+    /// and about the pod's own address or not.
+    fn neighbour(&mut self, direction: Direction) -> Vec<u8> {
+        let link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 7);
+        let pod_side = *[POD6, POD6, link_local, Ipv6Addr::UNSPECIFIED, PEERS6[0]]
+            .choose(&mut self.rng)
+            .expect("sources");
+        let IpAddr::V6(peer) = self.peer(false) else {
+            unreachable!("an IPv6 peer")
+        };
+        let far_side = *[peer, Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), link_local]
+            .choose(&mut self.rng)
+            .expect("destinations");
+        let (src, dst) = match direction {
+            Direction::Egress => (pod_side, far_side),
+            Direction::Ingress => (far_side, pod_side),
+        };
+        let mut ip = Ip6::new(src, dst, ICMPV6);
+        ip.hop_limit = *[255, 255, 255, 64]
+            .choose(&mut self.rng)
+            .expect("hop limits");
+        let icmp_type = self.rng.random_range(133..=137);
+        let target = *[POD6, link_local, PEERS6[0]]
+            .choose(&mut self.rng)
+            .expect("targets");
+        let mut body = target.octets().to_vec();
+        let padding = *[0, 8, 16, 40, 199].choose(&mut self.rng).expect("paddings");
+        body.resize(body.len() + padding, 0x01);
+        pkt_ip6(&ip, &pkt_icmp(icmp_type, 0, 0, &body))
+    }
+
     fn frame(&mut self, tuple: &Tuple, l4: &[u8], extensions: Vec<Ext>) -> Vec<u8> {
         match (tuple.src, tuple.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
@@ -1025,14 +1183,15 @@ impl Generator {
             }
             (78..82, _) => {
                 let direction = random_direction(&mut self.rng);
-                match self.rng.random_range(0..3) {
-                    0 => (direction, pkt_arp()),
-                    1 => {
-                        let tuple = self.new_tuple(direction, ICMPV6, false);
-                        let icmp_type = self.rng.random_range(133..=137);
-                        let l4 = pkt_icmp(icmp_type, 0, 0, &[0; 16]);
-                        (direction, self.frame(&tuple, &l4, Vec::new()))
+                match self.rng.random_range(0..4) {
+                    0 => {
+                        let sender = *[POD4, POD4, Ipv4Addr::UNSPECIFIED, PEERS4[0]]
+                            .choose(&mut self.rng)
+                            .expect("senders");
+                        (direction, pkt_arp_from(sender, PEERS4[1]))
                     }
+                    1 => (direction, self.neighbour(direction)),
+                    2 => (direction, pkt_eth(0x88b5, &[0; 46])),
                     _ => (direction, pkt_eth(0x9100, &[0; 46])),
                 }
             }
@@ -1044,6 +1203,25 @@ impl Generator {
                 (direction, self.frame(&tuple, &l4, Vec::new()))
             }
             (85..93, _) => self.fragment(v4),
+            (93..96, _) => {
+                // The pod forges its source: a peer's, the node's, any, or the unspecified one.
+                let protocol = *[TCP, UDP, ICMP].choose(&mut self.rng).expect("protocols");
+                let protocol = if protocol == ICMP && !v4 {
+                    ICMPV6
+                } else {
+                    protocol
+                };
+                let mut tuple = self.new_tuple(Direction::Egress, protocol, v4);
+                tuple.src = match (v4, self.rng.random_range(0..4)) {
+                    (true, 0) => IpAddr::V4(HOST4),
+                    (false, 0) => IpAddr::V6(HOST6),
+                    (true, 1) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    (false, 1) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    _ => self.peer(v4),
+                };
+                let l4 = self.l4(&tuple);
+                (Direction::Egress, self.frame(&tuple, &l4, Vec::new()))
+            }
             _ => {
                 let direction = random_direction(&mut self.rng);
                 let protocol = *[TCP, UDP, SCTP, ICMPV6]

@@ -113,7 +113,14 @@ fn run(ctx: &TcContext, hook: Hook) -> i32 {
     if hook == Hook::FromPod && matches!(decision.result, Ok(Verdict::Service | Verdict::Host)) {
         ctx.set_mark(svc_mark(mark(ctx), endpoint.endpoint_id));
     }
-    account(ctx, &endpoint, ifindex, hook.direction(), &packet, &decision)
+    account(
+        ctx,
+        &endpoint,
+        ifindex,
+        hook.direction(),
+        &packet,
+        &decision,
+    )
 }
 
 /// Where a decision is made.

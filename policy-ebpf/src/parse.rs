@@ -389,9 +389,7 @@ fn parse_l4(
         IPPROTO_UDP => ports::<8>(ctx, offset, packet),
         IPPROTO_SCTP => ports::<12>(ctx, offset, packet),
         IPPROTO_ICMP if packet.family == FAMILY_V4 => parse_icmp(ctx, offset, 0, packet),
-        IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => {
-            parse_icmp(ctx, offset, hop_limit, packet)
-        }
+        IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => parse_icmp(ctx, offset, hop_limit, packet),
         _ => Ok(Shape::Flow),
     }
 }
