@@ -33,6 +33,11 @@
 //!   of a TCX link atomically: every packet sees either the old program or the new one, never
 //!   none. Only then is the program pin replaced.
 //! - Link pins whose interface is gone (the kernel leaves such TCX links defunct) are removed.
+//! - When a map other than the flow and telemetry maps starts empty (a new layout) while
+//!   interfaces are managed, every managed interface is held closed in the new maps before any
+//!   link switches (see [`upgrade`]); the first [`Datapath::sync`] writes the real state.
+//! - Flow state (connection tracking, fragments) of endpoint ids no endpoint entry holds is
+//!   deleted, once the packets in flight have finished.
 //!
 //! TCX needs Linux 6.6; there is no clsact fallback, and [`Datapath::attach`] fails on older
 //! kernels.
@@ -62,6 +67,8 @@ mod links;
 mod record;
 mod sync;
 mod telemetry;
+mod tracking;
+mod upgrade;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -75,16 +82,19 @@ use aya::{
     programs::{ProgramInfo, SchedClassifier, TcAttachType},
 };
 use policy_common::{
-    maps::{Counter, EndpointInfo, HostAddrKey, PeerClass, PolicyKey, PolicyValue},
+    maps::{
+        Counter, CtKey, CtValue, EndpointInfo, FragKey, FragValue, HostAddrKey, PeerClass,
+        PolicyKey, PolicyValue,
+    },
     names::{
-        ALL_MAPS, COUNTERS_MAP, ENDPOINT_IDS_MAP, ENDPOINTS_MAP, EVENTS_MAP, FROM_POD_PROG,
-        HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP, SVC_EGRESS_PROG,
-        TO_POD_PROG,
+        ALL_MAPS, CONNTRACK_MAP, COUNTERS_MAP, ENDPOINT_IDS_MAP, ENDPOINTS_MAP, EVENTS_MAP,
+        FRAGMENTS_MAP, FROM_POD_PROG, HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP,
+        SERVICES_MAP, SVC_EGRESS_PROG, TO_POD_PROG,
     },
 };
 use tracing::{info, warn};
 
-use self::{bpffs::PinLayout, record::Record};
+use self::{bpffs::PinLayout, record::Record, tracking::FlowMap};
 pub use self::{
     bpffs::{BPFFS_ROOT, ensure_bpffs},
     error::{ApplyError, DatapathError, UpdateError},
@@ -172,6 +182,14 @@ pub struct OpenReport {
     pub removed_maps: Vec<String>,
     /// Map pins of a current name but another layout, replaced by new empty maps.
     pub replaced_maps: Vec<String>,
+    /// Maps that started empty: every map on a first start, the replaced ones, and maps of a
+    /// name no pin had.
+    pub created_maps: Vec<String>,
+    /// Interfaces held closed because maps the programs decide by started empty while they
+    /// were managed; the first [`Datapath::sync`] gives them their real entries.
+    pub held_closed: Vec<u32>,
+    /// Flow-state entries deleted because no endpoint holds their endpoint id.
+    pub forgotten_flows: usize,
     /// Pinned programs kept as they were.
     pub adopted_programs: Vec<Hook>,
     /// Programs newly pinned (first start, or replacing a different pinned program).
@@ -200,6 +218,8 @@ struct Maps {
     endpoint_ids: Array<MapData, EndpointInfo>,
     counters: PerCpuArray<MapData, Counter>,
     events: Option<RingBuf<MapData>>,
+    /// Every map keyed by the flows of an endpoint id, emptied of an id when it is freed.
+    flows: Vec<Box<dyn FlowMap>>,
 }
 
 /// The loaded and pinned datapath of one node.
@@ -230,13 +250,36 @@ impl Datapath {
             removed_maps: bpffs::remove_unknown_map_pins(&layout.maps)?,
             ..OpenReport::default()
         };
+        let pinned_before = bpffs::pin_names(&layout.maps)?;
         let mut ebpf = load_object(&layout, object, &mut report.replaced_maps)?;
-        let maps = take_maps(&mut ebpf)?;
+        report.created_maps = ALL_MAPS
+            .iter()
+            .filter(|name| {
+                !pinned_before.iter().any(|pinned| pinned == *name)
+                    || report
+                        .replaced_maps
+                        .iter()
+                        .any(|replaced| replaced == *name)
+            })
+            .map(|name| (*name).to_owned())
+            .collect();
+        let mut maps = take_maps(&mut ebpf)?;
         let pinned_map_ids = pinned_map_ids(&layout)?;
 
         let (adopted_links, removed_links) = links::prune_defunct(&layout)?;
         report.adopted_links = adopted_links;
         report.removed_links = removed_links;
+
+        // Before any link can switch to programs that read the new maps.
+        let mut record = Record::load(&config.state_file)?;
+        let held = upgrade::hold_closed(
+            &mut maps,
+            &layout,
+            &mut record,
+            &config.state_file,
+            &report.created_maps,
+        )?;
+        report.held_closed = held.interfaces;
 
         let from_pod = install_program(
             &mut ebpf,
@@ -264,10 +307,10 @@ impl Datapath {
             program_id(&to_pod, Hook::ToPod)?,
             program_id(&svc_egress, Hook::SvcEgress)?,
         ];
-        let record = Record::load(&config.state_file)?;
         info!(
             pin_dir = %layout.root.display(),
             replaced_maps = ?report.replaced_maps,
+            created_maps = ?report.created_maps,
             adopted_programs = ?report.adopted_programs,
             installed_programs = ?report.installed_programs,
             adopted_links = report.adopted_links.len(),
@@ -275,7 +318,14 @@ impl Datapath {
             endpoints = record.endpoints.len(),
             "datapath open"
         );
-        Ok(Datapath {
+        if !report.held_closed.is_empty() {
+            warn!(
+                interfaces = ?report.held_closed,
+                "maps of a new layout start empty: every managed interface denies all its \
+                 traffic until the first reconcile"
+            );
+        }
+        let mut datapath = Datapath {
             config,
             layout,
             maps,
@@ -283,7 +333,9 @@ impl Datapath {
             program_ids,
             record,
             report,
-        })
+        };
+        datapath.report.forgotten_flows = datapath.forget_unused_ids(&held.reassigned)?;
+        Ok(datapath)
     }
 
     pub fn config(&self) -> &DatapathConfig {
@@ -380,6 +432,10 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         endpoint_ids: typed!(ENDPOINT_IDS_MAP),
         counters: typed!(COUNTERS_MAP),
         events: Some(typed!(EVENTS_MAP)),
+        flows: vec![
+            tracking::take::<CtKey, CtValue>(ebpf, CONNTRACK_MAP)?,
+            tracking::take::<FragKey, FragValue>(ebpf, FRAGMENTS_MAP)?,
+        ],
     })
 }
 
