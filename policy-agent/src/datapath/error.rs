@@ -88,6 +88,12 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot read which maps program {name} uses")]
+    ProgramMaps {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot pin program {name} at {path}")]
     PinProgram {
         name: &'static str,

@@ -72,14 +72,15 @@ mod upgrade;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
+    fmt, io,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::PathBuf,
 };
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
-    programs::{ProgramInfo, SchedClassifier, TcAttachType},
+    programs::{SchedClassifier, TcAttachType},
 };
 use policy_common::{
     maps::{
@@ -466,28 +467,94 @@ fn program_id(program: &SchedClassifier, hook: Hook) -> Result<u32, DatapathErro
 /// Whether a pinned program can stay: same instructions (the tag ignores map fds) and every
 /// pinned map the new program uses is one the pinned program uses.
 fn same_program(
-    pinned: &ProgramInfo,
-    fresh: &ProgramInfo,
+    pinned: &SchedClassifier,
+    fresh: &SchedClassifier,
     pinned_maps: &BTreeSet<u32>,
     hook: Hook,
 ) -> Result<bool, DatapathError> {
-    if pinned.tag() != fresh.tag() {
+    let tag = |program: &SchedClassifier| -> Result<u64, DatapathError> {
+        Ok(program.info().map_err(program_error(hook))?.tag())
+    };
+    if tag(pinned)? != tag(fresh)? {
         return Ok(false);
     }
-    let pinned_uses: BTreeSet<u32> = pinned
-        .map_ids()
-        .map_err(program_error(hook))?
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let fresh_uses = fresh
-        .map_ids()
-        .map_err(program_error(hook))?
-        .unwrap_or_default();
-    Ok(fresh_uses
+    let map_ids = |program: &SchedClassifier| -> Result<Vec<u32>, DatapathError> {
+        let fd = program.fd().map_err(program_error(hook))?;
+        program_map_ids(fd.as_fd()).map_err(|source| DatapathError::ProgramMaps {
+            name: hook.program_name(),
+            source,
+        })
+    };
+    let pinned_uses: BTreeSet<u32> = map_ids(pinned)?.into_iter().collect();
+    Ok(map_ids(fresh)?
         .iter()
         .filter(|id| pinned_maps.contains(id))
         .all(|id| pinned_uses.contains(id)))
+}
+
+/// The ids of the maps a program uses, read through its own descriptor with
+/// `BPF_OBJ_GET_INFO_BY_FD`. aya's `ProgramInfo::map_ids` reopens the program by id instead,
+/// which takes CAP_SYS_ADMIN.
+fn program_map_ids(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    /// `struct bpf_prog_info` up to `map_ids`; the kernel fills no more than it is given.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgInfoHead {
+        prog_type: u32,
+        id: u32,
+        tag: [u8; 8],
+        jited_prog_len: u32,
+        xlated_prog_len: u32,
+        jited_prog_insns: u64,
+        xlated_prog_insns: u64,
+        load_time: u64,
+        created_by_uid: u32,
+        nr_map_ids: u32,
+        map_ids: u64,
+    }
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let bpf_fd =
+        u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let mut ids = vec![0u32; ALL_MAPS.len()];
+    loop {
+        let mut info = ProgInfoHead {
+            nr_map_ids: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            map_ids: ids.as_mut_ptr() as u64,
+            ..ProgInfoHead::default()
+        };
+        let attr = InfoAttr {
+            bpf_fd,
+            info_len: size_of::<ProgInfoHead>() as u32,
+            info: &raw mut info as u64,
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix for this command; `info` and `ids` outlive
+        // the call, and the kernel writes at most `info_len` bytes to `info` and at most
+        // `nr_map_ids` ids to `ids`.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                &raw const attr,
+                size_of::<InfoAttr>(),
+            )
+        };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let used = info.nr_map_ids as usize;
+        if used <= ids.len() {
+            ids.truncate(used);
+            return Ok(ids);
+        }
+        ids = vec![0; used];
+    }
 }
 
 /// Loads one program of the object and keeps the pinned one or replaces it (see the module
@@ -510,8 +577,8 @@ fn install_program(
     let pin = layout.programs.join(name);
     let pinned_maps: BTreeSet<u32> = pinned_map_ids.values().copied().collect();
     let keep = if pin.exists() {
-        let pinned_info = ProgramInfo::from_pin(&pin).map_err(program_error(hook))?;
-        same_program(&pinned_info, &fresh_info, &pinned_maps, hook)?
+        let pinned = SchedClassifier::from_pin(&pin).map_err(program_error(hook))?;
+        same_program(&pinned, fresh, &pinned_maps, hook)?
     } else {
         false
     };
