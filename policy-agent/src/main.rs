@@ -3,7 +3,7 @@
 use std::{
     io::{self, IsTerminal as _},
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
 };
 
@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use policy_agent::{
     agent::{self, DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, RunConfig, Source},
     cli::{self, flows::FlowsOptions},
-    datapath::DEFAULT_PIN_DIR,
+    datapath::{BPFFS_ROOT, DEFAULT_PIN_DIR, ensure_bpffs},
     explain::{self, ExplainOptions, OutputFormat},
     manifest,
     policy::model::Protocol,
@@ -41,6 +41,9 @@ enum Command {
         /// The manifest directory.
         dir: PathBuf,
     },
+    /// Mount bpffs at /sys/fs/bpf unless it is mounted there, and exit (the DaemonSet's init
+    /// container, the one privileged step, runs this).
+    MountBpffs,
 }
 
 #[derive(clap::Args)]
@@ -227,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Generation { dir } => println!("{}", manifest::generation(&dir)?),
+        Command::MountBpffs => ensure_bpffs(Path::new(BPFFS_ROOT))?,
     }
     Ok(())
 }

@@ -138,9 +138,35 @@ struct Agent {
 
 impl Agent {
     fn start(node: &Node, dirs: &Dirs, extra: &[&str]) -> Agent {
+        Agent::start_with_capabilities(node, dirs, extra, None)
+    }
+
+    /// Starts the agent as root with only `capabilities` (names as in a Pod's
+    /// `securityContext`) when given, with every capability otherwise.
+    fn start_with_capabilities(
+        node: &Node,
+        dirs: &Dirs,
+        extra: &[&str],
+        capabilities: Option<&[String]>,
+    ) -> Agent {
         let log = fs::File::create(dirs.root.join("agent.log")).expect("agent log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node.netns.name))
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{}", node.netns.name));
+        if let Some(capabilities) = capabilities {
+            // Root's capabilities after exec are its bounding set.
+            let bounding: Vec<String> = std::iter::once("-all".to_owned())
+                .chain(
+                    capabilities
+                        .iter()
+                        .map(|name| format!("+{}", name.to_lowercase())),
+                )
+                .collect();
+            command
+                .arg("setpriv")
+                .arg(format!("--bounding-set={}", bounding.join(",")))
+                .arg("--");
+        }
+        let child = command
             .arg(env!("CARGO_BIN_EXE_policy-agent"))
             .arg("run")
             .arg(format!("--source=files:{}", dirs.manifests.display()))
@@ -582,4 +608,128 @@ fn node_addresses(node: &Node) -> usize {
         .filter_map(|address| address.split('/').next())
         .collect();
     addresses.len()
+}
+
+/// The capabilities `deploy/20-daemonset.yaml` adds to the agent's container, which drops all
+/// others.
+fn daemonset_capabilities() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/20-daemonset.yaml");
+    let text = fs::read_to_string(path).expect("the DaemonSet manifest");
+    let daemonset: serde_norway::Value = serde_norway::from_str(&text).expect("YAML");
+    let container = daemonset["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers")
+        .iter()
+        .find(|container| container["name"].as_str() == Some("policy-agent"))
+        .expect("the policy-agent container");
+    let capabilities = &container["securityContext"]["capabilities"];
+    let names = |list: &serde_norway::Value| -> Vec<String> {
+        list.as_sequence()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(names(&capabilities["drop"]), ["ALL"], "{path}");
+    assert_eq!(
+        container["securityContext"]["privileged"].as_bool(),
+        Some(false),
+        "{path}"
+    );
+    names(&capabilities["add"])
+}
+
+/// The effective capability set of a process, from `/proc/<pid>/status`.
+fn effective_capabilities(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .expect("CapEff line")
+        .trim();
+    u64::from_str_radix(hex, 16).expect("hex capability set")
+}
+
+/// The bit of a capability named as in a Pod's `securityContext`.
+fn capability_bit(name: &str) -> u64 {
+    let number = match name {
+        "NET_ADMIN" => 12,
+        "NET_RAW" => 13,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        other => panic!("capability {other} is not in this table"),
+    };
+    1 << number
+}
+
+/// The agent as the DaemonSet runs it: root with the manifest's capabilities and no others, on
+/// a node whose bpffs is mounted. It loads, pins and attaches, enforces, serves metrics, and
+/// survives a restart into maps of another layout.
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn the_agent_needs_no_more_than_the_daemonsets_capabilities() {
+    let capabilities = daemonset_capabilities();
+    let tag = netns::unique_tag("lc-caps");
+    let node = Node::new(&tag);
+    let dirs = Dirs::new(&tag);
+    let client = node.add_pod(2);
+    let server = node.add_pod(3);
+    dirs.write("namespace.yaml", NAMESPACE);
+    dirs.write("policy.yaml", LOCKED_POLICY);
+    dirs.write("client.yaml", &pod_manifest("client", "role: client", 2));
+    dirs.write("server.yaml", &pod_manifest("server", "role: locked", 3));
+    let _http = EchoServer::tcp(&server.netns, 80);
+    let _other = EchoServer::tcp(&server.netns, 81);
+    let metrics = &["--metrics-addr", "127.0.0.1:9402"];
+    let mut agent = Agent::start_with_capabilities(&node, &dirs, metrics, Some(&capabilities));
+    agent.wait_applied(&dirs);
+    let expected = capabilities
+        .iter()
+        .fold(0, |set, name| set | capability_bit(name));
+    assert_eq!(
+        effective_capabilities(agent.child.id()),
+        expected,
+        "the agent runs with exactly {capabilities:?}"
+    );
+    assert!(tcp_works(&client.netns, to(&server, 80)), "allowed port");
+    assert!(!tcp_works(&client.netns, to(&server, 81)), "denied port");
+    let log = strip_ansi(&dirs.log());
+    assert!(!log.contains(" WARN "), "{log}");
+    let response = node.netns.run(|| {
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9402").ok()?;
+        std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut head = [0; 12];
+        std::io::Read::read_exact(&mut stream, &mut head).ok()?;
+        Some(String::from_utf8_lossy(&head).into_owned())
+    });
+    assert_eq!(
+        response.as_deref(),
+        Some("HTTP/1.1 200"),
+        "metrics are served"
+    );
+
+    // An upgrade whose endpoint map has another layout: the pin is replaced, the links are
+    // switched to the new programs, and the endpoints are held closed until the reconcile.
+    drop(agent);
+    let path = dirs.pins.join("maps").join(ENDPOINTS_MAP);
+    fs::remove_file(&path).expect("unpin");
+    HashMap::<MapData, u32, [u8; 24]>::create(16, 0)
+        .expect("create map")
+        .pin(&path)
+        .expect("pin");
+    let mut agent = Agent::start_with_capabilities(&node, &dirs, &[], Some(&capabilities));
+    fs::remove_file(dirs.state.join("generation")).expect("remove the applied generation");
+    agent.wait_applied(&dirs);
+    assert!(
+        strip_ansi(&dirs.log()).contains("every managed interface denies all its traffic"),
+        "{}",
+        dirs.log()
+    );
+    assert!(tcp_works(&client.netns, to(&server, 80)), "allowed port");
+    assert!(!tcp_works(&client.netns, to(&server, 81)), "denied port");
 }

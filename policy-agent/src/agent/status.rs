@@ -591,6 +591,7 @@ fn update_object(failure: &UpdateError, endpoint_pods: &BTreeMap<u32, PodRef>) -
         UpdateError::ServiceAddrUpsert { .. } | UpdateError::ServiceAddrRemoval { .. } => {
             "ClusterIPs".to_owned()
         }
+        UpdateError::ForgetFlows { map, .. } => format!("map {map}"),
         UpdateError::Datapath(_) => "datapath".to_owned(),
     }
 }

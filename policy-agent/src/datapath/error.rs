@@ -88,6 +88,12 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot read which maps program {name} uses")]
+    ProgramMaps {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot pin program {name} at {path}")]
     PinProgram {
         name: &'static str,
@@ -177,6 +183,25 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("cannot hold interface {ifindex} closed in the endpoint map of a new layout")]
+    HoldClosed {
+        ifindex: u32,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot hold slot {endpoint_id} of the endpoints-by-id map of a new layout closed")]
+    HoldClosedId {
+        endpoint_id: u32,
+        #[source]
+        source: MapError,
+    },
+    #[error("no endpoint id is left for the recorded endpoint of interface {ifindex}")]
+    EndpointIdsExhausted { ifindex: u32 },
+    #[error("cannot delete the flow state of unused endpoint ids")]
+    ForgetUnused {
+        #[source]
+        source: Box<UpdateError>,
+    },
     #[error("the event ring buffer was already taken")]
     EventsTaken,
     #[error("cannot watch the event ring buffer")]
@@ -200,6 +225,12 @@ pub enum UpdateError {
         endpoint_id: u32,
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot delete the entries of freed endpoint ids from map {map}")]
+    ForgetFlows {
+        map: &'static str,
+        #[source]
+        source: MapError,
     },
     #[error("cannot write policy entry {key:?}")]
     PolicyUpsert {

@@ -33,6 +33,11 @@
 //!   of a TCX link atomically: every packet sees either the old program or the new one, never
 //!   none. Only then is the program pin replaced.
 //! - Link pins whose interface is gone (the kernel leaves such TCX links defunct) are removed.
+//! - When a map other than the flow and telemetry maps starts empty (a new layout) while
+//!   interfaces are managed, every managed interface is held closed in the new maps before any
+//!   link switches (see [`upgrade`]); the first [`Datapath::sync`] writes the real state.
+//! - Flow state (connection tracking, fragments) of endpoint ids no endpoint entry holds is
+//!   deleted, once the packets in flight have finished.
 //!
 //! TCX needs Linux 6.6; there is no clsact fallback, and [`Datapath::attach`] fails on older
 //! kernels.
@@ -62,29 +67,35 @@ mod links;
 mod record;
 mod sync;
 mod telemetry;
+mod tracking;
+mod upgrade;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
+    fmt, io,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::PathBuf,
 };
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
-    programs::{ProgramInfo, SchedClassifier, TcAttachType},
+    programs::{SchedClassifier, TcAttachType},
 };
 use policy_common::{
-    maps::{Counter, EndpointInfo, HostAddrKey, PeerClass, PolicyKey, PolicyValue},
+    maps::{
+        Counter, CtKey, CtValue, EndpointInfo, FragKey, FragValue, HostAddrKey, PeerClass,
+        PolicyKey, PolicyValue,
+    },
     names::{
-        ALL_MAPS, COUNTERS_MAP, ENDPOINT_IDS_MAP, ENDPOINTS_MAP, EVENTS_MAP, FROM_POD_PROG,
-        HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP, SVC_EGRESS_PROG,
-        TO_POD_PROG,
+        ALL_MAPS, CONNTRACK_MAP, COUNTERS_MAP, ENDPOINT_IDS_MAP, ENDPOINTS_MAP, EVENTS_MAP,
+        FRAGMENTS_MAP, FROM_POD_PROG, HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP,
+        SERVICES_MAP, SVC_EGRESS_PROG, TO_POD_PROG,
     },
 };
 use tracing::{info, warn};
 
-use self::{bpffs::PinLayout, record::Record};
+use self::{bpffs::PinLayout, record::Record, tracking::FlowMap};
 pub use self::{
     bpffs::{BPFFS_ROOT, ensure_bpffs},
     error::{ApplyError, DatapathError, UpdateError},
@@ -172,6 +183,14 @@ pub struct OpenReport {
     pub removed_maps: Vec<String>,
     /// Map pins of a current name but another layout, replaced by new empty maps.
     pub replaced_maps: Vec<String>,
+    /// Maps that started empty: every map on a first start, the replaced ones, and maps of a
+    /// name no pin had.
+    pub created_maps: Vec<String>,
+    /// Interfaces held closed because maps the programs decide by started empty while they
+    /// were managed; the first [`Datapath::sync`] gives them their real entries.
+    pub held_closed: Vec<u32>,
+    /// Flow-state entries deleted because no endpoint holds their endpoint id.
+    pub forgotten_flows: usize,
     /// Pinned programs kept as they were.
     pub adopted_programs: Vec<Hook>,
     /// Programs newly pinned (first start, or replacing a different pinned program).
@@ -200,6 +219,8 @@ struct Maps {
     endpoint_ids: Array<MapData, EndpointInfo>,
     counters: PerCpuArray<MapData, Counter>,
     events: Option<RingBuf<MapData>>,
+    /// Every map keyed by the flows of an endpoint id, emptied of an id when it is freed.
+    flows: Vec<Box<dyn FlowMap>>,
 }
 
 /// The loaded and pinned datapath of one node.
@@ -230,13 +251,36 @@ impl Datapath {
             removed_maps: bpffs::remove_unknown_map_pins(&layout.maps)?,
             ..OpenReport::default()
         };
+        let pinned_before = bpffs::pin_names(&layout.maps)?;
         let mut ebpf = load_object(&layout, object, &mut report.replaced_maps)?;
-        let maps = take_maps(&mut ebpf)?;
+        report.created_maps = ALL_MAPS
+            .iter()
+            .filter(|name| {
+                !pinned_before.iter().any(|pinned| pinned == *name)
+                    || report
+                        .replaced_maps
+                        .iter()
+                        .any(|replaced| replaced == *name)
+            })
+            .map(|name| (*name).to_owned())
+            .collect();
+        let mut maps = take_maps(&mut ebpf)?;
         let pinned_map_ids = pinned_map_ids(&layout)?;
 
         let (adopted_links, removed_links) = links::prune_defunct(&layout)?;
         report.adopted_links = adopted_links;
         report.removed_links = removed_links;
+
+        // Before any link can switch to programs that read the new maps.
+        let mut record = Record::load(&config.state_file)?;
+        let held = upgrade::hold_closed(
+            &mut maps,
+            &layout,
+            &mut record,
+            &config.state_file,
+            &report.created_maps,
+        )?;
+        report.held_closed = held.interfaces;
 
         let from_pod = install_program(
             &mut ebpf,
@@ -264,10 +308,10 @@ impl Datapath {
             program_id(&to_pod, Hook::ToPod)?,
             program_id(&svc_egress, Hook::SvcEgress)?,
         ];
-        let record = Record::load(&config.state_file)?;
         info!(
             pin_dir = %layout.root.display(),
             replaced_maps = ?report.replaced_maps,
+            created_maps = ?report.created_maps,
             adopted_programs = ?report.adopted_programs,
             installed_programs = ?report.installed_programs,
             adopted_links = report.adopted_links.len(),
@@ -275,7 +319,14 @@ impl Datapath {
             endpoints = record.endpoints.len(),
             "datapath open"
         );
-        Ok(Datapath {
+        if !report.held_closed.is_empty() {
+            warn!(
+                interfaces = ?report.held_closed,
+                "maps of a new layout start empty: every managed interface denies all its \
+                 traffic until the first reconcile"
+            );
+        }
+        let mut datapath = Datapath {
             config,
             layout,
             maps,
@@ -283,7 +334,9 @@ impl Datapath {
             program_ids,
             record,
             report,
-        })
+        };
+        datapath.report.forgotten_flows = datapath.forget_unused_ids(&held.reassigned)?;
+        Ok(datapath)
     }
 
     pub fn config(&self) -> &DatapathConfig {
@@ -380,6 +433,10 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         endpoint_ids: typed!(ENDPOINT_IDS_MAP),
         counters: typed!(COUNTERS_MAP),
         events: Some(typed!(EVENTS_MAP)),
+        flows: vec![
+            tracking::take::<CtKey, CtValue>(ebpf, CONNTRACK_MAP)?,
+            tracking::take::<FragKey, FragValue>(ebpf, FRAGMENTS_MAP)?,
+        ],
     })
 }
 
@@ -410,28 +467,94 @@ fn program_id(program: &SchedClassifier, hook: Hook) -> Result<u32, DatapathErro
 /// Whether a pinned program can stay: same instructions (the tag ignores map fds) and every
 /// pinned map the new program uses is one the pinned program uses.
 fn same_program(
-    pinned: &ProgramInfo,
-    fresh: &ProgramInfo,
+    pinned: &SchedClassifier,
+    fresh: &SchedClassifier,
     pinned_maps: &BTreeSet<u32>,
     hook: Hook,
 ) -> Result<bool, DatapathError> {
-    if pinned.tag() != fresh.tag() {
+    let tag = |program: &SchedClassifier| -> Result<u64, DatapathError> {
+        Ok(program.info().map_err(program_error(hook))?.tag())
+    };
+    if tag(pinned)? != tag(fresh)? {
         return Ok(false);
     }
-    let pinned_uses: BTreeSet<u32> = pinned
-        .map_ids()
-        .map_err(program_error(hook))?
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let fresh_uses = fresh
-        .map_ids()
-        .map_err(program_error(hook))?
-        .unwrap_or_default();
-    Ok(fresh_uses
+    let map_ids = |program: &SchedClassifier| -> Result<Vec<u32>, DatapathError> {
+        let fd = program.fd().map_err(program_error(hook))?;
+        program_map_ids(fd.as_fd()).map_err(|source| DatapathError::ProgramMaps {
+            name: hook.program_name(),
+            source,
+        })
+    };
+    let pinned_uses: BTreeSet<u32> = map_ids(pinned)?.into_iter().collect();
+    Ok(map_ids(fresh)?
         .iter()
         .filter(|id| pinned_maps.contains(id))
         .all(|id| pinned_uses.contains(id)))
+}
+
+/// The ids of the maps a program uses, read through its own descriptor with
+/// `BPF_OBJ_GET_INFO_BY_FD`. aya's `ProgramInfo::map_ids` reopens the program by id instead,
+/// which takes CAP_SYS_ADMIN.
+fn program_map_ids(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    /// `struct bpf_prog_info` up to `map_ids`; the kernel fills no more than it is given.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgInfoHead {
+        prog_type: u32,
+        id: u32,
+        tag: [u8; 8],
+        jited_prog_len: u32,
+        xlated_prog_len: u32,
+        jited_prog_insns: u64,
+        xlated_prog_insns: u64,
+        load_time: u64,
+        created_by_uid: u32,
+        nr_map_ids: u32,
+        map_ids: u64,
+    }
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let bpf_fd =
+        u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let mut ids = vec![0u32; ALL_MAPS.len()];
+    loop {
+        let mut info = ProgInfoHead {
+            nr_map_ids: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            map_ids: ids.as_mut_ptr() as u64,
+            ..ProgInfoHead::default()
+        };
+        let attr = InfoAttr {
+            bpf_fd,
+            info_len: size_of::<ProgInfoHead>() as u32,
+            info: &raw mut info as u64,
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix for this command; `info` and `ids` outlive
+        // the call, and the kernel writes at most `info_len` bytes to `info` and at most
+        // `nr_map_ids` ids to `ids`.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                &raw const attr,
+                size_of::<InfoAttr>(),
+            )
+        };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let used = info.nr_map_ids as usize;
+        if used <= ids.len() {
+            ids.truncate(used);
+            return Ok(ids);
+        }
+        ids = vec![0; used];
+    }
 }
 
 /// Loads one program of the object and keeps the pinned one or replaces it (see the module
@@ -454,8 +577,8 @@ fn install_program(
     let pin = layout.programs.join(name);
     let pinned_maps: BTreeSet<u32> = pinned_map_ids.values().copied().collect();
     let keep = if pin.exists() {
-        let pinned_info = ProgramInfo::from_pin(&pin).map_err(program_error(hook))?;
-        same_program(&pinned_info, &fresh_info, &pinned_maps, hook)?
+        let pinned = SchedClassifier::from_pin(&pin).map_err(program_error(hook))?;
+        same_program(&pinned, fresh, &pinned_maps, hook)?
     } else {
         false
     };

@@ -1,6 +1,6 @@
-//! What the maps cannot say about themselves, kept in a small JSON file beside them: which pod
-//! and addresses each endpoint-map entry (keyed by ifindex) belongs to, and what each rule id
-//! stands for. bpffs holds only BPF objects, so the file lives outside the pin directory (by
+//! What the maps cannot say about themselves, kept in a small JSON file beside them: which pod,
+//! addresses and endpoint id each endpoint-map entry (keyed by ifindex) belongs to, and what each
+//! rule id stands for. bpffs holds only BPF objects, so the file lives outside the pin directory (by
 //! default under `/run`, which, like bpffs, lasts exactly as long as the node's uptime).
 //!
 //! It is written atomically (a temporary file renamed over it) and ahead of the endpoint-map
@@ -25,6 +25,9 @@ use crate::policy::state::{PodRef, RuleRef};
 pub struct EndpointRecord {
     pub pod: PodRef,
     pub ips: Vec<IpAddr>,
+    /// The endpoint's id, so an endpoint map of a new layout can give each endpoint the id its
+    /// flows and counters are kept under; `None` in a file an older build wrote.
+    pub endpoint_id: Option<u32>,
 }
 
 /// The whole record, by ifindex and by rule id.
@@ -95,6 +98,8 @@ struct EndpointEntry {
     namespace: String,
     name: String,
     ips: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint_id: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,6 +129,7 @@ impl From<&Record> for RecordFile {
                     namespace: endpoint.pod.namespace.clone(),
                     name: endpoint.pod.name.clone(),
                     ips: endpoint.ips.clone(),
+                    endpoint_id: endpoint.endpoint_id,
                 })
                 .collect(),
             rules: record
@@ -157,6 +163,7 @@ impl From<RecordFile> for Record {
                             name: entry.name,
                         },
                         ips: entry.ips,
+                        endpoint_id: entry.endpoint_id,
                     };
                     (entry.ifindex, record)
                 })
@@ -195,6 +202,7 @@ mod tests {
                     name: "web-0".into(),
                 },
                 ips: vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+                endpoint_id: Some(4),
             },
         );
         record.rules.insert(
@@ -217,6 +225,18 @@ mod tests {
         record.save(&path).unwrap();
         assert_eq!(Record::load(&path).unwrap(), record);
         assert!(!dir.join("state.json.tmp").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_without_endpoint_ids_still_loads() {
+        let dir = std::env::temp_dir().join(format!("np-record-old-{}", std::process::id()));
+        let path = dir.join("state.json");
+        fs::create_dir_all(&dir).unwrap();
+        let text = r#"{"endpoints":[{"ifindex":7,"namespace":"prod","name":"web-0","ips":[]}],"rules":[]}"#;
+        fs::write(&path, text).unwrap();
+        let record = Record::load(&path).unwrap();
+        assert_eq!(record.endpoints[&7].endpoint_id, None);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -63,6 +63,7 @@ impl Datapath {
         let mut failures = Vec::new();
         let mut fence = Fence::default();
         let mut fenced = Vec::new();
+        let mut freed = BTreeSet::new();
         debug!(
             policy_upserts = delta.policy_upserts.len(),
             peer_bridges = delta.peer_bridges.len(),
@@ -113,6 +114,7 @@ impl Datapath {
                 EndpointRecord {
                     pod: endpoint.pod.clone(),
                     ips: endpoint.ips.clone(),
+                    endpoint_id: Some(endpoint.info.endpoint_id),
                 },
             );
             targets.push((ifindex, endpoint, previous));
@@ -146,7 +148,7 @@ impl Datapath {
                 }),
             }
             if let Some(previous) = previous {
-                match self.remove_endpoint_entry(previous, &endpoint.pod) {
+                match self.remove_endpoint_entry(previous, &endpoint.pod, &mut freed) {
                     Ok(removed) => stats.writes += removed,
                     Err(failure) => failures.push(*failure),
                 }
@@ -195,7 +197,7 @@ impl Datapath {
             let Some(ifindex) = self.record.ifindex_of(pod) else {
                 continue;
             };
-            match self.remove_endpoint_entry(ifindex, pod) {
+            match self.remove_endpoint_entry(ifindex, pod, &mut freed) {
                 Ok(removed) => {
                     stats.writes += removed;
                     self.record.endpoints.remove(&ifindex);
@@ -206,6 +208,10 @@ impl Datapath {
         }
         if record_changed && let Err(failure) = self.record.save(&self.config.state_file) {
             failures.push(failure.into());
+        }
+        if !freed.is_empty() {
+            let (_, forget_failures) = self.forget_endpoint_ids(&|id| freed.contains(&id), &freed);
+            failures.extend(forget_failures);
         }
 
         if fence.all_isolated || !fence.endpoint_ids.is_empty() {
@@ -285,7 +291,7 @@ impl Datapath {
 
     /// Zeroes the counters of a freed endpoint id, so the pod that gets the id next starts
     /// from zero.
-    fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), Box<UpdateError>> {
+    pub(super) fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), Box<UpdateError>> {
         let cpus_error = |source| {
             Box::new(UpdateError::CounterCpus {
                 endpoint_id,
@@ -311,12 +317,14 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes the endpoint entry of `ifindex` and empties its slot in the endpoints-by-id map
-    /// (unless a newer endpoint took that id already).
+    /// Removes the endpoint entry of `ifindex` and, unless another entry still holds its
+    /// endpoint id, empties the id's slot in the endpoints-by-id map and adds the id to `freed`,
+    /// whose flow state and counters the caller must then forget.
     fn remove_endpoint_entry(
         &mut self,
         ifindex: u32,
         pod: &PodRef,
+        freed: &mut BTreeSet<u32>,
     ) -> Result<usize, Box<UpdateError>> {
         let removed_id = self
             .maps
@@ -339,7 +347,9 @@ impl Datapath {
                     return Ok(1);
                 }
                 self.write_endpoint_id(endpoint_id, &EndpointInfo::default())?;
-                self.reset_counters(endpoint_id)?;
+                if endpoint_id != hold::HELD.endpoint_id {
+                    freed.insert(endpoint_id);
+                }
                 Ok(2)
             }
             Err(source) if is_not_found(&source) => Ok(0),
@@ -423,6 +433,7 @@ impl Datapath {
         let mut stats = self.apply(&delta, &ifindex_of)?;
         let owned: BTreeSet<u32> = desired.endpoints.keys().filter_map(&ifindex_of).collect();
         let mut failures = Vec::new();
+        let mut freed = BTreeSet::new();
         match self.mirror_endpoint_ids() {
             Ok(writes) => stats.writes += writes,
             Err(failure) => failures.push(*failure),
@@ -435,13 +446,17 @@ impl Datapath {
                 namespace: String::new(),
                 name: format!("ifindex {ifindex}"),
             };
-            match self.remove_endpoint_entry(ifindex, &pod) {
+            match self.remove_endpoint_entry(ifindex, &pod, &mut freed) {
                 Ok(removed) => {
                     stats.writes += removed;
                     warn!(ifindex, "removed an endpoint entry no recorded pod owns");
                 }
                 Err(failure) => failures.push(*failure),
             }
+        }
+        if !freed.is_empty() {
+            let (_, forget_failures) = self.forget_endpoint_ids(&|id| freed.contains(&id), &freed);
+            failures.extend(forget_failures);
         }
         if failures.is_empty() {
             if stats.writes > 0 {
@@ -606,7 +621,7 @@ const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
 /// run inside RCU read-side sections, and `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU
 /// grace period (a few milliseconds). Kernels that refuse it (`nohz_full`) leave the phases of a
 /// delta unseparated; that is logged once.
-fn wait_for_packets_in_flight() {
+pub(super) fn wait_for_packets_in_flight() {
     static REFUSED: std::sync::Once = std::sync::Once::new();
     // SAFETY: membarrier takes no pointers; it only blocks the caller.
     let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
