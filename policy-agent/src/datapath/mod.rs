@@ -90,7 +90,7 @@ use policy_common::{
     names::{
         ALL_MAPS, CONNTRACK_MAP, COUNTERS_MAP, ENDPOINT_IDS_MAP, ENDPOINTS_MAP, EVENTS_MAP,
         FRAGMENTS_MAP, FROM_POD_PROG, HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP,
-        SERVICES_MAP, SVC_EGRESS_PROG, TO_POD_PROG,
+        SERVICES_MAP, SVC_EGRESS_PROG, TO_POD_PROG, UNCONFIRMED_MAP,
     },
 };
 use tracing::{info, warn};
@@ -435,6 +435,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
         events: Some(typed!(EVENTS_MAP)),
         flows: vec![
             tracking::take::<CtKey, CtValue>(ebpf, CONNTRACK_MAP)?,
+            tracking::take::<CtKey, CtValue>(ebpf, UNCONFIRMED_MAP)?,
             tracking::take::<FragKey, FragValue>(ebpf, FRAGMENTS_MAP)?,
         ],
     })

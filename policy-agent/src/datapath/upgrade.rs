@@ -21,7 +21,9 @@ use std::{
 
 use policy_common::{
     maps::{ENDPOINT_NOT_READY, EndpointInfo, MAX_ENDPOINTS},
-    names::{CONNTRACK_MAP, COUNTERS_MAP, ENDPOINTS_MAP, EVENTS_MAP, FRAGMENTS_MAP},
+    names::{
+        CONNTRACK_MAP, COUNTERS_MAP, ENDPOINTS_MAP, EVENTS_MAP, FRAGMENTS_MAP, UNCONFIRMED_MAP,
+    },
 };
 
 use super::{
@@ -31,7 +33,13 @@ use super::{
 /// Maps that, empty, let nothing through that the policy denies: an empty connection or
 /// fragment table only has flows decided again, and counters and events are telemetry. Any
 /// other map starting empty holds the managed interfaces closed.
-const EMPTY_IS_SAFE: [&str; 4] = [CONNTRACK_MAP, FRAGMENTS_MAP, COUNTERS_MAP, EVENTS_MAP];
+const EMPTY_IS_SAFE: [&str; 5] = [
+    CONNTRACK_MAP,
+    UNCONFIRMED_MAP,
+    FRAGMENTS_MAP,
+    COUNTERS_MAP,
+    EVENTS_MAP,
+];
 
 /// What [`hold_closed`] did.
 #[derive(Debug, Default)]
