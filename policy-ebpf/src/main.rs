@@ -50,27 +50,35 @@ use crate::{
 ///
 /// Passes (`TC_ACT_UNSPEC`, so later programs and the stack still decide):
 /// - packets on an interface that is not in `NP_ENDPOINT_V2` (not counted);
-/// - non-IP frames such as ARP, and ICMPv6 neighbour discovery, types 133 to 137 (`Exempt`);
-/// - packets to a ClusterIP (`Service`): marked "egress pending", decided after DNAT (see the
-///   crate documentation), and their flow tracked on the ClusterIP tuple;
+/// - ARP from the pod's own address or probing from 0.0.0.0, and neighbour discovery that stays
+///   on the link (see [`neighbour`]), isolated or not ready (`Exempt`);
+/// - packets to a ClusterIP (`Service`) or to an address of this node (`Host`): marked
+///   "egress pending", decided after DNAT (see the crate documentation), and their flow
+///   tracked on the original tuple; what the node itself terminates passes;
 /// - packets of a flow this endpoint allowed (`Established`), replies to flows it allowed
 ///   inbound (`Reply`), and ICMP/ICMPv6 errors (unreachable, packet too big, time exceeded,
-///   parameter problem) quoting a packet of either (`Related`);
-/// - packets to an address of this node (`Host`), untracked;
+///   parameter problem) quoting a packet the pod received, of either (`Related`);
+/// - ICMP errors to an address of this node (`Host`), untracked;
 /// - non-first fragments whose first fragment passed (`Fragment`);
 /// - the first packet of a flow a rule allows (`Policy`), or any packet when the pod is not
-///   egress-isolated (`NotIsolated`, also for malformed packets: the stack discards those).
-///   Both track the flow, so its replies pass an isolated other direction.
+///   egress-isolated (`NotIsolated`), and non-IP frames other than ARP there. Both track the
+///   flow, so its replies pass an isolated other direction.
 ///
 /// Drops (`TC_ACT_SHOT`), each counted and reported with its reason:
-/// - every IP packet while the endpoint is flagged not ready (`NotReady`); the exempt frames
-///   above still pass;
-/// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`); truncated or
-///   malformed headers (`Malformed`: a short Ethernet, VLAN, IP, extension or L4 header, an IP
-///   version that contradicts the ethertype, IHL below 5 or above the total length, a TCP data
-///   offset below 5, an authentication header of length 0); IPv6 extension chains longer than
-///   the six headers the parser walks, and stacked VLAN tags (`Unparsed`); non-first fragments
-///   whose first fragment was not seen (`FragmentUnknown`);
+/// - every packet whose source is not the pod's (`Spoofed`): an IP source other than the pod's
+///   addresses (IPv6 link-local, and the unspecified address to a multicast group, excepted),
+///   an ARP sender other than the pod's IPv4 address, a neighbour advertisement for an address
+///   that is neither the pod's nor link-local; unless the operator exempted the endpoint
+///   (`ENDPOINT_ANY_SOURCE`);
+/// - every other packet while the endpoint is flagged not ready (`NotReady`);
+/// - truncated or malformed headers (`Malformed`: a short Ethernet, VLAN, IP, extension or L4
+///   header, an IP version that contradicts the ethertype, IHL below 5 or above the total
+///   length, a TCP data offset below 5, an authentication header of length 0); IPv6 extension
+///   chains longer than the six headers the parser walks, and stacked VLAN tags (`Unparsed`):
+///   isolated or not, since their source cannot be checked;
+/// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`); non-IP frames other
+///   than ARP (`NotIp`); non-first fragments whose first fragment was not seen
+///   (`FragmentUnknown`);
 /// - non-first fragments whose first fragment dropped (`FragmentDenied`).
 ///
 /// Parsing: one 802.1Q or 802.1ad tag is parsed through; IPv4 options are skipped; the IPv6
@@ -89,7 +97,10 @@ fn from_pod(ctx: TcContext) -> i32 {
 /// The pod's ingress, on the host veth's TC egress.
 ///
 /// The same decision as [`from_pod`] with the roles swapped: the peer is the packet's source,
-/// `Host` applies to packets from an address of this node, and isolation is the ingress flag.
+/// `Host` applies to packets from an address of this node (untracked, or `Reply` to what the
+/// pod sent there), and isolation is the ingress flag. Sources are not checked here (the
+/// sender's own `from_pod` did), any ARP passes, and a packet that does not parse passes
+/// where the pod is not ingress-isolated.
 /// A pending Service egress was decided before, by `svc_egress` in front of it on this hook.
 #[classifier]
 fn to_pod(ctx: TcContext) -> i32 {
