@@ -5,6 +5,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
+    time::Duration,
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -78,6 +79,19 @@ struct RunArgs {
     /// the flow log, not only drops.
     #[arg(long)]
     log_allowed: bool,
+    /// How often to reconcile without being told of a change (`10s`, `500ms`): the pass that
+    /// repairs map entries changed behind the agent's back.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    resync_interval: Duration,
+}
+
+/// A positive duration such as `10s` or `500ms`.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let duration: jiff::SignedDuration = text.parse().map_err(|error| format!("{error}"))?;
+    Duration::try_from(duration)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a positive duration"))
 }
 
 const DEFAULT_STATE_DIR: &str = "/run/netpol";
@@ -199,6 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 metrics_addr: args.metrics_addr,
                 log_allowed: args.log_allowed,
+                resync_interval: args.resync_interval,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -263,7 +263,8 @@ fn to(pod: &Pod, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(pod.v4), port)
 }
 
-/// A client pod, a locked pod's object first and its interface later, then the veth deleted.
+/// A client pod, a locked pod's object first and its interface later, its wiring withdrawn and
+/// restored, then the veth deleted.
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
 fn late_interface_is_enforced_and_a_deleted_veth_is_forgotten() {
@@ -309,67 +310,48 @@ fn late_interface_is_enforced_and_a_deleted_veth_is_forgotten() {
         "a port no rule allows"
     );
 
-    // The route to the pod is what makes its veth its interface: withdrawn, the endpoint is
-    // forgotten; back, it is enforced again. Timed from just before `ip route add`.
+    // An established binding lasts until its interface is gone: neither the route withdrawn
+    // nor the pod removing its own addresses unbinds it, so a pod cannot shed its policy.
     let node_netns = &node.netns.name;
     let v4 = format!("{}/32", server.v4);
     let v6 = format!("{}/128", server.v6);
-    netns::ip(&[
-        "-n",
-        node_netns,
-        "-6",
-        "route",
-        "del",
-        &v6,
-        "dev",
-        &server.host_if,
-    ]);
-    let mut latencies = Vec::new();
-    for _ in 0..5 {
-        netns::ip(&[
-            "-n",
-            node_netns,
-            "route",
-            "del",
-            &v4,
-            "dev",
-            &server.host_if,
-        ]);
-        wait_for("the routeless endpoint to be forgotten", &dirs, || {
-            dirs.endpoint(ifindex).is_none() && !dirs.linked(ifindex)
-        });
-        let routed = Instant::now();
-        netns::ip(&[
-            "-n",
-            node_netns,
-            "route",
-            "add",
-            &v4,
-            "dev",
-            &server.host_if,
-        ]);
-        wait_for("the routed endpoint", &dirs, || {
-            dirs.endpoint(ifindex)
-                .is_some_and(|info| info.endpoint_id != 0)
-                && dirs.linked(ifindex)
-        });
-        latencies.push(routed.elapsed());
-    }
-    latencies.sort();
-    eprintln!(
-        "route to a pod's veth added -> enforced: min {} ms, median {} ms, max {} ms",
-        latencies[0].as_millis(),
-        latencies[2].as_millis(),
-        latencies[4].as_millis()
+    let host_if = &server.host_if;
+    let pod_netns = &server.netns.name;
+    let routes = |verb: &str| {
+        netns::ip(&["-n", node_netns, "route", verb, &v4, "dev", host_if]);
+        netns::ip(&["-n", node_netns, "-6", "route", verb, &v6, "dev", host_if]);
+    };
+    let addresses = |verb: &str| {
+        netns::ip(&["-n", pod_netns, "addr", verb, &v4, "dev", "eth0"]);
+        netns::ip(&["-n", pod_netns, "addr", verb, &v6, "dev", "eth0"]);
+    };
+    let entry = dirs.endpoint(ifindex);
+    routes("del");
+    addresses("del");
+    // A source change forces a reconcile that sees the wiring as it is now.
+    dirs.write("other.yaml", &NAMESPACE.replace("default", "other"));
+    agent.wait_applied(&dirs);
+    assert_eq!(
+        dirs.endpoint(ifindex),
+        entry,
+        "the binding outlives its claim"
     );
-    assert!(latencies[4] < REACTION_LIMIT, "{latencies:?}");
+    assert!(dirs.linked(ifindex));
+    addresses("add");
+    // The pod's IPv4 routes went with its last IPv4 address.
+    let gateway = netns::GATEWAY_V4.to_string();
+    netns::ip(&[
+        "-n", pod_netns, "route", "add", &gateway, "dev", "eth0", "scope", "link",
+    ]);
+    netns::ip(&["-n", pod_netns, "route", "add", "default", "via", &gateway]);
+    routes("add");
     assert!(
         tcp_works(&client.netns, to(&server, 80)),
-        "allowed port after the route came back"
+        "allowed port after the wiring came back"
     );
     assert!(
         !tcp_works(&client.netns, to(&server, 81)),
-        "denied port after the route came back"
+        "denied port after the wiring came back"
     );
 
     // The servers' sockets keep the pod's namespace, and so its veth, alive.

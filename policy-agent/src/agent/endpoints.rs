@@ -123,7 +123,7 @@ impl Agent {
             if self.datapath.hold(ifindex)? {
                 info!(
                     ifindex,
-                    "new interface held: its traffic is denied until its pod is programmed"
+                    "interface held: its traffic is denied until its pod is programmed on it"
                 );
                 writes += 1;
             }
