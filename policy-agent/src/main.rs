@@ -5,6 +5,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -85,6 +86,19 @@ struct RunArgs {
     /// pod that routes): their packets skip source validation. Repeat for more namespaces.
     #[arg(long = "any-source-namespace", value_name = "NAMESPACE")]
     any_source_namespaces: Vec<String>,
+    /// How often to reconcile without being told of a change (`10s`, `500ms`): the pass that
+    /// repairs map entries changed behind the agent's back.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    resync_interval: Duration,
+}
+
+/// A positive duration such as `10s` or `500ms`.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let duration: jiff::SignedDuration = text.parse().map_err(|error| format!("{error}"))?;
+    Duration::try_from(duration)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a positive duration"))
 }
 
 const DEFAULT_STATE_DIR: &str = "/run/netpol";
@@ -207,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics_addr: args.metrics_addr,
                 log_allowed: args.log_allowed,
                 any_source_namespaces: args.any_source_namespaces.into_iter().collect(),
+                resync_interval: args.resync_interval,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

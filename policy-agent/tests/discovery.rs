@@ -1,126 +1,148 @@
-//! Endpoint discovery against real interfaces: a ptp-wired pod and a pod behind a bridge, in a
-//! throwaway network namespace.
+//! Endpoint discovery against real interfaces: ptp-wired pods and a pod behind a bridge, each in
+//! its own network namespace, seen from a throwaway node namespace.
 
-use std::{fs::File, net::IpAddr, process::Command};
+#[expect(
+    dead_code,
+    reason = "the namespace helpers serve several test crates; this one uses part"
+)]
+mod netns;
 
-use nix::sched::{CloneFlags, setns};
-use policy_agent::discovery::Discovery;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-/// A network namespace deleted on drop.
-struct Netns(String);
+use netns::{Netns, ip, unique_tag};
+use policy_agent::discovery::{Discovery, Wiring};
 
-impl Netns {
-    fn new(name: &str) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-        sh(&format!("ip netns add {name}"));
-        Netns(name.to_owned())
-    }
-
-    fn run(&self, command: &str) {
-        sh(&format!("ip -n {} {command}", self.0));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(command: &str) {
-    let status = Command::new("sh")
-        .args(["-c", command])
-        .status()
-        .expect("spawn sh");
-    assert!(status.success(), "`{command}` failed: {status}");
-}
-
-fn ifindex(netns: &str, link: &str) -> u32 {
-    let output = Command::new("ip")
-        .args(["-n", netns, "-o", "link", "show", link])
-        .output()
-        .expect("ip link show");
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.split(':')
-        .next()
-        .expect("ifindex field")
-        .trim()
-        .parse()
-        .expect("numeric ifindex")
-}
-
-/// Runs `body` on a thread inside `netns`, with its own tokio runtime.
-fn in_netns<T: Send + 'static>(netns: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).expect("open netns");
-        setns(file, CloneFlags::CLONE_NEWNET).expect("setns");
-        body()
-    })
-    .join()
-    .expect("netns thread")
-}
-
-fn discover(netns: &str, ips: Vec<IpAddr>) -> (Vec<Option<u32>>, Vec<IpAddr>) {
-    in_netns(netns, move || {
+/// Runs discovery in `node` for the `wanted` addresses.
+fn discover(node: &Netns, wanted: &[&str]) -> (Wiring, Vec<IpAddr>) {
+    let wanted: BTreeSet<IpAddr> = wanted.iter().map(|text| addr(text)).collect();
+    node.run(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         runtime.block_on(async move {
             let discovery = Discovery::new().expect("netlink");
-            let mut found = Vec::new();
-            for ip in ips {
-                found.push(discovery.interface_for(ip).await.expect("interface_for"));
-            }
             (
-                found,
+                discovery.wiring(&wanted).await.expect("wiring"),
                 discovery.host_addresses().await.expect("host addresses"),
             )
         })
     })
 }
 
+fn addr(text: &str) -> IpAddr {
+    text.parse().expect("address")
+}
+
+/// A veth `host_if` in `node` whose other end is `eth0` of a new namespace holding `addresses`.
+fn wire(node: &Netns, pod: &str, host_if: &str, addresses: &[&str]) -> Netns {
+    let pod = Netns::new(pod.to_owned());
+    ip(&[
+        "-n", &node.name, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
+        &pod.name,
+    ]);
+    ip(&["-n", &node.name, "link", "set", host_if, "up"]);
+    for address in addresses {
+        ip(&["-n", &pod.name, "addr", "add", address, "dev", "eth0"]);
+    }
+    ip(&["-n", &pod.name, "link", "set", "eth0", "up"]);
+    pod
+}
+
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
-fn finds_ptp_veths_and_bridge_ports_and_host_addresses() {
-    let node = Netns::new("np-disc-node");
-    // A ptp pod: a veth with a /32 and a /128 route through it.
-    node.run("link add ptp0 type veth peer name ptp0-pod");
-    node.run("link set ptp0 up");
-    node.run("route add 10.99.1.2/32 dev ptp0");
-    node.run("-6 route add fd00:99:1::2/128 dev ptp0");
-    // A bridged pod: a veth enslaved to a bridge holding the pod subnet, with the neighbour and
-    // forwarding entries a bridge CNI's first packet would leave.
-    node.run("link add br0 type bridge");
-    node.run("link set br0 up");
-    node.run("addr add 10.99.2.1/24 dev br0");
-    node.run("link add brp0 type veth peer name brp0-pod");
-    node.run("link set brp0 master br0");
-    node.run("link set brp0 up");
-    node.run("neigh replace 10.99.2.5 lladdr 02:00:00:00:02:05 dev br0 nud permanent");
-    sh("bridge -n np-disc-node fdb replace 02:00:00:00:02:05 dev brp0 master static");
-    // An address on the bridge subnet with no neighbour entry, and one with no route at all.
-    let ips: Vec<IpAddr> = [
-        "10.99.1.2",
-        "fd00:99:1::2",
-        "10.99.2.5",
-        "10.99.2.9",
-        "192.0.2.1",
-    ]
-    .iter()
-    .map(|ip| ip.parse().expect("ip"))
-    .collect();
-    let (found, host_addresses) = discover(&node.0, ips);
-    let ptp = ifindex(&node.0, "ptp0");
-    let bridge_port = ifindex(&node.0, "brp0");
-    assert_eq!(
-        found,
-        vec![Some(ptp), Some(ptp), Some(bridge_port), None, None]
+fn claims_rest_on_the_peer_addresses_and_the_routes() {
+    let tag = unique_tag("disc");
+    let node = Netns::new(format!("np-{tag}-node"));
+    let n = &node.name;
+    // A ptp pod: its addresses on its end, /32 and /128 routes through its veth.
+    let _ptp = wire(
+        &node,
+        &format!("np-{tag}-ptp"),
+        "ptp0",
+        &["10.99.1.2/32", "fd00:99:1::2/128"],
     );
-    let bridge_address: IpAddr = "10.99.2.1".parse().expect("ip");
+    ip(&["-n", n, "route", "add", "10.99.1.2/32", "dev", "ptp0"]);
+    ip(&[
+        "-n",
+        n,
+        "-6",
+        "route",
+        "add",
+        "fd00:99:1::2/128",
+        "dev",
+        "ptp0",
+    ]);
+    // A ptp pod that also put the first pod's address on its end: the route leads elsewhere.
+    let _other = wire(
+        &node,
+        &format!("np-{tag}-other"),
+        "ptp1",
+        &["10.99.1.3/32", "10.99.1.2/32", "192.0.2.1/32"],
+    );
+    ip(&["-n", n, "route", "add", "10.99.1.3/32", "dev", "ptp1"]);
+    // A bridged pod: a port of a bridge holding the pod subnet. No neighbour or forwarding
+    // entry exists: the binding needs none.
+    ip(&["-n", n, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", n, "link", "set", "br0", "up"]);
+    ip(&["-n", n, "addr", "add", "10.99.2.1/24", "dev", "br0"]);
+    let _bridged = wire(&node, &format!("np-{tag}-br"), "brp0", &["10.99.2.5/24"]);
+    ip(&["-n", n, "link", "set", "brp0", "master", "br0"]);
+    // A veth with both ends on the node carries no pod, whatever it holds.
+    ip(&[
+        "-n", n, "link", "add", "loc0", "type", "veth", "peer", "name", "loc1",
+    ]);
+    ip(&["-n", n, "link", "set", "loc0", "up"]);
+    ip(&["-n", n, "link", "set", "loc1", "up"]);
+    ip(&["-n", n, "addr", "add", "10.99.3.1/32", "dev", "loc1"]);
+    ip(&[
+        "-n",
+        n,
+        "route",
+        "replace",
+        "10.99.3.1/32",
+        "dev",
+        "loc0",
+        "table",
+        "main",
+    ]);
+
+    let (wiring, host_addresses) = discover(
+        &node,
+        &[
+            "10.99.1.2",
+            "fd00:99:1::2",
+            "10.99.1.3",
+            "10.99.2.5",
+            "10.99.2.9",
+            "192.0.2.1",
+            "10.99.3.1",
+        ],
+    );
+    let ifindex = |name: &str| node.ifindex(name);
+    let claims = |addresses: &[&str]| -> BTreeSet<IpAddr> {
+        addresses.iter().map(|text| addr(text)).collect()
+    };
+    assert_eq!(
+        wiring.claims,
+        BTreeMap::from([
+            (ifindex("ptp0"), claims(&["10.99.1.2", "fd00:99:1::2"])),
+            (ifindex("ptp1"), claims(&["10.99.1.3"])),
+            (ifindex("brp0"), claims(&["10.99.2.5"])),
+        ])
+    );
+    assert_eq!(
+        wiring.veths,
+        ["ptp0", "ptp1", "brp0", "loc0", "loc1"]
+            .into_iter()
+            .map(ifindex)
+            .collect()
+    );
     assert!(
-        host_addresses.contains(&bridge_address),
+        host_addresses.contains(&addr("10.99.2.1")),
         "{host_addresses:?}"
     );
 }

@@ -4,14 +4,13 @@
 //! the veth, then moves it, addresses it and routes to it, and the agent must also know the Pod.
 //! - `allow` (the default): an interface is left alone until its pod is resolved and its
 //!   interface found; then the agent writes the endpoint and attaches the programs. Until then the
-//!   pod's traffic is not filtered. Netlink notifications make that window the few milliseconds
-//!   between the route to the pod appearing and the agent's reconcile, once the Pod is known.
+//!   pod's traffic is not filtered. Netlink notifications make that window the time between the
+//!   wiring being complete (the pod's address and the route to it) and the agent's next paced
+//!   reconcile (a few milliseconds, at most a second), once the Pod is known.
 //! - `deny`: every veth whose name starts with one of the endpoint interface prefixes is held as
 //!   soon as the agent sees it: it gets the programs and an endpoint entry flagged not ready,
 //!   which drops all its IP traffic (reason `NotReady`), until its pod's endpoint replaces the
-//!   entry. ARP and neighbour discovery still pass, so a bridge learns a held pod's MAC and the
-//!   agent can find its bridge port. A held interface that goes away, or stops matching, is
-//!   released. What remains open is the time from the veth's creation to the agent's reconcile,
+//!   entry. A held interface that goes away, or stops matching, is released. What remains open is the time from the veth's creation to the agent's reconcile,
 //!   before any address or route exists.
 
 use std::{collections::BTreeSet, fmt, str::FromStr};
@@ -123,7 +122,7 @@ impl Agent {
             if self.datapath.hold(ifindex)? {
                 info!(
                     ifindex,
-                    "new interface held: its traffic is denied until its pod is programmed"
+                    "interface held: its traffic is denied until its pod is programmed on it"
                 );
                 writes += 1;
             }

@@ -5,9 +5,13 @@
 //! each local pod) -> the delta against what is programmed -> map writes, then attach -> the
 //! applied generation is published.
 //!
-//! Reconciles run when the source changes, when the kernel announces a change of interfaces,
-//! addresses, routes or neighbours (routing netlink notifications, see
-//! [`crate::discovery::events`]), and every ten seconds as a safety net. Manifests with errors (an
+//! Reconciles run when the source changes (a few milliseconds after it), when the kernel
+//! announces a change of interfaces, addresses or routes (routing netlink notifications, see
+//! [`crate::discovery::events`]; at most one such reconcile per second, since pods write much of
+//! what they report), and periodically (every ten seconds by default) as a safety net. Every
+//! reconcile reads the endpoint map back and repairs it where it differs from what the agent
+//! programmed (an entry missing, changed or left over), logging each difference; so an endpoint
+//! that `status.json` reports programmed has its entry in the kernel. Manifests with errors (an
 //! unparsable document, an invalid object) are reported and not applied: the datapath keeps the
 //! last good state, which never opens what the bad content might have closed. The Kubernetes
 //! source applies everything but the objects it rejects, and reports those. On start the
@@ -20,6 +24,12 @@
 //! Together they let the programs decide a pod's egress to a ClusterIP against the backend
 //! kube-proxy chose, also when that backend is on another node. The periodic pass also looks for
 //! uplinks that came or went.
+//!
+//! Binding: each local pod is bound to the veth whose peer, in the pod's namespace, holds one of
+//! its IPs, cross-checked with the node's route (see [`crate::discovery`] and
+//! [`crate::discovery::binding`]); a binding is kept until its interface is gone, and an
+//! interface that claims a pod bound elsewhere (or, while the pod has no binding, any interface
+//! claiming it) is held closed and reported in `status.json` as a conflict.
 //!
 //! New endpoints: [`NewEndpoints`] chooses what a pod's traffic meets before it is programmed;
 //! `endpoints.rs` explains both modes.
@@ -47,14 +57,20 @@ pub use endpoints::{
     DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, NewEndpointsParseError,
 };
 pub use flows::{Clocks, FLOW_LOG_MAX_BYTES, FlowContext, FlowRecord, rotated_path};
-use policy_common::maps::{ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED};
+use policy_common::maps::{
+    ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo,
+};
 use source::{LoadError, Loader};
 pub use source::{Source, SourceParseError};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
-    datapath::{ApplyError, Datapath, DatapathConfig, DatapathError},
-    discovery::{Discovery, DiscoveryError, events},
+    datapath::{ApplyError, Datapath, DatapathConfig, DatapathError, EndpointDifference},
+    discovery::{
+        Discovery, DiscoveryError,
+        binding::{self, Conflict},
+        events::{self, Pacer},
+    },
     error_chain,
     k8s::{self, Rejected},
     metrics::{self, Health, Metrics},
@@ -66,9 +82,6 @@ use crate::{
     },
 };
 
-/// How often the agent reconciles without being told of a change: a safety net for
-/// notifications the kernel could not deliver.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// How often a failed reconcile is retried (a full map, a failed attach, a source not listed
 /// yet).
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -76,6 +89,10 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// swapping several files, or a CNI creating, moving, addressing and routing a veth, is a burst
 /// of events).
 const DEBOUNCE: Duration = Duration::from_millis(5);
+/// The least time between two reconciles that routing netlink notifications trigger: pods can
+/// cause such notifications at will (changing their own addresses, links and routes, or the
+/// carrier of their veth), and must not drive the agent's reconciles faster than this.
+const NETLINK_SPACING: Duration = Duration::from_secs(1);
 
 /// What `policy-agent run` needs.
 #[derive(Clone, Debug)]
@@ -94,6 +111,10 @@ pub struct RunConfig {
     pub log_allowed: bool,
     /// Namespaces whose pods may send from any source address (see `ENDPOINT_ANY_SOURCE`).
     pub any_source_namespaces: BTreeSet<String>,
+    /// How often to reconcile without being told of a change: a safety net for notifications
+    /// the kernel could not deliver, and the pass that finds map entries changed behind the
+    /// agent's back (`policy-agent run` defaults to ten seconds).
+    pub resync_interval: Duration,
 }
 
 /// Failures that stop the agent. Failures of one reconcile are reported and retried instead.
@@ -198,7 +219,10 @@ struct Agent {
     resolved: NodeState,
     /// What the maps hold: `resolved` less the endpoints without an interface.
     programmed: Option<NodeState>,
+    /// The interface each programmed pod is bound to.
     interfaces: BTreeMap<PodRef, u32>,
+    /// The binding conflicts of the last reconcile.
+    conflicts: Vec<Conflict>,
     host_addrs: Vec<IpAddr>,
     service_addrs: Vec<IpAddr>,
     uplinks: Vec<u32>,
@@ -270,6 +294,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         resolved: NodeState::default(),
         programmed: None,
         interfaces: BTreeMap::new(),
+        conflicts: Vec::new(),
         host_addrs: Vec::new(),
         service_addrs: Vec::new(),
         uplinks: Vec::new(),
@@ -278,7 +303,8 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         observer: status::Observer::new(metrics, health),
         config,
     };
-    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut resync = tokio::time::interval(agent.config.resync_interval);
+    let mut pacer = Pacer::new(NETLINK_SPACING, DEBOUNCE);
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| AgentError::StateDir {
@@ -297,6 +323,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
                 agent.observer.change_received();
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
+                pacer.covered();
                 agent.reconcile_and_report().await?;
             }
             change = netlink.recv() => {
@@ -304,14 +331,18 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
                     return Err(AgentError::NetlinkEventsClosed);
                 };
                 debug!(?change, "routing netlink notification");
-                tokio::time::sleep(DEBOUNCE).await;
-                while netlink.try_recv().is_ok() {}
+                pacer.notified(Instant::now());
+            }
+            () = sleep_until(pacer.due()), if pacer.due().is_some() => {
+                pacer.started(Instant::now());
                 agent.reconcile_and_report().await?;
             }
             _ = resync.tick() => {
+                pacer.covered();
                 agent.reconcile_and_report().await?;
             }
             _ = retry.tick(), if agent.observer.failing => {
+                pacer.covered();
                 agent.reconcile_and_report().await?;
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -372,16 +403,27 @@ impl Agent {
             )?,
         };
 
-        let mut interfaces = BTreeMap::new();
-        let mut waiting = Vec::new();
-        for (pod, endpoint) in &resolved.endpoints {
-            match self.interface_of(&endpoint.ips).await? {
-                Some(ifindex) => {
-                    interfaces.insert(pod.clone(), ifindex);
-                }
-                None => waiting.push(pod.clone()),
-            }
-        }
+        let pods: BTreeMap<PodRef, Vec<IpAddr>> = resolved
+            .endpoints
+            .iter()
+            .map(|(pod, endpoint)| (pod.clone(), endpoint.ips.clone()))
+            .collect();
+        let wanted: BTreeSet<IpAddr> = pods.values().flatten().copied().collect();
+        let wiring = self.discovery.wiring(&wanted).await?;
+        // The record names the interface of every endpoint written: the bindings in force,
+        // also across a restart.
+        let binding = binding::bind(
+            &pods,
+            &wiring.claims,
+            &wiring.veths,
+            &self.datapath.programmed_ifindexes(),
+        );
+        self.track_conflicts(binding.conflicts);
+        let interfaces = binding.interfaces;
+        let waiting: Vec<&PodRef> = pods
+            .keys()
+            .filter(|pod| !interfaces.contains_key(*pod))
+            .collect();
         let mut programmable = resolved.clone();
         programmable
             .endpoints
@@ -392,6 +434,12 @@ impl Agent {
             }
             if self.config.any_source_namespaces.contains(&pod.namespace) {
                 endpoint.info.flags |= ENDPOINT_ANY_SOURCE;
+            }
+            if interfaces
+                .get(pod)
+                .is_some_and(|ifindex| binding.held.contains(ifindex))
+            {
+                endpoint.info.flags |= ENDPOINT_NOT_READY;
             }
         }
 
@@ -413,10 +461,28 @@ impl Agent {
             self.service_addrs = service_addrs;
         }
 
+        let repairing = match &self.programmed {
+            Some(programmed) => {
+                let differences = self
+                    .datapath
+                    .endpoint_differences(&expected_entries(programmed, &self.interfaces))?;
+                for difference in &differences {
+                    report_difference(difference);
+                }
+                !differences.is_empty()
+            }
+            None => false,
+        };
         let ifindex_of = |pod: &PodRef| interfaces.get(pod).copied();
         let writes = match &self.programmed {
             // The first pass diffs against what the maps really hold: adoption after a restart.
+            // So does a pass that found the endpoint map changed behind the agent's back.
             None => self.datapath.sync(&programmable, ifindex_of)?.writes,
+            Some(_) if repairing => {
+                let writes = self.datapath.sync(&programmable, ifindex_of)?.writes;
+                info!(writes, "endpoint map repaired");
+                writes
+            }
             Some(programmed) => {
                 let mut delta = Delta::between(programmed, &programmable);
                 for (pod, endpoint) in &programmable.endpoints {
@@ -431,7 +497,8 @@ impl Agent {
         };
 
         let endpoint_ifindexes: BTreeSet<u32> = interfaces.values().copied().collect();
-        let held = self.interfaces_to_hold(&endpoint_ifindexes).await?;
+        let mut held = self.interfaces_to_hold(&endpoint_ifindexes).await?;
+        held.extend(binding.held.difference(&endpoint_ifindexes));
         let wanted: BTreeSet<u32> = endpoint_ifindexes.union(&held).copied().collect();
         for (pod, &ifindex) in &interfaces {
             if self.interfaces.get(pod) != Some(&ifindex) {
@@ -530,13 +597,99 @@ impl Agent {
         Ok(())
     }
 
-    async fn interface_of(&self, ips: &[IpAddr]) -> Result<Option<u32>, DiscoveryError> {
-        for &ip in ips {
-            if let Some(ifindex) = self.discovery.interface_for(ip).await? {
-                return Ok(Some(ifindex));
+    /// Makes `conflicts` the current binding conflicts: new ones are logged as warnings, gone
+    /// ones as resolved.
+    fn track_conflicts(&mut self, conflicts: Vec<Conflict>) {
+        for conflict in &conflicts {
+            if !self.conflicts.contains(conflict) {
+                warn!(
+                    pod = %conflict.pod,
+                    bound = %describe_bound(conflict.bound),
+                    claimed_by = %describe_interfaces(&conflict.claimants),
+                    "binding conflict: other interfaces claim the pod's address; they are held \
+                     closed until the conflict goes away"
+                );
             }
         }
-        Ok(None)
+        for conflict in &self.conflicts {
+            if !conflicts.contains(conflict) {
+                info!(
+                    pod = %conflict.pod,
+                    bound = %describe_bound(conflict.bound),
+                    claimed_by = %describe_interfaces(&conflict.claimants),
+                    "binding conflict resolved"
+                );
+            }
+        }
+        self.conflicts = conflicts;
+    }
+}
+
+/// The entry of every programmed endpoint, by the interface it was written for.
+fn expected_entries(
+    programmed: &NodeState,
+    interfaces: &BTreeMap<PodRef, u32>,
+) -> BTreeMap<u32, (PodRef, EndpointInfo)> {
+    programmed
+        .endpoints
+        .iter()
+        .filter_map(|(pod, endpoint)| {
+            let ifindex = interfaces.get(pod)?;
+            Some((*ifindex, (pod.clone(), endpoint.info)))
+        })
+        .collect()
+}
+
+fn report_difference(difference: &EndpointDifference) {
+    match difference {
+        EndpointDifference::Missing { pod, ifindex } => warn!(
+            %pod,
+            interface = %describe_interface(*ifindex),
+            "endpoint entry missing from the kernel's map; restoring it"
+        ),
+        EndpointDifference::Changed {
+            pod,
+            ifindex,
+            found,
+        } => warn!(
+            %pod,
+            interface = %describe_interface(*ifindex),
+            ?found,
+            "endpoint entry differs from what was programmed; rewriting it"
+        ),
+        EndpointDifference::Stale { ifindex, found } => warn!(
+            interface = %describe_interface(*ifindex),
+            ?found,
+            "endpoint entry on an interface no programmed pod is bound to; removing it"
+        ),
+    }
+}
+
+/// `name (ifindex N)`, or the index alone for an interface that is gone.
+fn describe_interface(ifindex: u32) -> String {
+    match status::interface_name(ifindex) {
+        Some(name) => format!("{name} (ifindex {ifindex})"),
+        None => format!("ifindex {ifindex}"),
+    }
+}
+
+fn describe_bound(bound: Option<u32>) -> String {
+    bound.map_or_else(|| "none".to_owned(), describe_interface)
+}
+
+fn describe_interfaces(interfaces: &BTreeSet<u32>) -> String {
+    interfaces
+        .iter()
+        .map(|&ifindex| describe_interface(ifindex))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 

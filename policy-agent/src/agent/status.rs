@@ -49,6 +49,9 @@ pub struct Status {
     /// Whether a reconcile has programmed the datapath since the agent started.
     pub ready: bool,
     pub endpoints: Vec<EndpointStatus>,
+    /// Pods claimed by interfaces they are not bound to; those interfaces are held closed.
+    #[serde(default)]
+    pub conflicts: Vec<ConflictStatus>,
     pub maps: Vec<MapUsage>,
     /// Failures that persist now, oldest first.
     pub failures: Vec<Failure>,
@@ -84,6 +87,38 @@ pub enum EndpointPhase {
     Fenced,
     /// The pod has no interface on this node yet.
     WaitingForInterface,
+    /// A binding conflict holds it closed: its interface claims another pod's address, or it
+    /// has no established interface and several claim it. It denies all traffic until the
+    /// conflict goes away.
+    Conflict,
+}
+
+/// A pod claimed by interfaces it is not bound to (see [`crate::discovery::binding`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictStatus {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The interface the pod is bound to; absent while it has none.
+    pub bound: Option<InterfaceRef>,
+    /// The other interfaces claiming it, each held closed.
+    pub claimants: Vec<InterfaceRef>,
+}
+
+/// A host-side interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceRef {
+    pub ifindex: u32,
+    /// Absent when the interface is gone.
+    pub interface: Option<String>,
+}
+
+impl InterfaceRef {
+    fn new(ifindex: u32) -> InterfaceRef {
+        InterfaceRef {
+            ifindex,
+            interface: interface_name(ifindex),
+        }
+    }
 }
 
 /// Entries and capacity of one map that can fill (the LRU maps evict instead).
@@ -360,13 +395,27 @@ impl Agent {
         for key in programmed.policy.keys() {
             *entries_of.entry(key.endpoint_id).or_default() += 1;
         }
+        let held: BTreeSet<u32> = self
+            .conflicts
+            .iter()
+            .flat_map(|conflict| conflict.claimants.iter().copied())
+            .collect();
+        let contested: BTreeSet<&PodRef> = self
+            .conflicts
+            .iter()
+            .map(|conflict| &conflict.pod)
+            .collect();
         let endpoints = self
             .resolved
             .endpoints
             .values()
             .map(|endpoint| {
                 let ifindex = self.interfaces.get(&endpoint.pod).copied();
-                let state = if ifindex.is_none() {
+                let state = if ifindex.is_none() && contested.contains(&endpoint.pod)
+                    || ifindex.is_some_and(|ifindex| held.contains(&ifindex))
+                {
+                    EndpointPhase::Conflict
+                } else if ifindex.is_none() {
                     EndpointPhase::WaitingForInterface
                 } else if self.observer.fenced.contains(&endpoint.pod) {
                     EndpointPhase::Fenced
@@ -404,6 +453,20 @@ impl Agent {
             applied_generation: self.applied_generation.clone(),
             ready: self.observer.health.is_ready(),
             endpoints,
+            conflicts: self
+                .conflicts
+                .iter()
+                .map(|conflict| ConflictStatus {
+                    pod: conflict.pod.to_string(),
+                    bound: conflict.bound.map(InterfaceRef::new),
+                    claimants: conflict
+                        .claimants
+                        .iter()
+                        .copied()
+                        .map(InterfaceRef::new)
+                        .collect(),
+                })
+                .collect(),
             maps: map_usage(programmed, self.host_addrs.len(), self.service_addrs.len()),
             failures,
             last_error: self.observer.last_error.clone(),
@@ -412,7 +475,7 @@ impl Agent {
 }
 
 /// The name of an interface of this network namespace.
-fn interface_name(ifindex: u32) -> Option<String> {
+pub(super) fn interface_name(ifindex: u32) -> Option<String> {
     nix::net::if_::if_indextoname(ifindex)
         .ok()
         .and_then(|name| name.into_string().ok())

@@ -1,7 +1,7 @@
 //! `policy-agent status`: the status a running agent published, as tables or as its JSON.
 
 use crate::{
-    agent::status::{EndpointPhase, Status},
+    agent::status::{EndpointPhase, InterfaceRef, Status},
     cli::columns,
 };
 
@@ -50,6 +50,7 @@ pub fn render(status: &Status) -> String {
                 EndpointPhase::Programmed => "programmed",
                 EndpointPhase::Fenced => "fenced (denies all)",
                 EndpointPhase::WaitingForInterface => "waiting for interface",
+                EndpointPhase::Conflict => "conflict (denies all)",
             }
             .to_owned(),
             endpoint
@@ -61,6 +62,31 @@ pub fn render(status: &Status) -> String {
         ]);
     }
     text.push_str(&columns(&rows));
+
+    if !status.conflicts.is_empty() {
+        text.push('\n');
+        let mut rows = vec![
+            ["CONFLICT", "BOUND TO", "CLAIMED BY (HELD CLOSED)"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for conflict in &status.conflicts {
+            rows.push(vec![
+                conflict.pod.clone(),
+                conflict
+                    .bound
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), interface),
+                conflict
+                    .claimants
+                    .iter()
+                    .map(interface)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]);
+        }
+        text.push_str(&columns(&rows));
+    }
 
     text.push('\n');
     let mut rows = vec![
@@ -108,6 +134,14 @@ pub fn render(status: &Status) -> String {
     text
 }
 
+/// `name (ifindex)`, or the index alone for an interface that is gone.
+fn interface(interface: &InterfaceRef) -> String {
+    match &interface.interface {
+        Some(name) => format!("{name} ({})", interface.ifindex),
+        None => format!("ifindex {}", interface.ifindex),
+    }
+}
+
 fn isolation(isolated: bool) -> String {
     if isolated { "isolated" } else { "open" }.to_owned()
 }
@@ -127,7 +161,9 @@ fn fill(entries: u64, capacity: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::status::{EndpointStatus, Failure, FailureKind, LastError, MapUsage, Status};
+    use crate::agent::status::{
+        ConflictStatus, EndpointStatus, Failure, FailureKind, LastError, MapUsage, Status,
+    };
 
     fn status() -> Status {
         let time = "2026-11-26T07:00:00Z".parse().unwrap();
@@ -160,7 +196,35 @@ mod tests {
                     generation: None,
                     policy_entries: 0,
                 },
+                EndpointStatus {
+                    pod: "shop/x".into(),
+                    interface: Some("veth9c8d".into()),
+                    ifindex: Some(9),
+                    endpoint_id: 4,
+                    ingress_isolated: false,
+                    egress_isolated: false,
+                    state: EndpointPhase::Conflict,
+                    generation: None,
+                    policy_entries: 0,
+                },
             ],
+            conflicts: vec![ConflictStatus {
+                pod: "shop/db".into(),
+                bound: Some(InterfaceRef {
+                    ifindex: 7,
+                    interface: Some("veth1a2b".into()),
+                }),
+                claimants: vec![
+                    InterfaceRef {
+                        ifindex: 9,
+                        interface: Some("veth9c8d".into()),
+                    },
+                    InterfaceRef {
+                        ifindex: 11,
+                        interface: None,
+                    },
+                ],
+            }],
             maps: vec![MapUsage {
                 map: "NP_ENDPOINT_V1".into(),
                 entries: 2,
@@ -188,6 +252,10 @@ node node-1  source files:/etc/netpol  generation 0123456789ab  ready  published
 ENDPOINT  INTERFACE  IFINDEX  ID  INGRESS   EGRESS  STATE                  GENERATION    POLICY ENTRIES
 shop/db   veth1a2b   7        2   isolated  open    programmed             0123456789ab  3
 shop/web  -          -        3   open      open    waiting for interface  -             0
+shop/x    veth9c8d   9        4   open      open    conflict (denies all)  -             0
+
+CONFLICT  BOUND TO      CLAIMED BY (HELD CLOSED)
+shop/db   veth1a2b (7)  veth9c8d (9), ifindex 11
 
 MAP             ENTRIES  CAPACITY  FILL
 NP_ENDPOINT_V1  2        1024      0.2%

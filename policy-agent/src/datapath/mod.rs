@@ -100,7 +100,7 @@ pub use self::{
     bpffs::{BPFFS_ROOT, ensure_bpffs},
     error::{ApplyError, DatapathError, UpdateError},
     hold::{HELD, is_held},
-    sync::ApplyStats,
+    sync::{ApplyStats, EndpointDifference},
     telemetry::{AsyncEventReader, CounterReader, CounterReading, EventError, EventReader, Flow},
 };
 #[cfg(doc)]

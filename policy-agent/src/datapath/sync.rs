@@ -35,6 +35,21 @@ fn isolated(info: &EndpointInfo) -> bool {
         != 0
 }
 
+/// How the endpoint map differs from what was programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointDifference {
+    /// A programmed endpoint's entry is not there.
+    Missing { pod: PodRef, ifindex: u32 },
+    /// A programmed endpoint's entry holds something else.
+    Changed {
+        pod: PodRef,
+        ifindex: u32,
+        found: EndpointInfo,
+    },
+    /// An entry that no programmed endpoint or held interface accounts for.
+    Stale { ifindex: u32, found: EndpointInfo },
+}
+
 /// Which endpoints must deny all traffic after failed writes.
 #[derive(Default)]
 struct Fence {
@@ -491,6 +506,48 @@ impl Datapath {
             }
         }
         Ok(writes)
+    }
+
+    /// How the endpoint map differs from `expected`, the entry of every programmed endpoint by
+    /// interface. Held entries are left to [`Datapath::held`] and its callers.
+    pub fn endpoint_differences(
+        &self,
+        expected: &BTreeMap<u32, (PodRef, EndpointInfo)>,
+    ) -> Result<Vec<EndpointDifference>, DatapathError> {
+        let mut found = BTreeMap::new();
+        for entry in self.maps.endpoints.iter() {
+            let (ifindex, info) = entry.map_err(|source| DatapathError::ReadMap {
+                name: policy_common::names::ENDPOINTS_MAP,
+                source,
+            })?;
+            found.insert(ifindex, info);
+        }
+        let mut differences = Vec::new();
+        for (&ifindex, (pod, info)) in expected {
+            match found.get(&ifindex) {
+                None => differences.push(EndpointDifference::Missing {
+                    pod: pod.clone(),
+                    ifindex,
+                }),
+                Some(present) if present != info => {
+                    differences.push(EndpointDifference::Changed {
+                        pod: pod.clone(),
+                        ifindex,
+                        found: *present,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        for (ifindex, info) in found {
+            if !expected.contains_key(&ifindex) && !hold::is_held(&info) {
+                differences.push(EndpointDifference::Stale {
+                    ifindex,
+                    found: info,
+                });
+            }
+        }
+        Ok(differences)
     }
 
     /// What the maps hold now, in the shape of the desired state. Endpoints are named through the

@@ -3,8 +3,8 @@
 //! memory read back from the kernel.
 //!
 //! Endpoints come in two kinds. A *sink* endpoint only needs an interface the agent can find and
-//! attach its programs to: its pod side sits, with all other sink ends, in one shared namespace
-//! and carries no traffic. A *probe pod* is a real pod namespace with its address and default
+//! attach its programs to: its pod side sits, with all other sink ends, in one shared namespace,
+//! holds the pod's address and carries no traffic. A *probe pod* is a real pod namespace with its address and default
 //! route, so traffic between probe pods crosses the node and both their programs.
 //!
 //! Everything is removed when the [`Bed`] is dropped, also when a measurement fails.
@@ -108,6 +108,8 @@ impl Bed {
                 "link add {host} type veth peer name {peer} netns {}",
                 self.sink
             ));
+            // The agent binds a pod to the veth whose other end holds the pod's address.
+            in_sink.push(format!("addr add {address}/32 dev {peer}"));
             in_sink.push(format!("link set {peer} up"));
             in_node.push(format!("link set {host} up"));
             in_node.push(format!("route add {address}/32 dev {host}"));

@@ -553,8 +553,9 @@ fn start_section(starts: &[StartFigures]) -> Section {
              network namespace with empty pins, against the synthetic cluster of the resolver \
              benchmark at {sizes} pods, each with {policies} NetworkPolicies in {namespaces} \
              namespaces and 100 pods per node. The 100 pods of its node have real interfaces \
-             (host-side veths with /32 routes, their pod ends in one namespace), so the agent \
-             attaches its three programs to each. The time runs from starting the process to \
+             (host-side veths with /32 routes, their pod ends in one namespace and holding the \
+             pods' addresses), so the agent attaches its three programs to each. The time runs \
+             from starting the process to \
              the agent publishing the manifests' generation as applied, which it does after \
              writing the maps and attaching every program; the phases come from the timestamps \
              of its log: loading the eBPF object (verifier included) until `datapath open`, \
