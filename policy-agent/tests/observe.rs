@@ -2,6 +2,10 @@
 //! with pods wired by veths: what `policy-agent status` and `policy-agent flows` print, what a
 //! scrape of `/metrics` counts against real denied traffic, and how failures are reported.
 
+#[expect(
+    dead_code,
+    reason = "the namespace helpers serve several test crates; this one uses part"
+)]
 mod netns;
 
 use std::{

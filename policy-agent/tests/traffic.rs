@@ -1,6 +1,10 @@
 //! Real traffic through the datapath: pods in network namespaces wired to a node namespace, the
 //! programs attached on the host-side veths through `Datapath`, real TCP and UDP sockets.
 
+#[expect(
+    dead_code,
+    reason = "the namespace helpers serve several test crates; this one uses part"
+)]
 mod netns;
 
 use std::{

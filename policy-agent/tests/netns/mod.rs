@@ -1,7 +1,9 @@
 //! Network namespaces for real-traffic tests: a node namespace, pod namespaces wired to it
 //! ptp style (a veth per pod, /32 and /128 routes on the node side, the node as each pod's
-//! gateway), and sockets run inside a namespace. Everything is owned by guards that delete it on
-//! drop, so a failing test leaves nothing behind.
+//! gateway) or bridge style (the pods' host veths enslaved to a bridge that carries the gateway
+//! address, pods in one /24 and /64 reaching each other without routing), and sockets run inside
+//! a namespace. Everything is owned by guards that delete it on drop, so a failing test leaves
+//! nothing behind.
 
 use std::{
     fs::File,
@@ -42,7 +44,8 @@ pub fn ip(args: &[&str]) {
     );
 }
 
-fn sysctl(netns: &str, key: &str, value: &str) {
+/// Sets a sysctl inside a namespace.
+pub fn sysctl(netns: &str, key: &str, value: &str) {
     ip(&[
         "netns",
         "exec",
@@ -123,26 +126,175 @@ pub struct Pod {
     pub ifindex: u32,
 }
 
+/// How a node wires its pods, as the two CNI styles do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// A routed veth per pod (the ptp plugin): every packet between pods is routed by the node.
+    Ptp,
+    /// Host veths enslaved to [`BRIDGE`] (the bridge plugin): pods of the node share a link, so
+    /// their packets to each other are bridged, never routed.
+    Bridge,
+}
+
+/// The bridge of a bridge-style node.
+pub const BRIDGE: &str = "br0";
+
 /// A node namespace routing for its pods.
 pub struct Node {
     pub netns: Netns,
+    pub style: Style,
     tag: String,
 }
 
 impl Node {
     pub fn new(tag: &str) -> Node {
+        Node::with_style(tag, Style::Ptp)
+    }
+
+    /// A node of either style; a bridge-style node's [`BRIDGE`] carries the gateway addresses.
+    pub fn with_style(tag: &str, style: Style) -> Node {
         let netns = Netns::new(format!("dpt-{tag}-node"));
         sysctl(&netns.name, "net.ipv4.ip_forward", "1");
         sysctl(&netns.name, "net.ipv6.conf.all.forwarding", "1");
+        if style == Style::Bridge {
+            let node = &netns.name;
+            // No snooping and no forward delay: multicast neighbour discovery reaches every
+            // port, and ports forward as soon as they are up.
+            ip(&[
+                "-n",
+                node,
+                "link",
+                "add",
+                BRIDGE,
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+                "forward_delay",
+                "0",
+            ]);
+            ip(&[
+                "-n",
+                node,
+                "addr",
+                "add",
+                &format!("{GATEWAY_V4}/24"),
+                "dev",
+                BRIDGE,
+            ]);
+            ip(&[
+                "-n",
+                node,
+                "addr",
+                "add",
+                &format!("{GATEWAY_V6}/64"),
+                "dev",
+                BRIDGE,
+                "nodad",
+            ]);
+            ip(&["-n", node, "link", "set", BRIDGE, "up"]);
+        }
         Node {
             netns,
+            style,
             tag: tag.to_owned(),
         }
     }
 
-    /// Adds pod number `n` (2 to 254): `10.70.0.n/32` and `fd70::n/128`, its veth `hv-<n>` on
-    /// the node, the node as its default gateway.
+    /// Adds an interface `up0` carrying `v4/32` and `v6/128`: an address of the node that no
+    /// pod link holds, as a node's own IP on its uplink. It is a veth whose peer stays in the
+    /// node (kernels without the dummy driver have veth).
+    pub fn add_uplink(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> u32 {
+        let node = &self.netns.name;
+        ip(&[
+            "-n", node, "link", "add", "up0", "type", "veth", "peer", "name", "up0-peer",
+        ]);
+        ip(&["-n", node, "link", "set", "up0-peer", "up"]);
+        ip(&["-n", node, "addr", "add", &format!("{v4}/32"), "dev", "up0"]);
+        ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            "up0",
+            "nodad",
+        ]);
+        ip(&["-n", node, "link", "set", "up0", "up"]);
+        self.netns.ifindex("up0")
+    }
+
+    /// Adds pod number `n` (2 to 254) with the addresses `10.70.0.n` and `fd70::n`, its veth
+    /// `hv-<n>` on the node, the node as its default gateway.
     pub fn add_pod(&self, n: u8) -> Pod {
+        match self.style {
+            Style::Ptp => self.add_ptp_pod(n),
+            Style::Bridge => self.add_bridge_pod(n),
+        }
+    }
+
+    /// A bridge-style pod: `10.70.0.n/24` and `fd70::n/64`, its host veth a port of [`BRIDGE`].
+    fn add_bridge_pod(&self, n: u8) -> Pod {
+        let netns = Netns::new(format!("dpt-{}-p{n}", self.tag));
+        let node = &self.netns.name;
+        let pod = &netns.name;
+        let host_if = format!("hv-{n}");
+        let v4 = Ipv4Addr::new(10, 70, 0, n);
+        let v6 = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, u16::from(n));
+        ip(&[
+            "-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+            pod,
+        ]);
+        ip(&["-n", node, "link", "set", &host_if, "master", BRIDGE]);
+        ip(&["-n", node, "link", "set", &host_if, "up"]);
+        ip(&["-n", pod, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            pod,
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&["-n", pod, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_V4.to_string(),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            pod,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_V6.to_string(),
+            "dev",
+            "eth0",
+        ]);
+        let ifindex = self.netns.ifindex(&host_if);
+        Pod {
+            netns,
+            v4,
+            v6,
+            host_if,
+            ifindex,
+        }
+    }
+
+    /// A ptp-style pod: `10.70.0.n/32` and `fd70::n/128`, a route to each on the node.
+    fn add_ptp_pod(&self, n: u8) -> Pod {
         let netns = Netns::new(format!("dpt-{}-p{n}", self.tag));
         let node = &self.netns.name;
         let pod = &netns.name;
@@ -259,6 +411,26 @@ impl Node {
     }
 }
 
+/// The MAC address of an interface of a namespace.
+pub fn mac(netns: &str, ifname: &str) -> [u8; 6] {
+    let output = Command::new("ip")
+        .args(["-n", netns, "-o", "link", "show", "dev", ifname])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run ip: {error}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut words = text.split_whitespace();
+    let address = words
+        .by_ref()
+        .skip_while(|word| *word != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC address for {ifname} in {netns}: {text}"));
+    let mut mac = [0; 6];
+    for (byte, part) in mac.iter_mut().zip(address.split(':')) {
+        *byte = u8::from_str_radix(part, 16).expect("hex MAC byte");
+    }
+    mac
+}
+
 /// The wildcard address of a dual-stack socket: it serves IPv4 (as mapped addresses) and IPv6.
 const ANY: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
 
@@ -294,9 +466,15 @@ impl EchoServer {
     }
 
     pub fn udp(netns: &Netns, port: u16) -> EchoServer {
+        EchoServer::udp_at(netns, SocketAddr::new(ANY.ip(), port))
+    }
+
+    /// A UDP echo server on one address: its replies come from that address, where one bound to
+    /// the wildcard answers from whichever address the route to the client prefers.
+    pub fn udp_at(netns: &Netns, addr: SocketAddr) -> EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
         let socket = netns.run(move || {
-            let socket = UdpSocket::bind(SocketAddr::new(ANY.ip(), port)).expect("bind udp");
+            let socket = UdpSocket::bind(addr).expect("bind udp");
             socket
                 .set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
