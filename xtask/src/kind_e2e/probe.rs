@@ -238,11 +238,13 @@ mod tests {
                     port: 80,
                     protocol: manifest::Protocol::Tcp,
                     target: TargetPort::Number(80),
+                    node_port: None,
                 },
                 ServicePort {
                     port: 8081,
                     protocol: manifest::Protocol::Tcp,
                     target: TargetPort::Name("serve-81-tcp".into()),
+                    node_port: None,
                 },
             ],
         }]

@@ -106,6 +106,10 @@ pub struct ServicePort {
     pub port: u16,
     pub protocol: Protocol,
     pub target: TargetPort,
+    /// `nodePort` of a `type: NodePort` (or `LoadBalancer`) Service: every node's addresses
+    /// forward it to the backend.
+    #[serde(default)]
+    pub node_port: Option<u16>,
 }
 
 /// A Service as the lab needs it.
@@ -347,6 +351,8 @@ fn service_decl(service: &Service) -> Result<ServiceDecl> {
         .filter(|text| !text.is_empty() && *text != "None")
         .map(|text| parse_ip(text, "spec.clusterIPs"))
         .collect::<Result<_>>()?;
+    let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let exposed = matches!(service_type, "NodePort" | "LoadBalancer");
     let mut ports = Vec::new();
     for port in spec.ports.iter().flatten() {
         let number = port_number(port.port, "spec.ports[].port")?;
@@ -360,10 +366,24 @@ fn service_decl(service: &Service) -> Result<ServiceDecl> {
                 Err(_) => TargetPort::Name(name.clone()),
             },
         };
+        let node_port = match port.node_port {
+            Some(value) if exposed => Some(port_number(value, "spec.ports[].nodePort")?),
+            Some(value) => bail!(
+                "spec.ports[].nodePort: {value} on a Service of type {}: only NodePort and \
+                 LoadBalancer Services have node ports",
+                service_type
+            ),
+            // The API server would allocate one; the lab must know it to translate it.
+            None if exposed => bail!(
+                "spec.ports[].nodePort: a {service_type} Service in the lab names its node ports"
+            ),
+            None => None,
+        };
         ports.push(ServicePort {
             port: number,
             protocol: Protocol::parse(port.protocol.as_deref(), "spec.ports[].protocol")?,
             target,
+            node_port,
         });
     }
     Ok(ServiceDecl {

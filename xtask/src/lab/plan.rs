@@ -56,6 +56,9 @@ pub struct LabServicePort {
     pub port: u16,
     pub protocol: Protocol,
     pub target: TargetPort,
+    /// The port every node's addresses forward to the backend (`type: NodePort`).
+    #[serde(default)]
+    pub node_port: Option<u16>,
     pub backend: Option<Backend>,
 }
 
@@ -130,6 +133,7 @@ impl Plan {
                     port: port.port,
                     protocol: port.protocol,
                     target: port.target.clone(),
+                    node_port: port.node_port,
                     backend: selected.iter().find_map(|pod| {
                         let target = match &port.target {
                             TargetPort::Number(number) => *number,

@@ -3,6 +3,11 @@
 //! on replies. A pod that reaches itself through its own Service is masqueraded, as kube-proxy
 //! does, or its reply would bypass the node and never be reverse-translated.
 //!
+//! A Service port with a `nodePort` is also reached on every address of every node (the
+//! `addrtype LOCAL` match, as kube-proxy's `KUBE-NODEPORTS`), masquerade-marked as kube-proxy
+//! marks external traffic of `externalTrafficPolicy: Cluster`: the backend sees the node's
+//! address, and a pod's own egress policy is all that stands between it and the backend.
+//!
 //! The whole `nat` table of a node is replaced in one `iptables-restore`, so an update is atomic.
 
 use std::{fmt::Write as _, net::IpAddr};
@@ -19,6 +24,7 @@ pub fn nat_table(plan: &Plan, v6: bool) -> String {
     let host_len = if v6 { 128 } else { 32 };
     let mut chains = String::new();
     let mut rules = String::new();
+    let mut node_ports = Vec::new();
     let mut add = |rule: String| {
         rules.push_str(&rule);
         rules.push('\n');
@@ -65,10 +71,23 @@ pub fn nat_table(plan: &Plan, v6: bool) -> String {
             add(format!(
                 "-A {chain} -p {protocol} -m {protocol} -j DNAT --to-destination {destination}"
             ));
+            if let Some(node_port) = port.node_port {
+                node_ports.push(format!(
+                    "-A NP-NODEPORTS -p {protocol} -m {protocol} --dport {node_port} -m comment --comment \"{comment} nodePort\" -j MARK --set-xmark {MASQUERADE_MARK}"
+                ));
+                node_ports.push(format!(
+                    "-A NP-NODEPORTS -p {protocol} -m {protocol} --dport {node_port} -j {chain}"
+                ));
+            }
         }
     }
+    // Last in NP-SERVICES, as in kube-proxy: a ClusterIP portal always wins over a node port.
+    add("-A NP-SERVICES -m addrtype --dst-type LOCAL -m comment --comment \"lab node ports\" -j NP-NODEPORTS".to_owned());
+    for rule in node_ports {
+        add(rule);
+    }
     format!(
-        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:NP-SERVICES - [0:0]\n:NP-POSTROUTING - [0:0]\n{chains}{rules}COMMIT\n"
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:NP-SERVICES - [0:0]\n:NP-NODEPORTS - [0:0]\n:NP-POSTROUTING - [0:0]\n{chains}{rules}COMMIT\n"
     )
 }
 
@@ -102,6 +121,105 @@ mod tests {
         assign::IpFamily,
         manifest::{ManifestFile, from_files, parse_documents},
     };
+
+    #[test]
+    fn node_ports_reach_the_backend_on_every_local_address_masqueraded() {
+        let text = r#"
+kind: Pod
+apiVersion: v1
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{containerPort: 8080}]}]}
+---
+kind: Service
+apiVersion: v1
+metadata: {name: web, namespace: x}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}, {port: 53, targetPort: 8080, protocol: UDP, nodePort: 30053}]
+"#;
+        let manifests = from_files(vec![ManifestFile {
+            name: "x.yaml".into(),
+            documents: parse_documents(text).unwrap(),
+        }])
+        .unwrap();
+        let plan = Plan::new("/src".into(), &manifests, 2, IpFamily::Dual).unwrap();
+        assert_eq!(plan.services[0].ports[0].node_port, Some(30080));
+        for (v6, backend) in [
+            (false, "10.244.1.2:8080"),
+            (true, "[fd00:10:244:1::2]:8080"),
+        ] {
+            let table = nat_table(&plan, v6);
+            let nodeports = table
+                .find("-A NP-SERVICES -m addrtype --dst-type LOCAL")
+                .expect("node ports are reached from NP-SERVICES");
+            let last_portal = table.rfind("-A NP-SERVICES -d").expect("cluster IP portal");
+            assert!(
+                last_portal < nodeports,
+                "ClusterIP portals come first: {table}"
+            );
+            for (protocol, node_port) in [("tcp", 30080), ("udp", 30053)] {
+                let portal =
+                    format!("-A NP-NODEPORTS -p {protocol} -m {protocol} --dport {node_port}");
+                let mark = table
+                    .find(&format!("{portal} -m comment"))
+                    .expect("marked for masquerade");
+                assert!(
+                    table[mark..]
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .ends_with("-j MARK --set-xmark 0x4000/0x4000"),
+                    "{table}"
+                );
+                let jump = table
+                    .find(&format!("{portal} -j NP-SVC-"))
+                    .expect("jump to the Service chain");
+                assert!(mark < jump, "{table}");
+                let chain = table[jump..]
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .rsplit(' ')
+                    .next()
+                    .unwrap();
+                assert!(
+                    table.contains(&format!(
+                        "-A {chain} -p {protocol} -m {protocol} -j DNAT --to-destination {backend}"
+                    )),
+                    "{table}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn node_ports_need_a_node_port_service_and_a_number() {
+        let service = |spec: &str| {
+            let text = format!(
+                "kind: Service\napiVersion: v1\nmetadata: {{name: s, namespace: x}}\nspec: {spec}\n"
+            );
+            from_files(vec![ManifestFile {
+                name: "s.yaml".into(),
+                documents: parse_documents(&text).unwrap(),
+            }])
+        };
+        let error =
+            service("{selector: {a: b}, ports: [{port: 80, nodePort: 30080}]}").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("only NodePort and LoadBalancer"),
+            "{error:#}"
+        );
+        let error = service("{type: NodePort, selector: {a: b}, ports: [{port: 80}]}").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("names its node ports"),
+            "{error:#}"
+        );
+        let manifests =
+            service("{type: NodePort, selector: {a: b}, ports: [{port: 80, nodePort: 30080}]}")
+                .unwrap();
+        assert_eq!(manifests.services[0].ports[0].node_port, Some(30080));
+    }
 
     #[test]
     fn service_ports_are_translated_to_their_backend_and_hairpins_masqueraded() {
