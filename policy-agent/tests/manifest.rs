@@ -878,3 +878,14 @@ fn the_shipped_manifests_load_without_rejections() {
         assert!(messages.is_empty(), "{paths:?}: {messages:#?}");
     }
 }
+
+#[test]
+fn node_port_services_load() {
+    let loaded = load_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  \
+         selector: {app: web}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30080}, \
+         {port: 53, protocol: UDP, nodePort: 30053}]\n",
+    );
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    assert_eq!(loaded.snapshot.services.len(), 1);
+}
