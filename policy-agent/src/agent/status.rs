@@ -513,7 +513,6 @@ fn failures_of(
             .collect(),
         ReconcileError::Resolve(resolve) => match resolve {
             ResolveError::TooManyEndpoints { node, .. }
-            | ResolveError::TooManyPolicyEntries { node, .. }
             | ResolveError::TooManyPeerPrefixes { node, .. } => {
                 one(FailureKind::MapFull, format!("node {node}"))
             }
