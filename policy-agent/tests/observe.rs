@@ -732,8 +732,7 @@ fn an_oversized_policy_in_one_namespace_leaves_changes_in_another_enforced() {
     );
     let _agent = lab.start_agent();
     let applied = |what: &str| {
-        let generation =
-            policy_agent::manifest::generation(&lab.manifests()).expect("generation");
+        let generation = policy_agent::manifest::generation(&lab.manifests()).expect("generation");
         lab.wait_status(what, |status| {
             status.applied_generation.as_deref() == Some(generation.as_str())
                 && status.endpoints.len() == 3
@@ -764,7 +763,10 @@ fn an_oversized_policy_in_one_namespace_leaves_changes_in_another_enforced() {
 
     // Every other port from 17 ipBlocks cannot merge: 557,056 entries, over any one policy's
     // budget. big/c stays isolated with none of its rules; the change in obs still applies.
-    lab.write("huge.yaml", &big_policy(&lab.b, 17, (1..=u16::MAX).step_by(2)));
+    lab.write(
+        "huge.yaml",
+        &big_policy(&lab.b, 17, (1..=u16::MAX).step_by(2)),
+    );
     fs::remove_file(lab.manifests().join("deny.yaml")).expect("remove the deny-all");
     let status = applied("the oversized policy and the lifted deny-all applied");
     let failure = status
@@ -784,7 +786,10 @@ fn an_oversized_policy_in_one_namespace_leaves_changes_in_another_enforced() {
         .expect("big/c");
     assert!(c_status.ingress_isolated);
     assert_eq!(c_status.policy_entries, 0);
-    assert!(tcp_works(&lab.b.netns, to_a), "the lifted deny-all is enforced");
+    assert!(
+        tcp_works(&lab.b.netns, to_a),
+        "the lifted deny-all is enforced"
+    );
     assert!(
         !tcp_works(&lab.b.netns, to_c(ALLOWED_PORT + 1)),
         "the oversized policy opens nothing"
