@@ -11,7 +11,10 @@
 //! first) and the client's address of the same family.
 //!
 //! What could not be loaded is never silently left out: each problem is printed before the
-//! answer and the run ends with [`ExplainError::Incomplete`]. Text from the input (names,
+//! answer and the run ends with [`ExplainError::Incomplete`]. The answer treats problems as the
+//! agent does: a rejected NetworkPolicy isolates the pods it selects with none of its rules, and
+//! a policy too big for the maps is left out for the pods it is too big for, which it still
+//! isolates. Text from the input (names,
 //! paths) is printed with control characters escaped.
 
 use std::{collections::BTreeMap, fs, io, net::IpAddr, path::PathBuf};
@@ -27,7 +30,7 @@ use crate::{
         model::{Pod, Protocol, Snapshot},
         resolve::{ResolveError, resolve},
         spec::{Evaluation, evaluate},
-        state::NodeState,
+        state::{Degraded, NodeState},
     },
     printable, steers_terminal,
 };
@@ -57,8 +60,9 @@ pub enum ExplainError {
     #[error("cannot encode the output")]
     Json(#[source] serde_json::Error),
     #[error(
-        "the manifests have {problems} problem{}, listed before the answer; the answer leaves \
-         out what could not be loaded, so it may allow what the manifests deny",
+        "the manifests have {problems} problem{}, listed before the answer; as the agent does, \
+         the answer holds a rejected NetworkPolicy as isolation of the pods it selects with none \
+         of its rules, and leaves out other objects that could not be loaded",
         if *problems == 1 { "" } else { "s" }
     )]
     Incomplete { problems: usize },
@@ -104,8 +108,13 @@ pub fn run(
         writeln!(notes, "note: {}", printable(&skipped.to_string()))
             .map_err(ExplainError::Write)?;
     }
-    let problems = loaded.errors.len();
     let cluster = Cluster::compile(loaded.snapshot)?;
+    let degraded: Vec<&Degraded> = cluster.degraded().collect();
+    for degraded in &degraded {
+        writeln!(notes, "error: {}", printable(&degraded.to_string()))
+            .map_err(ExplainError::Write)?;
+    }
+    let problems = loaded.errors.len() + degraded.len();
     answer(&cluster, options, out)?;
     if problems > 0 {
         return Err(ExplainError::Incomplete { problems });
@@ -202,6 +211,11 @@ impl Cluster {
             states,
             pods,
         })
+    }
+
+    /// What each node's resolve left out to fit the maps, node by node.
+    pub fn degraded(&self) -> impl Iterator<Item = &Degraded> {
+        self.states.values().flat_map(|state| state.degraded.iter())
     }
 
     fn pod(&self, index: usize) -> &Pod {

@@ -98,9 +98,9 @@ fn understood_input_exits_zero_and_prints_no_notes() {
 }
 
 #[test]
-fn a_rejected_object_fails_the_run_and_the_rest_is_still_answered() {
-    // The only isolating policy has a bad CIDR: without it shop/db is not isolated, which the
-    // answer says, but the run must not pass.
+fn a_rejected_policy_fails_the_run_and_still_isolates_its_pods() {
+    // The only isolating policy has a bad CIDR: as in the agent, shop/db stays isolated with
+    // none of the policy's rules, and the run does not pass.
     let dir = ManifestDir::new(
         "rejected",
         &[
@@ -117,7 +117,11 @@ fn a_rejected_object_fails_the_run_and_the_rest_is_still_answered() {
     let run = explain(&[&["-f", dir.path()][..], &PAIR].concat());
     assert_eq!(run.code, Some(1));
     assert!(
-        run.out.starts_with("shop/web -> shop/db TCP/80: ALLOWED\n"),
+        run.out.starts_with(
+            "shop/web -> shop/db TCP/80: DENIED\n\
+             \x20 shop/web egress (to 10.244.1.2): allowed, not isolated (no policy selects it for egress)\n\
+             \x20 shop/db ingress (from 10.244.2.2): isolated by shop/db; denied: no rule allows it\n"
+        ),
         "{}",
         run.out
     );
@@ -127,8 +131,9 @@ fn a_rejected_object_fails_the_run_and_the_rest_is_still_answered() {
         format!(
             "error: {}: NetworkPolicy shop/db: spec.ingress[0].from[0].ipBlock.cidr: \
              \"10.0.0.0/33\" has an invalid prefix length (0 to 32 for IPv4, 0 to 128 for IPv6)\n\
-             error: the manifests have 1 problem, listed before the answer; the answer leaves out \
-             what could not be loaded, so it may allow what the manifests deny\n",
+             error: the manifests have 1 problem, listed before the answer; as the agent does, the \
+             answer holds a rejected NetworkPolicy as isolation of the pods it selects with none of \
+             its rules, and leaves out other objects that could not be loaded\n",
             file.display()
         )
     );
@@ -136,7 +141,76 @@ fn a_rejected_object_fails_the_run_and_the_rest_is_still_answered() {
     let run = explain(&["-f", dir.path(), "-o", "json"]);
     assert_eq!(run.code, Some(1));
     let json: serde_json::Value = serde_json::from_str(&run.out).expect("JSON answer");
-    assert_eq!(json["allowed"]["shop/web"]["shop/db"], true);
+    assert_eq!(json["allowed"]["shop/web"]["shop/db"], false);
+    assert_eq!(json["allowed"]["shop/db"]["shop/web"], true);
+}
+
+#[test]
+fn rejected_policies_isolate_what_they_select_in_their_directions() {
+    // (case, policy, web -> db allowed, db -> web allowed)
+    let cases: [(&str, String, bool, bool); 5] = [
+        (
+            "leading-zero-cidr",
+            db_policy(
+                "db",
+                "  ingress: [{from: [{ipBlock: {cidr: 010.0.0.0/8}}]}]\n",
+            ),
+            false,
+            true,
+        ),
+        (
+            "bad-port-egress",
+            db_policy("db", "  egress: [{ports: [{port: 0}]}]\n"),
+            false,
+            false,
+        ),
+        (
+            "egress-only",
+            db_policy(
+                "db",
+                "  policyTypes: [Egress]\n  egress: [{ports: [{protocol: ICMP}]}]\n",
+            ),
+            true,
+            false,
+        ),
+        (
+            // The podSelector cannot be read: every pod of the namespace is isolated.
+            "bad-selector",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {name: db, namespace: shop}\n\
+             spec:\n  podSelector: {matchExpressions: [{key: app, operator: Near}]}\n\
+             \x20 ingress: [{}]\n"
+                .to_owned(),
+            false,
+            false,
+        ),
+        (
+            // The policyTypes cannot be read: both directions.
+            "bad-types",
+            db_policy("db", "  policyTypes: [Ingres]\n  ingress: [{}]\n"),
+            false,
+            false,
+        ),
+    ];
+    for (name, policy, web_to_db, db_to_web) in cases {
+        let dir = ManifestDir::new(name, &[("cluster.yaml", CLUSTER), ("bad.yaml", &policy)]);
+        let run = explain(&["-f", dir.path(), "-o", "json"]);
+        assert_eq!(run.code, Some(1), "{name}: {}", run.err);
+        assert!(
+            run.err.contains("NetworkPolicy shop/db: spec."),
+            "{name}: {}",
+            run.err
+        );
+        let json: serde_json::Value = serde_json::from_str(&run.out).expect("JSON answer");
+        assert_eq!(
+            (
+                json["allowed"]["shop/web"]["shop/db"].as_bool(),
+                json["allowed"]["shop/db"]["shop/web"].as_bool()
+            ),
+            (Some(web_to_db), Some(db_to_web)),
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -247,7 +247,11 @@ fn each_invalid_policy_is_reported_with_file_object_and_field_and_the_rest_loads
             .iter()
             .map(|p| p.name.as_str())
             .collect();
-        assert_eq!(names, ["broken", "p"], "{spec}");
+        // The rejected policy still isolates what it selects, with none of its rules.
+        assert_eq!(names, ["broken", "p", "bad"], "{spec}");
+        let bad = &loaded.snapshot.policies[2];
+        assert!(bad.ingress.is_empty() && bad.egress.is_empty(), "{spec}");
+        assert_eq!(loaded.isolating, [0].into(), "{spec}");
         assert_eq!(loaded.snapshot.pods.len(), 1);
     }
 }
@@ -529,11 +533,20 @@ fn policy_with(spec: &str) -> String {
     )
 }
 
-/// The one error of loading `text`, as printed.
+/// The one error of loading `text`, as printed. A rejected policy is only there as isolation
+/// with none of its rules.
 fn only_error(text: &str) -> String {
     let loaded = load_str(text);
     assert_eq!(loaded.errors.len(), 1, "{text}: {:?}", loaded.errors);
-    assert!(loaded.snapshot.policies.is_empty() && loaded.snapshot.pods.is_empty());
+    assert!(loaded.snapshot.pods.is_empty());
+    assert!(
+        loaded
+            .snapshot
+            .policies
+            .iter()
+            .all(|policy| policy.ingress.is_empty() && policy.egress.is_empty())
+    );
+    assert_eq!(loaded.isolating.len(), loaded.snapshot.policies.len());
     policy_agent::error_chain(&loaded.errors[0])
 }
 

@@ -754,7 +754,7 @@ impl Reference {
         if is_host(peer_of(&datagram.tuple, direction)) {
             let is_flow = matches!(parsed, Parsed::Flow(_));
             if deferred {
-                return self.to_host(endpoint, &datagram, is_flow);
+                return self.deferred_to_host(endpoint, &datagram, is_flow);
             }
             let reply = FlowKey {
                 endpoint: endpoint.id,
@@ -808,7 +808,7 @@ impl Reference {
     }
 
     /// A packet from the pod to a node address: deferred; a flow is tracked so replies pass.
-    fn to_host(&mut self, endpoint: &Endpoint, datagram: &Datagram, is_flow: bool) -> Expected {
+    fn deferred_to_host(&mut self, endpoint: &Endpoint, datagram: &Datagram, is_flow: bool) -> Expected {
         let key = FlowKey {
             endpoint: endpoint.id,
             direction: Direction::Egress,

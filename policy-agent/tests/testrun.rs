@@ -2911,7 +2911,7 @@ fn egress_to_a_node_address_is_deferred_and_its_replies_pass() {
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
 fn a_node_address_translated_to_a_denied_backend_drops_after_dnat() {
-    let mut dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[]);
+    let dp = setup_service_backend(ENDPOINT_EGRESS_ISOLATED, &[]);
     // kube-proxy translated HOST4:30080 (deferred by from_pod) to the backend PEER4:8080.
     let (action, _) = dp.run_with_mark(
         names::SVC_EGRESS_PROG,

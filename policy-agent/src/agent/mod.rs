@@ -12,9 +12,15 @@
 //! reconcile reads the endpoint map back and repairs it where it differs from what the agent
 //! programmed (an entry missing, changed or left over), logging each difference; so an endpoint
 //! that `status.json` reports programmed has its entry in the kernel. Manifests with errors (an
-//! unparsable document, an invalid object) are reported and not applied: the datapath keeps the
-//! last good state, which never opens what the bad content might have closed. The Kubernetes
-//! source applies everything but the objects it rejects, and reports those. On start the
+//! unparsable document, an invalid Pod) are reported and not applied: the datapath keeps the
+//! last good state, which never opens what the bad content might have closed. A rejected
+//! NetworkPolicy, from either source, is reported and applied as isolation of the pods it
+//! selects with none of its rules; the Kubernetes source leaves out the other objects it
+//! rejects. What the maps cannot hold stays with the pods it concerns: the resolver leaves out
+//! a policy too big for one pod, or, when the node's endpoints need more entries than the
+//! policy map holds, the entries of the pods that need the most (they deny all traffic); a map
+//! write that still fails fences its endpoints only. Either way every other pod keeps
+//! receiving changes. On start the
 //! agent adopts what is pinned: the programs keep enforcing while it is down, and the first
 //! reconcile writes only what differs from the maps.
 //!
@@ -61,7 +67,7 @@ use policy_common::maps::{
     ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo,
 };
 use source::{LoadError, Loader};
-pub use source::{Source, SourceParseError};
+pub use source::{RejectedObject, Source, SourceParseError};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -71,14 +77,13 @@ use crate::{
         binding::{self, Conflict},
         events::{self, Pacer},
     },
-    error_chain,
-    k8s::{self, Rejected},
+    error_chain, k8s,
     metrics::{self, Health, Metrics},
     policy::{
         adopt::resolve_adopting,
         model::Snapshot,
         resolve::{ResolveError, resolve},
-        state::{Delta, NodeState, PodRef},
+        state::{Degraded, Delta, NodeState, PodRef},
     },
 };
 
@@ -162,12 +167,16 @@ pub enum AgentError {
 enum ReconcileError {
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error(
-        "{} object(s) rejected and left out, the rest applied. First: {}",
-        rejected.len(),
-        rejected.first().map(|rejected| error_chain(rejected)).unwrap_or_default()
-    )]
-    Rejected { rejected: Vec<Rejected> },
+    /// The reconcile applied, but not all of it as written: objects were rejected, the
+    /// resolver left out what the maps cannot hold, or map writes failed (their endpoints are
+    /// fenced). Each concerns only its own object and pods; everything else took the change.
+    #[error("{}", incomplete(rejected, degraded, apply.as_deref()))]
+    Incomplete {
+        rejected: Vec<RejectedObject>,
+        degraded: Vec<Degraded>,
+        #[source]
+        apply: Option<Box<ApplyError>>,
+    },
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     #[error(transparent)]
@@ -195,6 +204,47 @@ enum ReconcileError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The summary of [`ReconcileError::Incomplete`]; the failed map writes follow as its cause.
+fn incomplete(
+    rejected: &[RejectedObject],
+    degraded: &[Degraded],
+    apply: Option<&ApplyError>,
+) -> String {
+    let mut parts = Vec::new();
+    if let Some(first) = rejected.first() {
+        parts.push(format!(
+            "{} object(s) rejected (a rejected NetworkPolicy isolates its pods with none of its \
+             rules), the rest applied. First: {}",
+            rejected.len(),
+            error_chain(first)
+        ));
+    }
+    if let Some(first) = degraded.first() {
+        parts.push(format!(
+            "{} part(s) of the state left out to fit the maps, their pods kept closed. First: \
+             {first}",
+            degraded.len()
+        ));
+    }
+    if apply.is_some() {
+        parts.push("map updates failed; the endpoints they concern are fenced".to_owned());
+    }
+    parts.join("; ")
+}
+
+impl ReconcileError {
+    /// The failed map writes of this reconcile, if any.
+    fn apply(&self) -> Option<&ApplyError> {
+        match self {
+            ReconcileError::Apply(apply) => Some(apply),
+            ReconcileError::Incomplete {
+                apply: Some(apply), ..
+            } => Some(apply),
+            _ => None,
+        }
+    }
 }
 
 impl From<DatapathError> for ReconcileError {
@@ -473,15 +523,19 @@ impl Agent {
             }
             None => false,
         };
+        // A failed map write fences only the endpoints it concerns: the reconcile goes on, so
+        // every other endpoint (and a new pod's attachment) still takes the change.
         let ifindex_of = |pod: &PodRef| interfaces.get(pod).copied();
-        let writes = match &self.programmed {
+        let applied = match &self.programmed {
             // The first pass diffs against what the maps really hold: adoption after a restart.
             // So does a pass that found the endpoint map changed behind the agent's back.
-            None => self.datapath.sync(&programmable, ifindex_of)?.writes,
+            None => self.datapath.sync(&programmable, ifindex_of),
             Some(_) if repairing => {
-                let writes = self.datapath.sync(&programmable, ifindex_of)?.writes;
-                info!(writes, "endpoint map repaired");
-                writes
+                let applied = self.datapath.sync(&programmable, ifindex_of);
+                if let Ok(stats) = &applied {
+                    info!(writes = stats.writes, "endpoint map repaired");
+                }
+                applied
             }
             Some(programmed) => {
                 let mut delta = Delta::between(programmed, &programmable);
@@ -492,8 +546,12 @@ impl Agent {
                     }
                 }
                 self.datapath.set_rules(&programmable.rules)?;
-                self.datapath.apply(&delta, ifindex_of)?.writes
+                self.datapath.apply(&delta, ifindex_of)
             }
+        };
+        let (writes, apply_error) = match applied {
+            Ok(stats) => (stats.writes, None),
+            Err(error) => (0, Some(Box::new(error))),
         };
 
         let endpoint_ifindexes: BTreeSet<u32> = interfaces.values().copied().collect();
@@ -549,6 +607,7 @@ impl Agent {
                 "first reconcile since start"
             );
         }
+        let degraded = resolved.degraded.clone();
         self.resolved = resolved;
         self.programmed = Some(programmable);
         self.interfaces = interfaces;
@@ -558,9 +617,11 @@ impl Agent {
                 .map_err(|source| ReconcileError::Publish { path, source })?;
             self.applied_generation = Some(generation);
         }
-        if !loaded.rejected.is_empty() {
-            return Err(ReconcileError::Rejected {
+        if !loaded.rejected.is_empty() || !degraded.is_empty() || apply_error.is_some() {
+            return Err(ReconcileError::Incomplete {
                 rejected: loaded.rejected,
+                degraded,
+                apply: apply_error,
             });
         }
         Ok(writes > 0)

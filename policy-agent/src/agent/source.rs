@@ -1,6 +1,6 @@
 //! Where the agent reads the cluster from, and how it learns of changes. Both sources give the
-//! run loop the same thing: a [`Content`] (the converted snapshot and its generation), and a
-//! channel that carries one `()` per change.
+//! run loop the same thing: a [`Loaded`] (the converted snapshot, its generation and the objects
+//! rejected), and a channel that carries one `()` per change.
 
 use std::{
     fmt,
@@ -15,8 +15,9 @@ use tracing::debug;
 use super::AgentError;
 use crate::{
     error_chain,
-    k8s::{self, Content, KubeSource, NotReady},
+    k8s::{self, Content, KubeSource, NotReady, Rejected},
     manifest::{self, ManifestError},
+    policy::model::Snapshot,
 };
 
 /// The agent's source of Pods, Namespaces, Services and NetworkPolicies.
@@ -77,6 +78,24 @@ pub enum LoadError {
     NotReady(#[source] NotReady),
 }
 
+/// An object the source rejected: reported while the rest applies.
+#[derive(Debug, thiserror::Error)]
+pub enum RejectedObject {
+    #[error(transparent)]
+    Kubernetes(#[from] Rejected),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// What one reconcile applies: the snapshot, its generation, and the objects rejected (a
+/// rejected NetworkPolicy is in the snapshot as isolation without its rules).
+#[derive(Debug)]
+pub struct Loaded {
+    pub snapshot: Snapshot,
+    pub generation: String,
+    pub rejected: Vec<RejectedObject>,
+}
+
 /// A started source.
 pub enum Loader {
     Files {
@@ -109,24 +128,37 @@ impl Loader {
         }
     }
 
-    /// The current content. Manifests with errors give none: a user editing files fixes them.
-    /// The Kubernetes source leaves rejected objects out (each is in [`Content::rejected`]);
-    /// manifests never reject one.
-    pub fn load(&self) -> Result<Content, LoadError> {
+    /// The current content. Both sources apply a rejected NetworkPolicy as isolation without
+    /// its rules and report it. The Kubernetes source leaves other rejected objects out; manifests
+    /// with any other error (an unparsable document, an invalid Pod, Namespace or Service, a
+    /// second definition) give no content: the last good state stays, since leaving such an
+    /// object out could open a pod, and a user editing files fixes them.
+    pub fn load(&self) -> Result<Loaded, LoadError> {
         match self {
             Loader::Files { dir, .. } => load_files(dir),
-            Loader::Kubernetes(source) => source.content().map_err(LoadError::NotReady),
+            Loader::Kubernetes(source) => {
+                let Content {
+                    snapshot,
+                    generation,
+                    rejected,
+                } = source.content().map_err(LoadError::NotReady)?;
+                Ok(Loaded {
+                    snapshot,
+                    generation,
+                    rejected: rejected.into_iter().map(RejectedObject::from).collect(),
+                })
+            }
         }
     }
 }
 
-fn load_files(dir: &Path) -> Result<Content, LoadError> {
+fn load_files(dir: &Path) -> Result<Loaded, LoadError> {
     // The hash first: content read after it is at least as new, so a published generation
     // is never ahead of what was applied.
     let generation =
         manifest::generation(dir).map_err(|source| LoadError::Generation { source })?;
     let loaded = manifest::load(std::slice::from_ref(&dir.to_owned()));
-    if !loaded.errors.is_empty() {
+    if loaded.errors.len() > loaded.isolating.len() {
         return Err(LoadError::Manifests {
             errors: loaded.errors,
         });
@@ -134,10 +166,14 @@ fn load_files(dir: &Path) -> Result<Content, LoadError> {
     for skipped in &loaded.skipped {
         debug!("{skipped}");
     }
-    Ok(Content {
+    Ok(Loaded {
         snapshot: loaded.snapshot,
         generation,
-        rejected: Vec::new(),
+        rejected: loaded
+            .errors
+            .into_iter()
+            .map(RejectedObject::Manifest)
+            .collect(),
     })
 }
 
@@ -166,6 +202,8 @@ pub fn watch(
 
 #[cfg(test)]
 mod tests {
+    use policy_common::verdict::Direction;
+
     use super::*;
 
     #[test]
@@ -192,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn rejected_objects_keep_the_whole_content_from_being_applied() {
+    fn objects_that_could_open_a_pod_keep_the_whole_content_from_being_applied() {
         let dir = Dir(std::env::temp_dir().join(format!("source-strict-{}", std::process::id())));
         let _ = std::fs::remove_dir_all(&dir.0);
         std::fs::create_dir_all(&dir.0).unwrap();
@@ -209,12 +247,7 @@ mod tests {
                 "unknown field spec.containers[0].portz",
             ),
             ("b.yaml", policy, "already defined in"),
-            (
-                "b.yaml",
-                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
-                 metadata: {name: other, namespace: shop}\n",
-                "NetworkPolicy shop/other: spec: is required",
-            ),
+            ("b.yaml", "kind: [", "not valid YAML"),
         ] {
             std::fs::write(dir.0.join(file), text).unwrap();
             match load_files(&dir.0) {
@@ -226,6 +259,47 @@ mod tests {
                 Ok(_) => panic!("{expected}: content with a rejected object was given"),
             }
         }
+    }
+
+    #[test]
+    fn a_rejected_policy_applies_as_isolation_with_the_rest() {
+        let dir = Dir(std::env::temp_dir().join(format!("source-closed-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(
+            dir.0.join("a.yaml"),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {name: deny, namespace: other}\nspec: {podSelector: {}}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.0.join("b.yaml"),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {name: db, namespace: shop}\n\
+             spec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Ingress, Egress]\n\
+             \x20 ingress: [{from: [{ipBlock: {cidr: 010.0.0.0/8}}]}]\n",
+        )
+        .unwrap();
+        let content = load_files(&dir.0).expect("a rejected policy does not stop the rest");
+        let [rejected] = &content.rejected[..] else {
+            panic!("{:?}", content.rejected);
+        };
+        let message = error_chain(rejected);
+        assert!(
+            message.contains("NetworkPolicy shop/db: spec.ingress[0].from[0].ipBlock.cidr"),
+            "{message}"
+        );
+        let names: Vec<&str> = content
+            .snapshot
+            .policies
+            .iter()
+            .map(|policy| policy.name.as_str())
+            .collect();
+        assert_eq!(names, ["deny", "db"]);
+        let db = &content.snapshot.policies[1];
+        assert!(db.ingress.is_empty() && db.egress.is_empty());
+        assert_eq!(db.policy_types, [Direction::Ingress, Direction::Egress]);
+        assert_eq!(db.pod_selector.to_string(), "app=db");
     }
 
     #[test]

@@ -22,9 +22,13 @@ use policy_common::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Agent, ReconcileError, source::LoadError, write_atomically};
+use super::{
+    Agent, ReconcileError,
+    source::{LoadError, RejectedObject},
+    write_atomically,
+};
 use crate::{
-    datapath::UpdateError,
+    datapath::{ApplyError, UpdateError},
     error_chain,
     manifest::ManifestError,
     metrics::{Health, MapFill, Metrics},
@@ -317,28 +321,37 @@ impl Agent {
         if let Some(metrics) = &observer.metrics {
             metrics.observe_reconcile(elapsed);
         }
+        // Whether the datapath holds the whole resolved state (rejected objects and what the
+        // resolver left out included, as the closed state they resolve to).
+        let programmed_all = match result {
+            Ok(_) => true,
+            Err(error @ ReconcileError::Incomplete { .. }) => error.apply().is_none(),
+            Err(_) => false,
+        };
+        if programmed_all {
+            observer.fenced.clear();
+            observer.health.set_ready();
+            if let (Some(received), Some(metrics)) =
+                (observer.pending_change.take(), &observer.metrics)
+            {
+                metrics.observe_enforcement(received.elapsed());
+            }
+            if let Some(programmed) = &self.programmed
+                && let Some(generation) = &self.applied_generation
+            {
+                record_writes(
+                    &mut observer.written,
+                    programmed,
+                    &self.interfaces,
+                    generation,
+                );
+            }
+        }
         match result {
             Ok(_) => {
                 observer.track_failures(Vec::new());
                 observer.last_error = None;
-                observer.fenced.clear();
                 observer.failing = false;
-                observer.health.set_ready();
-                if let (Some(received), Some(metrics)) =
-                    (observer.pending_change.take(), &observer.metrics)
-                {
-                    metrics.observe_enforcement(received.elapsed());
-                }
-                if let Some(programmed) = &self.programmed
-                    && let Some(generation) = &self.applied_generation
-                {
-                    record_writes(
-                        &mut observer.written,
-                        programmed,
-                        &self.interfaces,
-                        generation,
-                    );
-                }
             }
             Err(error) => {
                 let endpoint_pods: BTreeMap<u32, PodRef> = self
@@ -352,12 +365,17 @@ impl Agent {
                     time: Timestamp::now(),
                     error: error_chain(error),
                 });
-                if let ReconcileError::Apply(apply) = error {
+                if let Some(apply) = error.apply() {
+                    // A reconcile that failed some writes still wrote the rest: what it fenced
+                    // is what is fenced now.
+                    if matches!(error, ReconcileError::Incomplete { .. }) {
+                        observer.fenced.clear();
+                    }
                     observer.fenced.extend(apply.fenced.iter().cloned());
                 }
-                // Rejected objects are left out and the rest is applied: nothing to retry
-                // until the source changes.
-                observer.failing = !matches!(error, ReconcileError::Rejected { .. });
+                // Rejected objects and what the maps cannot hold stay so until the source
+                // changes: only failed map writes are worth retrying.
+                observer.failing = !matches!(error, ReconcileError::Incomplete { apply: None, .. });
             }
         }
         let status = self.status();
@@ -379,7 +397,9 @@ impl Agent {
                 .collect();
             metrics.publish(endpoints, maps);
         }
-        if let Err(ReconcileError::Apply(_)) = result {
+        if let Err(error) = result
+            && error.apply().is_some()
+        {
             // Fenced endpoints keep their entries otherwise (a later delta may not touch them):
             // the next reconcile diffs against what the maps really hold, which heals them.
             self.programmed = None;
@@ -564,19 +584,35 @@ fn failures_of(
         ReconcileError::Load(LoadError::Generation { .. } | LoadError::NotReady(_)) => {
             one(FailureKind::Agent, "source".to_owned())
         }
-        ReconcileError::Rejected { rejected } => rejected
-            .iter()
-            .map(|rejected| {
+        ReconcileError::Incomplete {
+            rejected,
+            degraded,
+            apply,
+        } => {
+            let mut found: Vec<(FailureKind, String, String)> = rejected
+                .iter()
+                .map(|rejected| {
+                    let object = match rejected {
+                        RejectedObject::Kubernetes(rejected) => rejected.object.clone(),
+                        RejectedObject::Manifest(error) => manifest_object(error),
+                    };
+                    (FailureKind::InvalidObject, object, error_chain(rejected))
+                })
+                .collect();
+            found.extend(degraded.iter().map(|degraded| {
                 (
-                    FailureKind::InvalidObject,
-                    rejected.object.clone(),
-                    error_chain(rejected),
+                    FailureKind::MapFull,
+                    degraded.object(),
+                    degraded.to_string(),
                 )
-            })
-            .collect(),
+            }));
+            if let Some(apply) = apply {
+                found.extend(apply_failures(apply, endpoint_pods));
+            }
+            found
+        }
         ReconcileError::Resolve(resolve) => match resolve {
             ResolveError::TooManyEndpoints { node, .. }
-            | ResolveError::TooManyPolicyEntries { node, .. }
             | ResolveError::TooManyPeerPrefixes { node, .. } => {
                 one(FailureKind::MapFull, format!("node {node}"))
             }
@@ -585,22 +621,7 @@ fn failures_of(
             }
         },
         ReconcileError::Discovery(_) => one(FailureKind::Agent, "netlink".to_owned()),
-        ReconcileError::Apply(apply) => apply
-            .failures
-            .iter()
-            .map(|failure| {
-                let kind = if failure.is_map_full() {
-                    FailureKind::MapFull
-                } else {
-                    FailureKind::MapUpdate
-                };
-                (
-                    kind,
-                    update_object(failure, endpoint_pods),
-                    error_chain(failure),
-                )
-            })
-            .collect(),
+        ReconcileError::Apply(apply) => apply_failures(apply, endpoint_pods),
         ReconcileError::AttachUplink { ifindex, .. } => {
             one(FailureKind::Attach, format!("uplink {ifindex}"))
         }
@@ -608,6 +629,29 @@ fn failures_of(
         ReconcileError::Datapath(_) => one(FailureKind::Agent, "datapath".to_owned()),
         ReconcileError::Publish { path, .. } => one(FailureKind::Agent, path.display().to_string()),
     }
+}
+
+/// The failures of a map update, as (kind, object, error).
+fn apply_failures(
+    apply: &ApplyError,
+    endpoint_pods: &BTreeMap<u32, PodRef>,
+) -> Vec<(FailureKind, String, String)> {
+    apply
+        .failures
+        .iter()
+        .map(|failure| {
+            let kind = if failure.is_map_full() {
+                FailureKind::MapFull
+            } else {
+                FailureKind::MapUpdate
+            };
+            (
+                kind,
+                update_object(failure, endpoint_pods),
+                error_chain(failure),
+            )
+        })
+        .collect()
 }
 
 /// The object a manifest error names, or its file when it names none.

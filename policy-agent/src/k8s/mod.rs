@@ -22,7 +22,9 @@
 //! (pods without their policies) never opens anything.
 //!
 //! Objects the conversion rejects are reported one by one (object and field) and left out; the
-//! rest applies. Pods without IPs or without a node are simply not endpoints or peers yet.
+//! rest applies. A rejected NetworkPolicy still isolates the pods it selects, with none of its
+//! rules ([`convert::rejected_network_policy`]), so rejecting it never opens them.
+//! Pods without IPs or without a node are simply not endpoints or peers yet.
 
 mod strip;
 #[cfg(test)]
@@ -278,7 +280,16 @@ impl KubeSource {
             namespaces: converted.all(Kind::Namespace, &self.namespaces, convert::namespace),
             pods: converted.all(Kind::Pod, &self.pods, convert::pod),
             services: converted.all(Kind::Service, &self.services, convert::service),
-            policies: converted.all(Kind::NetworkPolicy, &self.policies, convert::network_policy),
+            policies: converted.all_or(
+                Kind::NetworkPolicy,
+                &self.policies,
+                convert::network_policy,
+                |policy| {
+                    serde_json::to_value(policy)
+                        .ok()
+                        .and_then(|value| convert::rejected_network_policy(&value))
+                },
+            ),
         };
         let Converted {
             mut versions,
@@ -395,6 +406,21 @@ impl Converted {
     where
         K: Resource<DynamicType = ()> + Clone + 'static,
     {
+        self.all_or(kind, store, convert, |_| None)
+    }
+
+    /// [`Converted::all`], where `rejected` gives what an object the conversion rejects
+    /// still stands for (it is reported as rejected either way).
+    fn all_or<K, T>(
+        &mut self,
+        kind: Kind,
+        store: &Store<K>,
+        convert: fn(&K) -> Result<T, Invalid>,
+        rejected: fn(&K) -> Option<T>,
+    ) -> Vec<T>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
         let mut objects = store.state();
         objects.sort_by(|a, b| {
             let key = |o: &K| (o.meta().namespace.clone(), o.meta().name.clone());
@@ -403,20 +429,24 @@ impl Converted {
         let mut converted = Vec::with_capacity(objects.len());
         for object in objects {
             let metadata = object.meta();
-            match convert(&object) {
-                Ok(value) => {
-                    converted.push(value);
-                    self.versions.push((
-                        kind,
-                        metadata.uid.clone().unwrap_or_default(),
-                        metadata.resource_version.clone().unwrap_or_default(),
-                    ));
+            let value = match convert(&object) {
+                Ok(value) => Some(value),
+                Err(invalid) => {
+                    self.rejected.push(Rejected {
+                        object: object_name(kind, metadata),
+                        field: invalid.field,
+                        error: invalid.error,
+                    });
+                    rejected(&object)
                 }
-                Err(invalid) => self.rejected.push(Rejected {
-                    object: object_name(kind, metadata),
-                    field: invalid.field,
-                    error: invalid.error,
-                }),
+            };
+            if let Some(value) = value {
+                converted.push(value);
+                self.versions.push((
+                    kind,
+                    metadata.uid.clone().unwrap_or_default(),
+                    metadata.resource_version.clone().unwrap_or_default(),
+                ));
             }
         }
         converted

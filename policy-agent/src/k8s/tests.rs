@@ -19,10 +19,12 @@ use futures_util::{
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::StreamBody;
+use policy_common::verdict::Direction;
 use tokio::sync::mpsc;
 
 use super::*;
 use crate::policy::{
+    lookup::Decision,
     model::Protocol,
     resolve::resolve,
     state::{Delta, NodeState, PodRef},
@@ -496,7 +498,12 @@ async fn invalid_objects_are_rejected_one_by_one_and_the_rest_applies() {
         .iter()
         .map(|policy| policy.name.as_str())
         .collect();
-    assert_eq!(names, ["deny-egress", "web-from-db"]);
+    assert_eq!(names, ["deny-egress", "icmp-only", "web-from-db"]);
+    // The rejected policy still isolates what it selects, with none of its rules.
+    let icmp_only = &content.snapshot.policies[1];
+    assert_eq!(icmp_only.pod_selector, Default::default());
+    assert_eq!(icmp_only.policy_types, [Direction::Ingress]);
+    assert!(icmp_only.ingress.is_empty() && icmp_only.egress.is_empty());
     assert_eq!(content.rejected.len(), 1);
     let rejected = &content.rejected[0];
     assert_eq!(rejected.object, "NetworkPolicy default/icmp-only");
@@ -507,6 +514,48 @@ async fn invalid_objects_are_rejected_one_by_one_and_the_rest_applies() {
         "NetworkPolicy default/icmp-only: spec.ingress[0].ports[0].protocol: unknown protocol \
          \"ICMP\" (expected TCP, UDP or SCTP)"
     );
+}
+
+#[tokio::test]
+async fn a_policy_with_a_leading_zero_cidr_keeps_its_pod_isolated() {
+    let mut harness = Harness::start(&[]);
+    let before = harness.content().await;
+    let prometheus = pod_ref("monitoring", "prometheus-0");
+    let open = resolved(&before, &NodeState::default());
+    assert!(
+        !open.endpoints[&prometheus]
+            .info
+            .isolated(Direction::Ingress)
+    );
+    let web = ip("10.244.1.5");
+    assert_eq!(
+        open.decide(&prometheus, Direction::Ingress, web, 6, 9090),
+        Some(Decision::NotIsolated)
+    );
+
+    // Older API servers stored `010.244.0.0/16`; the conversion rejects it.
+    let watch = harness.watch(POLICIES).await;
+    watch.send(event(POLICIES_WATCH, 2));
+    let content = harness
+        .until(|content| content.ok().filter(|c| !c.rejected.is_empty()))
+        .await;
+    let [rejected] = &content.rejected[..] else {
+        panic!("{:?}", content.rejected);
+    };
+    assert_eq!(
+        error_chain(rejected),
+        "NetworkPolicy monitoring/scrapers: spec.ingress[0].from[0].ipBlock.cidr: \
+         \"010.244.0.0/16\" has an invalid address: invalid IP address syntax"
+    );
+    let state = resolved(&content, &open);
+    let endpoint = &state.endpoints[&prometheus];
+    assert!(endpoint.info.isolated(Direction::Ingress));
+    assert!(!endpoint.info.isolated(Direction::Egress));
+    assert_eq!(
+        state.decide(&prometheus, Direction::Ingress, web, 6, 9090),
+        Some(Decision::Denied)
+    );
+    assert_ne!(content.generation, before.generation);
 }
 
 #[tokio::test]

@@ -253,6 +253,66 @@ pub fn network_policy(object: &ApiPolicy) -> Result<NetworkPolicy> {
     })
 }
 
+/// What a NetworkPolicy the conversion rejects still means, read from the object as written:
+/// it isolates the pods it selects in its directions, with none of its rules, so rejecting it
+/// never opens a pod it would have closed. A podSelector that does not convert (or is absent)
+/// selects every pod of the namespace; policyTypes that do not convert isolate both directions;
+/// without policyTypes, Ingress, and Egress when the object has egress rules (or an egress
+/// section that cannot be read). `None` for an object without a name: nothing identifies it.
+pub fn rejected_network_policy(object: &serde_json::Value) -> Option<NetworkPolicy> {
+    let metadata = object.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?.to_owned();
+    let namespace = metadata
+        .get("namespace")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("default")
+        .to_owned();
+    let field = |key: &str| {
+        object
+            .get("spec")
+            .and_then(|spec| spec.get(key))
+            .filter(|value| !value.is_null())
+    };
+    let pod_selector = field("podSelector")
+        .and_then(|value| serde_json::from_value::<meta::LabelSelector>(value.clone()).ok())
+        .and_then(|selector| label_selector(&selector, "spec.podSelector").ok())
+        .unwrap_or_default();
+    let both = vec![Direction::Ingress, Direction::Egress];
+    let by_default = || {
+        let has_egress = field("egress")
+            .is_some_and(|egress| egress.as_array().is_none_or(|rules| !rules.is_empty()));
+        if has_egress {
+            both.clone()
+        } else {
+            vec![Direction::Ingress]
+        }
+    };
+    let policy_types = match field("policyTypes").map(serde_json::Value::as_array) {
+        None => by_default(),
+        Some(Some(items)) if items.is_empty() => by_default(),
+        Some(Some(items)) => {
+            let parsed: Option<Vec<Direction>> = items
+                .iter()
+                .map(|item| match item.as_str() {
+                    Some("Ingress") => Some(Direction::Ingress),
+                    Some("Egress") => Some(Direction::Egress),
+                    _ => None,
+                })
+                .collect();
+            parsed.unwrap_or_else(|| both.clone())
+        }
+        Some(None) => both.clone(),
+    };
+    Some(NetworkPolicy {
+        namespace,
+        name,
+        pod_selector,
+        policy_types,
+        ingress: Vec::new(),
+        egress: Vec::new(),
+    })
+}
+
 fn rule(
     namespace: &str,
     peers: Option<&[NetworkPolicyPeer]>,

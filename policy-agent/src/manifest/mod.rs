@@ -2,7 +2,9 @@
 //! the k8s-openapi types, the same conversion the Kubernetes source uses.
 //!
 //! Each document is parsed on its own, so an unparsable document or an invalid object is
-//! reported (file, object, field) and skipped while everything else loads. Objects are decoded
+//! reported (file, object, field) and skipped while everything else loads. A NetworkPolicy
+//! that is rejected still isolates the pods it selects, with none of its rules
+//! ([`convert::rejected_network_policy`]): leaving it out would open them. Objects are decoded
 //! strictly (module `strict`): a field the API does not define, a second definition of an object
 //! or anything else that would be read other than as written is an error. Kinds other than
 //! Namespace, Pod, Service and NetworkPolicy are skipped with a note; those four under another
@@ -126,6 +128,9 @@ pub struct Loaded {
     pub snapshot: Snapshot,
     pub errors: Vec<ManifestError>,
     pub skipped: Vec<Skipped>,
+    /// Indices into `errors` of the rejected NetworkPolicies that `snapshot` holds as what
+    /// [`convert::rejected_network_policy`] makes of them: isolation with none of their rules.
+    pub isolating: BTreeSet<usize>,
     /// The file that defined each loaded object, by its name (`Pod shop/web`).
     defined: BTreeMap<String, PathBuf>,
 }
@@ -235,6 +240,7 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
         (_, Some(namespace)) => format!("{kind} {namespace}/{name}"),
         (_, None) => format!("{kind} default/{name}"),
     };
+    let original = (kind == "NetworkPolicy").then(|| value.clone());
     let converted = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => {
             typed(path, &object, &kind, value, convert::namespace).map(Converted::Namespace)
@@ -275,6 +281,15 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
     let converted = match converted {
         Ok(converted) => converted,
         Err(error) => {
+            let stand_in = original
+                .as_ref()
+                .and_then(convert::rejected_network_policy)
+                .filter(|_| !loaded.defined.contains_key(&object));
+            if let Some(policy) = stand_in {
+                loaded.defined.insert(object, path.to_owned());
+                loaded.isolating.insert(loaded.errors.len());
+                loaded.snapshot.policies.push(policy);
+            }
             loaded.errors.push(error);
             return;
         }

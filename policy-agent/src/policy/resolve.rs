@@ -31,20 +31,20 @@ use crate::policy::{
         ContainerPort, IpBlock, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortValue,
         Protocol, Snapshot,
     },
-    state::{Allocations, ClassKey, EndpointState, NodeState, Prefix, RuleRef},
+    state::{Allocations, ClassKey, Degraded, EndpointState, NodeState, PodRef, Prefix, RuleRef},
 };
+
+/// The policy entries one NetworkPolicy may give one pod (both directions together). A policy
+/// that needs more is left out for that pod, which it still isolates: with the policy map's
+/// capacity this leaves room for at least 32 pods at the limit, so no single namespace can fill
+/// the map for the rest of the node.
+pub const POLICY_ENTRY_BUDGET: usize = MAX_POLICY_ENTRIES as usize / 32;
 
 /// A desired state the datapath could not hold.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ResolveError {
     #[error("node {node} has {count} endpoints; the endpoint map holds at most {capacity}")]
     TooManyEndpoints {
-        node: String,
-        count: usize,
-        capacity: u32,
-    },
-    #[error("node {node} needs {count} policy entries; the policy map holds {capacity}")]
-    TooManyPolicyEntries {
         node: String,
         count: usize,
         capacity: u32,
@@ -150,6 +150,7 @@ pub fn resolve(
     }
 
     let endpoint_ids = allocate_endpoints(&endpoints, node, previous, &mut ids)?;
+    let mut compiled: Vec<CompiledEndpoint> = Vec::with_capacity(endpoints.len());
     for ((pod, by_direction), endpoint_id) in endpoints.iter().zip(&selecting).zip(endpoint_ids) {
         let pod_ref = pod.pod_ref();
         let mut info = EndpointInfo {
@@ -162,51 +163,123 @@ pub fn resolve(
                 IpAddr::V6(addr) => info.addr6 = addr.octets(),
             }
         }
-        for direction in Direction::ALL {
-            let applying = &by_direction[direction as usize];
-            if applying.is_empty() {
-                continue;
-            }
-            info.flags |= match direction {
-                Direction::Ingress => ENDPOINT_INGRESS_ISOLATED,
-                Direction::Egress => ENDPOINT_EGRESS_ISOLATED,
-            };
-            let mut compiler = EntryCompiler {
-                endpoint_id,
-                direction,
-                plan: 0,
-                policy: &mut state.policy,
-            };
-            for &index in applying {
-                let policy = policies[index];
+        if !by_direction[Direction::Ingress as usize].is_empty() {
+            info.flags |= ENDPOINT_INGRESS_ISOLATED;
+        }
+        if !by_direction[Direction::Egress as usize].is_empty() {
+            info.flags |= ENDPOINT_EGRESS_ISOLATED;
+        }
+        let mut applying: Vec<usize> = by_direction.concat();
+        applying.sort_unstable();
+        applying.dedup();
+        let mut entries: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
+        let mut plans: [LookupPlan; 2] = [0, 0];
+        for index in applying {
+            let policy = policies[index];
+            let mut own: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
+            let mut own_plans: [LookupPlan; 2] = [0, 0];
+            for direction in Direction::ALL {
+                if !by_direction[direction as usize].contains(&index) {
+                    continue;
+                }
+                let mut compiler = EntryCompiler {
+                    endpoint_id,
+                    direction,
+                    plan: 0,
+                    policy: &mut own,
+                };
                 for (rule_index, rule) in policy.rules(direction).iter().enumerate() {
                     let rule_id = rules[&rule_ref(policy, direction, rule_index)];
                     compiler.rule(pod, rule, rule_id, &peers, &classes, &class_ids);
                 }
+                own_plans[direction as usize] = compiler.plan;
             }
-            match direction {
-                Direction::Ingress => info.ingress_plan = compiler.plan,
-                Direction::Egress => info.egress_plan = compiler.plan,
+            if own.len() > POLICY_ENTRY_BUDGET {
+                state.degraded.push(Degraded::PolicyOverBudget {
+                    policy: format!("{}/{}", policy.namespace, policy.name),
+                    pod: pod_ref.clone(),
+                    entries: own.len(),
+                    budget: POLICY_ENTRY_BUDGET,
+                });
+                continue;
+            }
+            for (plan, own_plan) in plans.iter_mut().zip(own_plans) {
+                *plan |= own_plan;
+            }
+            for (key, value) in own {
+                entries
+                    .entry(key)
+                    .and_modify(|held| held.rule_id = held.rule_id.min(value.rule_id))
+                    .or_insert(value);
             }
         }
+        info.ingress_plan = plans[Direction::Ingress as usize];
+        info.egress_plan = plans[Direction::Egress as usize];
+        compiled.push(CompiledEndpoint {
+            pod: pod_ref,
+            ips: pod.ips.clone(),
+            info,
+            entries,
+        });
+    }
+    fit_policy_map(node, &mut compiled, &mut state.degraded);
+    for endpoint in compiled {
+        state.policy.extend(endpoint.entries);
         state.endpoints.insert(
-            pod_ref.clone(),
+            endpoint.pod.clone(),
             EndpointState {
-                pod: pod_ref,
-                ips: pod.ips.clone(),
-                info,
+                pod: endpoint.pod,
+                ips: endpoint.ips,
+                info: endpoint.info,
             },
         );
     }
-    if state.policy.len() > MAX_POLICY_ENTRIES as usize {
-        return Err(ResolveError::TooManyPolicyEntries {
-            node: node.to_owned(),
-            count: state.policy.len(),
-            capacity: MAX_POLICY_ENTRIES,
-        });
-    }
+    state.degraded.sort();
     state.ids = ids;
     Ok(state)
+}
+
+/// One endpoint's entry and policy entries, before they join the node's state.
+struct CompiledEndpoint {
+    pod: PodRef,
+    ips: Vec<IpAddr>,
+    info: EndpointInfo,
+    entries: BTreeMap<PolicyKey, PolicyValue>,
+}
+
+/// Makes the endpoints' policy entries fit the policy map: while they do not, the endpoint that
+/// needs the most (the first by pod on a tie) loses its entries and denies all traffic in both
+/// directions. Deterministic, and it picks the pods whose policies ask for the most.
+fn fit_policy_map(node: &str, compiled: &mut [CompiledEndpoint], degraded: &mut Vec<Degraded>) {
+    let capacity = MAX_POLICY_ENTRIES as usize;
+    let needed: usize = compiled.iter().map(|endpoint| endpoint.entries.len()).sum();
+    if needed <= capacity {
+        return;
+    }
+    let mut order: Vec<usize> = (0..compiled.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&compiled[a], &compiled[b]);
+        (b.entries.len(), &a.pod).cmp(&(a.entries.len(), &b.pod))
+    });
+    let mut total = needed;
+    for index in order {
+        if total <= capacity {
+            break;
+        }
+        let endpoint = &mut compiled[index];
+        total -= endpoint.entries.len();
+        degraded.push(Degraded::NodeOverCapacity {
+            node: node.to_owned(),
+            pod: endpoint.pod.clone(),
+            entries: endpoint.entries.len(),
+            needed,
+            capacity: MAX_POLICY_ENTRIES,
+        });
+        endpoint.entries.clear();
+        endpoint.info.flags |= ENDPOINT_INGRESS_ISOLATED | ENDPOINT_EGRESS_ISOLATED;
+        endpoint.info.ingress_plan = 0;
+        endpoint.info.egress_plan = 0;
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -542,11 +615,7 @@ impl Classes {
             pod_peers[fill[pod]] = peer;
             fill[pod] += 1;
         }
-        // Blocks by cidr, so each address is tested once per distinct cidr.
-        let mut by_cidr: BTreeMap<Prefix, Vec<(u32, &IpBlock)>> = BTreeMap::new();
-        for &(id, block) in &blocks {
-            by_cidr.entry(block.cidr).or_default().push((id, block));
-        }
+        let block_index = BlockIndex::new(&blocks);
 
         let mut classes = Classes {
             keys: vec![(Vec::new(), Vec::new())],
@@ -597,15 +666,8 @@ impl Classes {
         let mut signature: Vec<u32> = Vec::new();
         for prefix in block_prefixes {
             signature.clear();
-            signature.extend(
-                blocks
-                    .iter()
-                    .filter(|(_, block)| {
-                        block.cidr.covers(&prefix)
-                            && !block.except.iter().any(|e| e.covers(&prefix))
-                    })
-                    .map(|(id, _)| *id),
-            );
+            block_index.holding(&prefix, &mut signature);
+            signature.sort_unstable();
             signature.push(SEPARATOR);
             let class = intern(&signature, &mut classes);
             classes.prefixes.push((prefix, class));
@@ -632,16 +694,7 @@ impl Classes {
             let own_peers = &pod_peers[starts[index]..starts[index + 1]];
             for &ip in &pod.ips {
                 in_blocks.clear();
-                for (cidr, with_cidr) in &by_cidr {
-                    if cidr.contains(ip) {
-                        in_blocks.extend(
-                            with_cidr
-                                .iter()
-                                .filter(|(_, block)| !block.except.iter().any(|e| e.contains(ip)))
-                                .map(|(id, _)| *id),
-                        );
-                    }
-                }
+                block_index.holding(&Prefix::host(ip), &mut in_blocks);
                 signature.clear();
                 signature.extend_from_slice(own_peers);
                 if !in_blocks.is_empty() {
@@ -663,6 +716,69 @@ impl Classes {
 
     fn ports(&self, class: usize) -> &[ContainerPort] {
         &self.keys[class].1
+    }
+}
+
+/// The relevant ipBlocks, indexed so that finding the blocks that hold a prefix costs a hash
+/// lookup per distinct cidr length and a binary search per block with that cidr, however many
+/// excepts the blocks have.
+struct BlockIndex {
+    /// Per cidr: each block's id and its excepts, sorted, without those another except covers
+    /// (so no two overlap).
+    by_cidr: HashMap<Prefix, Vec<(u32, Vec<Prefix>)>>,
+    /// The distinct cidr lengths, ascending: IPv4, then IPv6.
+    lengths: [Vec<u8>; 2],
+}
+
+impl BlockIndex {
+    fn new(blocks: &[(u32, &IpBlock)]) -> BlockIndex {
+        let mut index = BlockIndex {
+            by_cidr: HashMap::default(),
+            lengths: [Vec::new(), Vec::new()],
+        };
+        for &(id, block) in blocks {
+            let mut except = block.except.clone();
+            except.sort_unstable();
+            let mut disjoint: Vec<Prefix> = Vec::with_capacity(except.len());
+            for prefix in except {
+                // Sorted, a covering prefix comes before those it covers.
+                if disjoint.last().is_none_or(|kept| !kept.covers(&prefix)) {
+                    disjoint.push(prefix);
+                }
+            }
+            index
+                .by_cidr
+                .entry(block.cidr)
+                .or_default()
+                .push((id, disjoint));
+            index.lengths[usize::from(block.cidr.addr.is_ipv6())].push(block.cidr.len);
+        }
+        for lengths in &mut index.lengths {
+            lengths.sort_unstable();
+            lengths.dedup();
+        }
+        index
+    }
+
+    /// Appends the ids of the blocks that hold every address of `prefix`: their cidr covers
+    /// it and none of their excepts does.
+    fn holding(&self, prefix: &Prefix, ids: &mut Vec<u32>) {
+        for &len in &self.lengths[usize::from(prefix.addr.is_ipv6())] {
+            if len > prefix.len {
+                break;
+            }
+            let Some(blocks) = self.by_cidr.get(&Prefix::new(prefix.addr, len)) else {
+                continue;
+            };
+            for (id, except) in blocks {
+                // Of non-overlapping prefixes, only the last one that sorts before `prefix`
+                // can cover it.
+                let after = except.partition_point(|e| e <= prefix);
+                if after == 0 || !except[after - 1].covers(prefix) {
+                    ids.push(*id);
+                }
+            }
+        }
     }
 }
 
@@ -768,6 +884,7 @@ impl EntryCompiler<'_> {
                 }
             }
         }
+        coalesce(&mut ranges);
         match &reached {
             None => {
                 for &(protocol, first, last) in &ranges {
@@ -850,12 +967,31 @@ impl EntryCompiler<'_> {
     }
 }
 
+/// Sorts one rule's port ranges and merges those of a protocol that overlap or touch, so a
+/// list of neighbouring ports becomes a few port prefixes instead of one entry per port. The
+/// rule allows the same ports either way.
+fn coalesce(ranges: &mut Vec<(Option<u8>, u16, u16)>) {
+    ranges.sort_unstable();
+    let mut merged: Vec<(Option<u8>, u16, u16)> = Vec::with_capacity(ranges.len());
+    for &(protocol, first, last) in ranges.iter() {
+        match merged.last_mut() {
+            Some((held, _, end))
+                if *held == protocol && u32::from(first) <= u32::from(*end) + 1 =>
+            {
+                *end = (*end).max(last);
+            }
+            _ => merged.push((protocol, first, last)),
+        }
+    }
+    *ranges = merged;
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::policy::model::{LabelSelector, PodPeer, PodPhase, Rule};
+    use crate::policy::model::{LabelSelector, PodPeer, PodPhase, PortSpec, Rule};
 
     fn pod(name: &str, host: u32, app: &str) -> Pod {
         Pod {
@@ -970,5 +1106,234 @@ mod tests {
         assert_ne!(new_class, WORLD_CLASS);
         assert_ne!(new_class, old_class);
         assert!(!second.ids.classes.values().any(|id| *id == old_class));
+    }
+
+    fn app(value: &str) -> LabelSelector {
+        LabelSelector {
+            match_labels: [("app".to_owned(), value.to_owned())].into_iter().collect(),
+            match_expressions: Vec::new(),
+        }
+    }
+
+    /// A policy of `ns` isolating the pods of `selected` for ingress, admitting TCP `ports`
+    /// from `blocks` ipBlocks (10.1.0.0/16, 10.2.0.0/16, ...).
+    fn ingress_policy(name: &str, selected: &str, blocks: u32, ports: &[u16]) -> NetworkPolicy {
+        NetworkPolicy {
+            namespace: "ns".to_owned(),
+            name: name.to_owned(),
+            pod_selector: app(selected),
+            policy_types: Vec::new(),
+            ingress: vec![Rule {
+                peers: (1..=blocks)
+                    .map(|block| {
+                        Peer::IpBlock(IpBlock {
+                            cidr: format!("10.{block}.0.0/16").parse().unwrap(),
+                            except: Vec::new(),
+                        })
+                    })
+                    .collect(),
+                ports: ports
+                    .iter()
+                    .map(|&port| PortSpec {
+                        protocol: Protocol::Tcp,
+                        port: Some(PortValue::Number(port)),
+                        end_port: None,
+                    })
+                    .collect(),
+            }],
+            egress: Vec::new(),
+        }
+    }
+
+    fn entries_of(state: &NodeState, name: &str) -> usize {
+        let id = ids(state)[name];
+        state
+            .policy
+            .keys()
+            .filter(|key| key.endpoint_id == id)
+            .count()
+    }
+
+    fn ingress(state: &NodeState, name: &str) -> (bool, LookupPlan) {
+        let endpoint = state
+            .endpoints
+            .values()
+            .find(|endpoint| endpoint.pod.name == name)
+            .unwrap();
+        (
+            endpoint.info.isolated(Direction::Ingress),
+            endpoint.info.ingress_plan,
+        )
+    }
+
+    #[test]
+    fn neighbouring_ports_of_a_rule_become_port_prefixes() {
+        let every_port: Vec<u16> = (1..=u16::MAX).rev().collect();
+        let snapshot = Snapshot {
+            pods: vec![pod("server", 1, "server")],
+            policies: vec![ingress_policy("all-ports", "server", 9, &every_port)],
+            ..Snapshot::default()
+        };
+        let state = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        // 1-65535 is 16 port prefixes, for each of the 9 blocks.
+        assert_eq!(entries_of(&state, "server"), 16 * 9);
+        assert!(state.degraded.is_empty());
+        for port in [1, 2, 1000, 65535] {
+            let decision = state.decide(
+                &pod("server", 1, "server").pod_ref(),
+                Direction::Ingress,
+                "10.3.0.9".parse().unwrap(),
+                6,
+                port,
+            );
+            assert!(decision.is_some_and(|decision| decision.allows()), "{port}");
+        }
+    }
+
+    #[test]
+    fn a_policy_over_budget_isolates_its_pods_with_none_of_its_rules() {
+        // Every other port cannot merge: 1,100 prefixes for each of 16 blocks.
+        let odd: Vec<u16> = (0..1100).map(|n| 2 * n + 1).collect();
+        let snapshot = Snapshot {
+            pods: vec![
+                pod("server", 1, "server"),
+                pod("other", 2, "other"),
+                pod("open", 3, "open"),
+            ],
+            policies: vec![
+                ingress_policy("huge", "server", 16, &odd),
+                ingress_policy("small", "server", 1, &[80]),
+                ingress_policy("other", "other", 1, &[443]),
+            ],
+            ..Snapshot::default()
+        };
+        let state = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        assert_eq!(
+            state.degraded,
+            [Degraded::PolicyOverBudget {
+                policy: "ns/huge".to_owned(),
+                pod: pod("server", 1, "server").pod_ref(),
+                entries: 16 * 1100,
+                budget: POLICY_ENTRY_BUDGET,
+            }]
+        );
+        let message = state.degraded[0].to_string();
+        assert!(
+            message.contains("ns/huge") && message.contains("17600") && message.contains("16384"),
+            "{message}"
+        );
+        // Still isolated; only the other policy's rule is there.
+        assert_eq!(ingress(&state, "server"), (true, 1 << 16));
+        assert_eq!(entries_of(&state, "server"), 1);
+        let decide = |pod: &Pod, peer: &str, port| {
+            state
+                .decide(
+                    &pod.pod_ref(),
+                    Direction::Ingress,
+                    peer.parse().unwrap(),
+                    6,
+                    port,
+                )
+                .unwrap()
+                .allows()
+        };
+        let server = pod("server", 1, "server");
+        assert!(
+            !decide(&server, "10.2.0.1", 1),
+            "the huge policy's rules are left out"
+        );
+        assert!(
+            decide(&server, "10.1.0.1", 80),
+            "the small policy still applies"
+        );
+        assert!(decide(&pod("other", 2, "other"), "10.1.0.1", 443));
+        assert!(!decide(&pod("other", 2, "other"), "10.1.0.1", 444));
+        assert_eq!(ingress(&state, "open"), (false, 0));
+    }
+
+    #[test]
+    fn a_node_over_capacity_denies_all_at_the_pods_that_need_the_most() {
+        // 40 pods with 16,000 entries each need 640,000: the map holds 524,288, so 8 of them
+        // (the first by name on a tie) deny all; the small pod keeps its rule.
+        let ports: Vec<u16> = (0..8000).map(|n| 2 * n + 1).collect();
+        let mut pods: Vec<Pod> = (0..40)
+            .map(|n| pod(&format!("big-{n:02}"), n + 10, "big"))
+            .collect();
+        pods.push(pod("small", 1, "small"));
+        let snapshot = Snapshot {
+            pods,
+            policies: vec![
+                ingress_policy("big", "big", 2, &ports),
+                ingress_policy("small", "small", 1, &[80]),
+            ],
+            ..Snapshot::default()
+        };
+        let state = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        let degraded: Vec<String> = state
+            .degraded
+            .iter()
+            .map(|degraded| match degraded {
+                Degraded::NodeOverCapacity {
+                    pod,
+                    entries: 16_000,
+                    needed: 640_001,
+                    capacity: MAX_POLICY_ENTRIES,
+                    ..
+                } => pod.name.clone(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        let expected: Vec<String> = (0..8).map(|n| format!("big-{n:02}")).collect();
+        assert_eq!(degraded, expected);
+        assert!(state.policy.len() <= MAX_POLICY_ENTRIES as usize);
+        for name in &expected {
+            assert_eq!(entries_of(&state, name), 0);
+            let endpoint = &state.endpoints[&pod(name, 0, "big").pod_ref()];
+            assert!(endpoint.info.isolated(Direction::Ingress));
+            assert!(endpoint.info.isolated(Direction::Egress));
+        }
+        assert_eq!(entries_of(&state, "big-08"), 16_000);
+        assert_eq!(entries_of(&state, "small"), 1);
+    }
+
+    #[test]
+    fn nested_and_many_excepts_leave_out_exactly_what_they_cover() {
+        let mut except: Vec<Prefix> = ["10.1.2.0/24", "10.1.0.0/16", "10.3.0.0/16"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        except.extend(
+            (0..2000u32)
+                .map(|n| Prefix::host(IpAddr::V4(Ipv4Addr::from_bits(0x0a05_0000 + 2 * n)))),
+        );
+        let block = IpBlock {
+            cidr: "10.0.0.0/8".parse().unwrap(),
+            except,
+        };
+        let mut policy = ingress_policy("p", "server", 0, &[80]);
+        policy.ingress[0].peers = vec![Peer::IpBlock(block.clone())];
+        let peers = [
+            0x01_0205, 0x01_0301, 0x02_0001, 0x03_0001, 0x05_0000, 0x05_0001, 0x05_0fa0,
+        ];
+        let mut pods: Vec<Pod> = peers
+            .iter()
+            .map(|&host| pod(&format!("p{host:x}"), host, "peer"))
+            .collect();
+        pods.push(pod("server", 1, "server"));
+        let snapshot = Snapshot {
+            pods,
+            policies: vec![policy],
+            ..Snapshot::default()
+        };
+        let state = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        let server = pod("server", 1, "server").pod_ref();
+        for host in peers.into_iter().chain([0x05_0002, 0x05_0003, 0x06_0000]) {
+            let ip = IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 + host));
+            let allowed = state
+                .decide(&server, Direction::Ingress, ip, 6, 80)
+                .unwrap()
+                .allows();
+            assert_eq!(allowed, block.contains(ip), "{ip}");
+        }
     }
 }

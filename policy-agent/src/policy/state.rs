@@ -190,6 +190,47 @@ pub struct NodeState {
     pub rules: BTreeMap<u32, RuleRef>,
     /// What each peer class stands for, and where the next new ids start.
     pub ids: Allocations,
+    /// What the resolver left out so that the maps can hold the rest, sorted.
+    pub degraded: Vec<Degraded>,
+}
+
+/// A part of the desired state the resolver left out because the maps could not hold it. The
+/// pods it concerns are kept closed, never more open than their policies; every other pod of
+/// the node gets its state as usual.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
+pub enum Degraded {
+    #[error(
+        "NetworkPolicy {policy} needs {entries} policy entries for pod {pod}, more than the \
+         {budget} one policy may have per pod: the pod stays isolated by it, with none of its rules"
+    )]
+    PolicyOverBudget {
+        /// `namespace/name`.
+        policy: String,
+        pod: PodRef,
+        entries: usize,
+        budget: usize,
+    },
+    #[error(
+        "the endpoints of node {node} need {needed} policy entries, more than the {capacity} \
+         the policy map holds: pod {pod}, which needs the most ({entries}), denies all traffic"
+    )]
+    NodeOverCapacity {
+        node: String,
+        pod: PodRef,
+        entries: usize,
+        needed: usize,
+        capacity: u32,
+    },
+}
+
+impl Degraded {
+    /// The object at fault, as failures name it: the policy, or the pod.
+    pub fn object(&self) -> String {
+        match self {
+            Degraded::PolicyOverBudget { policy, .. } => format!("NetworkPolicy {policy}"),
+            Degraded::NodeOverCapacity { pod, .. } => pod.to_string(),
+        }
+    }
 }
 
 /// What a peer class is: the relevant policy peers its addresses match, and (when an egress
@@ -512,6 +553,12 @@ impl NodeState {
         text.push_str("rules:\n");
         for (id, rule) in &self.rules {
             let _ = writeln!(text, "  {id}: {rule}");
+        }
+        if !self.degraded.is_empty() {
+            text.push_str("degraded:\n");
+            for degraded in &self.degraded {
+                let _ = writeln!(text, "  {degraded}");
+            }
         }
         text
     }
