@@ -808,7 +808,12 @@ impl Reference {
     }
 
     /// A packet from the pod to a node address: deferred; a flow is tracked so replies pass.
-    fn deferred_to_host(&mut self, endpoint: &Endpoint, datagram: &Datagram, is_flow: bool) -> Expected {
+    fn deferred_to_host(
+        &mut self,
+        endpoint: &Endpoint,
+        datagram: &Datagram,
+        is_flow: bool,
+    ) -> Expected {
         let key = FlowKey {
             endpoint: endpoint.id,
             direction: Direction::Egress,
