@@ -15,7 +15,8 @@
 //! ```
 //!
 //! The manifest directory starts as the base cluster for every scenario; steps change it in order.
-//! A probe has `port` and `protocol` (TCP or UDP), `via` (`pod`, the default, or `service`),
+//! A probe has `port` and `protocol` (TCP or UDP), `via` (`pod`, the default, `service`, or
+//! `nodeport`: the client's own node address on the node port of the Service port),
 //! `family` (4, the default, or 6) and `expect` (see [`super::expect`]). `port` is the server
 //! pod's port, also for Service probes, which go to the Service port that targets it. The agent's
 //! `explain` is asked for the same port; `explain: false` skips it. `explain` has no address family: it decides by
@@ -64,13 +65,15 @@ impl Protocol {
     }
 }
 
-/// How a probe reaches the server: its pod IP or its Service's cluster IP.
+/// How a probe reaches the server: its pod IP, its Service's cluster IP, or the client's own
+/// node address on the Service's node port.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
     #[default]
     Pod,
     Service,
+    NodePort,
 }
 
 impl Via {
@@ -78,6 +81,7 @@ impl Via {
         match self {
             Self::Pod => "pod",
             Self::Service => "service",
+            Self::NodePort => "nodeport",
         }
     }
 }

@@ -46,7 +46,7 @@ use crate::{
     check::workspace_root,
     e2e::{
         matrix::Matrix,
-        scenario::{self, Scenario},
+        scenario::{self, Scenario, Via},
     },
     lab::manifest::{self, ManifestFile, ObjectKey, PodDecl, ServiceDecl},
     run,
@@ -311,6 +311,10 @@ impl Cluster {
                         .with_context(|| context.clone())?;
                     for (number, probe) in step.probes.iter().enumerate() {
                         let what = format!("{context}, probe {} {probe}", number + 1);
+                        if probe.via == Via::NodePort {
+                            println!("skip   {what}: NodePort probes run in the lab only");
+                            continue;
+                        }
                         let (observed, waited) = self.converge(probe, &cluster_step).with_context(|| what.clone())?;
                         waits.push(waited);
                         if let Some(difference) = probe.expected.difference(&observed) {

@@ -28,6 +28,7 @@ use super::{
     netns,
     plan::{LabPod, Plan},
     state::State,
+    topology,
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -60,6 +61,10 @@ pub struct ProbeArgs {
 pub enum Via {
     Pod,
     Service,
+    /// The client's own node address (the node's underlay address) on the node port of a
+    /// NodePort Service whose backend is the server.
+    #[value(name = "nodeport")]
+    NodePort,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -171,36 +176,55 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where a probe of `server` goes: its IP, or the ClusterIP:port of a Service in its namespace
-/// whose backend for `port` is this pod.
+/// Where `client`'s probe of `server` goes: the server's IP; the ClusterIP:port of a Service in
+/// its namespace whose backend for `port` is this pod; or the client's own node address on that
+/// Service port's node port.
 fn target(
     plan: &Plan,
+    client: &LabPod,
     server: &LabPod,
     port: u16,
     protocol: Protocol,
     via: Via,
     v6: bool,
 ) -> Option<SocketAddr> {
-    match via {
-        Via::Pod => server.ip(v6).map(|ip| SocketAddr::new(ip, port)),
-        Via::Service => plan
-            .services
+    // A NodePort probe needs a Service port with a node port.
+    let service_port = || {
+        plan.services
             .iter()
             .filter(|service| service.key.namespace == server.key.namespace)
             .find_map(|service| {
-                let ip = service
-                    .cluster_ips
-                    .iter()
-                    .copied()
-                    .find(|ip| ip.is_ipv6() == v6)?;
                 let service_port = service.ports.iter().find(|service_port| {
                     service_port.protocol == protocol
+                        && (via != Via::NodePort || service_port.node_port.is_some())
                         && service_port.backend.as_ref().is_some_and(|backend| {
                             backend.pod == server.key && backend.port == port
                         })
                 })?;
-                Some(SocketAddr::new(ip, service_port.port))
-            }),
+                Some((service, service_port))
+            })
+    };
+    match via {
+        Via::Pod => server.ip(v6).map(|ip| SocketAddr::new(ip, port)),
+        Via::Service => {
+            let (service, service_port) = service_port()?;
+            let ip = service
+                .cluster_ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv6() == v6)?;
+            Some(SocketAddr::new(ip, service_port.port))
+        }
+        Via::NodePort => {
+            let (_, service_port) = service_port()?;
+            let node = if v6 {
+                topology::underlay_v6(client.node)
+            } else {
+                topology::underlay_v4(client.node)
+            };
+            let ip: IpAddr = node.parse().ok()?;
+            Some(SocketAddr::new(ip, service_port.node_port?))
+        }
     }
 }
 
@@ -217,7 +241,10 @@ pub fn probe_all(
     let mut results = BTreeMap::new();
     for (c, client) in plan.pods.iter().enumerate() {
         for (s, server) in plan.pods.iter().enumerate() {
-            match (client.ip(v6), target(plan, server, port, protocol, via, v6)) {
+            match (
+                client.ip(v6),
+                target(plan, client, server, port, protocol, via, v6),
+            ) {
                 (Some(_), Some(address)) => jobs.push(((c, s), client.netns(), address)),
                 _ => {
                     results.insert((c, s), None);
@@ -340,6 +367,7 @@ fn print_table(
     let via = match args.via {
         Via::Pod => "pod IP",
         Via::Service => "Service",
+        Via::NodePort => "the client's node port",
     };
     println!(
         "{}/{} via {via}, IPv{}: rows are clients, columns servers ({} ms)",
