@@ -64,7 +64,7 @@ pub use endpoints::{
 };
 pub use flows::{Clocks, FLOW_LOG_MAX_BYTES, FlowContext, FlowRecord, rotated_path};
 use policy_common::maps::{
-    ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo,
+    ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo, MAX_HOST_ADDRS,
 };
 use source::{LoadError, Loader};
 pub use source::{RejectedObject, Source, SourceParseError};
@@ -499,6 +499,15 @@ impl Agent {
         // kube-ipvs0) is a Service; only the node's own addresses are host addresses.
         let mut host_addrs = self.discovery.host_addresses().await?;
         host_addrs.retain(|addr| service_addrs.binary_search(addr).is_err());
+        if host_addrs.len() > MAX_HOST_ADDRS as usize {
+            // The addresses left out are decided by policy like any peer: never more open.
+            warn!(
+                addresses = host_addrs.len(),
+                capacity = MAX_HOST_ADDRS,
+                "more node addresses than the host-address map holds; the rest are not host"
+            );
+            host_addrs.truncate(MAX_HOST_ADDRS as usize);
+        }
         if host_addrs != self.host_addrs {
             addr_writes += self.datapath.set_host_addrs(&host_addrs)?.writes;
             info!(addresses = host_addrs.len(), "node addresses programmed");
