@@ -106,7 +106,7 @@ pub enum Shape {
     /// Not IPv4, IPv6 or ARP (LLDP, raw Ethernet, ARP for other protocols, ...).
     NonIp,
     /// ARP for IPv4 over Ethernet: the sender's address in `src_addr`, the target's in
-    /// `dst_addr`, `family` 0 (no IP header).
+    /// `dst_addr`, `family` `FAMILY_V4` and `protocol` 0, so its events name both.
     Arp,
     /// ICMPv6 neighbour discovery (types 133 to 137, code 0) with hop limit 255, so sent on this
     /// link ([`icmp_type`] tells which). The same types with another hop limit or code are an
@@ -238,6 +238,7 @@ fn parse_arp(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shap
     if !ipv4_over_ethernet {
         return Ok(Shape::NonIp);
     }
+    packet.family = FAMILY_V4;
     packet.src_addr = ipv4_field([arp[14], arp[15], arp[16], arp[17]]);
     packet.dst_addr = ipv4_field([arp[24], arp[25], arp[26], arp[27]]);
     Ok(Shape::Arp)

@@ -1,6 +1,9 @@
 //! Reading what the programs report: per-CPU counters and the flow event ring buffer.
 
-use std::{mem::offset_of, net::IpAddr};
+use std::{
+    mem::offset_of,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use policy_common::{
@@ -83,9 +86,12 @@ pub fn decode_flow(bytes: &[u8]) -> Result<Flow, EventError> {
     let outcome_code = bytes[offset_of!(FlowEvent, outcome)];
     let direction_code = bytes[offset_of!(FlowEvent, direction)];
     let family = bytes[offset_of!(FlowEvent, family)];
-    let address = |offset| {
-        encode::addr_from_bytes(family, addr_at(bytes, offset))
-            .ok_or(EventError::UnknownFamily { code: family })
+    // Family 0: a frame that carried no IP header the programs could read (a malformed
+    // packet, a frame that is not IP); its event has no addresses.
+    let address = |offset| match family {
+        0 => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        _ => encode::addr_from_bytes(family, addr_at(bytes, offset))
+            .ok_or(EventError::UnknownFamily { code: family }),
     };
     Ok(Flow {
         timestamp_ns: u64::from_ne_bytes(timestamp),
@@ -361,6 +367,14 @@ mod tests {
     }
 
     #[test]
+    fn an_event_without_an_ip_header_decodes_without_addresses() {
+        let flow = decode_flow(&record(0, DropReason::NotIp as u8, 1)).unwrap();
+        assert_eq!(flow.outcome, Err(DropReason::NotIp));
+        assert_eq!(flow.src, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(flow.dst, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+
+    #[test]
     fn bad_records_are_rejected() {
         assert_eq!(
             decode_flow(&[0; 10]),
@@ -374,8 +388,8 @@ mod tests {
             Err(EventError::UnknownFamily { code: 3 })
         );
         assert_eq!(
-            decode_flow(&record(FAMILY_V4, 16, 0)),
-            Err(EventError::UnknownOutcome { code: 16 })
+            decode_flow(&record(FAMILY_V4, 18, 0)),
+            Err(EventError::UnknownOutcome { code: 18 })
         );
         assert_eq!(
             decode_flow(&record(FAMILY_V4, 0, 2)),
