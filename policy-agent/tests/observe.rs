@@ -31,7 +31,7 @@ use policy_agent::{
 };
 use policy_common::{
     maps::{MAX_POLICY_ENTRIES, PolicyKey, PolicyValue},
-    names::POLICY_MAP,
+    names::{ENDPOINTS_MAP, POLICY_MAP},
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_policy-agent");
@@ -374,7 +374,7 @@ fn status_flows_and_metrics_of_a_running_agent_match_real_traffic() {
     let endpoints_map = printed
         .maps
         .iter()
-        .find(|map| map.map == "NP_ENDPOINT_V1")
+        .find(|map| map.map == ENDPOINTS_MAP)
         .expect("endpoint map usage");
     assert_eq!((endpoints_map.entries, endpoints_map.capacity), (2, 1024));
     let table = stdout(&lab.cli(&["status"]));
@@ -416,7 +416,7 @@ fn status_flows_and_metrics_of_a_running_agent_match_real_traffic() {
     );
     assert!(allowed.is_some_and(|packets| packets >= 1), "{text}");
     assert_eq!(
-        metric(&text, "netpol_map_entries", &[("map", "NP_ENDPOINT_V1")]),
+        metric(&text, "netpol_map_entries", &[("map", ENDPOINTS_MAP)]),
         Some(2)
     );
     assert_eq!(

@@ -15,8 +15,8 @@ use policy_common::{
     maps::{
         ANY_PEER_CLASS, ANY_PROTOCOL, CT_CLOSING, CT_HOST, CT_REPLIED, CT_SERVICE, CtKey,
         ENDPOINT_ANY_SOURCE, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED,
-        ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, FAMILY_V4, FAMILY_V6, FlowEvent, SVC_MARK_MAGIC,
-        WORLD_CLASS, svc_mark, svc_pending,
+        ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo, FAMILY_V4, FAMILY_V6, FlowEvent,
+        SVC_MARK_MAGIC, WORLD_CLASS, svc_mark, svc_pending,
     },
     names,
     verdict::{Direction, DropReason, Outcome, Verdict},
@@ -2207,24 +2207,21 @@ fn pkt_tcp_from(peer: IpAddr, src_port: u16, dst_port: u16, flags: u8) -> Vec<u8
     }
 }
 
-/// An endpoint whose ingress has `entries` policy entries: half as many peer classes (one
-/// address each), every class allowing TCP 80 and TCP 8000-8007, so the plan probes two prefix
-/// lengths whatever the size. Returns the peer address of the middle class.
+/// An endpoint isolated both ways with `entries` policy entries in each direction: half as
+/// many peer classes (one address each), every class allowing TCP 80 and TCP 8000-8007 to and
+/// from the pod, so the plans probe two prefix lengths whatever the size. Returns the peer
+/// address of the middle class.
 fn setup_sized(family: Family, entries: u32) -> (Datapath, IpAddr) {
     let classes = entries / 2;
     let mut allows = Vec::new();
     for class in 1..=classes {
-        allows.push(allow(Direction::Ingress, class, TCP, 80, 80, class));
-        allows.push(allow(Direction::Ingress, class, TCP, 8000, 8007, class));
+        for direction in Direction::ALL {
+            allows.push(allow(direction, class, TCP, 80, 80, class));
+            allows.push(allow(direction, class, TCP, 8000, 8007, class));
+        }
     }
     let mut dp = Datapath::load();
-    dp.setup_endpoint(
-        setup_test_ifindex(),
-        EP,
-        &POD,
-        ENDPOINT_INGRESS_ISOLATED,
-        &allows,
-    );
+    dp.setup_endpoint(setup_test_ifindex(), EP, &POD, ISOLATED, &allows);
     let prefix_len = match family {
         Family::V4 => 32,
         Family::V6 => 128,
@@ -2233,6 +2230,14 @@ fn setup_sized(family: Family, entries: u32) -> (Datapath, IpAddr) {
         dp.set_peer(family.peer(class), prefix_len, class);
     }
     (dp, family.peer(classes / 2))
+}
+
+/// A TCP packet from the pod of the peer's family to `peer`.
+fn pkt_tcp_to(peer: IpAddr, src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
+    match peer {
+        IpAddr::V4(peer) => pkt_tcp4(POD4, peer, src_port, dst_port, flags),
+        IpAddr::V6(peer) => pkt_tcp6(POD6, peer, src_port, dst_port, flags),
+    }
 }
 
 /// Prints one figure line for `cargo xtask bench`: family, policy entries, case, round and ns
@@ -2279,8 +2284,17 @@ fn measure_instructions_and_ns_per_packet() {
 
 fn measure_sized(family: Family, entries: u32, round: u32) {
     let (mut dp, peer) = setup_sized(family, entries);
+    // A handshake confirms the flow, as every established connection is.
     assert_eq!(
         dp.run(Direction::Ingress, &pkt_tcp_from(peer, 999, 80, SYN)),
+        PASS
+    );
+    assert_eq!(
+        dp.run(Direction::Egress, &pkt_tcp_to(peer, 80, 999, SYN | ACK)),
+        PASS
+    );
+    assert_eq!(
+        dp.run(Direction::Ingress, &pkt_tcp_from(peer, 999, 80, ACK)),
         PASS
     );
     let (action, per_run) = dp.run_repeat(
@@ -2289,7 +2303,7 @@ fn measure_sized(family: Family, entries: u32, round: u32) {
         REPEAT,
     );
     assert_eq!(action, PASS);
-    check_counter_is(&dp, Ok(Verdict::Established), u64::from(REPEAT));
+    check_counter_is(&dp, Ok(Verdict::Established), 1 + u64::from(REPEAT));
     print_figure(
         family,
         entries,
@@ -2329,6 +2343,57 @@ fn measure_sized(family: Family, entries: u32, round: u32) {
         "new-denied",
         round,
         denied_total as f64 / f64::from(REPEAT),
+    );
+
+    measure_source_check(&mut dp, family, entries, round, peer);
+}
+
+/// What `from_pod` costs with the source check and with it skipped (`ENDPOINT_ANY_SOURCE`), on
+/// the same maps: an established flow the pod opened (a confirmed flow's ACK) and a new allowed
+/// flow (a repeated SYN+FIN, as for ingress).
+fn measure_source_check(dp: &mut Datapath, family: Family, entries: u32, round: u32, peer: IpAddr) {
+    let checked = dp.endpoint(setup_test_ifindex());
+    for (suffix, flags, port) in [
+        ("", checked.flags, 41000),
+        ("-exempt", checked.flags | ENDPOINT_ANY_SOURCE, 42000),
+    ] {
+        dp.set_endpoint(setup_test_ifindex(), EndpointInfo { flags, ..checked });
+        let handshake = [
+            (Direction::Egress, pkt_tcp_to(peer, port, 80, SYN)),
+            (Direction::Ingress, pkt_tcp_from(peer, 80, port, SYN | ACK)),
+            (Direction::Egress, pkt_tcp_to(peer, port, 80, ACK)),
+        ];
+        for (direction, frame) in &handshake {
+            assert_eq!(dp.run(*direction, frame), PASS);
+        }
+        let (action, per_run) =
+            dp.run_repeat(Direction::Egress, &pkt_tcp_to(peer, port, 80, ACK), REPEAT);
+        assert_eq!(action, PASS);
+        print_figure(
+            family,
+            entries,
+            &format!("egress-established{suffix}"),
+            round,
+            per_run.as_nanos() as f64,
+        );
+        let reopening = pkt_tcp_to(peer, port + 1, 80, SYN | FIN);
+        let (action, per_run) = dp.run_repeat(Direction::Egress, &reopening, REPEAT);
+        assert_eq!(action, PASS);
+        print_figure(
+            family,
+            entries,
+            &format!("egress-new-allowed{suffix}"),
+            round,
+            per_run.as_nanos() as f64,
+        );
+    }
+    let allowed = dp
+        .counter(EP, Direction::Egress, code(Ok(Verdict::Policy)))
+        .packets;
+    assert_eq!(
+        allowed,
+        2 * (2 + u64::from(REPEAT)),
+        "every new egress flow by policy"
     );
 }
 

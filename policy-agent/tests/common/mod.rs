@@ -295,6 +295,12 @@ impl Datapath {
         info
     }
 
+    pub fn endpoint(&self, ifindex: u32) -> EndpointInfo {
+        let map: HashMap<&MapData, u32, EndpointInfo> =
+            HashMap::try_from(self.map_ref(names::ENDPOINTS_MAP)).expect("endpoint map");
+        map.get(&ifindex, 0).expect("an endpoint")
+    }
+
     pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) {
         let mut map: HashMap<&mut MapData, u32, EndpointInfo> =
             HashMap::try_from(self.map(names::ENDPOINTS_MAP)).expect("endpoint map");

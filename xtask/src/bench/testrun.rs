@@ -144,6 +144,9 @@ impl Figures {
                 targets.extend(case_targets(family, case, title, &net));
             }
         }
+        for family in FAMILIES {
+            tables.extend(self.source_check_table(family));
+        }
         if !self.programs.is_empty() {
             tables.push(Table {
                 caption: "Program sizes".to_owned(),
@@ -163,18 +166,20 @@ impl Figures {
             setup: format!(
                 "The `to_pod` program, loaded with fresh maps, runs on TCP packets built in memory \
                  through BPF_PROG_TEST_RUN with 100,000 repetitions per run; the kernel times the \
-                 repetitions. The endpoint's ingress is isolated and allows TCP 80 and TCP \
-                 8000-8007 from N/2 peer classes of one /32 (IPv4) or /128 (IPv6) each, so it \
-                 holds N policy entries. An established flow is an ACK of a flow created by a SYN \
-                 before timing; a new allowed flow is a repeated SYN+FIN from an allowed peer \
+                 repetitions. The endpoint is isolated both ways and allows TCP 80 and TCP \
+                 8000-8007 from and to N/2 peer classes of one /32 (IPv4) or /128 (IPv6) each, \
+                 so it holds N policy entries in each direction. An established flow is an ACK \
+                 of a flow confirmed by a handshake before timing; a new allowed flow is a repeated SYN+FIN from an allowed peer \
                  (the flow it creates is closing, so every repetition is decided by policy and \
                  inserted again); a new denied flow is a SYN to a port nothing allows, timed in \
                  batches of 2,000 with the event ring drained in between, so every drop also \
                  reports its event. The floor is an empty classifier (`r0 = -1; exit`) on the \
                  same packet: what TEST_RUN costs per repetition. Each round measures every \
                  family and size once, on freshly loaded programs; the figures are medians of \
-                 {} rounds, and the targets are judged net of the floor. The machine is shared, \
-                 so figures are noisy.",
+                 {} rounds, and the targets are judged net of the floor. The same cases of the \
+                 pod's egress (`from_pod`) run once with the source check and once with the \
+                 endpoint exempted from it (`ENDPOINT_ANY_SOURCE`): the difference is what the \
+                 check costs. The machine is shared, so figures are noisy.",
                 self.rounds()
             ),
             tables,
@@ -188,6 +193,46 @@ impl Figures {
             }],
             targets,
         }
+    }
+}
+
+impl Figures {
+    /// `from_pod` with its source check and with the check skipped for the endpoint, net of the
+    /// empty program: what validating sources costs per packet.
+    fn source_check_table(&self, family: &str) -> Option<Table> {
+        let floor = self.median(family, 0, "empty").unwrap_or(0.0);
+        let mut rows = Vec::new();
+        for entries in SIZES {
+            let mut row = vec![entries.to_string()];
+            for case in ["egress-established", "egress-new-allowed"] {
+                let checked = self.median(family, entries, case)?;
+                let exempt = self.median(family, entries, &format!("{case}-exempt"))?;
+                row.push(format!("{:.1}", checked - floor));
+                row.push(format!("{:.1}", exempt - floor));
+                row.push(format!("{:+.1}", checked - exempt));
+            }
+            rows.push(row);
+        }
+        Some(Table {
+            caption: format!(
+                "{}: the pod's egress (`from_pod`) with and without the source check, ns per \
+                 packet net of the empty program, median of {} rounds",
+                family_title(family),
+                self.rounds()
+            ),
+            columns: [
+                "policy entries",
+                "established, checked",
+                "established, exempt",
+                "check",
+                "new allowed, checked",
+                "new allowed, exempt",
+                "check",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        })
     }
 }
 
@@ -251,6 +296,14 @@ mod tests {
                     200.0 + 20.0 * grow
                 );
                 text += &format!("figure ipv4 {entries} new-denied {round} 150\n");
+                for (case, ns) in [
+                    ("egress-established", 62.0),
+                    ("egress-established-exempt", 60.0),
+                    ("egress-new-allowed", 230.0),
+                    ("egress-new-allowed-exempt", 226.0),
+                ] {
+                    text += &format!("figure ipv4 {entries} {case} {round} {ns}\n");
+                }
             }
         }
         text + "test measure_instructions_and_ns_per_packet ... ok\n"
@@ -281,6 +334,16 @@ mod tests {
         let scaling = target("new allowed flow, IPv4: 100000 entries against 10");
         assert!(scaling.met, "{}", scaling.measured);
         assert_eq!(section.plots[0].series[0].points.len(), SIZES.len());
+        let source_check = section
+            .tables
+            .iter()
+            .find(|table| table.caption.starts_with("IPv4: the pod's egress"))
+            .expect("the source check table");
+        // Floor median 11: established 62 - 11 checked, 60 - 11 exempt, the check 2 ns.
+        assert_eq!(
+            source_check.rows[0],
+            ["10", "51.0", "49.0", "+2.0", "219.0", "215.0", "+4.0"]
+        );
     }
 
     #[test]
