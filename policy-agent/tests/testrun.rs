@@ -2392,7 +2392,7 @@ fn measure_source_check(dp: &mut Datapath, family: Family, entries: u32, round: 
         .packets;
     assert_eq!(
         allowed,
-        2 * (2 + u64::from(REPEAT)),
+        2 * (1 + u64::from(REPEAT)),
         "every new egress flow by policy"
     );
 }
