@@ -5,12 +5,12 @@
 //!
 //! # Services
 //! kube-proxy rewrites a ClusterIP to a backend after the packet left the client's veth, so
-//! `from_pod` does not decide a packet to a ClusterIP (`NP_SVC_V1`): it tracks the flow on the
+//! `from_pod` does not decide a packet to a ClusterIP (`SERVICES_MAP`): it tracks the flow on the
 //! ClusterIP tuple with `CT_SERVICE` (so replies, which come back from the ClusterIP, pass as
 //! replies), and passes the packet with `skb->mark` carrying "egress pending" and the client's
 //! endpoint id (`policy_common::maps::svc_mark`). The first hook that sees the packet after DNAT
 //! decides the client's egress on the post-DNAT tuple exactly as `from_pod` decides a direct
-//! packet, with the client's endpoint from `NP_EPID_V2`, counting and reporting for the client:
+//! packet, with the client's endpoint from `ENDPOINT_IDS_MAP`, counting and reporting for the client:
 //! - `svc_egress` in front of `to_pod` on a local backend's host veth, before the backend's own
 //!   ingress decision; a client reaching itself through its own Service passes (`OwnService`);
 //! - `svc_egress` on TC egress of the node's other interfaces, for remote backends.
@@ -42,14 +42,14 @@ use policy_common::{
 };
 
 use crate::{
-    maps::{NP_ENDPOINT_V2, NP_EPID_V2},
+    maps::{ENDPOINT_IDS_MAP, ENDPOINTS_MAP},
     parse::{FRAGMENT_FIRST, Packet, ParseError, Shape},
 };
 
 /// The pod's egress, on the host veth's TC ingress.
 ///
 /// Passes (`TC_ACT_UNSPEC`, so later programs and the stack still decide):
-/// - packets on an interface that is not in `NP_ENDPOINT_V2` (not counted);
+/// - packets on an interface that is not in `ENDPOINTS_MAP` (not counted);
 /// - ARP from the pod's own address or probing from 0.0.0.0, and neighbour discovery that stays
 ///   on the link (see [`neighbour`]), isolated or not ready (`Exempt`);
 /// - packets to a ClusterIP (`Service`) or to an address of this node (`Host`): marked
@@ -113,7 +113,7 @@ fn to_pod(ctx: TcContext) -> i32 {
 fn run(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    let Some(endpoint) = NP_ENDPOINT_V2.get_ptr(&ifindex) else {
+    let Some(endpoint) = ENDPOINTS_MAP.get_ptr(&ifindex) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: a live map value, copied out once.
@@ -175,7 +175,7 @@ fn svc_egress(ctx: TcContext) -> i32 {
     ctx.set_mark(mark & !SVC_MARK_BITS);
     // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    let Some(client) = NP_EPID_V2.get_ptr(client_id) else {
+    let Some(client) = ENDPOINT_IDS_MAP.get_ptr(client_id) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: a live map value, copied out once.
@@ -192,7 +192,7 @@ fn svc_egress(ctx: TcContext) -> i32 {
         Ok(Shape::NeighbourDiscovery) => Ok(Shape::Flow),
         other => other,
     };
-    let own = NP_ENDPOINT_V2
+    let own = ENDPOINTS_MAP
         .get_ptr(&ifindex)
         // SAFETY: a live map value, read once.
         .is_some_and(|endpoint| unsafe { (*endpoint).endpoint_id } == client_id);
