@@ -620,6 +620,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The license the kernel reads: `Dual MIT/GPL`, this crate's `MIT OR GPL-2.0-only`. Only a
+/// program with a GPL-compatible license string may call the kernel's GPL-only helpers.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
