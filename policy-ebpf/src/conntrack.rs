@@ -15,8 +15,9 @@ use policy_common::{
 };
 
 use crate::{
+    headers::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::{CONNTRACK_MAP, FRAGMENTS_MAP, UNCONFIRMED_MAP},
-    parse::{IPPROTO_TCP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::Packet,
 };
 
 type FlowMap = LruHashMap<CtKey, CtValue>;

@@ -22,6 +22,7 @@
 
 mod conntrack;
 mod events;
+mod headers;
 mod maps;
 mod parse;
 mod policy;
@@ -42,6 +43,7 @@ use policy_common::{
 };
 
 use crate::{
+    headers::{ND_NEIGHBOUR_ADVERTISEMENT, ND_NEIGHBOUR_SOLICITATION, ND_ROUTER_SOLICITATION},
     maps::{ENDPOINT_IDS_MAP, ENDPOINTS_MAP},
     parse::{FRAGMENT_FIRST, Packet, ParseError, Shape},
 };
@@ -400,9 +402,6 @@ const fn non_ip(endpoint: &EndpointInfo, isolated: bool) -> Decision {
 const ND_MAX_LEN: u32 = 64;
 /// The shortest neighbour solicitation or advertisement: header, flags and target.
 const ND_TARGET_LEN: u32 = 24;
-const ND_ROUTER_SOLICITATION: u8 = 133;
-const ND_NEIGHBOUR_SOLICITATION: u8 = 135;
-const ND_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 
 /// Neighbour discovery (hop limit 255: never routed) passes without a policy decision
 /// (`Exempt`), isolated or not ready, when it is what the protocol sends:
