@@ -96,22 +96,36 @@ const fn forward_verdict(flags: u32) -> Verdict {
     }
 }
 
-/// An established packet (same key) or a reply (reversed key), with the flow's rule id.
-/// Confirmed flows are looked up first: they carry almost every packet.
+/// What a packet of a tracked flow is to it, and the rule that allowed the flow.
+#[derive(Clone, Copy)]
+pub struct Tracked {
+    /// `Established` or `Reply`; `Service` or `Host` for a flow the pod's egress deferred.
+    pub verdict: Verdict,
+    pub rule_id: u32,
+}
+
+/// An established packet (same key) or a reply (reversed key) of a tracked flow. Confirmed
+/// flows are looked up first: they carry almost every packet.
 ///
 /// Not inlined: its keys would otherwise share the programs' frame, which the verifier's
 /// 512-byte stack limit does not allow.
 #[inline(never)]
-pub fn lookup(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(Verdict, u32)> {
+pub fn lookup(key: &CtKey, tcp_flags: u8, now: u64) -> Option<Tracked> {
     if let Some(entry) = hit(&CONNTRACK_MAP, key, tcp_flags, now) {
         // SAFETY: a live map value, read once.
         let value = unsafe { *entry };
-        return Some((forward_verdict(value.flags), value.rule_id));
+        return Some(Tracked {
+            verdict: forward_verdict(value.flags),
+            rule_id: value.rule_id,
+        });
     }
     let reversed = key.reversed();
     if let Some(entry) = hit(&CONNTRACK_MAP, &reversed, tcp_flags, now) {
-        // SAFETY: a live map value, read once.
-        return Some((Verdict::Reply, unsafe { (*entry).rule_id }));
+        return Some(Tracked {
+            verdict: Verdict::Reply,
+            // SAFETY: a live map value, read once.
+            rule_id: unsafe { (*entry).rule_id },
+        });
     }
     if let Some(entry) = hit(&UNCONFIRMED_MAP, key, tcp_flags, now) {
         // SAFETY: a live map value, copied out once.
@@ -119,13 +133,19 @@ pub fn lookup(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(Verdict, u32)> {
         if value.flags & CT_REPLIED != 0 {
             confirm(key, &value);
         }
-        return Some((forward_verdict(value.flags), value.rule_id));
+        return Some(Tracked {
+            verdict: forward_verdict(value.flags),
+            rule_id: value.rule_id,
+        });
     }
     let entry = hit(&UNCONFIRMED_MAP, &reversed, tcp_flags, now)?;
     // SAFETY: a live map value; a lost concurrent flag update only delays the confirmation.
     let value = unsafe { &mut *entry };
     value.flags |= CT_REPLIED;
-    Some((Verdict::Reply, value.rule_id))
+    Some(Tracked {
+        verdict: Verdict::Reply,
+        rule_id: value.rule_id,
+    })
 }
 
 /// Moves a flow seen both ways, then again its own way, to the confirmed map. A failed insert

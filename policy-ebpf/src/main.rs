@@ -43,6 +43,7 @@ use policy_common::{
 };
 
 use crate::{
+    conntrack::Tracked,
     headers::{ND_NEIGHBOUR_ADVERTISEMENT, ND_NEIGHBOUR_SOLICITATION, ND_ROUTER_SOLICITATION},
     maps::{ENDPOINT_IDS_MAP, ENDPOINTS_MAP},
     parse::{FRAGMENT_FIRST, Packet, ParseError, Shape},
@@ -292,7 +293,7 @@ fn decide(
     // its node or its neighbours without them.
     let shape = match parsed {
         Ok(Shape::Arp) => return arp(endpoint, hook, packet),
-        Ok(Shape::NonIp) => return non_ip(endpoint, endpoint.isolated(direction)),
+        Ok(Shape::NonIp) => return non_ip(endpoint, direction),
         Ok(Shape::NeighbourDiscovery) => match neighbour(ctx, endpoint, hook, packet) {
             Some(decision) => return decision,
             None => Ok(Shape::Flow),
@@ -320,20 +321,22 @@ fn decide(
     // Established flows go first: the host check costs a lookup, and host traffic is never
     // tracked, so checking it after a conntrack miss gives every packet the same verdict.
     let key = conntrack::flow_key(endpoint.endpoint_id, direction, packet);
-    let mut track = true;
+    let mut tracking = Tracking::Track;
     if shape == Shape::Flow {
         match conntrack::lookup(&key, packet.tcp_flags, now) {
-            // After DNAT, a packet that still matches a deferred entry was not translated (no
-            // Service port matched): decided by policy, untracked so the entry stays.
-            Some((Verdict::Service | Verdict::Host, _)) if hook == Hook::AfterDnat => {
-                track = false;
+            Some(Tracked {
+                verdict: Verdict::Service | Verdict::Host,
+                ..
+            }) if hook == Hook::AfterDnat => {
+                tracking = Tracking::Untranslated;
             }
-            Some((verdict @ (Verdict::Service | Verdict::Host), rule_id))
-                if hook == Hook::FromPod =>
-            {
+            Some(Tracked {
+                verdict: verdict @ (Verdict::Service | Verdict::Host),
+                rule_id,
+            }) if hook == Hook::FromPod => {
                 return Decision::pass(verdict, rule_id);
             }
-            Some((verdict, rule_id)) => {
+            Some(Tracked { verdict, rule_id }) => {
                 return record_first_fragment(
                     endpoint,
                     direction,
@@ -352,10 +355,10 @@ fn decide(
     }
     let decision = match shape {
         Shape::LaterFragment => {
-            return later_fragment(endpoint, hook, packet, isolated);
+            return later_fragment(endpoint, hook, packet);
         }
-        Shape::IcmpError => icmp_error(ctx, endpoint, direction, packet, isolated),
-        _ => first_packet(endpoint, hook, packet, &key, isolated, now, track),
+        Shape::IcmpError => icmp_error(ctx, endpoint, direction, packet),
+        _ => first_packet(endpoint, hook, packet, &key, now, tracking),
     };
     if matches!(decision.result, Ok(Verdict::Service | Verdict::Host)) && hook == Hook::FromPod {
         return decision;
@@ -384,12 +387,12 @@ fn arp(endpoint: &EndpointInfo, hook: Hook, packet: &Packet) -> Decision {
 }
 
 /// A frame that is neither IP nor ARP: dropped while the endpoint is not ready (`NotReady`) or
-/// isolated in this direction (`NotIp`), else passed (`NotIsolated`).
+/// isolated in `direction` (`NotIp`), else passed (`NotIsolated`).
 #[inline(always)]
-const fn non_ip(endpoint: &EndpointInfo, isolated: bool) -> Decision {
+const fn non_ip(endpoint: &EndpointInfo, direction: Direction) -> Decision {
     if endpoint.flags & ENDPOINT_NOT_READY != 0 {
         Decision::drop(DropReason::NotReady)
-    } else if isolated {
+    } else if endpoint.isolated(direction) {
         Decision::drop(DropReason::NotIp)
     } else {
         Decision::pass(Verdict::NotIsolated, 0)
@@ -486,8 +489,18 @@ fn record_first_fragment(
     decision
 }
 
-/// The first packet of a flow (no live entry): decided by policy, and tracked when allowed
-/// (unless `track` is false).
+/// What the first packet of a flow (no live entry for it) leaves in conntrack when allowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tracking {
+    /// A new entry: the flow is tracked from this packet on.
+    Track,
+    /// Nothing. After DNAT, the packet still matches the entry `from_pod` deferred: no Service
+    /// port translated it, so it is decided by policy and that entry stays as it is.
+    Untranslated,
+}
+
+/// The first packet of a flow (no live entry): decided by policy, and tracked as `tracking`
+/// says when allowed.
 ///
 /// From the pod, a flow to a ClusterIP (`Service`) or to a node address (`Host`) is not
 /// decided: it is tracked as deferred (`CT_SERVICE`, with `CT_HOST` for a node address) and
@@ -498,9 +511,8 @@ fn first_packet(
     hook: Hook,
     packet: &Packet,
     key: &CtKey,
-    isolated: bool,
     now: u64,
-    track: bool,
+    tracking: Tracking,
 ) -> Decision {
     let direction = hook.direction();
     if hook == Hook::FromPod {
@@ -513,22 +525,21 @@ fn first_packet(
             return Decision::pass(Verdict::Host, 0);
         }
     }
-    let (verdict, rule_id) = if isolated {
+    let allowed = if endpoint.isolated(direction) {
         match policy::allowing_rule(endpoint, direction, packet) {
-            Some(rule_id) => (Verdict::Policy, rule_id),
+            Some(rule_id) => Decision::pass(Verdict::Policy, rule_id),
             None => return Decision::drop(DropReason::PolicyDenied),
         }
     } else {
-        (Verdict::NotIsolated, 0)
+        Decision::pass(Verdict::NotIsolated, 0)
     };
-    if !track {
-        return Decision::pass(verdict, rule_id);
+    if tracking == Tracking::Untranslated {
+        return allowed;
     }
-    conntrack::insert(key, rule_id, packet.tcp_flags, now, 0);
+    conntrack::insert(key, allowed.rule_id, packet.tcp_flags, now, 0);
     Decision {
-        result: Ok(verdict),
-        rule_id,
         new_flow: true,
+        ..allowed
     }
 }
 
@@ -541,12 +552,11 @@ fn icmp_error(
     endpoint: &EndpointInfo,
     direction: Direction,
     packet: &Packet,
-    isolated: bool,
 ) -> Decision {
     if let Some(rule_id) = related_flow(ctx, endpoint.endpoint_id, direction, packet) {
         return Decision::pass(Verdict::Related, rule_id);
     }
-    if !isolated {
+    if !endpoint.isolated(direction) {
         return Decision::pass(Verdict::NotIsolated, 0);
     }
     match policy::allowing_rule(endpoint, direction, packet) {
@@ -584,12 +594,7 @@ fn related_flow(
 ///
 /// Not inlined, to keep its key out of the common path's frame.
 #[inline(never)]
-fn later_fragment(
-    endpoint: &EndpointInfo,
-    hook: Hook,
-    packet: &mut Packet,
-    isolated: bool,
-) -> Decision {
+fn later_fragment(endpoint: &EndpointInfo, hook: Hook, packet: &mut Packet) -> Decision {
     let direction = hook.direction();
     let key = conntrack::fragment_key(endpoint.endpoint_id, direction, packet);
     match conntrack::fragment(&key) {
@@ -608,7 +613,7 @@ fn later_fragment(
         None if hook == Hook::FromPod && policy::is_host(packet, direction) => {
             Decision::pass(Verdict::Host, 0)
         }
-        None if isolated => Decision::drop(DropReason::FragmentUnknown),
+        None if endpoint.isolated(direction) => Decision::drop(DropReason::FragmentUnknown),
         None => Decision::pass(Verdict::NotIsolated, 0),
     }
 }
