@@ -1,9 +1,11 @@
-//! Connection tracking: per-endpoint flow entries, and the fragment verdicts in `FRAGMENTS_MAP`.
+//! Connection tracking: per-endpoint flow entries, and the fragment verdicts in
+//! `FRAGMENTS_MAP`.
 //!
-//! A new flow goes into `UNCONFIRMED_MAP`. It moves to `CONNTRACK_MAP` once it is confirmed: a packet came
-//! back the other way, and then another went the first way. Whoever floods new flows from
-//! forged or random sources never sees the replies, so never confirms a flow, and its entries
-//! evict only other unconfirmed ones: the confirmed flows of every endpoint survive the flood.
+//! A new flow goes into `UNCONFIRMED_MAP`. It moves to `CONNTRACK_MAP` once it is confirmed: a
+//! packet came back the other way, and then another went the first way. Whoever floods new flows
+//! from forged or random sources never sees the replies, so never confirms a flow, and its
+//! entries evict only other unconfirmed ones: the confirmed flows of every endpoint survive the
+//! flood.
 
 use aya_ebpf::maps::LruHashMap;
 use policy_common::{

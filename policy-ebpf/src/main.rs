@@ -10,7 +10,8 @@
 //! replies), and passes the packet with `skb->mark` carrying "egress pending" and the client's
 //! endpoint id (`policy_common::maps::svc_mark`). The first hook that sees the packet after DNAT
 //! decides the client's egress on the post-DNAT tuple exactly as `from_pod` decides a direct
-//! packet, with the client's endpoint from `ENDPOINT_IDS_MAP`, counting and reporting for the client:
+//! packet, with the client's endpoint from `ENDPOINT_IDS_MAP`, counting and reporting for the
+//! client:
 //! - `svc_egress` in front of `to_pod` on a local backend's host veth, before the backend's own
 //!   ingress decision; a client reaching itself through its own Service passes (`OwnService`);
 //! - `svc_egress` on TC egress of the node's other interfaces, for remote backends.
