@@ -28,7 +28,7 @@ enum Command {
     Setup(setup::Args),
     /// Build the agent with its embedded eBPF object.
     Build(build::Args),
-    /// rustfmt, clippy -D warnings (host and eBPF crates), the policy core's purity, and the
+    /// rustfmt, clippy -D warnings (host and eBPF crates), the policy core's dependencies, and the
     /// manifests, kind config and Dockerfile under deploy/.
     Check,
     /// Every test; the privileged ones need root.

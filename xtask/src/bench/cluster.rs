@@ -1,5 +1,5 @@
 //! A synthetic cluster as Kubernetes manifests, for the control-plane benchmarks: the shape of the
-//! resolver benchmark (`policy-agent/benches/resolve.rs`) written out as the files a manifest
+//! resolver benchmark (`policy-agent/core/benches/resolve.rs`) written out as the files a manifest
 //! source reads. Namespaces carry `team` and `env` labels; pods carry `app`, `tier` and `version`
 //! labels, two named container ports and dual-stack addresses, 100 to a node; policies are ten
 //! kinds (default deny, pod and namespace selectors, egress, ipBlock with except, port ranges,

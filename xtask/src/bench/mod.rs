@@ -4,7 +4,7 @@
 //! - The resolver: a full resolve of 10,000 pods / 1,000 policies / 100 namespaces for one
 //!   node's endpoints, incremental changes to a map delta, peak memory, and the large inputs one
 //!   namespace owner can write (8,000 excepts; 65,535 single ports from 9 ipBlocks) (criterion
-//!   bench `policy-agent/benches/resolve.rs`; its output in `target/bench/resolver.txt`).
+//!   bench `policy-agent/core/benches/resolve.rs`; its output in `target/bench/resolver.txt`).
 //! - The kernel programs (root): ns per packet through BPF_PROG_TEST_RUN for established, new
 //!   allowed and new denied flows, IPv4 and IPv6, with 10 to 100,000 policy entries, next to an
 //!   empty program (see `testrun.rs`).
@@ -89,7 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let resolver = run::output(Command::new("cargo").args([
             "bench",
             "--package",
-            "policy-agent",
+            "policy-core",
             "--bench",
             "resolve",
         ]))?;

@@ -9,13 +9,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use policy_agent::{
+use policy_common::verdict::Direction;
+use policy_core::{
     manifest::{Loaded, ManifestError, assign_addresses, generation, load, load_text, node_count},
     policy::model::{
         NAMESPACE_NAME_LABEL, NamespaceScope, Operator, Peer, PodPhase, PortValue, Protocol,
     },
 };
-use policy_common::verdict::Direction;
 
 fn load_str(text: &str) -> Loaded {
     let mut loaded = Loaded::default();
@@ -235,7 +235,7 @@ fn each_invalid_policy_is_reported_with_file_object_and_field_and_the_rest_loads
             }
             other => panic!("{spec}: {other:?}"),
         }
-        let text = policy_agent::error_chain(error);
+        let text = policy_core::error_chain(error);
         assert!(
             text.starts_with(&format!("test.yaml: NetworkPolicy ns/bad: {field}: ")),
             "{text}"
@@ -317,7 +317,7 @@ fn unparsable_documents_and_schema_errors_are_reported_and_skipped() {
     let messages: Vec<String> = loaded
         .errors
         .iter()
-        .map(|e| policy_agent::error_chain(e))
+        .map(|e| policy_core::error_chain(e))
         .collect();
     assert_eq!(loaded.errors.len(), 3, "{messages:#?}");
     assert!(
@@ -547,7 +547,7 @@ fn only_error(text: &str) -> String {
             .all(|policy| policy.ingress.is_empty() && policy.egress.is_empty())
     );
     assert_eq!(loaded.isolating.len(), loaded.snapshot.policies.len());
-    policy_agent::error_chain(&loaded.errors[0])
+    policy_core::error_chain(&loaded.errors[0])
 }
 
 #[test]
@@ -721,7 +721,7 @@ fn a_kind_the_agent_reads_under_another_api_version_is_rejected() {
     let messages: Vec<String> = loaded
         .errors
         .iter()
-        .map(|e| policy_agent::error_chain(e))
+        .map(|e| policy_core::error_chain(e))
         .collect();
     assert_eq!(
         messages,
@@ -806,7 +806,7 @@ fn a_second_definition_of_an_object_is_rejected_naming_both_files() {
     let messages: Vec<String> = loaded
         .errors
         .iter()
-        .map(|e| policy_agent::error_chain(e))
+        .map(|e| policy_core::error_chain(e))
         .collect();
     assert_eq!(
         messages,
@@ -861,7 +861,7 @@ fn each_file_is_read_once_whatever_links_lead_to_it() {
 /// its own (the scenarios combine them step by step, and check for objects declared twice).
 #[test]
 fn the_shipped_manifests_load_without_rejections() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut sets = vec![
         vec![root.join("deploy/examples")],
         vec![root.join("xtask/scenarios/base")],
@@ -886,7 +886,7 @@ fn the_shipped_manifests_load_without_rejections() {
         let messages: Vec<String> = loaded
             .errors
             .iter()
-            .map(|e| policy_agent::error_chain(e))
+            .map(|e| policy_core::error_chain(e))
             .collect();
         assert!(messages.is_empty(), "{paths:?}: {messages:#?}");
     }

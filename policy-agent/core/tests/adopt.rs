@@ -8,7 +8,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use policy_agent::policy::{
+use policy_common::verdict::Direction;
+use policy_core::policy::{
     adopt::resolve_adopting,
     lookup::Decision,
     model::{
@@ -19,7 +20,6 @@ use policy_agent::policy::{
     spec::evaluate,
     state::{Allocations, Delta, NodeState, Prefix},
 };
-use policy_common::verdict::Direction;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
 const NODES: [&str; 2] = ["node-1", "node-2"];

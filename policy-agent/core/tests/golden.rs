@@ -5,7 +5,7 @@
 
 use std::{fmt::Write as _, fs, path::Path};
 
-use policy_agent::{
+use policy_core::{
     explain::Cluster,
     manifest::load,
     policy::{

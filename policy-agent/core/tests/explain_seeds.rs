@@ -3,7 +3,7 @@
 
 use std::{fs, path::PathBuf};
 
-use policy_agent::{
+use policy_core::{
     explain::{ExplainOptions, OutputFormat, run},
     policy::model::Protocol,
 };

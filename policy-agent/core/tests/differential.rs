@@ -9,7 +9,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use policy_agent::policy::{
+use policy_common::verdict::Direction;
+use policy_core::policy::{
     lookup::Decision,
     model::{
         ContainerPort, IpBlock, LabelSelector, Labels, Namespace, NamespaceScope, NetworkPolicy,
@@ -20,7 +21,6 @@ use policy_agent::policy::{
     spec::evaluate,
     state::{Delta, NodeState, Prefix, RuleRef},
 };
-use policy_common::verdict::Direction;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
 const NODES: [&str; 2] = ["node-1", "node-2"];

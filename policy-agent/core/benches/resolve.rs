@@ -14,7 +14,8 @@ use std::{
 };
 
 use criterion::{BatchSize, Criterion};
-use policy_agent::policy::{
+use policy_common::verdict::Direction;
+use policy_core::policy::{
     model::{
         ContainerPort, IpBlock, LabelSelector, Labels, Namespace, NamespaceScope, NetworkPolicy,
         Operator, Peer, Pod, PodPeer, PodPhase, PortSpec, PortValue, Protocol, Requirement, Rule,
@@ -23,7 +24,6 @@ use policy_agent::policy::{
     resolve::resolve,
     state::{Delta, NodeState, Prefix},
 };
-use policy_common::verdict::Direction;
 
 /// The system allocator, counting live and peak bytes.
 struct Counting;

@@ -12,7 +12,8 @@ use std::{
     net::IpAddr,
 };
 
-use policy_agent::{
+use policy_common::{ports::probe_policy, verdict::Direction};
+use policy_core::{
     manifest::{Loaded, load_text},
     policy::{
         lookup::Decision,
@@ -20,7 +21,6 @@ use policy_agent::{
         state::{Delta, NodeState},
     },
 };
-use policy_common::{ports::probe_policy, verdict::Direction};
 use rand::{Rng as _, SeedableRng as _, seq::IndexedRandom as _};
 use rand_chacha::ChaCha8Rng;
 

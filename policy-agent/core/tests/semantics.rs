@@ -5,12 +5,12 @@
 use std::{net::IpAddr, path::Path};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use policy_agent::{
+use policy_common::verdict::Direction;
+use policy_core::{
     explain::Cluster,
     manifest::{Loaded, convert, load_text},
     policy::{model::Pod, spec::evaluate},
 };
-use policy_common::verdict::Direction;
 
 /// Namespaces `prod` (team=a, env=prod), `dev` (team=b), `other` (no labels); pods on two nodes.
 const CLUSTER: &str = r#"
