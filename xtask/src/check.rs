@@ -2,11 +2,13 @@
 //! crate for its BPF target, the dependencies of the policy core, and `deploy/` (every manifest against
 //! the vendored Kubernetes schemas, the kind config, the Dockerfile; see [`crate::deploy`]).
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use policy_e2e::schema;
+use policy_lab::{cmd as run, workspace_root};
 
-use crate::{deploy, run, schema, setup};
+use crate::{deploy, setup};
 
 /// Crate names the pure policy core must never mention.
 /// What the policy core must not depend on, directly or not: it is tested without a cluster or
@@ -103,13 +105,6 @@ fn impure_dependencies(tree: &str) -> Vec<&str> {
     found.sort_unstable();
     found.dedup();
     found
-}
-
-/// The workspace root: xtask's manifest directory's parent.
-pub fn workspace_root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf)
 }
 
 #[cfg(test)]

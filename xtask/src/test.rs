@@ -9,8 +9,9 @@
 use std::process::Command;
 
 use anyhow::bail;
+use policy_lab::cmd as run;
 
-use crate::{check, run, setup};
+use crate::{check, setup};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -864,9 +864,9 @@ fn the_shipped_manifests_load_without_rejections() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut sets = vec![
         vec![root.join("deploy/examples")],
-        vec![root.join("xtask/scenarios/base")],
+        vec![root.join("xtask/e2e/scenarios/base")],
     ];
-    let mut scenarios: Vec<PathBuf> = fs::read_dir(root.join("xtask/scenarios"))
+    let mut scenarios: Vec<PathBuf> = fs::read_dir(root.join("xtask/e2e/scenarios"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.join("scenario.yaml").is_file())
