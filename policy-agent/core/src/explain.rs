@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::{
     error_chain,
     manifest::{self, AddressError},
+    matrix::{Matrix, Reachability},
     policy::{
         lookup::Decision,
         model::{Pod, Protocol, Snapshot},
@@ -66,6 +67,8 @@ pub enum ExplainError {
         if *problems == 1 { "" } else { "s" }
     )]
     Incomplete { problems: usize },
+    #[error("explain cannot answer for all of the manifests:\n{}", .0.join("\n"))]
+    Problems(Vec<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +123,28 @@ pub fn run(
         return Err(ExplainError::Incomplete { problems });
     }
     Ok(())
+}
+
+/// The matrix of `paths` for `protocol`/`port`, for programs that compare it with something:
+/// anything that could not be loaded or compiled is an error that lists every problem, where
+/// [`run`] would answer for the rest.
+pub fn complete_matrix(
+    paths: &[PathBuf],
+    protocol: Protocol,
+    port: u16,
+) -> Result<Reachability, ExplainError> {
+    let loaded = manifest::load(paths);
+    let mut problems: Vec<String> = loaded
+        .errors
+        .iter()
+        .map(|error| error_chain(error))
+        .collect();
+    let cluster = Cluster::compile(loaded.snapshot)?;
+    problems.extend(cluster.degraded().map(ToString::to_string));
+    if !problems.is_empty() {
+        return Err(ExplainError::Problems(problems));
+    }
+    Ok(cluster.matrix(protocol, port))
 }
 
 fn answer(
@@ -267,30 +292,28 @@ impl Cluster {
                 .allows()
     }
 
-    pub fn matrix(&self, protocol: Protocol, port: u16) -> Matrix {
+    pub fn matrix(&self, protocol: Protocol, port: u16) -> Reachability {
         let names: Vec<String> = self
             .pods
             .iter()
             .map(|&i| self.pod(i).pod_ref().to_string())
             .collect();
-        let mut allowed = BTreeMap::new();
-        for (&client, client_name) in self.pods.iter().zip(&names) {
-            let row: BTreeMap<String, bool> = self
-                .pods
-                .iter()
-                .zip(&names)
-                .map(|(&server, server_name)| {
-                    let verdict = self.allowed(self.pod(client), self.pod(server), protocol, port);
-                    (server_name.clone(), verdict)
-                })
-                .collect();
-            allowed.insert(client_name.clone(), row);
-        }
-        Matrix {
-            protocol: protocol.name(),
+        let by_name: BTreeMap<&str, &Pod> = self
+            .pods
+            .iter()
+            .zip(&names)
+            .map(|(&i, name)| (name.as_str(), self.pod(i)))
+            .collect();
+        let matrix = Matrix::from_fn(names.clone(), |client, server| {
+            self.allowed(by_name[client], by_name[server], protocol, port)
+                .into()
+        });
+        Reachability {
+            protocol: protocol.name().to_owned(),
             port,
-            pods: names,
-            allowed,
+            matrix,
+            via: None,
+            wait_ms: None,
         }
     }
 
@@ -371,53 +394,6 @@ fn address_pair(client: &Pod, server: &Pod) -> Option<(IpAddr, IpAddr)> {
             .find(|ip| ip.is_ipv4() == server_ip.is_ipv4())
             .map(|&client_ip| (client_ip, server_ip))
     })
-}
-
-/// The reachability of every ordered pair: `allowed[client][server]`.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Matrix {
-    pub protocol: &'static str,
-    pub port: u16,
-    pub pods: Vec<String>,
-    pub allowed: BTreeMap<String, BTreeMap<String, bool>>,
-}
-
-impl Matrix {
-    /// A grid: rows are clients, columns servers (numbered as the rows).
-    pub fn table(&self) -> String {
-        let mut text = format!(
-            "{}/{}: rows are clients (from), columns servers (to); Y allowed, - denied.\n\
-             A pod always reaches itself (its own traffic never crosses its veth).\n\n",
-            self.protocol, self.port
-        );
-        let names: Vec<_> = self.pods.iter().map(|pod| printable(pod)).collect();
-        let width = names
-            .iter()
-            .map(|name| name.chars().count())
-            .max()
-            .unwrap_or(0);
-        let number_width = self.pods.len().to_string().len();
-        text.push_str(&format!("{:>w$}  {:<width$} ", "", "", w = number_width));
-        for column in 1..=self.pods.len() {
-            text.push_str(&format!(" {column:>number_width$}"));
-        }
-        text.push('\n');
-        for (row, (client, name)) in self.pods.iter().zip(&names).enumerate() {
-            text.push_str(&format!("{:>number_width$}  {name:<width$} ", row + 1));
-            for server in &self.pods {
-                let allowed = self
-                    .allowed
-                    .get(client)
-                    .and_then(|r| r.get(server))
-                    .copied()
-                    .unwrap_or(false);
-                let mark = if allowed { "Y" } else { "-" };
-                text.push_str(&format!(" {mark:>number_width$}"));
-            }
-            text.push('\n');
-        }
-        text
-    }
 }
 
 /// One connection's verdict and why.

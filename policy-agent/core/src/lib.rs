@@ -7,6 +7,7 @@
 
 pub mod explain;
 pub mod manifest;
+pub mod matrix;
 pub mod policy;
 
 /// An error and its sources, on one line.

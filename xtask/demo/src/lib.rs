@@ -21,11 +21,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use policy_core::{
+    explain,
+    matrix::{Matrix, Reachability},
+    policy::model::Protocol,
+};
 use policy_lab::{cmd as run, workspace_root};
 
 use self::{
     flows::FlowLogs,
-    matrix::{Agreement, Grid, Snapshot},
+    matrix::{Agreement, Snapshot},
 };
 
 /// Where the demo writes the manifests it hands to the lab.
@@ -138,7 +143,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         lab: &lab,
         armed: !args.keep_lab,
     };
-    let result = tour(&lab, &Explain { binary: agent }, &examples, dir);
+    let result = tour(&lab, &examples, dir);
     if let Ok(tour) = &result {
         summarise(tour);
     }
@@ -188,7 +193,7 @@ struct StepResult {
     applied: Option<Duration>,
 }
 
-fn tour(lab: &Lab, explain: &Explain, examples: &Path, dir: &Path) -> anyhow::Result<Tour> {
+fn tour(lab: &Lab, examples: &Path, dir: &Path) -> anyhow::Result<Tour> {
     let up = lab.up(dir)?;
     for line in up.report.lines() {
         println!("  {line}");
@@ -220,10 +225,10 @@ fn tour(lab: &Lab, explain: &Explain, examples: &Path, dir: &Path) -> anyhow::Re
         println!();
         println!("Step {} of {}: {}", index + 1, STEPS.len(), step.title);
         println!("  policy: deploy/examples/policies/{}", step.file);
-        let before: Vec<(Grid, Grid)> = step
+        let before: Vec<(Matrix, Matrix)> = step
             .ports
             .iter()
-            .map(|port| Ok((lab.probe(port)?, explain.matrix(port)?)))
+            .map(|port| Ok((lab.probe(port)?, explain(port)?)))
             .collect::<anyhow::Result<_>>()?;
         // Drops from here on are the ones the new policy decided (with those before it).
         let logs = FlowLogs::mark(Path::new(LAB_RUN_DIR), NODES)?;
@@ -238,7 +243,7 @@ fn tour(lab: &Lab, explain: &Explain, examples: &Path, dir: &Path) -> anyhow::Re
         let mut agreements = Vec::new();
         for (port, (probed_before, predicted_before)) in step.ports.iter().zip(&before) {
             let probed_after = lab.probe(port)?;
-            let predicted_after = explain.matrix(port)?;
+            let predicted_after = explain(port)?;
             println!();
             println!("  {} {}", port.protocol, port.number);
             let snapshots = [
@@ -489,13 +494,14 @@ impl Lab {
         })
     }
 
-    fn probe(&self, port: &Port) -> anyhow::Result<Grid> {
+    fn probe(&self, port: &Port) -> anyhow::Result<Matrix> {
         let mut command = self.command();
         command
             .args(["probe", "--port", &port.number.to_string()])
             .args(["--protocol", port.protocol, "--family", "4", "-o", "json"]);
         let text = run::output(&mut command)?;
-        Grid::parse(&text)
+        Reachability::parse(&text)
+            .map(|answer| answer.matrix)
             .with_context(|| format!("reading the output of `{}`", run::describe(&command)))
     }
 
@@ -550,25 +556,16 @@ impl Drop for LabGuard<'_> {
     }
 }
 
-/// `policy-agent explain` over the manifests the lab rendered.
-struct Explain {
-    binary: PathBuf,
-}
-
-impl Explain {
-    fn matrix(&self, port: &Port) -> anyhow::Result<Grid> {
-        let rendered = Path::new(LAB_RUN_DIR).join("manifests");
-        let mut command = Command::new(&self.binary);
-        command
-            .arg("explain")
-            .arg("-f")
-            .arg(&rendered)
-            .args(["--port", &port.number.to_string()])
-            .args(["--protocol", port.protocol, "-o", "json"]);
-        let text = run::output(&mut command)?;
-        Grid::parse(&text)
-            .with_context(|| format!("reading the output of `{}`", run::describe(&command)))
-    }
+/// What `policy-agent explain` predicts from the manifests the lab rendered.
+fn explain(port: &Port) -> anyhow::Result<Matrix> {
+    let rendered = Path::new(LAB_RUN_DIR).join("manifests");
+    let protocol = match port.protocol {
+        "UDP" => Protocol::Udp,
+        _ => Protocol::Tcp,
+    };
+    let answer = explain::complete_matrix(std::slice::from_ref(&rendered), protocol, port.number)
+        .with_context(|| format!("explaining {}", rendered.display()))?;
+    Ok(answer.matrix)
 }
 
 #[cfg(test)]

@@ -1,54 +1,13 @@
-//! Reachability matrices from the lab's probe and from `explain`, how far they agree, and the
-//! side-by-side picture the demo prints.
+//! How far the lab's probe and `explain` agree, and the side-by-side picture of their matrices
+//! the demo prints.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::fmt::Write as _;
 
-use anyhow::Context as _;
-use serde::Deserialize;
+use policy_core::matrix::{Cell, Matrix};
 
-/// The JSON that `lab probe -o json` and `policy-agent explain -o json` print (the probe's extra
-/// fields are not needed here).
-#[derive(Debug, Deserialize)]
-struct MatrixJson {
-    pods: Vec<String>,
-    allowed: BTreeMap<String, BTreeMap<String, Option<bool>>>,
-}
-
-/// Who can reach whom: by client, then server; `None` where there is nothing to probe.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grid {
-    pods: Vec<String>,
-    allowed: BTreeMap<String, BTreeMap<String, Option<bool>>>,
-}
-
-impl Grid {
-    /// Parses the JSON printed by `lab probe -o json` or `policy-agent explain -o json`.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let json: MatrixJson =
-            serde_json::from_str(text).context("reading a reachability matrix in JSON")?;
-        Ok(Self {
-            pods: json.pods,
-            allowed: json.allowed,
-        })
-    }
-
-    /// The pods, in the order the matrix lists them.
-    pub fn pods(&self) -> &[String] {
-        &self.pods
-    }
-
-    /// The cell `from -> to`: `None` when the matrix has no such cell or nothing was probed.
-    pub fn get(&self, from: &str, to: &str) -> Option<bool> {
-        self.allowed.get(from)?.get(to).copied().flatten()
-    }
-
-    fn symbol(&self, from: &str, to: &str) -> char {
-        match self.get(from, to) {
-            Some(true) => '.',
-            Some(false) => 'X',
-            None => '-',
-        }
-    }
+/// The cell `from -> to` of `matrix`: `None` when it has no such cell or nothing to reach.
+fn allowed(matrix: &Matrix, from: &str, to: &str) -> Option<bool> {
+    matrix.get(from, to)?.allowed()
 }
 
 /// How many differing pairs [`Agreement::describe`] names.
@@ -73,11 +32,12 @@ pub struct Agreement {
 
 impl Agreement {
     /// Compares the two over the probe's pods; pairs either side has no verdict for are skipped.
-    pub fn of(probed: &Grid, predicted: &Grid) -> Self {
+    pub fn of(probed: &Matrix, predicted: &Matrix) -> Self {
         let mut agreement = Self::default();
         for from in probed.pods() {
             for to in probed.pods() {
-                let (Some(seen), Some(expected)) = (probed.get(from, to), predicted.get(from, to))
+                let (Some(seen), Some(expected)) =
+                    (allowed(probed, from, to), allowed(predicted, from, to))
                 else {
                     continue;
                 };
@@ -136,8 +96,8 @@ impl Agreement {
 /// A moment of a step: the lab's matrix next to `explain`'s.
 pub struct Snapshot<'a> {
     pub label: &'a str,
-    pub probed: &'a Grid,
-    pub predicted: &'a Grid,
+    pub probed: &'a Matrix,
+    pub predicted: &'a Matrix,
 }
 
 /// The matrices of `snapshots` side by side, rows (clients) numbered and named, columns
@@ -179,7 +139,7 @@ pub fn render(pods: &[String], snapshots: &[Snapshot<'_>]) -> String {
             for (gap, grid) in [(SNAPSHOT_GAP, snapshot.probed), (GAP, snapshot.predicted)] {
                 let cells: Vec<String> = pods
                     .iter()
-                    .map(|to| grid.symbol(from, to).to_string())
+                    .map(|to| grid.get(from, to).map_or('-', Cell::symbol).to_string())
                     .collect();
                 let _ = write!(line, "{gap}{:<grid_width$}", cells.join(" "));
             }
@@ -201,47 +161,17 @@ mod tests {
     const PODS: [&str; 3] = ["shop/web", "shop/db", "dev/tester"];
 
     /// A matrix over [`PODS`] from rows of symbols: `.` allowed, `X` denied, `-` nothing probed.
-    fn grid(rows: [&str; 3]) -> Grid {
+    fn grid(rows: [&str; 3]) -> Matrix {
         let pods: Vec<String> = PODS.iter().map(|pod| (*pod).to_owned()).collect();
-        let allowed = pods
-            .iter()
-            .zip(rows)
-            .map(|(from, row)| {
-                let cells = pods
-                    .iter()
-                    .zip(row.chars())
-                    .map(|(to, symbol)| {
-                        let cell = match symbol {
-                            '.' => Some(true),
-                            'X' => Some(false),
-                            _ => None,
-                        };
-                        (to.clone(), cell)
-                    })
-                    .collect();
-                (from.clone(), cells)
-            })
-            .collect();
-        Grid { pods, allowed }
-    }
-
-    #[test]
-    fn parses_the_json_of_probe_and_explain() {
-        let text = r#"{"protocol":"TCP","port":3306,"pods":["shop/web","shop/db"],
-            "allowed":{"shop/web":{"shop/web":true,"shop/db":false},
-                       "shop/db":{"shop/web":null,"shop/db":true}},
-            "via":"pod","wait_ms":3}"#;
-        let grid = Grid::parse(text).unwrap();
-        assert_eq!(grid.pods(), ["shop/web", "shop/db"]);
-        assert_eq!(grid.get("shop/web", "shop/db"), Some(false));
-        assert_eq!(grid.get("shop/db", "shop/db"), Some(true));
-        assert_eq!(grid.get("shop/db", "shop/web"), None);
-        assert_eq!(grid.get("shop/web", "dev/tester"), None);
-    }
-
-    #[test]
-    fn rejects_json_that_is_not_a_matrix() {
-        assert!(Grid::parse(r#"{"pods":["a"]}"#).is_err());
+        Matrix::from_fn(pods, |from, to| {
+            let row = PODS.iter().position(|pod| *pod == from).unwrap();
+            let column = PODS.iter().position(|pod| *pod == to).unwrap();
+            match rows[row].chars().nth(column) {
+                Some('.') => Cell::Allowed,
+                Some('X') => Cell::Denied,
+                _ => Cell::Unserved,
+            }
+        })
     }
 
     #[test]

@@ -19,8 +19,7 @@
 use std::fmt;
 
 use anyhow::{Context as _, bail};
-
-use super::matrix::{Cell, Matrix};
+use policy_core::matrix::{Cell, Matrix};
 
 /// A set of pods.
 #[derive(Clone, Debug, PartialEq, Eq)]

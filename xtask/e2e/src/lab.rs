@@ -1,4 +1,4 @@
-//! The lab (`cargo xtask lab ...`) and the agent's `explain`, driven through their command lines.
+//! The lab (`cargo xtask lab ...`), driven through its command line, and what `explain` predicts.
 
 use std::{
     path::{Path, PathBuf},
@@ -7,12 +7,14 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use policy_lab::{agent, cmd as run};
-
-use super::{
-    matrix::{Matrix, MatrixJson},
-    scenario::{Probe, Protocol},
+use policy_core::{
+    explain,
+    matrix::{Matrix, Reachability},
+    policy::model,
 };
+use policy_lab::cmd as run;
+
+use super::scenario::{Probe, Protocol};
 
 /// Where the lab renders the manifest directory it was given (pods with nodes and addresses):
 /// what the agents and `explain` read.
@@ -50,7 +52,7 @@ impl Lab {
 
     /// `lab probe ... -o json`: the reachability matrix, once every agent has applied the
     /// manifests.
-    pub fn probe(&self, probe: &Probe) -> anyhow::Result<MatrixJson> {
+    pub fn probe(&self, probe: &Probe) -> anyhow::Result<Reachability> {
         let mut command = self.command();
         command
             .args(["probe", "--port", &probe.port.to_string()])
@@ -59,7 +61,7 @@ impl Lab {
             .args(["--family", &probe.family.number().to_string()])
             .args(["-o", "json"]);
         let text = run::output(&mut command)?;
-        let json = MatrixJson::parse(&text)
+        let json = Reachability::parse(&text)
             .with_context(|| format!("reading the output of `{}`", run::describe(&command)))?;
         ensure!(
             json.port == probe.port
@@ -96,31 +98,21 @@ fn applied_after(output: &str) -> Option<Duration> {
     })
 }
 
-/// `policy-agent explain`: the agent's own account of what its policy allows.
-pub struct Explain {
-    agent: PathBuf,
-}
+/// What `explain` predicts from the rendered manifests: the policy core's compilation of every
+/// node, the one `policy-agent explain` prints.
+pub struct Explain;
 
 impl Explain {
-    /// Builds the agent (debug profile) and uses its binary.
-    pub fn build() -> anyhow::Result<Self> {
-        Ok(Self {
-            agent: agent::binary(None, true)?,
-        })
-    }
-
-    /// The matrix `explain` computes from the rendered manifests for `port`/`protocol`.
+    /// The matrix for `port`/`protocol`; anything in the manifests that could not be loaded or
+    /// compiled makes it an error, as it makes `policy-agent explain` fail.
     pub fn matrix(&self, port: u16, protocol: Protocol) -> anyhow::Result<Matrix> {
-        let mut command = Command::new(&self.agent);
-        command
-            .args(["explain", "-f", RENDERED])
-            .args(["--port", &port.to_string()])
-            .args(["--protocol", protocol.as_str()])
-            .args(["-o", "json"]);
-        let text = run::output(&mut command)?;
-        MatrixJson::parse(&text)
-            .and_then(|json| json.matrix())
-            .with_context(|| format!("reading the output of `{}`", run::describe(&command)))
+        let protocol = match protocol {
+            Protocol::Tcp => model::Protocol::Tcp,
+            Protocol::Udp => model::Protocol::Udp,
+        };
+        let answer = explain::complete_matrix(&[PathBuf::from(RENDERED)], protocol, port)
+            .with_context(|| format!("explaining {RENDERED}"))?;
+        Ok(answer.matrix)
     }
 }
 

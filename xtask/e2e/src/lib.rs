@@ -29,7 +29,6 @@
 mod expect;
 pub mod kind;
 mod lab;
-pub mod matrix;
 mod restart;
 pub mod scenario;
 pub mod schema;
@@ -44,11 +43,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use policy_core::matrix::Matrix;
 use policy_lab::cmd as run;
 
 use self::{
     lab::{Explain, Lab},
-    matrix::Matrix,
     scenario::{Family, Probe, Protocol, Scenario, Via},
     steady::Steady,
 };
@@ -94,11 +93,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.filter.as_deref().unwrap_or_default()
         );
     }
-    let explain = if args.no_explain {
-        None
-    } else {
-        Some(Explain::build()?)
-    };
+    let explain = if args.no_explain { None } else { Some(Explain) };
     let lab = Lab::new()?;
     let dir = Path::new(MANIFESTS);
     println!("e2e: bringing up the lab with the base cluster ({MANIFESTS})");
@@ -295,7 +290,7 @@ impl Suite<'_> {
                         self.enforced.push(applied.unwrap_or_default() + waited);
                     }
                 }
-                let observed = json.matrix().with_context(context)?;
+                let observed = json.matrix;
                 if let Some(difference) = probe.expected.difference(&observed) {
                     mismatches.push(format!(
                         "{}: the lab's matrix is not the expected one\n{}",

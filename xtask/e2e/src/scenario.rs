@@ -34,10 +34,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use policy_core::matrix::Matrix;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{expect::Expectation, matrix::Matrix};
+use super::expect::Expectation;
 
 /// The directory of the base cluster, inside the scenarios directory.
 pub const BASE: &str = "base";
@@ -408,8 +409,9 @@ fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
 
 #[cfg(test)]
 mod tests {
+    use policy_core::matrix::Cell;
+
     use super::*;
-    use crate::matrix::Cell;
 
     const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
 

@@ -14,9 +14,8 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
+use policy_core::matrix::{Cell, Matrix};
 use policy_lab::{netns, state::State};
-
-use super::matrix::{Cell, Matrix};
 
 /// The port every base pod serves over TCP.
 const PORT: u16 = 80;

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use serde::Serialize;
+use policy_core::matrix::{Matrix, Reachability};
 
 use super::{
     agent,
@@ -56,8 +56,7 @@ pub struct ProbeArgs {
     output: Output,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Via {
     Pod,
     Service,
@@ -65,6 +64,17 @@ pub enum Via {
     /// NodePort Service whose backend is the server.
     #[value(name = "nodeport")]
     NodePort,
+}
+
+impl Via {
+    /// The name on the command line and in the JSON matrix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Service => "service",
+            Self::NodePort => "nodeport",
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -99,18 +109,6 @@ impl Outcome {
             Self::Unreachable => "unr",
         }
     }
-}
-
-/// The probe matrix, in the shape of `policy-agent explain -o json` plus `via` and `wait_ms`.
-#[derive(Debug, Serialize)]
-pub struct Matrix {
-    pub protocol: &'static str,
-    pub port: u16,
-    pub pods: Vec<String>,
-    /// Client, then server: whether the probe got through; `null` where there is no target.
-    pub allowed: BTreeMap<String, BTreeMap<String, Option<bool>>>,
-    pub via: Via,
-    pub wait_ms: u64,
 }
 
 pub fn run(args: ProbeArgs) -> Result<()> {
@@ -326,6 +324,7 @@ pub fn probe(protocol: Protocol, address: SocketAddr) -> Outcome {
     }
 }
 
+/// The probe's matrix, in the shape of `policy-agent explain -o json` plus `via` and `wait_ms`.
 fn matrix(
     plan: &Plan,
     port: u16,
@@ -333,27 +332,28 @@ fn matrix(
     via: Via,
     outcomes: &BTreeMap<(usize, usize), Option<Outcome>>,
     wait: Duration,
-) -> Matrix {
+) -> Reachability {
+    let index: BTreeMap<String, usize> = plan
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| (pod.key.to_string(), i))
+        .collect();
     let names: Vec<String> = plan.pods.iter().map(|pod| pod.key.to_string()).collect();
-    let mut allowed = BTreeMap::new();
-    for (c, client) in names.iter().enumerate() {
-        let row: BTreeMap<String, Option<bool>> = names
-            .iter()
-            .enumerate()
-            .map(|(s, server)| {
-                let outcome = outcomes.get(&(c, s)).copied().flatten();
-                (server.clone(), outcome.map(Outcome::allowed))
-            })
-            .collect();
-        allowed.insert(client.clone(), row);
-    }
-    Matrix {
-        protocol: protocol.name(),
+    let matrix = Matrix::from_fn(names, |client, server| {
+        outcomes
+            .get(&(index[client], index[server]))
+            .copied()
+            .flatten()
+            .map(Outcome::allowed)
+            .into()
+    });
+    Reachability {
+        protocol: protocol.name().to_owned(),
         port,
-        pods: names,
-        allowed,
-        via,
-        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        matrix,
+        via: Some(via.name().to_owned()),
+        wait_ms: Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 

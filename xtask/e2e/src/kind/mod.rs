@@ -36,6 +36,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use policy_core::matrix::Matrix;
 use policy_lab::{
     cmd as run,
     manifest::{self, ManifestFile, ObjectKey, PodDecl, ServiceDecl},
@@ -47,10 +48,7 @@ use self::{
     config::{IpFamily, KindCluster},
     probe::Addresses,
 };
-use crate::{
-    matrix::Matrix,
-    scenario::{self, Scenario, Via},
-};
+use crate::scenario::{self, Scenario, Via};
 
 /// The commands kind-e2e drives.
 const TOOLS: [&str; 3] = ["docker", "kind", "kubectl"];

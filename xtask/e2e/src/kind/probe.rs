@@ -14,6 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use policy_core::matrix::{Cell, Matrix};
 use policy_lab::{
     cmd as run,
     manifest::{self, ObjectKey, PodDecl, ServiceDecl, TargetPort},
@@ -21,10 +22,7 @@ use policy_lab::{
 };
 
 use super::render::container_name;
-use crate::{
-    matrix::{Cell, Matrix},
-    scenario::{Family, Probe, Protocol, Via},
-};
+use crate::scenario::{Family, Probe, Protocol, Via};
 
 /// `kubectl exec` calls in flight at once.
 const PARALLEL_EXECS: usize = 16;

@@ -1,16 +1,22 @@
-//! Reachability matrices: what the lab's probe and the agent's `explain` print, what a scenario
-//! expects, and a readable picture of where two of them differ.
+//! Reachability matrices: who reaches whom on one port, as `explain` predicts it, the lab's probe
+//! observes it and a scenario expects it, and a readable picture of where two of them differ.
+//!
+//! In JSON (`explain -o json`, `lab probe -o json`) a matrix is
+//! `{"protocol", "port", "pods", "allowed": {client: {server: true | false | null}}}`, `null`
+//! where a Service probe has no target; the probe adds `via` and `wait_ms`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
 };
 
-use anyhow::Context as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::printable;
 
 /// One cell: can the client (row) reach the server (column)?
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Option<bool>", into = "Option<bool>")]
 pub enum Cell {
     Allowed,
     Denied,
@@ -18,8 +24,40 @@ pub enum Cell {
     Unserved,
 }
 
+impl From<Option<bool>> for Cell {
+    fn from(allowed: Option<bool>) -> Self {
+        match allowed {
+            Some(true) => Self::Allowed,
+            Some(false) => Self::Denied,
+            None => Self::Unserved,
+        }
+    }
+}
+
+impl From<Cell> for Option<bool> {
+    fn from(cell: Cell) -> Self {
+        match cell {
+            Cell::Allowed => Some(true),
+            Cell::Denied => Some(false),
+            Cell::Unserved => None,
+        }
+    }
+}
+
+impl From<bool> for Cell {
+    fn from(allowed: bool) -> Self {
+        Some(allowed).into()
+    }
+}
+
 impl Cell {
-    fn symbol(self) -> char {
+    /// Whether the client reaches the server; `None` where there is nothing to reach.
+    pub fn allowed(self) -> Option<bool> {
+        self.into()
+    }
+
+    /// `.` allowed, `X` denied, `-` nothing to reach.
+    pub fn symbol(self) -> char {
         match self {
             Self::Allowed => '.',
             Self::Denied => 'X',
@@ -36,58 +74,115 @@ impl Cell {
     }
 }
 
-/// A reachability matrix over a set of pods named `namespace/name`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A reachability matrix over a set of pods named `namespace/name`, with a cell for every
+/// ordered pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "MatrixJson", try_from = "MatrixJson")]
 pub struct Matrix {
     pods: Vec<String>,
     /// By (client, server).
     cells: BTreeMap<(String, String), Cell>,
 }
 
-/// The JSON that `lab probe -o json` and `policy-agent explain -o json` print. `via` and
-/// `wait_ms` only come from the probe.
-#[derive(Debug, Deserialize)]
-pub struct MatrixJson {
+/// How a [`Matrix`] reads and writes in JSON.
+#[derive(Serialize, Deserialize)]
+struct MatrixJson {
+    pods: Vec<String>,
+    /// Client, then server.
+    allowed: BTreeMap<String, BTreeMap<String, Cell>>,
+}
+
+impl From<Matrix> for MatrixJson {
+    fn from(matrix: Matrix) -> Self {
+        let mut allowed: BTreeMap<String, BTreeMap<String, Cell>> = BTreeMap::new();
+        for ((from, to), cell) in matrix.cells {
+            allowed.entry(from).or_default().insert(to, cell);
+        }
+        Self {
+            pods: matrix.pods,
+            allowed,
+        }
+    }
+}
+
+impl TryFrom<MatrixJson> for Matrix {
+    type Error = String;
+
+    /// Checks that every ordered pair of pods has a cell.
+    fn try_from(json: MatrixJson) -> Result<Self, String> {
+        let mut cells = BTreeMap::new();
+        for from in &json.pods {
+            let row = json
+                .allowed
+                .get(from)
+                .ok_or_else(|| format!("the matrix has no row for client {from}"))?;
+            for to in &json.pods {
+                let cell = row
+                    .get(to)
+                    .ok_or_else(|| format!("the matrix has no cell for {from} -> {to}"))?;
+                cells.insert((from.clone(), to.clone()), *cell);
+            }
+        }
+        Ok(Self {
+            pods: json.pods,
+            cells,
+        })
+    }
+}
+
+/// A matrix for one protocol and port, as `explain` and the lab's probe print it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reachability {
     pub protocol: String,
     pub port: u16,
-    pub pods: Vec<String>,
-    pub allowed: BTreeMap<String, BTreeMap<String, Option<bool>>>,
-    #[serde(default)]
+    #[serde(flatten)]
+    pub matrix: Matrix,
+    /// How the probe reached the server (`pod`, `service`, `nodeport`); only from the probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
-    #[serde(default)]
+    /// How long the probe waited for the agents to apply the manifests; only from the probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<u64>,
 }
 
-impl MatrixJson {
+impl Reachability {
     /// Parses the JSON printed by the probe or by explain.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        serde_json::from_str(text).context("reading a reachability matrix in JSON")
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
     }
 
-    /// The matrix, checking that every pair of pods has a cell.
-    pub fn matrix(&self) -> anyhow::Result<Matrix> {
-        let mut cells = BTreeMap::new();
-        for from in &self.pods {
-            let row = self
-                .allowed
-                .get(from)
-                .with_context(|| format!("the matrix has no row for client {from}"))?;
-            for to in &self.pods {
-                let value = row
-                    .get(to)
-                    .with_context(|| format!("the matrix has no cell for {from} -> {to}"))?;
-                let cell = match value {
-                    Some(true) => Cell::Allowed,
-                    Some(false) => Cell::Denied,
-                    None => Cell::Unserved,
-                };
-                cells.insert((from.clone(), to.clone()), cell);
-            }
+    /// A grid for people: rows are clients, columns servers (numbered as the rows).
+    pub fn table(&self) -> String {
+        let pods = self.matrix.pods();
+        let mut text = format!(
+            "{}/{}: rows are clients (from), columns servers (to); Y allowed, - denied.\n\
+             A pod always reaches itself (its own traffic never crosses its veth).\n\n",
+            self.protocol, self.port
+        );
+        let names: Vec<_> = pods.iter().map(|pod| printable(pod)).collect();
+        let width = names
+            .iter()
+            .map(|name| name.chars().count())
+            .max()
+            .unwrap_or(0);
+        let number_width = pods.len().to_string().len();
+        text.push_str(&format!("{:>w$}  {:<width$} ", "", "", w = number_width));
+        for column in 1..=pods.len() {
+            text.push_str(&format!(" {column:>number_width$}"));
         }
-        Ok(Matrix {
-            pods: self.pods.clone(),
-            cells,
-        })
+        text.push('\n');
+        for (row, (client, name)) in pods.iter().zip(&names).enumerate() {
+            text.push_str(&format!("{:>number_width$}  {name:<width$} ", row + 1));
+            for server in pods {
+                let mark = match self.matrix.get(client, server) {
+                    Some(Cell::Allowed) => "Y",
+                    _ => "-",
+                };
+                text.push_str(&format!(" {mark:>number_width$}"));
+            }
+            text.push('\n');
+        }
+        text
     }
 }
 
@@ -125,6 +220,17 @@ impl Matrix {
             pods: pods.to_vec(),
             cells,
         }
+    }
+
+    /// The matrix over `pods` whose cell `from -> to` is `cell(from, to)`.
+    pub fn from_fn(pods: Vec<String>, mut cell: impl FnMut(&str, &str) -> Cell) -> Self {
+        let mut cells = BTreeMap::new();
+        for from in &pods {
+            for to in &pods {
+                cells.insert((from.clone(), to.clone()), cell(from, to));
+            }
+        }
+        Self { pods, cells }
     }
 
     pub fn pods(&self) -> &[String] {
@@ -285,10 +391,10 @@ mod tests {
 
     #[test]
     fn reads_the_probe_json() {
-        let json = MatrixJson::parse(PROBE).unwrap();
+        let json = Reachability::parse(PROBE).unwrap();
         assert_eq!(json.wait_ms, Some(12));
         assert_eq!(json.via.as_deref(), Some("service"));
-        let matrix = json.matrix().unwrap();
+        let matrix = json.matrix;
         assert_eq!(matrix.get("x/a", "x/b"), Some(Cell::Denied));
         assert_eq!(matrix.get("x/b", "x/a"), Some(Cell::Allowed));
         assert_eq!(matrix.get("x/b", "x/b"), Some(Cell::Unserved));
@@ -298,10 +404,10 @@ mod tests {
     fn reads_the_explain_json_without_probe_fields() {
         let text = r#"{"protocol": "UDP", "port": 81, "pods": ["x/a"],
             "allowed": {"x/a": {"x/a": true}}}"#;
-        let json = MatrixJson::parse(text).unwrap();
+        let json = Reachability::parse(text).unwrap();
         assert_eq!(json.wait_ms, None);
         assert_eq!(
-            json.matrix().unwrap(),
+            json.matrix,
             Matrix::filled(&["x/a".to_owned()], Cell::Allowed)
         );
     }
@@ -310,20 +416,28 @@ mod tests {
     fn a_missing_cell_is_an_error() {
         let text = r#"{"protocol": "TCP", "port": 80, "pods": ["x/a", "x/b"],
             "allowed": {"x/a": {"x/a": true, "x/b": true}, "x/b": {"x/b": true}}}"#;
-        let error = MatrixJson::parse(text).unwrap().matrix().unwrap_err();
+        let error = Reachability::parse(text).unwrap_err();
         assert!(error.to_string().contains("x/b -> x/a"), "{error}");
     }
 
     #[test]
+    fn writes_what_it_reads() {
+        let json = Reachability::parse(PROBE).unwrap();
+        let text = serde_json::to_string(&json).unwrap();
+        assert_eq!(Reachability::parse(&text).unwrap(), json);
+        assert!(text.contains(r#""x/b":{"x/a":true,"x/b":null}"#), "{text}");
+    }
+
+    #[test]
     fn equal_matrices_have_no_difference() {
-        let matrix = MatrixJson::parse(PROBE).unwrap().matrix().unwrap();
+        let matrix = Reachability::parse(PROBE).unwrap().matrix;
         assert_eq!(matrix.difference(&matrix.clone()), None);
     }
 
     #[test]
     fn lists_every_wrong_cell() {
         let expected = Matrix::filled(&pods(), Cell::Allowed);
-        let observed = MatrixJson::parse(PROBE).unwrap().matrix().unwrap();
+        let observed = Reachability::parse(PROBE).unwrap().matrix;
         let Some(Difference::Cells(wrong)) = expected.difference(&observed) else {
             panic!("the cells differ");
         };
@@ -393,7 +507,7 @@ mod tests {
     #[test]
     fn renders_servers_in_columns_and_marks_wrong_cells() {
         let expected = Matrix::filled(&pods(), Cell::Allowed);
-        let observed = MatrixJson::parse(PROBE).unwrap().matrix().unwrap();
+        let observed = Reachability::parse(PROBE).unwrap().matrix;
         let difference = expected.difference(&observed).unwrap();
         let report = difference.report(&observed);
         let lines: Vec<&str> = report.lines().collect();
