@@ -9,6 +9,7 @@ pub mod explain;
 pub mod manifest;
 pub mod matrix;
 pub mod policy;
+pub mod telemetry;
 
 /// An error and its sources, on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

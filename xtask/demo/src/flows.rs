@@ -8,32 +8,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde::Deserialize;
-
-/// One event, as an agent logs it (one JSON object per line). Fields the demo does not show
-/// (`time_ns`, `src_port`) are not read.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct FlowEvent {
-    pub node: String,
-    /// The endpoint whose program decided, `namespace/name`.
-    pub pod: String,
-    pub direction: String,
-    pub protocol: String,
-    pub src: String,
-    pub src_pod: Option<String>,
-    pub dst: String,
-    pub dst_port: u16,
-    pub dst_pod: Option<String>,
-    pub verdict: String,
-    pub reason: String,
-    #[serde(default)]
-    pub decided_by: Option<String>,
-}
+use policy_core::telemetry::FlowRecord;
 
 /// The lines of a flow log that parse, and how many did not.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Parsed {
-    pub events: Vec<FlowEvent>,
+    pub events: Vec<FlowRecord>,
     pub unreadable: usize,
 }
 
@@ -65,7 +45,7 @@ pub struct Drops {
 }
 
 impl Drops {
-    fn same_kind(&self, event: &FlowEvent, decided_by: &str) -> bool {
+    fn same_kind(&self, event: &FlowRecord, decided_by: &str) -> bool {
         (
             self.pod.as_str(),
             self.direction.as_str(),
@@ -74,7 +54,7 @@ impl Drops {
             self.reason.as_str(),
             self.decided_by.as_str(),
         ) == (
-            event.pod.as_str(),
+            endpoint(event),
             event.direction.as_str(),
             event.protocol.as_str(),
             event.dst_port,
@@ -85,14 +65,20 @@ impl Drops {
 }
 
 /// The drops among `events`, one entry per kind, in the order each kind was first seen.
-pub fn summarise(events: &[FlowEvent]) -> Vec<Drops> {
+pub fn summarise(events: &[FlowRecord]) -> Vec<Drops> {
     let mut drops: Vec<Drops> = Vec::new();
     for event in events.iter().filter(|event| event.verdict == "dropped") {
         let decided_by = event.decided_by.as_deref().unwrap_or("no rule recorded");
         let peer = if event.direction == "egress" {
-            event.dst_pod.as_ref().unwrap_or(&event.dst)
+            event
+                .dst_pod
+                .clone()
+                .unwrap_or_else(|| event.dst.to_string())
         } else {
-            event.src_pod.as_ref().unwrap_or(&event.src)
+            event
+                .src_pod
+                .clone()
+                .unwrap_or_else(|| event.src.to_string())
         };
         let index = match drops
             .iter()
@@ -101,7 +87,7 @@ pub fn summarise(events: &[FlowEvent]) -> Vec<Drops> {
             Some(index) => index,
             None => {
                 drops.push(Drops {
-                    pod: event.pod.clone(),
+                    pod: endpoint(event).to_owned(),
                     direction: event.direction.clone(),
                     protocol: event.protocol.clone(),
                     port: event.dst_port,
@@ -115,11 +101,17 @@ pub fn summarise(events: &[FlowEvent]) -> Vec<Drops> {
         };
         let entry = &mut drops[index];
         entry.packets += 1;
-        if !entry.peers.contains(peer) {
-            entry.peers.push(peer.clone());
+        if !entry.peers.contains(&peer) {
+            entry.peers.push(peer);
         }
     }
     drops
+}
+
+/// The pod whose program decided; the agent names every endpoint it programmed, so a nameless
+/// one is an endpoint it had already removed.
+fn endpoint(event: &FlowRecord) -> &str {
+    event.pod.as_deref().unwrap_or("(removed endpoint)")
 }
 
 /// Two lines per kind of drop, the first aligned across kinds:
@@ -257,7 +249,7 @@ mod tests {
 
     #[test]
     fn peers_outside_the_cluster_are_named_by_address() {
-        let text = r#"{"node":"node-2","pod":"shop/api","direction":"egress","protocol":"UDP","src":"10.244.2.3","src_pod":"shop/api","dst":"192.0.2.1","dst_port":53,"dst_pod":null,"verdict":"dropped","reason":"policy-denied","decided_by":null}"#;
+        let text = r#"{"time_ns":1,"node":"node-2","pod":"shop/api","direction":"egress","protocol":"UDP","src":"10.244.2.3","src_port":40000,"src_pod":"shop/api","dst":"192.0.2.1","dst_port":53,"dst_pod":null,"verdict":"dropped","reason":"policy-denied","decided_by":null}"#;
         let drops = summarise(&parse(text).events);
         assert_eq!(drops.len(), 1);
         assert_eq!(drops[0].pod, "shop/api");
@@ -316,7 +308,7 @@ mod tests {
 
     #[test]
     fn renders_each_kind_and_why_it_was_dropped() {
-        let egress = r#"{"node":"node-2","pod":"shop/api","direction":"egress","protocol":"TCP","src":"10.244.2.3","src_pod":"shop/api","dst":"10.244.1.2","dst_port":80,"dst_pod":"shop/web","verdict":"dropped","reason":"policy-denied","decided_by":"default deny: isolated by shop/api-egress"}"#;
+        let egress = r#"{"time_ns":1,"node":"node-2","pod":"shop/api","direction":"egress","protocol":"TCP","src":"10.244.2.3","src_port":40000,"src_pod":"shop/api","dst":"10.244.1.2","dst_port":80,"dst_pod":"shop/web","verdict":"dropped","reason":"policy-denied","decided_by":"default deny: isolated by shop/api-egress"}"#;
         let text = [
             line("shop/web", "shop/db", 3306, "dropped", ISOLATED),
             line("dev/tester", "shop/db", 3306, "dropped", ISOLATED),
