@@ -24,20 +24,18 @@ pub mod report;
 mod rules;
 mod tcx;
 mod testrun;
-mod tools;
+pub mod tools;
 mod traffic;
 
 use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
-use clap::{Subcommand, ValueEnum};
+use clap::ValueEnum;
 use policy_lab::{cmd as run, workspace_root};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    #[command(subcommand)]
-    tool: Option<BenchCommand>,
     /// Which parts to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -55,13 +53,6 @@ pub struct Args {
     agent_bin: Option<PathBuf>,
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// The traffic tools the lab measurements run inside the pods.
-    #[command(hide = true, subcommand)]
-    Tool(tools::Tool),
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
     /// The resolver (criterion).
@@ -75,9 +66,6 @@ enum Part {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(BenchCommand::Tool(tool)) = args.tool {
-        return tools::run(tool);
-    }
     let wants = |part| args.only.is_empty() || args.only.contains(&part);
     let out_dir = workspace_root().join("target/bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;

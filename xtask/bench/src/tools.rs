@@ -1,4 +1,4 @@
-//! The traffic tools of the lab bench (hidden `cargo xtask bench tool ...` subcommands), run
+//! The traffic tools of the lab bench (`policy-bench tool ...`, the crate's binary), run
 //! inside the pods and pinned to one CPU each: a server that answers requests and closes
 //! connections on demand, a request/response latency client, a new-connections-per-second
 //! client, and a probe that tells an open port from a refused and a filtered one.

@@ -13,7 +13,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use policy_lab::{cmd, names, netns, plan::LabPod, state::State};
+use policy_lab::{
+    assign::IpFamily, cmd, names, netns, plan::LabPod, state::State, up::UpArgs, workspace_root,
+};
 
 use super::{
     median,
@@ -144,16 +146,36 @@ pub fn measure(
     if State::load()?.is_some() {
         bail!("a lab is up; the bench builds its own: run `cargo xtask lab down` first");
     }
-    let xtask = std::env::current_exe().context("finding the xtask binary")?;
-    let measured = Lab::up(&xtask, agent, work_dir).and_then(|lab| lab.rounds(durations));
-    let down = cmd::run(&xtask.to_string_lossy(), &["lab", "down"]);
+    let tools = tools_binary()?;
+    let measured = Lab::up(&tools, agent, work_dir).and_then(|lab| lab.rounds(durations));
+    let down = policy_lab::down::down();
     let figures = measured?;
     down?;
     Ok(sections(&figures, durations))
 }
 
+/// This crate's binary, which runs the traffic tools inside the pods, built first (in the debug
+/// profile, as the figures have always been taken).
+fn tools_binary() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    cmd::status(
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "policy-bench",
+                "--bin",
+                "policy-bench",
+            ])
+            .current_dir(&root),
+    )?;
+    Ok(root.join("target/debug/policy-bench"))
+}
+
 struct Lab {
-    xtask: PathBuf,
+    /// The `policy-bench` binary.
+    tools: PathBuf,
     agent: PathBuf,
     manifests: PathBuf,
     client: LabPod,
@@ -163,7 +185,7 @@ struct Lab {
 }
 
 impl Lab {
-    fn up(xtask: &Path, agent: &Path, work_dir: &Path) -> anyhow::Result<Self> {
+    fn up(tools: &Path, agent: &Path, work_dir: &Path) -> anyhow::Result<Self> {
         let manifests = work_dir.join("lab-manifests");
         if manifests.exists() {
             fs::remove_dir_all(&manifests)
@@ -179,7 +201,7 @@ impl Lab {
             _ => [None, None],
         };
         let mut lab = Self {
-            xtask: xtask.to_owned(),
+            tools: tools.to_owned(),
             agent: agent.to_owned(),
             manifests,
             client: placeholder_pod(),
@@ -211,27 +233,14 @@ impl Lab {
     }
 
     fn lab_up(&self, with_agent: bool) -> anyhow::Result<()> {
-        let mut args = vec![
-            "lab".to_owned(),
-            "up".to_owned(),
-            "-f".to_owned(),
-            self.manifests.to_string_lossy().into_owned(),
-            "--nodes".to_owned(),
-            "2".to_owned(),
-            "--ip-family".to_owned(),
-            "ipv4".to_owned(),
-        ];
-        if with_agent {
-            args.extend([
-                "--agent-bin".to_owned(),
-                self.agent.to_string_lossy().into_owned(),
-                "--no-build".to_owned(),
-            ]);
-        } else {
-            args.push("--no-agent".to_owned());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cmd::run(&self.xtask.to_string_lossy(), &args)?;
+        policy_lab::up::up(&UpArgs {
+            dir: self.manifests.clone(),
+            nodes: 2,
+            ip_family: IpFamily::Ipv4,
+            no_agent: !with_agent,
+            no_build: true,
+            agent_bin: with_agent.then(|| self.agent.clone()),
+        })?;
         Ok(())
     }
 
@@ -239,8 +248,7 @@ impl Lab {
         let cpu = self.cpus[1].map(|cpu| cpu.to_string());
         let log = names::pods_run_dir().join(format!("{}.bench.log", server.netns()));
         let mut echo = std::process::Command::new("nice");
-        echo.args(NICE).arg(&self.xtask).args([
-            "bench",
+        echo.args(NICE).arg(&self.tools).args([
             "tool",
             "server",
             "--port",
@@ -289,11 +297,11 @@ impl Lab {
 
     /// Runs a bench tool inside the client pod and returns what it printed.
     fn client_tool(&self, args: &[&str]) -> anyhow::Result<String> {
-        let xtask = self.xtask.to_string_lossy();
+        let tools = self.tools.to_string_lossy();
         let netns = self.client.netns();
         let mut full = vec!["netns", "exec", &netns, "nice"];
         full.extend(NICE);
-        full.extend([&*xtask, "bench", "tool"]);
+        full.extend([&*tools, "tool"]);
         full.extend_from_slice(args);
         cmd::run("ip", &full)
     }

@@ -21,12 +21,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use policy_core::{
-    explain,
-    matrix::{Matrix, Reachability},
-    policy::model::Protocol,
+use policy_core::{explain, matrix::Matrix, policy::model::Protocol};
+use policy_lab::{
+    assign::IpFamily,
+    cmd as run, manifest, probe,
+    up::{Up, UpArgs},
+    workspace_root,
 };
-use policy_lab::{cmd as run, workspace_root};
 
 use self::{
     flows::FlowLogs,
@@ -130,7 +131,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let agent = agent_binary();
     catch_interrupt()?;
 
-    let lab = Lab::new(args.no_agent, &agent)?;
+    let lab = Lab {
+        no_agent: args.no_agent,
+        agent,
+    };
     let dir = Path::new(MANIFESTS);
     reset_dir(dir)?;
     copy(&examples.join("cluster.yaml"), dir)?;
@@ -195,7 +199,7 @@ struct StepResult {
 
 fn tour(lab: &Lab, examples: &Path, dir: &Path) -> anyhow::Result<Tour> {
     let up = lab.up(dir)?;
-    for line in up.report.lines() {
+    for line in up.to_string().lines() {
         println!("  {line}");
     }
     let enforcing = up.agents;
@@ -233,7 +237,7 @@ fn tour(lab: &Lab, examples: &Path, dir: &Path) -> anyhow::Result<Tour> {
         // Drops from here on are the ones the new policy decided (with those before it).
         let logs = FlowLogs::mark(Path::new(LAB_RUN_DIR), NODES)?;
         copy(&examples.join("policies").join(step.file), dir)?;
-        let applied = lab.up(dir)?.applied;
+        let applied = lab.up(dir)?.applied.map(|(_, latency)| latency);
         if let Some(applied) = applied {
             println!(
                 "  the agents enforced it {} ms after the lab wrote the manifests",
@@ -438,93 +442,44 @@ fn copy(file: &Path, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lab, driven through this xtask binary's `lab` subcommands.
+/// The demo's lab: the agents it was given, or none.
 struct Lab {
-    xtask: PathBuf,
     no_agent: bool,
     agent: PathBuf,
 }
 
-/// What `lab up` said.
-struct Up {
-    /// Its report, less the lines about starting agents.
-    report: String,
-    /// Whether agents run.
-    agents: bool,
-    /// How long the agents took to apply the manifests after the lab wrote them.
-    applied: Option<Duration>,
-}
-
 impl Lab {
-    fn new(no_agent: bool, agent: &Path) -> anyhow::Result<Self> {
-        Ok(Self {
-            xtask: std::env::current_exe().context("finding the xtask binary")?,
-            no_agent,
-            agent: agent.to_path_buf(),
-        })
-    }
-
-    fn command(&self) -> Command {
-        let mut command = Command::new(&self.xtask);
-        command.arg("lab");
-        command
-    }
-
     fn up(&self, dir: &Path) -> anyhow::Result<Up> {
-        let mut command = self.command();
-        command
-            .arg("up")
-            .arg("-f")
-            .arg(dir)
-            .args(["--nodes", &NODES.to_string(), "--no-build"]);
-        if self.no_agent {
-            command.arg("--no-agent");
-        } else {
-            command.arg("--agent-bin").arg(&self.agent);
-        }
-        let output = run::output(&mut command)?;
-        Ok(Up {
-            report: output
-                .lines()
-                .filter(|line| !line.starts_with("started the agent of "))
-                .map(|line| format!("{line}\n"))
-                .collect(),
-            agents: !output.lines().any(|line| line.ends_with("; no agents")),
-            applied: applied_after(&output),
-        })
+        let mut up = policy_lab::up::up(&UpArgs {
+            dir: dir.to_owned(),
+            nodes: NODES,
+            ip_family: IpFamily::Dual,
+            no_agent: self.no_agent,
+            no_build: true,
+            agent_bin: (!self.no_agent).then(|| self.agent.clone()),
+        })?;
+        // Which pid each agent got is not part of the tour.
+        up.started.clear();
+        Ok(up)
     }
 
     fn probe(&self, port: &Port) -> anyhow::Result<Matrix> {
-        let mut command = self.command();
-        command
-            .args(["probe", "--port", &port.number.to_string()])
-            .args(["--protocol", port.protocol, "--family", "4", "-o", "json"]);
-        let text = run::output(&mut command)?;
-        Reachability::parse(&text)
-            .map(|answer| answer.matrix)
-            .with_context(|| format!("reading the output of `{}`", run::describe(&command)))
+        let protocol = match port.protocol {
+            "UDP" => manifest::Protocol::Udp,
+            _ => manifest::Protocol::Tcp,
+        };
+        let probed = probe::probe_pairs(&probe::Probe {
+            port: port.number,
+            protocol,
+            via: probe::Via::Pod,
+            family: Some("4".to_owned()),
+        })?;
+        Ok(probed.reachability.matrix)
     }
 
     fn down(&self) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        let mut command = self.command();
-        command.arg("down");
-        run::output(&mut command)?;
-        Ok(start.elapsed())
+        Ok(policy_lab::down::down()?.elapsed)
     }
-}
-
-/// The latency in the line `lab up` prints once the agents have applied the manifests:
-/// `agents applied generation G N ms after the manifests were written`.
-fn applied_after(output: &str) -> Option<Duration> {
-    output.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("agents applied generation ")?;
-        let millis = rest
-            .strip_suffix(" ms after the manifests were written")?
-            .split_whitespace()
-            .nth(1)?;
-        millis.parse().ok().map(Duration::from_millis)
-    })
 }
 
 /// Takes the lab down when dropped, unless it was disarmed: the demo leaves nothing behind
@@ -590,14 +545,6 @@ mod tests {
         for step in &STEPS {
             assert!(!step.ports.is_empty(), "{} probes nothing", step.file);
         }
-    }
-
-    #[test]
-    fn reads_how_long_the_agents_took_to_apply() {
-        let output = "lab up in 180 ms: 6 pods (0 added, 0 removed), 4 services\n\
-                      agents applied generation 3f2a9c 42 ms after the manifests were written\n";
-        assert_eq!(applied_after(output), Some(Duration::from_millis(42)));
-        assert_eq!(applied_after("lab up in 150 ms: 6 pods; no agents\n"), None);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub struct Args {
     /// Leave the lab up at the end, to look around.
     #[arg(long)]
     pub keep_lab: bool,
-    /// Do not compare with `policy-agent explain` (to try the lab on its own).
+    /// Do not compare with what `explain` predicts (to try the lab on its own).
     #[arg(long)]
     pub no_explain: bool,
 }
@@ -94,7 +94,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let explain = if args.no_explain { None } else { Some(Explain) };
-    let lab = Lab::new()?;
+    let lab = Lab;
     let dir = Path::new(MANIFESTS);
     println!("e2e: bringing up the lab with the base cluster ({MANIFESTS})");
     write_manifests(dir, &base)?;

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{assign::node_name, cmd, names, netns};
+use super::{assign::node_name, names, netns};
 
 /// The environment variable that names the agent binary.
 pub const AGENT_BIN_ENV: &str = "NETPOL_AGENT_BIN";
@@ -58,8 +58,10 @@ fn running_agent(k: usize) -> Result<Option<u32>> {
         .map(|pid| pid.as_raw().unsigned_abs()))
 }
 
-/// Starts the agent of every node that has none running.
-pub fn start_all(binary: &Path, nodes: usize) -> Result<()> {
+/// Starts the agent of every node that has none running; returns the started ones' nodes and
+/// pids.
+pub fn start_all(binary: &Path, nodes: usize) -> Result<Vec<(String, u32)>> {
+    let mut started = Vec::new();
     for k in 1..=nodes {
         if running_agent(k)?.is_some() {
             continue;
@@ -82,20 +84,16 @@ pub fn start_all(binary: &Path, nodes: usize) -> Result<()> {
             .args(["--new-endpoints", "deny"])
             .args(["--endpoint-interface-prefix", names::HOST_VETH_PREFIX]);
         let pid = netns::spawn_detached(&names::node_netns(k), &mut command, &agent_log(k))?;
-        println!("started the agent of {node} (pid {pid})");
+        started.push((node, pid));
     }
-    Ok(())
+    Ok(started)
 }
 
-/// The generation of the rendered manifests, as the agent computes it.
-pub fn expected_generation(binary: &Path) -> Result<String> {
-    let binary_text = binary.to_string_lossy();
+/// The generation of the rendered manifests, computed as the agent computes it.
+pub fn expected_generation() -> Result<String> {
     let dir = names::rendered_dir();
-    Ok(
-        cmd::run(&binary_text, &["generation", &dir.to_string_lossy()])?
-            .trim()
-            .to_owned(),
-    )
+    policy_core::manifest::generation(&dir)
+        .with_context(|| format!("computing the generation of {}", dir.display()))
 }
 
 /// Waits until every node's agent reports `generation` as applied; returns how long it took.

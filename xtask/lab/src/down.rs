@@ -1,14 +1,40 @@
-//! `cargo xtask lab down`: removes every lab namespace and the processes in them, the lab's
+//! `lab down`: removes every lab namespace and the processes in them, the lab's
 //! runtime directory and its bpffs pins. It needs no record of what was built, so it also cleans
 //! up after a crash, and it is idempotent.
 
-use std::{fs, io::ErrorKind, path::Path, time::Instant};
+use std::{
+    fmt, fs,
+    io::ErrorKind,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 
 use super::{names, netns};
 
-pub fn run() -> Result<()> {
+/// What `down` removed.
+#[derive(Clone, Copy, Debug)]
+pub struct Down {
+    pub namespaces: usize,
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Down {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "lab down: removed {} network namespaces, {} and {} in {} ms",
+            self.namespaces,
+            names::RUN_DIR,
+            names::PIN_DIR,
+            self.elapsed.as_millis()
+        )
+    }
+}
+
+/// Removes the lab.
+pub fn down() -> Result<Down> {
     let start = Instant::now();
     let namespaces = netns::lab_namespaces()?;
     for name in &namespaces {
@@ -25,12 +51,8 @@ pub fn run() -> Result<()> {
     if !left.is_empty() || Path::new(names::RUN_DIR).exists() {
         anyhow::bail!("the lab is not fully down; left: {left:?}");
     }
-    println!(
-        "lab down: removed {} network namespaces, {} and {} in {} ms",
-        namespaces.len(),
-        names::RUN_DIR,
-        names::PIN_DIR,
-        start.elapsed().as_millis()
-    );
-    Ok(())
+    Ok(Down {
+        namespaces: namespaces.len(),
+        elapsed: start.elapsed(),
+    })
 }

@@ -6,7 +6,7 @@
 pub mod agent;
 pub mod assign;
 pub mod cmd;
-mod down;
+pub mod down;
 mod follow;
 pub mod manifest;
 pub mod names;
@@ -19,7 +19,7 @@ mod services;
 pub mod state;
 mod status;
 mod topology;
-mod up;
+pub mod up;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -51,7 +51,8 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         LabCommand::Up(args) => {
             require_root()?;
-            up::run(args)
+            print!("{}", up::up(&args)?);
+            Ok(())
         }
         LabCommand::Status(args) => {
             require_root()?;
@@ -59,11 +60,12 @@ pub fn run(args: Args) -> Result<()> {
         }
         LabCommand::Probe(args) => {
             require_root()?;
-            probe::run(args)
+            probe::run(&args)
         }
         LabCommand::Down => {
             require_root()?;
-            down::run()
+            print!("{}", down::down()?);
+            Ok(())
         }
         LabCommand::Serve(args) => serve::run(args),
     }

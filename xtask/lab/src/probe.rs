@@ -1,4 +1,4 @@
-//! `cargo xtask lab probe`: tries every ordered pod pair, self included, from inside the client
+//! `lab probe`: tries every ordered pod pair, self included, from inside the client
 //! pod, and prints the matrix in the shape of `policy-agent explain -o json`.
 //!
 //! It first brings the lab to the current content of its manifest directory (see [`follow`]) and
@@ -40,20 +40,38 @@ const PARALLEL_PROBES: usize = 128;
 /// Arguments of `lab probe`.
 #[derive(clap::Args)]
 pub struct ProbeArgs {
-    /// The server port to probe.
-    #[arg(long, default_value_t = 80)]
-    port: u16,
-    #[arg(long, value_enum, default_value = "TCP")]
-    protocol: Protocol,
-    /// Target the server pod's IP, or the ClusterIP of a Service that sends the port to it.
-    #[arg(long, value_enum, default_value = "pod")]
-    via: Via,
-    /// IP family: 4 or 6 (default: 4 when the lab has IPv4).
-    #[arg(long, value_parser = ["4", "6"])]
-    family: Option<String>,
+    #[command(flatten)]
+    probe: Probe,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
+}
+
+/// What to probe.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Probe {
+    /// The server port to probe.
+    #[arg(long, default_value_t = 80)]
+    pub port: u16,
+    #[arg(long, value_enum, default_value = "TCP")]
+    pub protocol: Protocol,
+    /// Target the server pod's IP, or the ClusterIP of a Service that sends the port to it.
+    #[arg(long, value_enum, default_value = "pod")]
+    pub via: Via,
+    /// IP family: 4 or 6 (default: 4 when the lab has IPv4).
+    #[arg(long, value_parser = ["4", "6"])]
+    pub family: Option<String>,
+}
+
+/// What a probe of every pair saw.
+pub struct Probed {
+    pub reachability: Reachability,
+    /// What the probe noticed on the way: a directory that changed, how long the agents took.
+    pub notes: Vec<String>,
+    plan: Plan,
+    v6: bool,
+    outcomes: BTreeMap<(usize, usize), Option<Outcome>>,
+    elapsed: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -111,7 +129,29 @@ impl Outcome {
     }
 }
 
-pub fn run(args: ProbeArgs) -> Result<()> {
+/// `lab probe`: the matrix, printed as `args` asks.
+pub fn run(args: &ProbeArgs) -> Result<()> {
+    let probed = probe_pairs(&args.probe)?;
+    for note in &probed.notes {
+        eprintln!("{note}");
+    }
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&probed.reachability)?),
+        Output::Table => print_table(
+            &probed.plan,
+            &args.probe,
+            probed.v6,
+            &probed.outcomes,
+            probed.elapsed,
+        ),
+    }
+    Ok(())
+}
+
+/// Brings the lab to its directory's content, waits until every agent has applied it, and
+/// probes every ordered pod pair.
+pub fn probe_pairs(args: &Probe) -> Result<Probed> {
+    let mut notes = Vec::new();
     let mut state = State::require()?;
     if args.protocol == Protocol::Sctp {
         bail!(
@@ -135,31 +175,31 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         Followed::NeedsUp(changes) => {
             bail!(follow::needs_up_message(&state.plan.source, &changes))
         }
-        Followed::Current { rendered: true } => eprintln!(
+        Followed::Current { rendered: true } => notes.push(format!(
             "{} changed since the lab last read it: the agents are given its new content",
             state.plan.source.display()
-        ),
+        )),
         Followed::Current { rendered: false } => {}
     }
     let wait = match &state.agent {
-        Some(binary) => {
-            let generation = agent::expected_generation(binary)?;
+        Some(_) => {
+            let generation = agent::expected_generation()?;
             let waited = agent::wait_applied(&generation, state.plan.nodes, APPLY_TIMEOUT)?;
-            eprintln!(
+            notes.push(format!(
                 "agents applied generation {generation} in {} ms",
                 waited.as_millis()
-            );
+            ));
             waited
         }
         None => {
-            eprintln!("no agents run in this lab: nothing enforces policy");
+            notes.push("no agents run in this lab: nothing enforces policy".to_owned());
             Duration::ZERO
         }
     };
     let start = Instant::now();
     let outcomes = probe_all(&state.plan, args.port, args.protocol, args.via, v6)?;
     let elapsed = start.elapsed();
-    let matrix = matrix(
+    let reachability = matrix(
         &state.plan,
         args.port,
         args.protocol,
@@ -167,11 +207,14 @@ pub fn run(args: ProbeArgs) -> Result<()> {
         &outcomes,
         wait,
     );
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
-        Output::Table => print_table(&state.plan, &args, v6, &outcomes, elapsed),
-    }
-    Ok(())
+    Ok(Probed {
+        reachability,
+        notes,
+        plan: state.plan,
+        v6,
+        outcomes,
+        elapsed,
+    })
 }
 
 /// Where `client`'s probe of `server` goes: the server's IP; the ClusterIP:port of a Service in
@@ -359,7 +402,7 @@ fn matrix(
 
 fn print_table(
     plan: &Plan,
-    args: &ProbeArgs,
+    args: &Probe,
     v6: bool,
     outcomes: &BTreeMap<(usize, usize), Option<Outcome>>,
     elapsed: Duration,

@@ -1,8 +1,8 @@
-//! `cargo xtask lab up`: builds the lab a manifest directory describes, or changes the lab that is
+//! `lab up`: builds the lab a manifest directory describes, or changes the lab that is
 //! up to match it (pods added, removed or moved; Services and the rendered manifests updated).
 
 use std::{
-    fs,
+    fmt, fs,
     path::{Path, PathBuf},
     process::Command,
     thread,
@@ -24,30 +24,91 @@ use super::{
 /// How long `up` waits for the agents to apply the manifests.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Arguments of `lab up`.
-#[derive(clap::Args)]
+/// What the lab should be: the arguments of `lab up`.
+#[derive(Clone, Debug, clap::Args)]
 pub struct UpArgs {
     /// The directory of manifests (Namespaces, Pods, Services, NetworkPolicies).
     #[arg(short = 'f', long = "file")]
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// How many nodes.
     #[arg(long, default_value_t = 2)]
-    nodes: usize,
+    pub nodes: usize,
     /// Which IP families pods and Services get.
     #[arg(long, value_enum, default_value = "dual")]
-    ip_family: IpFamily,
+    pub ip_family: IpFamily,
     /// Run no agents: the lab wires pods and Services, and nothing enforces policy.
     #[arg(long)]
-    no_agent: bool,
+    pub no_agent: bool,
     /// Do not build the agent first.
     #[arg(long)]
-    no_build: bool,
+    pub no_build: bool,
     /// The agent binary (default: $NETPOL_AGENT_BIN, else target/debug/policy-agent, built first).
     #[arg(long)]
-    agent_bin: Option<PathBuf>,
+    pub agent_bin: Option<PathBuf>,
 }
 
-pub fn run(args: UpArgs) -> Result<()> {
+/// What `up` did.
+#[derive(Clone, Debug)]
+pub struct Up {
+    pub elapsed: Duration,
+    /// Per node: its number, its CNI style and how many pods it has.
+    pub nodes: Vec<(usize, CniStyle, usize)>,
+    pub pods: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub services: usize,
+    /// Whether the rendered manifests changed.
+    pub rendered: bool,
+    /// The agents started, by node name and pid.
+    pub started: Vec<(String, u32)>,
+    /// Whether agents run.
+    pub agents: bool,
+    /// The generation the agents applied, and how long after the manifests were written.
+    pub applied: Option<(String, Duration)>,
+}
+
+impl fmt::Display for Up {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (node, pid) in &self.started {
+            writeln!(f, "started the agent of {node} (pid {pid})")?;
+        }
+        for (k, style, pods) in &self.nodes {
+            writeln!(
+                f,
+                "node-{k} ({} style): {pods} pods, netns {}",
+                style.name(),
+                names::node_netns(*k)
+            )?;
+        }
+        writeln!(
+            f,
+            "lab up in {} ms: {} pods ({} added, {} removed), {} services, manifests {} in {}{}",
+            self.elapsed.as_millis(),
+            self.pods,
+            self.added,
+            self.removed,
+            self.services,
+            if self.rendered {
+                "rendered"
+            } else {
+                "unchanged"
+            },
+            names::rendered_dir().display(),
+            if self.agents { "" } else { "; no agents" },
+        )?;
+        if let Some((generation, latency)) = &self.applied {
+            writeln!(
+                f,
+                "agents applied generation {generation} {} ms after the manifests were written",
+                latency.as_millis()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the lab `args` describes, or brings the lab that is up to it.
+pub fn up(args: &UpArgs) -> Result<Up> {
     let start = Instant::now();
     let source = fs::canonicalize(&args.dir)
         .with_context(|| format!("finding the manifest directory {}", args.dir.display()))?;
@@ -57,7 +118,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let leftovers = !netns::lab_namespaces()?.is_empty() || Path::new(names::PIN_DIR).exists();
     if previous.is_none() && leftovers {
         println!("removing what a lab that did not finish coming up left behind");
-        down::run()?;
+        down::down()?;
     }
     if let Some(previous) = &previous
         && (previous.plan.nodes != plan.nodes || previous.plan.family != plan.family)
@@ -139,9 +200,17 @@ pub fn run(args: UpArgs) -> Result<()> {
     }
 
     let mut added = Vec::new();
+    let server = plan
+        .pods
+        .iter()
+        .any(|pod| !unchanged(pod) && !pod.served_ports().is_empty())
+        .then(server_binary)
+        .transpose()?;
     for pod in plan.pods.iter().filter(|pod| !unchanged(pod)) {
         topology::create_pod(pod)?;
-        start_server(pod)?;
+        if let Some(server) = &server {
+            start_server(server, pod)?;
+        }
         added.push(pod);
     }
     wait_servers_ready(&added)?;
@@ -163,45 +232,55 @@ pub fn run(args: UpArgs) -> Result<()> {
         agent::stop_all(plan.nodes)?;
     }
     let mut applied = None;
+    let mut started = Vec::new();
     if let Some(binary) = &agent {
         mount_bpffs()?;
         fs::create_dir_all(names::PIN_DIR)
             .with_context(|| format!("creating {}", names::PIN_DIR))?;
-        agent::start_all(binary, plan.nodes)?;
-        let generation = agent::expected_generation(binary)?;
+        started = agent::start_all(binary, plan.nodes)?;
+        let generation = agent::expected_generation()?;
         agent::wait_applied(&generation, plan.nodes, APPLY_TIMEOUT)?;
         applied = Some((generation, rendered_at.elapsed()));
     }
+    Ok(Up {
+        elapsed: start.elapsed(),
+        nodes: (1..=plan.nodes)
+            .map(|k| {
+                let pods = plan.pods.iter().filter(|pod| pod.node == k).count();
+                (k, CniStyle::of_node(k), pods)
+            })
+            .collect(),
+        pods: plan.pods.len(),
+        added: added.len(),
+        removed,
+        services: plan.services.len(),
+        rendered: changed,
+        started,
+        agents: agent.is_some(),
+        applied,
+    })
+}
 
-    for k in 1..=plan.nodes {
-        let pods = plan.pods.iter().filter(|pod| pod.node == k).count();
-        println!(
-            "node-{k} ({} style): {pods} pods, netns {}",
-            CniStyle::of_node(k).name(),
-            names::node_netns(k)
-        );
-    }
-    println!(
-        "lab up in {} ms: {} pods ({} added, {removed} removed), {} services, manifests {} in {}{}",
-        start.elapsed().as_millis(),
-        plan.pods.len(),
-        added.len(),
-        plan.services.len(),
-        if changed { "rendered" } else { "unchanged" },
-        names::rendered_dir().display(),
-        if agent.is_some() { "" } else { "; no agents" },
-    );
-    if let Some((generation, latency)) = applied {
-        println!(
-            "agents applied generation {generation} {} ms after the manifests were written",
-            latency.as_millis()
-        );
-    }
-    Ok(())
+/// The lab's own binary, which runs the server in each pod, built first.
+fn server_binary() -> Result<PathBuf> {
+    let root = crate::workspace_root();
+    cmd::status(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "policy-lab",
+                "--bin",
+                "policy-lab",
+            ])
+            .current_dir(&root),
+    )?;
+    Ok(root.join("target/debug/policy-lab"))
 }
 
 /// Starts the pod's server on its containerPorts; a pod without ports gets none.
-fn start_server(pod: &LabPod) -> Result<()> {
+fn start_server(server: &Path, pod: &LabPod) -> Result<()> {
     let ports = pod.served_ports();
     if ports.is_empty() {
         return Ok(());
@@ -210,10 +289,9 @@ fn start_server(pod: &LabPod) -> Result<()> {
     if ready.exists() {
         fs::remove_file(&ready).with_context(|| format!("removing {}", ready.display()))?;
     }
-    let exe = std::env::current_exe().context("finding the xtask binary")?;
-    let mut command = Command::new(exe);
+    let mut command = Command::new(server);
     command
-        .args(["lab", "serve", "--reply", &pod.key.to_string()])
+        .args(["serve", "--reply", &pod.key.to_string()])
         .arg("--ready-file")
         .arg(&ready);
     for port in ports {

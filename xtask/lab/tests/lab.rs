@@ -66,32 +66,32 @@ const PODS: [&str; 4] = ["other/client", "shop/api", "shop/db", "shop/web"];
 /// Held by the test that has the lab.
 static LAB: Mutex<()> = Mutex::new(());
 
-fn run_xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
+fn run_lab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_policy-lab"))
         .args(args)
         .output()
-        .expect("run xtask")
+        .expect("run policy-lab")
 }
 
-fn xtask(args: &[&str]) -> String {
-    let output = run_xtask(args);
+fn policy_lab(args: &[&str]) -> String {
+    let output = run_lab(args);
     assert!(
         output.status.success(),
-        "xtask {args:?} failed: {}\n{}",
+        "policy-lab {args:?} failed: {}\n{}",
         String::from_utf8_lossy(&output.stderr),
         String::from_utf8_lossy(&output.stdout)
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
-fn xtask_error(args: &[&str]) -> String {
-    let output = run_xtask(args);
-    assert!(!output.status.success(), "xtask {args:?} should fail");
+fn lab_error(args: &[&str]) -> String {
+    let output = run_lab(args);
+    assert!(!output.status.success(), "policy-lab {args:?} should fail");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn json(args: &[&str]) -> Value {
-    serde_json::from_str(&xtask(args)).expect("JSON output")
+    serde_json::from_str(&policy_lab(args)).expect("JSON output")
 }
 
 /// Takes the lab down when the test ends, also when it fails.
@@ -108,7 +108,7 @@ impl LabGuard {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = std::env::temp_dir().join(format!("netpol-lab-test-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("create the manifest directory");
-        xtask(&["lab", "down"]);
+        policy_lab(&["down"]);
         Self { dir, _turn: turn }
     }
 
@@ -123,8 +123,8 @@ impl LabGuard {
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["lab", "down"])
+        let _ = Command::new(env!("CARGO_BIN_EXE_policy-lab"))
+            .args(["down"])
             .status();
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -154,7 +154,7 @@ fn lab_namespaces() -> Vec<String> {
 }
 
 fn probe(args: &[&str]) -> Value {
-    let mut full = vec!["lab", "probe", "-o", "json"];
+    let mut full = vec!["probe", "-o", "json"];
     full.extend_from_slice(args);
     json(&full)
 }
@@ -200,10 +200,10 @@ fn lab_wires_pods_and_services_and_down_leaves_nothing() {
     fs::write(lab.dir.join("cluster.yaml"), CLUSTER).expect("write manifests");
 
     let start = Instant::now();
-    xtask(&["lab", "up", "-f", dir, "--no-agent"]);
+    policy_lab(&["up", "-f", dir, "--no-agent"]);
     let up_time = start.elapsed();
 
-    let status = json(&["lab", "status", "-o", "json"]);
+    let status = json(&["status", "-o", "json"]);
     assert_eq!(
         status["nodes"],
         json!([
@@ -311,7 +311,7 @@ fn lab_wires_pods_and_services_and_down_leaves_nothing() {
     let matrix = probe(&["--family", "4"]);
     assert_matrix(&matrix, &PODS, |_, server| json!(server != "shop/db"));
 
-    let error = xtask_error(&["lab", "probe", "--protocol", "SCTP"]);
+    let error = lab_error(&["probe", "--protocol", "SCTP"]);
     assert!(error.contains("no SCTP"), "{error}");
 
     // A second `up` adds and removes pods to match the directory and keeps the rest.
@@ -325,8 +325,8 @@ fn lab_wires_pods_and_services_and_down_leaves_nothing() {
             "nodeName: node-1\n  containers: [{name: c, image: i, ports: [{containerPort: 80}",
         );
     fs::write(lab.dir.join("cluster.yaml"), changed).expect("write manifests");
-    xtask(&["lab", "up", "-f", dir, "--no-agent"]);
-    let status = json(&["lab", "status", "-o", "json"]);
+    policy_lab(&["up", "-f", dir, "--no-agent"]);
+    let status = json(&["status", "-o", "json"]);
     assert_eq!(
         status["pods"][0],
         json!({"name": "other/client2", "node": "node-1", "ips": ["10.244.1.2", "fd00:10:244:1::2"]})
@@ -336,7 +336,7 @@ fn lab_wires_pods_and_services_and_down_leaves_nothing() {
     assert_matrix(&probe(&["--family", "6"]), &pods, |_, _| json!(true));
 
     let start = Instant::now();
-    xtask(&["lab", "down"]);
+    policy_lab(&["down"]);
     let down_time = start.elapsed();
     assert_eq!(lab_namespaces(), Vec::<String>::new());
     assert!(!Path::new("/run/netpol-lab").exists());
@@ -346,7 +346,7 @@ fn lab_wires_pods_and_services_and_down_leaves_nothing() {
         links_before,
         "the root namespace has no lab links"
     );
-    xtask(&["lab", "down"]);
+    policy_lab(&["down"]);
     eprintln!(
         "lab timings: up {} ms, probe {} ms per 16-pair matrix, down {} ms",
         up_time.as_millis(),
@@ -391,7 +391,7 @@ fn policy(allow_a: bool) -> String {
 fn probe_applies_what_was_written_to_the_directory_after_up() {
     let lab = LabGuard::new();
     lab.write("cluster.yaml", FOLLOWED);
-    xtask(&["lab", "up", "-f", lab.dir()]);
+    policy_lab(&["up", "-f", lab.dir()]);
     let pods = ["x/a", "x/b"];
     assert_matrix(&probe(&[]), &pods, |_, _| json!(true));
 
@@ -419,7 +419,7 @@ fn probe_applies_what_was_written_to_the_directory_after_up() {
 fn probe_follows_services_and_asks_for_up_when_pods_change() {
     let lab = LabGuard::new();
     lab.write("cluster.yaml", FOLLOWED);
-    xtask(&["lab", "up", "-f", lab.dir(), "--no-agent"]);
+    policy_lab(&["up", "-f", lab.dir(), "--no-agent"]);
     let pods = ["x/a", "x/b"];
     let via_service = ["--via", "service"];
     assert_matrix(&probe(&via_service), &pods, |_, server| {
@@ -449,17 +449,17 @@ fn probe_follows_services_and_asks_for_up_when_pods_change() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: x}\n\
          spec: {nodeName: node-1, containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}\n",
     );
-    let error = xtask_error(&["lab", "probe"]);
+    let error = lab_error(&["probe"]);
     assert!(
         error.contains("x/c is new, for node-1")
             && error.contains(&format!("run `cargo xtask lab up -f {}`", lab.dir())),
         "{error}"
     );
-    let status = run_xtask(&["lab", "status", "-o", "json"]);
+    let status = run_lab(&["status", "-o", "json"]);
     assert!(status.status.success());
     let warning = String::from_utf8_lossy(&status.stderr);
     assert!(warning.contains("x/c is new"), "{warning}");
 
-    xtask(&["lab", "up", "-f", lab.dir(), "--no-agent"]);
+    policy_lab(&["up", "-f", lab.dir(), "--no-agent"]);
     assert_matrix(&probe(&[]), &["x/a", "x/b", "x/c"], |_, _| json!(true));
 }
