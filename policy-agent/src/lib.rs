@@ -5,51 +5,11 @@ pub mod agent;
 pub mod cli;
 pub mod datapath;
 pub mod discovery;
-pub mod explain;
 pub mod k8s;
-pub mod manifest;
 pub mod metrics;
-pub mod policy;
+
+pub use policy_core::{error_chain, explain, manifest, policy, printable, steers_terminal};
 
 /// The compiled `policy-ebpf` object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policy-ebpf"));
-
-/// An error and its sources, on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// `text` with every character that could steer a terminal written as an escape (`\u{1b}`):
-/// control characters and the bidirectional formatting characters. For printing names and
-/// other text that came from input.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(steers_terminal) {
-        return text.into();
-    }
-    let mut escaped = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if steers_terminal(c) {
-            escaped.extend(c.escape_unicode());
-        } else {
-            escaped.push(c);
-        }
-    }
-    escaped.into()
-}
-
-/// Whether printing `c` raw could move the cursor, recolour or reorder what a terminal shows.
-pub fn steers_terminal(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-        )
-}

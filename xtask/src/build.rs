@@ -2,7 +2,9 @@
 
 use std::process::Command;
 
-use crate::{run, setup};
+use policy_lab::cmd as run;
+
+use crate::setup;
 
 #[derive(clap::Args)]
 pub struct Args {

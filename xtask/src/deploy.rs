@@ -1,7 +1,7 @@
 //! The checks of `deploy/` that `cargo xtask check` runs, with no network and no cluster:
 //!
 //! - every Kubernetes object in a YAML file under `deploy/` (the examples included) matches the
-//!   strict schema of its kind (see [`crate::schema`]);
+//!   strict schema of its kind (see `policy_e2e::schema`);
 //! - the kind cluster configuration uses only fields of kind's `v1alpha4` Cluster that the
 //!   checker knows, with values of the right type;
 //! - the Dockerfile builds with the pinned toolchain, runs xtask commands that exist and copies
@@ -15,9 +15,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
+use policy_e2e::{kind::config::KindCluster, schema::Schemas};
+use policy_lab::manifest;
 use serde_json::Value;
 
-use crate::{Cli, kind_e2e::config::KindCluster, lab::manifest, schema::Schemas};
+use crate::Cli;
 
 /// Where the built agent is, relative to the workspace root, after `cargo xtask build --release`.
 const RELEASE_BINARY: &str = "target/release/policy-agent";
@@ -186,8 +188,9 @@ fn xtask_commands(dockerfile: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use policy_lab::workspace_root;
+
     use super::*;
-    use crate::check::workspace_root;
 
     /// A scratch directory of this test process, emptied first.
     fn scratch(name: &str) -> PathBuf {

@@ -14,8 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-
-use crate::run;
+use policy_lab::cmd as run;
 
 /// A subcommand that uses Debian packages, as [`DEBIAN_PACKAGES`] names its users.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +79,7 @@ const DEBIAN_PACKAGES: [Package; 5] = [
     },
     Package {
         name: "fonts-dejavu-core",
-        provides: &[crate::bench::report::FONT_FILE],
+        provides: &[policy_bench::report::FONT_FILE],
         used_by: &[Task::Test, Task::Bench],
     },
 ];
@@ -274,9 +273,9 @@ mod tests {
     use std::collections::BTreeSet;
 
     use clap::CommandFactory as _;
+    use policy_bench::report::FONT_FILE;
 
     use super::*;
-    use crate::bench::report::FONT_FILE;
 
     /// The package of the table that provides `thing`.
     fn provider(thing: &str) -> &'static str {

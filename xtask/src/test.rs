@@ -9,8 +9,9 @@
 use std::process::Command;
 
 use anyhow::bail;
+use policy_lab::cmd as run;
 
-use crate::{check, run, setup};
+use crate::{check, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,16 +41,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     run::status(&mut cargo)?;
     if root && args.filter.is_none() {
-        // A fresh xtask process: `cargo test` has just rebuilt this binary under our feet, and
-        // the lab starts copies of the binary it finds at its own path.
-        run::status(Command::new("cargo").args([
-            "run",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--",
-            "e2e",
-        ]))?;
+        setup::ensure_packages(setup::Task::E2e)?;
+        policy_e2e::run(&policy_e2e::Args {
+            filter: None,
+            keep_lab: false,
+            no_explain: false,
+        })?;
     }
     if !root {
         bail!(

@@ -17,7 +17,7 @@ use std::{
 use jiff::{SignedDuration, Timestamp};
 use nix::time::{ClockId, clock_gettime};
 use policy_common::verdict::{Direction, Verdict};
-use serde::{Deserialize, Serialize};
+pub use policy_core::telemetry::FlowRecord;
 use tracing::{debug, warn};
 
 use crate::{
@@ -47,31 +47,6 @@ struct EndpointNames {
 
 /// The size past which the flow log is rotated.
 pub const FLOW_LOG_MAX_BYTES: u64 = 16 * 1024 * 1024;
-
-/// One line of `flows.jsonl`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowRecord {
-    /// When the kernel decided, RFC 3339 in UTC (from the event's CLOCK_MONOTONIC time).
-    #[serde(default)]
-    pub time: Option<Timestamp>,
-    /// CLOCK_MONOTONIC nanoseconds.
-    pub time_ns: u64,
-    pub node: String,
-    /// The local pod whose program decided.
-    pub pod: Option<String>,
-    pub direction: String,
-    pub protocol: String,
-    pub src: IpAddr,
-    pub src_port: u16,
-    pub src_pod: Option<String>,
-    pub dst: IpAddr,
-    pub dst_port: u16,
-    pub dst_pod: Option<String>,
-    pub verdict: String,
-    pub reason: String,
-    /// The rule that allowed the flow, or the policies whose isolation dropped it.
-    pub decided_by: Option<String>,
-}
 
 impl FlowContext {
     pub fn new(node: &str) -> FlowContext {

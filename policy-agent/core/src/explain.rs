@@ -1,0 +1,486 @@
+//! `policy-agent explain`: who can reach whom under a set of manifests, decided by the same
+//! compiled state the kernel programs use.
+//!
+//! Every pod's node gets its own resolved [`NodeState`] (pods without a node are scheduled and
+//! addressed by [`crate::manifest::assign_addresses`], on `node-1..node-N` with N = 2 unless pods
+//! name more). A connection from `a` to `b` is allowed when `a`'s node state lets `a` send it
+//! (egress) and `b`'s node state lets `b` receive it (ingress), each looked up as the kernel does:
+//! longest-prefix match for the peer's class, then the policy-map probes. A pod always reaches
+//! itself: that traffic never crosses its veth. Pods that are not policy peers (hostNetwork,
+//! Succeeded or Failed) are left out. The address pair is the server's first address (IPv4
+//! first) and the client's address of the same family.
+//!
+//! What could not be loaded is never silently left out: each problem is printed before the
+//! answer and the run ends with [`ExplainError::Incomplete`]. The answer treats problems as the
+//! agent does: a rejected NetworkPolicy isolates the pods it selects with none of its rules, and
+//! a policy too big for the maps is left out for the pods it is too big for, which it still
+//! isolates. Text from the input (names,
+//! paths) is printed with control characters escaped.
+
+use std::{collections::BTreeMap, fs, io, net::IpAddr, path::PathBuf};
+
+use policy_common::verdict::Direction;
+use serde::Serialize;
+
+use crate::{
+    error_chain,
+    manifest::{self, AddressError},
+    matrix::{Matrix, Reachability},
+    policy::{
+        lookup::Decision,
+        model::{Pod, Protocol, Snapshot},
+        resolve::{ResolveError, resolve},
+        spec::{Evaluation, evaluate},
+        state::{Degraded, NodeState},
+    },
+    printable, steers_terminal,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("{path}: cannot read", path = path.display())]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot assign pod addresses")]
+    Addresses(#[source] AddressError),
+    #[error("cannot resolve the policies of node {node}")]
+    Resolve {
+        node: String,
+        #[source]
+        source: ResolveError,
+    },
+    #[error("pod {pod} is not among the loaded pods that take part in policy")]
+    UnknownPod { pod: String },
+    #[error("--from and --to go together")]
+    HalfPair,
+    #[error("cannot write the output")]
+    Write(#[source] io::Error),
+    #[error("cannot encode the output")]
+    Json(#[source] serde_json::Error),
+    #[error(
+        "the manifests have {problems} problem{}, listed before the answer; as the agent does, \
+         the answer holds a rejected NetworkPolicy as isolation of the pods it selects with none \
+         of its rules, and leaves out other objects that could not be loaded",
+        if *problems == 1 { "" } else { "s" }
+    )]
+    Incomplete { problems: usize },
+    #[error("explain cannot answer for all of the manifests:\n{}", .0.join("\n"))]
+    Problems(Vec<String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExplainOptions {
+    pub paths: Vec<PathBuf>,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub output: OutputFormat,
+}
+
+/// Runs `explain`: the answer goes to `out`, load problems to `notes`. When anything could not
+/// be loaded, the answer for the rest is still written, and the result is
+/// [`ExplainError::Incomplete`].
+pub fn run(
+    options: &ExplainOptions,
+    out: &mut dyn io::Write,
+    notes: &mut dyn io::Write,
+) -> Result<(), ExplainError> {
+    // A path that is not there is a mistake in the command, not a partial answer.
+    for path in &options.paths {
+        fs::metadata(path).map_err(|source| ExplainError::Path {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let loaded = manifest::load(&options.paths);
+    for error in &loaded.errors {
+        writeln!(notes, "error: {}", printable(&error_chain(error)))
+            .map_err(ExplainError::Write)?;
+    }
+    for skipped in &loaded.skipped {
+        writeln!(notes, "note: {}", printable(&skipped.to_string()))
+            .map_err(ExplainError::Write)?;
+    }
+    let cluster = Cluster::compile(loaded.snapshot)?;
+    let degraded: Vec<&Degraded> = cluster.degraded().collect();
+    for degraded in &degraded {
+        writeln!(notes, "error: {}", printable(&degraded.to_string()))
+            .map_err(ExplainError::Write)?;
+    }
+    let problems = loaded.errors.len() + degraded.len();
+    answer(&cluster, options, out)?;
+    if problems > 0 {
+        return Err(ExplainError::Incomplete { problems });
+    }
+    Ok(())
+}
+
+/// The matrix of `paths` for `protocol`/`port`, for programs that compare it with something:
+/// anything that could not be loaded or compiled is an error that lists every problem, where
+/// [`run`] would answer for the rest.
+pub fn complete_matrix(
+    paths: &[PathBuf],
+    protocol: Protocol,
+    port: u16,
+) -> Result<Reachability, ExplainError> {
+    let loaded = manifest::load(paths);
+    let mut problems: Vec<String> = loaded
+        .errors
+        .iter()
+        .map(|error| error_chain(error))
+        .collect();
+    let cluster = Cluster::compile(loaded.snapshot)?;
+    problems.extend(cluster.degraded().map(ToString::to_string));
+    if !problems.is_empty() {
+        return Err(ExplainError::Problems(problems));
+    }
+    Ok(cluster.matrix(protocol, port))
+}
+
+fn answer(
+    cluster: &Cluster,
+    options: &ExplainOptions,
+    out: &mut dyn io::Write,
+) -> Result<(), ExplainError> {
+    match (&options.from, &options.to) {
+        (None, None) => {
+            let matrix = cluster.matrix(options.protocol, options.port);
+            match options.output {
+                OutputFormat::Json => {
+                    let text = serde_json::to_string_pretty(&matrix).map_err(ExplainError::Json)?;
+                    writeln!(out, "{}", json_printable(&text)).map_err(ExplainError::Write)
+                }
+                OutputFormat::Table => out
+                    .write_all(matrix.table().as_bytes())
+                    .map_err(ExplainError::Write),
+            }
+        }
+        (Some(from), Some(to)) => {
+            let verdict = cluster.verdict(from, to, options.protocol, options.port)?;
+            match options.output {
+                OutputFormat::Json => {
+                    let text =
+                        serde_json::to_string_pretty(&verdict).map_err(ExplainError::Json)?;
+                    writeln!(out, "{}", json_printable(&text)).map_err(ExplainError::Write)
+                }
+                OutputFormat::Table => out
+                    .write_all(verdict.text().as_bytes())
+                    .map_err(ExplainError::Write),
+            }
+        }
+        _ => Err(ExplainError::HalfPair),
+    }
+}
+
+/// JSON text with the characters [`printable`] escapes written as JSON escapes. serde_json
+/// escapes only those below U+0020; the rest can only stand inside strings, where `\uXXXX`
+/// means the same character.
+fn json_printable(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\n' && steers_terminal(c) {
+            escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
+}
+
+/// A snapshot with every pod addressed and every node's state compiled.
+pub struct Cluster {
+    pub snapshot: Snapshot,
+    pub states: BTreeMap<String, NodeState>,
+    /// The pods that take part, sorted by `namespace/name`.
+    pods: Vec<usize>,
+}
+
+impl Cluster {
+    pub fn compile(mut snapshot: Snapshot) -> Result<Cluster, ExplainError> {
+        let nodes = manifest::node_count(&snapshot);
+        manifest::assign_addresses(&mut snapshot, nodes).map_err(ExplainError::Addresses)?;
+        let mut states = BTreeMap::new();
+        let node_names: Vec<String> = snapshot
+            .pods
+            .iter()
+            .filter_map(|pod| pod.node.clone())
+            .collect();
+        for node in node_names {
+            if states.contains_key(&node) {
+                continue;
+            }
+            let state = resolve(&snapshot, &node, &NodeState::default()).map_err(|source| {
+                ExplainError::Resolve {
+                    node: node.clone(),
+                    source,
+                }
+            })?;
+            states.insert(node, state);
+        }
+        let mut pods: Vec<usize> = (0..snapshot.pods.len())
+            .filter(|&i| snapshot.pods[i].is_peer())
+            .collect();
+        pods.sort_by_key(|&i| snapshot.pods[i].pod_ref().to_string());
+        Ok(Cluster {
+            snapshot,
+            states,
+            pods,
+        })
+    }
+
+    /// What each node's resolve left out to fit the maps, node by node.
+    pub fn degraded(&self) -> impl Iterator<Item = &Degraded> {
+        self.states.values().flat_map(|state| state.degraded.iter())
+    }
+
+    fn pod(&self, index: usize) -> &Pod {
+        &self.snapshot.pods[index]
+    }
+
+    fn find(&self, name: &str) -> Result<usize, ExplainError> {
+        self.pods
+            .iter()
+            .copied()
+            .find(|&i| self.pod(i).pod_ref().to_string() == name)
+            .ok_or_else(|| ExplainError::UnknownPod {
+                pod: name.to_owned(),
+            })
+    }
+
+    /// The kernel's decision at `pod` for a packet whose other end is `peer`.
+    fn decide(
+        &self,
+        pod: &Pod,
+        direction: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Decision {
+        // Every pod in `pods` is an endpoint of its node, whose state is compiled.
+        pod.node
+            .as_ref()
+            .and_then(|node| self.states.get(node))
+            .and_then(|state| {
+                state.decide(&pod.pod_ref(), direction, peer, protocol.number(), port)
+            })
+            .unwrap_or(Decision::Denied)
+    }
+
+    /// Whether `client` may open a connection to `server`'s `port`, over the address pair the
+    /// module documentation describes.
+    pub fn allowed(&self, client: &Pod, server: &Pod, protocol: Protocol, port: u16) -> bool {
+        if client.pod_ref() == server.pod_ref() {
+            return true;
+        }
+        let Some((client_ip, server_ip)) = address_pair(client, server) else {
+            return false;
+        };
+        self.decide(client, Direction::Egress, server_ip, protocol, port)
+            .allows()
+            && self
+                .decide(server, Direction::Ingress, client_ip, protocol, port)
+                .allows()
+    }
+
+    pub fn matrix(&self, protocol: Protocol, port: u16) -> Reachability {
+        let names: Vec<String> = self
+            .pods
+            .iter()
+            .map(|&i| self.pod(i).pod_ref().to_string())
+            .collect();
+        let by_name: BTreeMap<&str, &Pod> = self
+            .pods
+            .iter()
+            .zip(&names)
+            .map(|(&i, name)| (name.as_str(), self.pod(i)))
+            .collect();
+        let matrix = Matrix::from_fn(names.clone(), |client, server| {
+            self.allowed(by_name[client], by_name[server], protocol, port)
+                .into()
+        });
+        Reachability {
+            protocol: protocol.name().to_owned(),
+            port,
+            matrix,
+            via: None,
+            wait_ms: None,
+        }
+    }
+
+    pub fn verdict(
+        &self,
+        from: &str,
+        to: &str,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Verdict, ExplainError> {
+        let client = self.pod(self.find(from)?);
+        let server = self.pod(self.find(to)?);
+        let mut verdict = Verdict {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            protocol: protocol.name(),
+            port,
+            allowed: self.allowed(client, server, protocol, port),
+            same_pod: client.pod_ref() == server.pod_ref(),
+            egress: None,
+            ingress: None,
+        };
+        if verdict.same_pod {
+            return Ok(verdict);
+        }
+        let Some((client_ip, server_ip)) = address_pair(client, server) else {
+            return Ok(verdict);
+        };
+        verdict.egress = Some(self.side(client, Direction::Egress, server_ip, protocol, port));
+        verdict.ingress = Some(self.side(server, Direction::Ingress, client_ip, protocol, port));
+        Ok(verdict)
+    }
+
+    fn side(
+        &self,
+        pod: &Pod,
+        direction: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Side {
+        let decision = self.decide(pod, direction, peer, protocol, port);
+        let Evaluation {
+            isolated_by,
+            allowing,
+        } = evaluate(
+            &self.snapshot,
+            pod,
+            direction,
+            peer,
+            protocol.number(),
+            port,
+        );
+        let state = pod.node.as_ref().and_then(|node| self.states.get(node));
+        let decided_by = match decision {
+            Decision::Allowed { rule_id } => state
+                .and_then(|state| state.rules.get(&rule_id))
+                .map(ToString::to_string),
+            Decision::NotIsolated | Decision::Denied => None,
+        };
+        Side {
+            pod: pod.pod_ref().to_string(),
+            peer: peer.to_string(),
+            allowed: decision.allows(),
+            isolated_by,
+            decided_by,
+            allowing_rules: allowing.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// The server's first address and the client's address of the same family.
+fn address_pair(client: &Pod, server: &Pod) -> Option<(IpAddr, IpAddr)> {
+    server.ips.iter().find_map(|&server_ip| {
+        client
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == server_ip.is_ipv4())
+            .map(|&client_ip| (client_ip, server_ip))
+    })
+}
+
+/// One connection's verdict and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub from: String,
+    pub to: String,
+    pub protocol: &'static str,
+    pub port: u16,
+    pub allowed: bool,
+    /// A pod always reaches itself.
+    pub same_pod: bool,
+    /// The client's side; absent for a pod reaching itself or pods with no common family.
+    pub egress: Option<Side>,
+    pub ingress: Option<Side>,
+}
+
+/// How one pod's programs treat the connection.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Side {
+    pub pod: String,
+    /// The address at the other end.
+    pub peer: String,
+    pub allowed: bool,
+    /// The policies that isolate the pod in this direction.
+    pub isolated_by: Vec<String>,
+    /// The rule of the policy-map entry the kernel finds.
+    pub decided_by: Option<String>,
+    /// Every rule that allows the connection.
+    pub allowing_rules: Vec<String>,
+}
+
+impl Verdict {
+    pub fn text(&self) -> String {
+        let outcome = if self.allowed { "ALLOWED" } else { "DENIED" };
+        let mut text = format!(
+            "{} -> {} {}/{}: {outcome}\n",
+            printable(&self.from),
+            printable(&self.to),
+            self.protocol,
+            self.port
+        );
+        if self.same_pod {
+            text.push_str(
+                "  a pod always reaches itself: its own traffic never crosses its veth\n",
+            );
+            return text;
+        }
+        match (&self.egress, &self.ingress) {
+            (Some(egress), Some(ingress)) => {
+                text.push_str(&egress.text("egress", "to"));
+                text.push_str(&ingress.text("ingress", "from"));
+            }
+            _ => text.push_str("  the pods have no address family in common\n"),
+        }
+        text
+    }
+}
+
+impl Side {
+    fn text(&self, direction: &str, preposition: &str) -> String {
+        let mut text = format!(
+            "  {} {direction} ({preposition} {}): ",
+            printable(&self.pod),
+            self.peer
+        );
+        if self.isolated_by.is_empty() {
+            text.push_str(&format!(
+                "allowed, not isolated (no policy selects it for {direction})\n"
+            ));
+            return text;
+        }
+        text.push_str(&format!(
+            "isolated by {}; ",
+            printable(&self.isolated_by.join(", "))
+        ));
+        match &self.decided_by {
+            Some(rule) => {
+                text.push_str(&format!("allowed by {}\n", printable(rule)));
+                let others: Vec<&String> =
+                    self.allowing_rules.iter().filter(|r| *r != rule).collect();
+                for other in others {
+                    text.push_str(&format!("    also allowed by {}\n", printable(other)));
+                }
+            }
+            None => text.push_str("denied: no rule allows it\n"),
+        }
+        text
+    }
+}

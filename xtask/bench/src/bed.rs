@@ -1,0 +1,590 @@
+//! The bench's node: one network namespace with the real agent, its endpoints wired like the ptp
+//! CNI plugin (a host-side veth per pod and a /32 route to the pod through it), and the agent's
+//! memory read back from the kernel.
+//!
+//! Endpoints come in two kinds. A *sink* endpoint only needs an interface the agent can find and
+//! attach its programs to: its pod side sits, with all other sink ends, in one shared namespace,
+//! holds the pod's address and carries no traffic. A *probe pod* is a real pod namespace with its address and default
+//! route, so traffic between probe pods crosses the node and both their programs.
+//!
+//! Everything is removed when the [`Bed`] is dropped, also when a measurement fails.
+
+use std::{
+    fs::{self, File},
+    net::Ipv4Addr,
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::process::CommandExt as _,
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{HashMap, LpmTrie, Map, MapData};
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use policy_common::{
+    maps::{
+        CtKey, CtValue, EndpointInfo, FragKey, FragValue, HostAddrKey, PeerClass, PolicyKey,
+        PolicyValue,
+    },
+    names::{
+        ALL_MAPS, CONNTRACK_MAP, ENDPOINTS_MAP, FRAGMENTS_MAP, HOST_ADDRS_MAP, PEERS_V4_MAP,
+        PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP,
+    },
+};
+use policy_lab::{cmd as run, netns};
+use serde::Serialize;
+
+/// The address every probe pod routes through (ptp style: on each host-side veth).
+const GATEWAY: &str = "169.254.1.1";
+/// The bench's namespaces start with this; the lab's start with `np-node-` and `np-underlay`.
+const NETNS_PREFIX: &str = "np-bench-";
+/// Where the bench keeps the agent's pins (a directory per run).
+const PIN_ROOT: &str = "/sys/fs/bpf/netpol-bench";
+/// Where the bench keeps the agent's state directories and logs.
+const RUN_ROOT: &str = "/run/netpol-bench";
+/// The longest a started agent may take to publish its first generation.
+const FIRST_GENERATION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One node with its endpoints; at most one agent runs on it at a time.
+pub struct Bed {
+    name: String,
+    node: String,
+    sink: String,
+    probe_pods: Vec<String>,
+    endpoints: usize,
+    agent: Option<Child>,
+    run_dir: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl Bed {
+    /// Creates the node namespace `np-bench-<name>` and its sink namespace.
+    pub fn new(name: &str) -> Result<Self> {
+        let node = format!("{NETNS_PREFIX}{name}");
+        let sink = format!("{NETNS_PREFIX}{name}-sink");
+        let run_dir = Path::new(RUN_ROOT).join(name);
+        let bed = Self {
+            name: name.to_owned(),
+            probe_pods: Vec::new(),
+            endpoints: 0,
+            agent: None,
+            pin_dir: Path::new(PIN_ROOT).join(name),
+            node,
+            sink,
+            run_dir,
+        };
+        for netns_name in [&bed.node, &bed.sink] {
+            netns::delete(netns_name)?;
+        }
+        remove_dir(&bed.run_dir)?;
+        remove_dir(&bed.pin_dir)?;
+        netns::create(&bed.node)?;
+        netns::create(&bed.sink)?;
+        netns::sysctls(&bed.node, &[("net.ipv4.ip_forward", "1")])?;
+        ip_batch(&bed.node, &["link set lo up".to_owned()])?;
+        fs::create_dir_all(&bed.run_dir)
+            .with_context(|| format!("creating {}", bed.run_dir.display()))?;
+        Ok(bed)
+    }
+
+    /// Wires a sink endpoint for each address: the agent finds an interface for each and
+    /// attaches its programs to it.
+    pub fn add_sink_endpoints(&mut self, addresses: &[Ipv4Addr]) -> Result<()> {
+        let first = self.endpoints;
+        let mut in_node = Vec::new();
+        let mut in_sink = Vec::new();
+        for (i, address) in addresses.iter().enumerate() {
+            let (host, peer) = veth_names(first + i);
+            in_node.push(format!(
+                "link add {host} type veth peer name {peer} netns {}",
+                self.sink
+            ));
+            // The agent binds a pod to the veth whose other end holds the pod's address.
+            in_sink.push(format!("addr add {address}/32 dev {peer}"));
+            in_sink.push(format!("link set {peer} up"));
+            in_node.push(format!("link set {host} up"));
+            in_node.push(format!("route add {address}/32 dev {host}"));
+        }
+        // Links first (they create the sink ends), then the sink ends up, then routes: a route
+        // through a veth needs the veth up.
+        let (links, rest): (Vec<String>, Vec<String>) = in_node
+            .into_iter()
+            .partition(|command| command.starts_with("link add"));
+        ip_batch(&self.node, &links)?;
+        ip_batch(&self.sink, &in_sink)?;
+        ip_batch(&self.node, &rest)?;
+        self.endpoints += addresses.len();
+        Ok(())
+    }
+
+    /// Wires a real pod namespace `np-bench-<name>-<pod>` with `address`, and returns its name.
+    pub fn add_probe_pod(&mut self, pod: &str, address: Ipv4Addr) -> Result<String> {
+        let pod_netns = format!("{NETNS_PREFIX}{}-{pod}", self.name);
+        netns::delete(&pod_netns)?;
+        netns::create(&pod_netns)?;
+        self.probe_pods.push(pod_netns.clone());
+        let (host, _) = veth_names(self.endpoints);
+        self.endpoints += 1;
+        ip_batch(
+            &self.node,
+            &[format!(
+                "link add {host} type veth peer name eth0 netns {pod_netns}"
+            )],
+        )?;
+        ip_batch(
+            &pod_netns,
+            &[
+                "link set lo up".to_owned(),
+                "link set eth0 up".to_owned(),
+                format!("addr add {address}/32 dev eth0"),
+                format!("route add {GATEWAY} dev eth0 scope link"),
+                format!("route add default via {GATEWAY} dev eth0"),
+            ],
+        )?;
+        ip_batch(
+            &self.node,
+            &[
+                format!("addr add {GATEWAY}/32 dev {host}"),
+                format!("link set {host} up"),
+                format!("route add {address}/32 dev {host}"),
+            ],
+        )?;
+        Ok(pod_netns)
+    }
+
+    /// Starts `agent run` on the node against `manifests`, with fresh pins and state (so the
+    /// agent programs everything, adopting nothing), and returns its pid.
+    pub fn start_agent(&mut self, agent: &Path, manifests: &Path, node: &str) -> Result<u32> {
+        self.stop_agent()?;
+        remove_dir(&self.pin_dir)?;
+        let state_dir = self.state_dir();
+        remove_dir(&state_dir)?;
+        let log = self.run_dir.join("agent.log");
+        let output = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let errors = output
+            .try_clone()
+            .with_context(|| format!("opening {}", log.display()))?;
+        let target = File::open(Path::new("/run/netns").join(&self.node))
+            .with_context(|| format!("opening network namespace {}", self.node))?;
+        let mut command = Command::new(agent);
+        command
+            .arg("run")
+            .arg("--source")
+            .arg(format!("files:{}", manifests.display()))
+            .args(["--node-name", node])
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(errors);
+        // SAFETY: between fork and exec the closure only makes the setns system call, which is
+        // async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || setns(&target, CloneFlags::CLONE_NEWNET).map_err(Into::into));
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", run::describe(&command)))?;
+        let pid = child.id();
+        self.agent = Some(child);
+        Ok(pid)
+    }
+
+    /// Waits until the agent has published `generation` as applied; fails when it exits first.
+    pub fn wait_generation(&mut self, generation: &str, timeout: Duration) -> Result<()> {
+        let file = self.state_dir().join("generation");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if fs::read_to_string(&file).is_ok_and(|applied| applied.trim() == generation) {
+                return Ok(());
+            }
+            if let Some(agent) = &mut self.agent
+                && let Some(status) = agent.try_wait().context("checking on the agent")?
+            {
+                bail!("the agent exited ({status}); see {}", self.log().display());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not apply generation {generation} within {timeout:?}; see {}",
+                    self.log().display()
+                );
+            }
+            thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    /// Starts the agent and measures its start: the time to its first published generation,
+    /// its peak resident memory and the maps it programmed.
+    pub fn measure_start(
+        &mut self,
+        agent: &Path,
+        manifests: &Path,
+        node: &str,
+        generation: &str,
+    ) -> Result<Start> {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let pid = self.start_agent(agent, manifests, node)?;
+        self.wait_generation(generation, FIRST_GENERATION_TIMEOUT)?;
+        let elapsed = started.elapsed();
+        let peak_rss_bytes = peak_rss(pid)?;
+        let maps = self.maps()?;
+        self.stop_agent()?;
+        let log = fs::read_to_string(self.log())
+            .with_context(|| format!("reading {}", self.log().display()))?;
+        Ok(Start {
+            first_generation_ms: elapsed.as_secs_f64() * 1e3,
+            phases: Phases::from_log(&log, started_at),
+            peak_rss_bytes,
+            maps,
+        })
+    }
+
+    /// Every map the agent pinned: its kernel-reported memory and, for hash maps and LPM
+    /// tries, the entries in use.
+    pub fn maps(&self) -> Result<Vec<MapMemory>> {
+        ALL_MAPS
+            .iter()
+            .map(|name| map_memory(&self.pin_dir.join("maps").join(name), name))
+            .collect()
+    }
+
+    /// Stops the agent (SIGTERM, SIGKILL after two seconds) and reaps it.
+    pub fn stop_agent(&mut self) -> Result<()> {
+        let Some(mut agent) = self.agent.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(i32::try_from(agent.id()).context("a pid beyond i32")?);
+        // An agent that already exited is what we want.
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while agent.try_wait().context("waiting for the agent")?.is_none() {
+            if Instant::now() > deadline {
+                let _ = agent.kill();
+                agent.wait().context("waiting for the agent")?;
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.run_dir.join("state")
+    }
+
+    /// Milliseconds from `written_at` to the last `datapath updated` line of the agent's log
+    /// (the reconcile that wrote the maps and attached the programs), if that line comes after
+    /// `written_at`.
+    pub fn updated_after(&self, written_at: SystemTime) -> Result<Option<f64>> {
+        let log = fs::read_to_string(self.log())
+            .with_context(|| format!("reading {}", self.log().display()))?;
+        Ok(updated_after(&log, written_at))
+    }
+
+    /// The agent's log.
+    pub fn log(&self) -> PathBuf {
+        self.run_dir.join("agent.log")
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        // Teardown is best effort: a failure here must not hide the measurement's own error.
+        let _ = self.stop_agent();
+        for pod in &self.probe_pods {
+            let _ = netns::delete(pod);
+        }
+        let _ = netns::delete(&self.sink);
+        let _ = netns::delete(&self.node);
+        let _ = remove_dir(&self.pin_dir);
+    }
+}
+
+/// What starting the agent took.
+#[derive(Clone, Debug, Serialize)]
+pub struct Start {
+    pub first_generation_ms: f64,
+    /// Where the time went, from the agent's log; `None` when the log lacks a milestone.
+    pub phases: Option<Phases>,
+    pub peak_rss_bytes: u64,
+    pub maps: Vec<MapMemory>,
+}
+
+/// The agent's start in three phases, in milliseconds, read from the timestamps of its log:
+/// loading the eBPF object (the verifier) until `datapath open`, resolving and writing the maps
+/// until `datapath converged`, and attaching the programs until the last `attached`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Phases {
+    pub load_ms: f64,
+    pub resolve_and_write_ms: f64,
+    pub attach_ms: f64,
+}
+
+impl Phases {
+    fn from_log(log: &str, started_at: SystemTime) -> Option<Phases> {
+        let start = seconds_of_day(started_at)?;
+        let last = |message: &str| {
+            log.lines()
+                .rev()
+                .filter(|line| line.contains(message))
+                .find_map(log_seconds_of_day)
+        };
+        let open = last("datapath open")?;
+        let converged = last("datapath converged")?;
+        let attached = last(" attached ").unwrap_or(converged);
+        let millis = |from: f64, to: f64| (to - from).rem_euclid(86_400.0) * 1e3;
+        Some(Phases {
+            load_ms: millis(start, open),
+            resolve_and_write_ms: millis(open, converged),
+            attach_ms: millis(converged, attached),
+        })
+    }
+}
+
+/// See [`Bed::updated_after`].
+fn updated_after(log: &str, written_at: SystemTime) -> Option<f64> {
+    let updated = log
+        .lines()
+        .rev()
+        .filter(|line| line.contains("datapath updated"))
+        .find_map(log_seconds_of_day)?;
+    let seconds = (updated - seconds_of_day(written_at)?).rem_euclid(86_400.0);
+    // Half a day "later" is an update from before the write.
+    (seconds < 43_200.0).then_some(seconds * 1e3)
+}
+
+/// Seconds since midnight UTC.
+fn seconds_of_day(time: SystemTime) -> Option<f64> {
+    let since_epoch = time.duration_since(UNIX_EPOCH).ok()?;
+    Some(since_epoch.as_secs_f64().rem_euclid(86_400.0))
+}
+
+/// The seconds since midnight UTC of a log line that starts with an RFC 3339 UTC timestamp
+/// (`2026-01-02T03:04:05.678901Z`), colour codes allowed around it.
+fn log_seconds_of_day(line: &str) -> Option<f64> {
+    let time = line.split_once('T')?.1.split_once('Z')?.0;
+    let mut fields = time.split(':');
+    let hours: f64 = fields.next()?.parse().ok()?;
+    let minutes: f64 = fields.next()?.parse().ok()?;
+    let seconds: f64 = fields.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+/// One pinned map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapMemory {
+    pub name: String,
+    pub max_entries: u32,
+    /// What the kernel charges for the map (`memlock` in its fdinfo): since Linux 6.4 the
+    /// map's actual usage, so it grows with the entries of maps that are not preallocated.
+    pub memlock_bytes: u64,
+    /// Entries in use, for hash maps and LPM tries; `None` for arrays and the ring buffer,
+    /// whose size is fixed.
+    pub entries: Option<u64>,
+}
+
+/// The host-side and pod-side names of endpoint `i`'s veth.
+fn veth_names(i: usize) -> (String, String) {
+    (format!("bh{i}"), format!("bp{i}"))
+}
+
+fn ip_batch(netns_name: &str, commands: &[String]) -> Result<()> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let input = commands.join("\n") + "\n";
+    let mut child = Command::new("ip")
+        .args(["-n", netns_name, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting `ip -batch` (is iproute2 installed?)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        stdin
+            .write_all(input.as_bytes())
+            .context("writing to `ip -batch`")?;
+    }
+    let output = child
+        .wait_with_output()
+        .context("waiting for `ip -batch`")?;
+    if !output.status.success() {
+        bail!(
+            "`ip -n {netns_name} -batch -` failed: {}\n{input}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(error).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The process's peak resident set (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    kilobytes_field(&status, "VmHWM:")
+        .map(|kib| kib * 1024)
+        .with_context(|| format!("{path} has no VmHWM"))
+}
+
+/// The value of a `Name:   N kB` line.
+fn kilobytes_field(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The `memlock:` line of an fdinfo file.
+fn memlock(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("memlock:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn map_memory(pin: &Path, name: &str) -> Result<MapMemory> {
+    let data = MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+    let info = data
+        .info()
+        .with_context(|| format!("reading the info of {name}"))?;
+    let fdinfo_path = format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd());
+    let fdinfo =
+        fs::read_to_string(&fdinfo_path).with_context(|| format!("reading {fdinfo_path}"))?;
+    let memlock_bytes =
+        memlock(&fdinfo).with_context(|| format!("{fdinfo_path} has no memlock line"))?;
+    let max_entries = info.max_entries();
+    let map = Map::from_map_data(data).with_context(|| format!("opening {name}"))?;
+    let entries = count_entries(map, name)?;
+    Ok(MapMemory {
+        name: name.to_owned(),
+        max_entries,
+        memlock_bytes,
+        entries,
+    })
+}
+
+/// The entries in use of the maps whose size follows their content.
+fn count_entries(map: Map, name: &str) -> Result<Option<u64>> {
+    fn hash<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<u64> {
+        let map = HashMap::<MapData, K, V>::try_from(map)
+            .with_context(|| format!("{name} is not the hash map this build expects"))?;
+        count(map.keys(), name)
+    }
+    fn trie<K: aya::Pod>(map: Map, name: &str) -> Result<u64> {
+        let map = LpmTrie::<MapData, K, PeerClass>::try_from(map)
+            .with_context(|| format!("{name} is not the LPM trie this build expects"))?;
+        count(map.keys(), name)
+    }
+    fn count<K>(
+        keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
+        name: &str,
+    ) -> Result<u64> {
+        let mut entries = 0;
+        for key in keys {
+            key.with_context(|| format!("listing the keys of {name}"))?;
+            entries += 1;
+        }
+        Ok(entries)
+    }
+    Ok(Some(match name {
+        ENDPOINTS_MAP => hash::<u32, EndpointInfo>(map, name)?,
+        PEERS_V4_MAP => trie::<[u8; 4]>(map, name)?,
+        PEERS_V6_MAP => trie::<[u8; 16]>(map, name)?,
+        POLICY_MAP => hash::<PolicyKey, PolicyValue>(map, name)?,
+        CONNTRACK_MAP => hash::<CtKey, CtValue>(map, name)?,
+        FRAGMENTS_MAP => hash::<FragKey, FragValue>(map, name)?,
+        HOST_ADDRS_MAP | SERVICES_MAP => hash::<HostAddrKey, u8>(map, name)?,
+        _ => return Ok(None),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_peak_resident_set_and_memlock() {
+        let status =
+            "Name:\tpolicy-agent\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t   40000 kB\n";
+        assert_eq!(kilobytes_field(status, "VmHWM:"), Some(51234));
+        assert_eq!(kilobytes_field(status, "VmSwap:"), None);
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t11\n\
+                      key_size:\t8\nvalue_size:\t4\nmax_entries:\t262144\nmap_flags:\t0x1\n\
+                      map_extra:\t0x0\nmemlock:\t4194304\nmap_id:\t42\nfrozen:\t0\n";
+        assert_eq!(memlock(fdinfo), Some(4_194_304));
+        assert_eq!(memlock("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn phases_come_from_the_log_timestamps() {
+        let log = "\u{1b}[2m2026-11-26T07:28:00.658977Z\u{1b}[0m INFO policy_agent::datapath: datapath open pin_dir=/x\n\
+                   2026-11-26T07:28:00.659020Z  INFO policy_agent::agent: datapath open node=node-0\n\
+                   2026-11-26T07:28:00.809913Z  INFO policy_agent::datapath::sync: datapath converged writes=52847\n\
+                   2026-11-26T07:28:00.822656Z  INFO policy_agent::datapath::links: attached ifindex=2 hook=from_pod\n\
+                   2026-11-26T07:28:01.499672Z  INFO policy_agent::datapath::links: attached ifindex=23 hook=to_pod\n";
+        let started = UNIX_EPOCH + Duration::from_secs_f64(7.0 * 3600.0 + 28.0 * 60.0 - 0.5);
+        let phases = Phases::from_log(log, started).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 0.01;
+        assert!(close(phases.load_ms, 659.020 + 500.0), "{phases:?}");
+        assert!(close(phases.resolve_and_write_ms, 150.893), "{phases:?}");
+        assert!(close(phases.attach_ms, 689.759), "{phases:?}");
+        assert_eq!(Phases::from_log("no milestones\n", started), None);
+    }
+
+    #[test]
+    fn the_agent_share_is_the_last_update_after_the_write() {
+        let log = "2026-11-26T07:28:00.100000Z  INFO policy_agent::agent: datapath updated writes=3\n\
+                   2026-11-26T07:28:02.250000Z  INFO policy_agent::agent: datapath updated writes=5\n\
+                   2026-11-26T07:28:02.260000Z  INFO policy_agent::datapath::links: attached ifindex=9\n";
+        let at = |seconds: f64| {
+            UNIX_EPOCH + Duration::from_secs_f64(7.0 * 3600.0 + 28.0 * 60.0 + seconds)
+        };
+        let share = updated_after(log, at(2.2)).unwrap();
+        assert!((share - 50.0).abs() < 0.01, "{share}");
+        assert_eq!(
+            updated_after(log, at(3.0)),
+            None,
+            "no update after the write"
+        );
+        assert_eq!(updated_after("", at(0.0)), None);
+    }
+
+    #[test]
+    fn this_process_reports_its_own_peak() {
+        let peak = peak_rss(std::process::id()).unwrap();
+        assert!(peak > 0);
+    }
+
+    #[test]
+    fn veth_names_fit_the_kernel_limit() {
+        let (host, peer) = veth_names(99_999);
+        assert!(host.len() <= 15 && peer.len() <= 15);
+        assert_ne!(veth_names(1), veth_names(2));
+    }
+}
