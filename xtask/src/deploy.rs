@@ -15,8 +15,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
+use policy_core::manifest;
 use policy_e2e::{kind::config::KindCluster, schema::Schemas};
-use policy_lab::manifest;
 use serde_json::Value;
 
 use crate::Cli;
@@ -35,16 +35,16 @@ pub fn check_manifests(deploy_dir: &Path) -> anyhow::Result<(usize, usize)> {
     for path in &files {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let documents = match manifest::parse_documents(&text) {
-            Ok(documents) => documents,
+        let values = match manifest::objects(path, &text) {
+            Ok(values) => values,
             Err(error) => {
-                problems.push(format!("{}: {error:#}", path.display()));
+                problems.push(format!("{:#}", anyhow::Error::new(error)));
                 continue;
             }
         };
-        for document in documents {
+        for value in values {
             objects += 1;
-            for problem in check_object(&mut schemas, &document.value)? {
+            for problem in check_object(&mut schemas, &value)? {
                 problems.push(format!("{}: {problem}", path.display()));
             }
         }

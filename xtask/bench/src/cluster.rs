@@ -243,9 +243,12 @@ fn policy(i: usize, namespaces: usize) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        path::Path,
+    };
 
-    use policy_lab::manifest::parse_documents;
+    use policy_core::manifest::objects;
 
     use super::*;
 
@@ -259,8 +262,7 @@ mod tests {
         cluster
             .files
             .iter()
-            .flat_map(|(_, text)| parse_documents(text).unwrap())
-            .map(|document| document.value)
+            .flat_map(|(name, text)| objects(Path::new(name), text).unwrap())
             .collect()
     }
 

@@ -969,9 +969,15 @@ impl Drop for Server {
 
 #[cfg(test)]
 mod tests {
-    use policy_lab::manifest::parse_documents;
+    use std::path::Path;
+
+    use policy_core::manifest::objects;
 
     use super::*;
+
+    fn parse(text: &str) -> Vec<serde_json::Value> {
+        objects(Path::new("probe.yaml"), text).unwrap()
+    }
 
     #[test]
     fn every_change_has_its_way_back_and_a_round_flips_each_client_twice() {
@@ -989,18 +995,18 @@ mod tests {
 
     #[test]
     fn probe_manifests_differ_only_in_the_label_client_access() {
-        let denied = parse_documents(&probe_manifests(false)).unwrap();
-        let granted = parse_documents(&probe_manifests(true)).unwrap();
+        let denied = parse(&probe_manifests(false));
+        let granted = parse(&probe_manifests(true));
         assert_eq!(denied.len(), granted.len());
         let changed: Vec<usize> = (0..denied.len())
-            .filter(|i| denied[*i].value != granted[*i].value)
+            .filter(|i| denied[*i] != granted[*i])
             .collect();
         assert_eq!(changed.len(), 1);
-        let pod = &granted[changed[0]].value;
+        let pod = &granted[changed[0]];
         assert_eq!(pod["metadata"]["name"], "label-client");
         assert_eq!(pod["metadata"]["labels"]["access"], "granted");
         for text in [probe_policy(), probe_new_client()] {
-            assert_eq!(parse_documents(&text).unwrap().len(), 1);
+            assert_eq!(parse(&text).len(), 1);
         }
     }
 

@@ -13,9 +13,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use policy_lab::{
-    assign::IpFamily, cmd, names, netns, plan::LabPod, state::State, up::UpArgs, workspace_root,
-};
+use policy_core::{manifest::IpFamily, policy::state::PodRef};
+use policy_lab::{cmd, names, netns, plan::LabPod, state::State, up::UpArgs, workspace_root};
 
 use super::{
     median,
@@ -510,7 +509,7 @@ impl Lab {
 
 fn placeholder_pod() -> LabPod {
     LabPod {
-        key: policy_lab::manifest::ObjectKey {
+        key: PodRef {
             namespace: String::new(),
             name: String::new(),
         },

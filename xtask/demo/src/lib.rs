@@ -21,10 +21,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use policy_core::{explain, matrix::Matrix, policy::model::Protocol};
+use policy_core::{explain, manifest::IpFamily, matrix::Matrix, policy::model::Protocol};
 use policy_lab::{
-    assign::IpFamily,
-    cmd as run, manifest, probe,
+    cmd as run, probe,
     up::{Up, UpArgs},
     workspace_root,
 };
@@ -465,8 +464,8 @@ impl Lab {
 
     fn probe(&self, port: &Port) -> anyhow::Result<Matrix> {
         let protocol = match port.protocol {
-            "UDP" => manifest::Protocol::Udp,
-            _ => manifest::Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            _ => Protocol::Tcp,
         };
         let probed = probe::probe_pairs(&probe::Probe {
             port: port.number,

@@ -8,10 +8,10 @@ use std::{
 use anyhow::Context as _;
 use policy_core::{
     explain,
+    manifest::IpFamily,
     matrix::{Matrix, Reachability},
-    policy::model,
 };
-use policy_lab::{assign::IpFamily, manifest, probe, up::UpArgs};
+use policy_lab::{probe, up::UpArgs};
 
 use super::scenario::{Probe, Protocol, Via};
 
@@ -45,13 +45,9 @@ impl Lab {
             Via::Service => probe::Via::Service,
             Via::NodePort => probe::Via::NodePort,
         };
-        let protocol = match probe.protocol {
-            Protocol::Tcp => manifest::Protocol::Tcp,
-            Protocol::Udp => manifest::Protocol::Udp,
-        };
         let probed = probe::probe_pairs(&probe::Probe {
             port: probe.port,
-            protocol,
+            protocol: probe.protocol.model(),
             via,
             family: Some(probe.family.number().to_string()),
         })?;
@@ -72,11 +68,7 @@ impl Explain {
     /// The matrix for `port`/`protocol`; anything in the manifests that could not be loaded or
     /// compiled makes it an error, as it makes `policy-agent explain` fail.
     pub fn matrix(&self, port: u16, protocol: Protocol) -> anyhow::Result<Matrix> {
-        let protocol = match protocol {
-            Protocol::Tcp => model::Protocol::Tcp,
-            Protocol::Udp => model::Protocol::Udp,
-        };
-        let answer = explain::complete_matrix(&[PathBuf::from(RENDERED)], protocol, port)
+        let answer = explain::complete_matrix(&[PathBuf::from(RENDERED)], protocol.model(), port)
             .with_context(|| format!("explaining {RENDERED}"))?;
         Ok(answer.matrix)
     }

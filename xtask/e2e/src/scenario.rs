@@ -59,9 +59,14 @@ pub enum Protocol {
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
+        self.model().name()
+    }
+
+    /// The protocol of the policy core's model: scenarios probe two of its three.
+    pub fn model(self) -> policy_core::policy::model::Protocol {
         match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
+            Self::Tcp => policy_core::policy::model::Protocol::Tcp,
+            Self::Udp => policy_core::policy::model::Protocol::Udp,
         }
     }
 }

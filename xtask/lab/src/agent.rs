@@ -10,8 +10,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use policy_core::manifest::node_name;
 
-use super::{assign::node_name, names, netns};
+use super::{names, netns};
 
 /// The environment variable that names the agent binary.
 pub const AGENT_BIN_ENV: &str = "NETPOL_AGENT_BIN";

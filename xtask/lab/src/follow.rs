@@ -8,11 +8,10 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context, Result};
+use policy_core::{manifest::node_name, policy::state::PodRef};
 
 use super::{
-    assign::node_name,
-    manifest::{self, ObjectKey},
-    names,
+    manifest, names,
     plan::{LabPod, Plan},
     render, services,
     state::State,
@@ -68,14 +67,14 @@ pub fn follow(state: &mut State) -> Result<Followed> {
 /// What differs between the pods the lab built and those `wanted` asks for, in a way only `lab up`
 /// can change: one line per pod, in (namespace, name) order. Labels are not in it: they follow.
 pub fn pod_changes(built: &Plan, wanted: &Plan) -> Vec<String> {
-    let by_key = |plan: &Plan| -> BTreeMap<ObjectKey, LabPod> {
+    let by_key = |plan: &Plan| -> BTreeMap<PodRef, LabPod> {
         plan.pods
             .iter()
             .map(|pod| (pod.key.clone(), pod.clone()))
             .collect()
     };
     let (built, wanted) = (by_key(built), by_key(wanted));
-    let mut keys: Vec<&ObjectKey> = built.keys().chain(wanted.keys()).collect();
+    let mut keys: Vec<&PodRef> = built.keys().chain(wanted.keys()).collect();
     keys.sort();
     keys.dedup();
     let addresses = |pod: &LabPod| {
@@ -111,18 +110,13 @@ pub fn pod_changes(built: &Plan, wanted: &Plan) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use policy_core::manifest::IpFamily;
+
     use super::*;
-    use crate::{
-        assign::IpFamily,
-        manifest::{ManifestFile, from_files, parse_documents},
-    };
+    use crate::manifest::from_texts;
 
     fn plan(text: &str) -> Plan {
-        let manifests = from_files(vec![ManifestFile {
-            name: "x.yaml".into(),
-            documents: parse_documents(text).unwrap(),
-        }])
-        .unwrap();
+        let manifests = from_texts(&[("x.yaml".into(), text.into())]).unwrap();
         Plan::new("/src".into(), &manifests, 2, IpFamily::Ipv4).unwrap()
     }
 

@@ -4,7 +4,6 @@
 //! tasks share its command runner ([`cmd`]) and network-namespace helpers ([`netns`]).
 
 pub mod agent;
-pub mod assign;
 pub mod cmd;
 pub mod down;
 mod follow;

@@ -1,149 +1,34 @@
-//! Reading a directory of Kubernetes manifests into the objects the lab wires: Pods, Services and
-//! Namespaces. NetworkPolicies and everything else are carried through to the rendered copy
-//! untouched; they are the agent's business.
+//! Reading a directory of Kubernetes manifests for the lab, through the policy core's loading: the
+//! Pods, Services and Namespaces it wires, and every file's objects as written, which the lab
+//! renders with what a cluster would fill in. NetworkPolicies and everything else are carried
+//! through to the rendered copy untouched, valid or not; they are the agent's business.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt, fs,
-    net::IpAddr,
+    collections::BTreeSet,
+    fs,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::{
-    api::core::v1::{Pod, Service},
-    apimachinery::pkg::util::intstr::IntOrString,
+use policy_core::{
+    manifest::{self, Loaded},
+    policy::model::Snapshot,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A namespaced object, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A transport protocol of Kubernetes ports.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "UPPERCASE")]
-#[value(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    fn parse(value: Option<&str>, object: &str) -> Result<Self> {
-        match value.unwrap_or("TCP") {
-            "TCP" => Ok(Self::Tcp),
-            "UDP" => Ok(Self::Udp),
-            "SCTP" => Ok(Self::Sctp),
-            other => bail!("{object}: unknown protocol {other:?} (expected TCP, UDP or SCTP)"),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
-            Self::Sctp => "SCTP",
-        }
-    }
-}
-
-/// One `containerPort` of a pod.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerPort {
-    pub name: Option<String>,
-    pub port: u16,
-    pub protocol: Protocol,
-}
-
-/// A Pod as the lab needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodDecl {
-    pub key: ObjectKey,
-    pub node_name: Option<String>,
-    /// `status.podIPs` (or `status.podIP`), when the manifest gives them.
-    pub ips: Vec<IpAddr>,
-    pub ports: Vec<ContainerPort>,
-    pub labels: BTreeMap<String, String>,
-    /// Phase `Succeeded` or `Failed`: such a pod has no network and is no peer.
-    pub terminated: bool,
-}
-
-/// The `targetPort` of a Service port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetPort {
-    Number(u16),
-    Name(String),
-}
-
-/// One port of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServicePort {
-    pub port: u16,
-    pub protocol: Protocol,
-    pub target: TargetPort,
-    /// `nodePort` of a `type: NodePort` (or `LoadBalancer`) Service: every node's addresses
-    /// forward it to the backend.
-    #[serde(default)]
-    pub node_port: Option<u16>,
-}
-
-/// A Service as the lab needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceDecl {
-    pub key: ObjectKey,
-    /// `None` for a Service without selector: it has no endpoints the lab could derive.
-    pub selector: Option<BTreeMap<String, String>>,
-    /// `spec.clusterIPs` (or `spec.clusterIP`), when the manifest gives them.
-    pub cluster_ips: Vec<IpAddr>,
-    /// `clusterIP: None`: no virtual IP, so no DNAT.
-    pub headless: bool,
-    pub ports: Vec<ServicePort>,
-}
-
-/// One YAML or JSON document of a manifest file.
-#[derive(Clone, Debug)]
-pub struct Document {
-    pub value: Value,
-}
-
-/// The documents of one manifest file, in file order.
+/// The objects of one manifest file, in file order, a List's items in its place.
 #[derive(Clone, Debug)]
 pub struct ManifestFile {
     pub name: String,
-    pub documents: Vec<Document>,
+    pub objects: Vec<Value>,
 }
 
 /// Everything the lab reads from a manifest directory.
 #[derive(Clone, Debug)]
 pub struct Manifests {
     pub files: Vec<ManifestFile>,
-    pub pods: Vec<PodDecl>,
-    pub services: Vec<ServiceDecl>,
+    /// The Namespaces, Pods and Services (and the NetworkPolicies, which the lab does not read).
+    pub snapshot: Snapshot,
     /// Namespaces that have a Namespace object.
     pub declared_namespaces: BTreeSet<String>,
     /// Namespaces named by the `metadata.namespace` of some object.
@@ -169,234 +54,105 @@ pub fn load_dir(dir: &Path) -> Result<Manifests> {
         .with_context(|| format!("listing {}", dir.display()))?;
     paths.retain(|path| path.is_file() && is_manifest(path));
     paths.sort();
-    let mut files = Vec::new();
+    let mut texts = Vec::new();
     for path in paths {
         let text =
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let documents =
-            parse_documents(&text).with_context(|| format!("parsing {}", path.display()))?;
         let name = path
             .file_name()
             .and_then(|name| name.to_str())
             .with_context(|| format!("{} has no UTF-8 file name", path.display()))?
             .to_owned();
-        files.push(ManifestFile { name, documents });
+        texts.push((name, text));
     }
-    from_files(files)
+    from_texts(&texts)
 }
 
-/// Splits a YAML stream into documents; `kind: List` documents are flattened into their items.
-pub fn parse_documents(text: &str) -> Result<Vec<Document>> {
-    let mut documents = Vec::new();
-    for (index, deserializer) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value =
-            Value::deserialize(deserializer).with_context(|| format!("document {}", index + 1))?;
-        match value {
-            Value::Null => {}
-            Value::Object(ref object) if object.get("kind") == Some(&Value::from("List")) => {
-                let items = object
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                documents.extend(items.into_iter().map(|value| Document { value }));
-            }
-            value => documents.push(Document { value }),
+/// Reads manifest files given as (file name, text). A document that is not YAML, or a Pod, Service
+/// or Namespace the policy core rejects, is an error: the lab cannot build what it cannot read.
+pub fn from_texts(texts: &[(String, String)]) -> Result<Manifests> {
+    let mut loaded = Loaded::default();
+    let mut files = Vec::new();
+    for (name, text) in texts {
+        let path = Path::new(name);
+        let mut objects = Vec::new();
+        for document in manifest::documents(path, text) {
+            let document = document.with_context(|| format!("parsing {name}"))?;
+            manifest::load_document(path, &document, &mut loaded);
+            objects.extend_from_slice(document.objects());
+        }
+        files.push(ManifestFile {
+            name: name.clone(),
+            objects,
+        });
+    }
+    let wired: Vec<String> = std::mem::take(&mut loaded.errors)
+        .into_iter()
+        .filter(|error| matches!(error.kind(), Some("Pod" | "Service" | "Namespace")))
+        .map(|error| format!("{:#}", anyhow::Error::new(error)))
+        .collect();
+    if !wired.is_empty() {
+        bail!("{}", wired.join("\n"));
+    }
+    check_supported(&loaded.snapshot)?;
+    let mut declared_namespaces = BTreeSet::new();
+    let mut used_namespaces = BTreeSet::new();
+    for object in files.iter().flat_map(|file| &file.objects) {
+        let kind = object.get("kind").and_then(Value::as_str);
+        let namespaced = matches!(kind, Some("Pod" | "Service" | "NetworkPolicy"));
+        let namespace = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .or(namespaced.then_some("default"));
+        if let Some(namespace) = namespace {
+            used_namespaces.insert(namespace.to_owned());
+        }
+        if kind == Some("Namespace")
+            && let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str)
+        {
+            declared_namespaces.insert(name.to_owned());
         }
     }
-    Ok(documents)
+    Ok(Manifests {
+        files,
+        snapshot: loaded.snapshot,
+        declared_namespaces,
+        used_namespaces,
+    })
 }
 
-/// Extracts the Pods, Services and Namespaces of parsed manifest files.
-pub fn from_files(files: Vec<ManifestFile>) -> Result<Manifests> {
-    let mut manifests = Manifests {
-        files: Vec::new(),
-        pods: Vec::new(),
-        services: Vec::new(),
-        declared_namespaces: BTreeSet::new(),
-        used_namespaces: BTreeSet::new(),
-    };
-    for file in &files {
-        for document in &file.documents {
-            let kind = document.value.get("kind").and_then(Value::as_str);
-            let name = document
-                .value
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let context = || format!("{}: {} {name:?}", file.name, kind.unwrap_or("object"));
-            let namespaced = matches!(kind, Some("Pod" | "Service" | "NetworkPolicy"));
-            let namespace = document
-                .value
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .or(namespaced.then_some("default"));
-            if let Some(namespace) = namespace {
-                manifests.used_namespaces.insert(namespace.to_owned());
-            }
-            match kind {
-                Some("Pod") => {
-                    let pod: Pod =
-                        serde_json::from_value(document.value.clone()).with_context(context)?;
-                    manifests.pods.push(pod_decl(&pod).with_context(context)?);
-                }
-                Some("Service") => {
-                    let service: Service =
-                        serde_json::from_value(document.value.clone()).with_context(context)?;
-                    manifests
-                        .services
-                        .push(service_decl(&service).with_context(context)?);
-                }
-                Some("Namespace") => {
-                    manifests.declared_namespaces.insert(name.to_owned());
+/// What valid manifests may ask for that the lab cannot build.
+fn check_supported(snapshot: &Snapshot) -> Result<()> {
+    if let Some(pod) = snapshot.pods.iter().find(|pod| pod.host_network) {
+        bail!(
+            "Pod {}: spec.hostNetwork: hostNetwork pods are not supported by the lab",
+            pod.pod_ref()
+        );
+    }
+    for service in &snapshot.services {
+        let service_type = service.service_type;
+        for (i, port) in service.ports.iter().enumerate() {
+            let field = format!("Service {}: spec.ports[{i}].nodePort", service.object_ref());
+            match port.node_port {
+                Some(value) if !service_type.has_node_ports() => bail!(
+                    "{field}: {value} on a Service of type {service_type}: only NodePort and \
+                     LoadBalancer Services have node ports"
+                ),
+                // The API server would allocate one; the lab must know it to translate it.
+                None if service_type.has_node_ports() => {
+                    bail!("{field}: a {service_type} Service in the lab names its node ports")
                 }
                 _ => {}
             }
         }
     }
-    manifests.pods.sort_by(|a, b| a.key.cmp(&b.key));
-    manifests.services.sort_by(|a, b| a.key.cmp(&b.key));
-    for pair in manifests.pods.windows(2) {
-        if pair[0].key == pair[1].key {
-            bail!("pod {} is declared twice", pair[0].key);
-        }
-    }
-    for pair in manifests.services.windows(2) {
-        if pair[0].key == pair[1].key {
-            bail!("service {} is declared twice", pair[0].key);
-        }
-    }
-    manifests.files = files;
-    Ok(manifests)
-}
-
-fn object_key(
-    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Result<ObjectKey> {
-    let name = metadata.name.clone().context("metadata.name is missing")?;
-    let namespace = metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_owned());
-    Ok(ObjectKey { namespace, name })
-}
-
-fn parse_ip(text: &str, field: &str) -> Result<IpAddr> {
-    text.parse()
-        .with_context(|| format!("{field}: {text:?} is not an IP address"))
-}
-
-fn port_number(value: i32, field: &str) -> Result<u16> {
-    u16::try_from(value)
-        .ok()
-        .filter(|port| *port != 0)
-        .with_context(|| format!("{field}: {value} is not a port number"))
-}
-
-fn pod_decl(pod: &Pod) -> Result<PodDecl> {
-    let key = object_key(&pod.metadata)?;
-    let spec = pod.spec.as_ref();
-    let status = pod.status.as_ref();
-    let mut ips = Vec::new();
-    if let Some(pod_ips) = status.and_then(|status| status.pod_ips.as_ref()) {
-        for pod_ip in pod_ips {
-            ips.push(parse_ip(&pod_ip.ip, "status.podIPs")?);
-        }
-    }
-    if let Some(pod_ip) = status.and_then(|status| status.pod_ip.as_deref()) {
-        let ip = parse_ip(pod_ip, "status.podIP")?;
-        if !ips.contains(&ip) {
-            ips.insert(0, ip);
-        }
-    }
-    let mut ports = Vec::new();
-    for container in spec
-        .map(|spec| spec.containers.as_slice())
-        .unwrap_or_default()
-    {
-        for port in container.ports.iter().flatten() {
-            ports.push(ContainerPort {
-                name: port.name.clone(),
-                port: port_number(port.container_port, "containerPort")?,
-                protocol: Protocol::parse(port.protocol.as_deref(), "containerPort")?,
-            });
-        }
-    }
-    if spec.and_then(|spec| spec.host_network) == Some(true) {
-        bail!("hostNetwork pods are not supported by the lab");
-    }
-    let phase = status.and_then(|status| status.phase.as_deref());
-    Ok(PodDecl {
-        key,
-        node_name: spec.and_then(|spec| spec.node_name.clone()),
-        ips,
-        ports,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-        terminated: matches!(phase, Some("Succeeded" | "Failed")),
-    })
-}
-
-fn service_decl(service: &Service) -> Result<ServiceDecl> {
-    let key = object_key(&service.metadata)?;
-    let spec = service.spec.clone().unwrap_or_default();
-    let mut texts: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
-    if let Some(cluster_ip) = &spec.cluster_ip
-        && !texts.contains(cluster_ip)
-    {
-        texts.insert(0, cluster_ip.clone());
-    }
-    let headless = texts.iter().any(|text| text == "None");
-    let cluster_ips = texts
-        .iter()
-        .filter(|text| !text.is_empty() && *text != "None")
-        .map(|text| parse_ip(text, "spec.clusterIPs"))
-        .collect::<Result<_>>()?;
-    let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-    let exposed = matches!(service_type, "NodePort" | "LoadBalancer");
-    let mut ports = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        let number = port_number(port.port, "spec.ports[].port")?;
-        let target = match &port.target_port {
-            None => TargetPort::Number(number),
-            Some(IntOrString::Int(value)) => {
-                TargetPort::Number(port_number(*value, "spec.ports[].targetPort")?)
-            }
-            Some(IntOrString::String(name)) => match name.parse::<i32>() {
-                Ok(value) => TargetPort::Number(port_number(value, "spec.ports[].targetPort")?),
-                Err(_) => TargetPort::Name(name.clone()),
-            },
-        };
-        let node_port = match port.node_port {
-            Some(value) if exposed => Some(port_number(value, "spec.ports[].nodePort")?),
-            Some(value) => bail!(
-                "spec.ports[].nodePort: {value} on a Service of type {}: only NodePort and \
-                 LoadBalancer Services have node ports",
-                service_type
-            ),
-            // The API server would allocate one; the lab must know it to translate it.
-            None if exposed => bail!(
-                "spec.ports[].nodePort: a {service_type} Service in the lab names its node ports"
-            ),
-            None => None,
-        };
-        ports.push(ServicePort {
-            port: number,
-            protocol: Protocol::parse(port.protocol.as_deref(), "spec.ports[].protocol")?,
-            target,
-            node_port,
-        });
-    }
-    Ok(ServiceDecl {
-        key,
-        selector: spec.selector.filter(|selector| !selector.is_empty()),
-        cluster_ips,
-        headless,
-        ports,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use policy_core::policy::model::{PortValue, Protocol};
+
     use super::*;
 
     const CLUSTER: &str = r#"
@@ -439,30 +195,32 @@ items:
   spec: {podSelector: {}}
 "#;
 
+    fn load(name: &str, text: &str) -> Result<Manifests> {
+        from_texts(&[(name.to_owned(), text.to_owned())])
+    }
+
     #[test]
     fn reads_pods_services_and_namespaces() {
-        let documents = parse_documents(CLUSTER).unwrap();
-        assert_eq!(documents.len(), 4, "the List is flattened");
-        let manifests = from_files(vec![ManifestFile {
-            name: "cluster.yaml".into(),
-            documents,
-        }])
-        .unwrap();
-        let db = &manifests.pods[0];
-        assert_eq!(db.key.to_string(), "shop/db");
-        assert_eq!(db.node_name.as_deref(), Some("node-2"));
+        let manifests = load("cluster.yaml", CLUSTER).unwrap();
+        assert_eq!(manifests.files[0].objects.len(), 4, "the List is flattened");
+        let db = &manifests.snapshot.pods[0];
+        assert_eq!(db.pod_ref().to_string(), "shop/db");
+        assert_eq!(db.node.as_deref(), Some("node-2"));
         assert_eq!(
             db.ips,
             vec![
-                "10.244.2.9".parse::<IpAddr>().unwrap(),
+                "10.244.2.9".parse::<std::net::IpAddr>().unwrap(),
                 "fd00:10:244:2::9".parse().unwrap()
             ]
         );
         assert_eq!(db.ports[0].name.as_deref(), Some("mysql"));
         assert_eq!(db.ports[1].protocol, Protocol::Udp);
-        let service = &manifests.services[0];
-        assert_eq!(service.ports[0].target, TargetPort::Name("mysql".into()));
-        assert_eq!(service.ports[1].target, TargetPort::Number(53));
+        let service = &manifests.snapshot.services[0];
+        assert_eq!(
+            service.ports[0].target_port,
+            PortValue::Name("mysql".into())
+        );
+        assert_eq!(service.ports[1].target_port, PortValue::Number(53));
         assert!(service.cluster_ips.is_empty() && !service.headless);
         assert_eq!(
             manifests.declared_namespaces,
@@ -475,29 +233,72 @@ items:
     }
 
     #[test]
-    fn rejects_an_unknown_protocol_naming_the_object() {
+    fn rejects_an_unknown_protocol_naming_the_object_and_field() {
         let text = "kind: Pod\napiVersion: v1\nmetadata: {name: a}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 80, protocol: ICMP}]\n";
-        let error = from_files(vec![ManifestFile {
-            name: "a.yaml".into(),
-            documents: parse_documents(text).unwrap(),
-        }])
-        .unwrap_err();
-        let message = format!("{error:#}");
-        assert!(message.contains("a.yaml: Pod \"a\""), "{message}");
+        let message = format!("{:#}", load("a.yaml", text).unwrap_err());
+        assert!(
+            message.contains("a.yaml: Pod default/a: spec.containers[0].ports[0].protocol"),
+            "{message}"
+        );
         assert!(message.contains("ICMP"), "{message}");
+    }
+
+    #[test]
+    fn an_invalid_network_policy_passes_through() {
+        let text = "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: p}\nspec: {podSelector: {}, policyTypes: [Sideways]}\n";
+        let manifests = load("p.yaml", text).unwrap();
+        assert_eq!(manifests.files[0].objects.len(), 1);
+    }
+
+    #[test]
+    fn node_ports_must_match_the_service_type() {
+        let service = |spec: &str| {
+            format!("kind: Service\napiVersion: v1\nmetadata: {{name: s}}\nspec: {spec}\n")
+        };
+        let cases = [
+            (
+                "{type: NodePort, ports: [{port: 80}]}",
+                "Service default/s: spec.ports[0].nodePort: a NodePort Service",
+            ),
+            (
+                "{ports: [{port: 80, nodePort: 30080}]}",
+                "Service default/s: spec.ports[0].nodePort: 30080 on a Service of type ClusterIP",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let message = format!("{:#}", load("s.yaml", &service(spec)).unwrap_err());
+            assert!(message.contains(expected), "{message}");
+        }
+        let exposed = load(
+            "s.yaml",
+            &service("{type: NodePort, ports: [{port: 80, nodePort: 30080}]}"),
+        )
+        .unwrap();
+        assert_eq!(exposed.snapshot.services[0].ports[0].node_port, Some(30080));
+    }
+
+    #[test]
+    fn a_pod_declared_twice_is_an_error() {
+        let pod =
+            "kind: Pod\napiVersion: v1\nmetadata: {name: a}\nspec: {containers: [{name: c}]}\n";
+        let message = format!(
+            "{:#}",
+            load("a.yaml", &format!("{pod}---\n{pod}")).unwrap_err()
+        );
+        assert!(
+            message.contains("Pod default/a: already defined"),
+            "{message}"
+        );
     }
 
     #[test]
     fn a_headless_service_has_no_cluster_ip() {
         let text = "kind: Service\napiVersion: v1\nmetadata: {name: h}\nspec: {clusterIP: None, selector: {a: b}}\n";
-        let manifests = from_files(vec![ManifestFile {
-            name: "h.yaml".into(),
-            documents: parse_documents(text).unwrap(),
-        }])
-        .unwrap();
-        assert!(manifests.services[0].headless);
-        assert_eq!(manifests.services[0].key.namespace, "default");
+        let manifests = load("h.yaml", text).unwrap();
+        let service = &manifests.snapshot.services[0];
+        assert!(service.headless);
+        assert_eq!(service.namespace, "default");
         assert!(manifests.used_namespaces.contains("default"));
-        assert!(manifests.services[0].cluster_ips.is_empty());
+        assert!(service.cluster_ips.is_empty());
     }
 }

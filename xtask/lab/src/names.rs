@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::manifest::ObjectKey;
+use policy_core::policy::state::PodRef;
 
 /// Node namespaces, and the pod namespaces named after their node, start with this.
 const NODE_NETNS_PREFIX: &str = "np-node-";
@@ -75,7 +75,7 @@ pub fn is_lab_netns(name: &str) -> bool {
 }
 
 /// `np-node-<k>-<namespace>-<pod>`, or a hash of the pod where that would be too long.
-pub fn pod_netns(node: usize, pod: &ObjectKey) -> String {
+pub fn pod_netns(node: usize, pod: &PodRef) -> String {
     let name = format!("{NODE_NETNS_PREFIX}{node}-{}-{}", pod.namespace, pod.name);
     if name.len() <= 200 {
         name
@@ -88,7 +88,7 @@ pub fn pod_netns(node: usize, pod: &ObjectKey) -> String {
 pub const HOST_VETH_PREFIX: &str = "vnp";
 
 /// The node-side veth of a pod.
-pub fn host_veth(pod: &ObjectKey) -> String {
+pub fn host_veth(pod: &PodRef) -> String {
     format!("{HOST_VETH_PREFIX}{:08x}", fnv1a(&pod.to_string()) as u32)
 }
 
@@ -98,7 +98,7 @@ pub fn underlay_port(k: usize) -> String {
 }
 
 /// A locally administered MAC address for the pod's interface, stable across `up`s.
-pub fn pod_mac(pod: &ObjectKey) -> String {
+pub fn pod_mac(pod: &PodRef) -> String {
     let bytes = fnv1a(&pod.to_string()).to_be_bytes();
     format!(
         "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -135,11 +135,11 @@ mod tests {
 
     #[test]
     fn per_pod_names_fit_and_differ() {
-        let a = ObjectKey {
+        let a = PodRef {
             namespace: "a-very-long-namespace-name".into(),
             name: "a-very-long-pod-name-0".into(),
         };
-        let b = ObjectKey {
+        let b = PodRef {
             name: "a-very-long-pod-name-1".into(),
             ..a.clone()
         };

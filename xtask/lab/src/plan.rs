@@ -5,18 +5,21 @@
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use anyhow::Result;
+use policy_core::{
+    manifest::{self, IpFamily},
+    policy::{
+        model::{ContainerPort, Pod, PortValue, Protocol},
+        state::{ObjectRef, PodRef},
+    },
+};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    assign::{self, IpFamily},
-    manifest::{ContainerPort, Manifests, ObjectKey, Protocol, TargetPort},
-    names,
-};
+use super::{manifest::Manifests, names};
 
 /// A pod of the lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabPod {
-    pub key: ObjectKey,
+    pub key: PodRef,
     /// 1-based node number.
     pub node: usize,
     /// IPv4 first.
@@ -46,7 +49,7 @@ impl LabPod {
 /// Where a Service port sends its traffic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backend {
-    pub pod: ObjectKey,
+    pub pod: PodRef,
     pub port: u16,
 }
 
@@ -55,7 +58,7 @@ pub struct Backend {
 pub struct LabServicePort {
     pub port: u16,
     pub protocol: Protocol,
-    pub target: TargetPort,
+    pub target: PortValue,
     /// The port every node's addresses forward to the backend (`type: NodePort`).
     #[serde(default)]
     pub node_port: Option<u16>,
@@ -65,7 +68,7 @@ pub struct LabServicePort {
 /// A Service with a virtual IP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabService {
-    pub key: ObjectKey,
+    pub key: ObjectRef,
     /// IPv4 first.
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<LabServicePort>,
@@ -93,38 +96,50 @@ impl Plan {
         nodes: usize,
         family: IpFamily,
     ) -> Result<Self> {
-        let placements = assign::place_pods(&manifests.pods, nodes, family)?;
-        let pods: Vec<LabPod> = manifests
+        let mut snapshot = manifests.snapshot.clone();
+        manifest::address_cluster(&mut snapshot, nodes, family)?;
+        let mut live: Vec<&Pod> = snapshot
             .pods
             .iter()
-            .filter_map(|pod| {
-                let placement = placements.get(&pod.key)?;
-                Some(LabPod {
-                    key: pod.key.clone(),
-                    node: placement.node,
-                    ips: placement.ips.clone(),
-                    ports: pod.ports.clone(),
-                    labels: pod.labels.clone(),
-                })
+            .filter(|pod| !pod.phase.is_terminated())
+            .collect();
+        live.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let pods: Vec<LabPod> = live
+            .into_iter()
+            .map(|pod| LabPod {
+                key: pod.pod_ref(),
+                node: pod
+                    .node
+                    .as_deref()
+                    .and_then(manifest::node_number)
+                    .unwrap_or(1),
+                ips: v4_first(&pod.ips),
+                ports: pod.ports.clone(),
+                labels: pod.labels.clone(),
             })
             .collect();
-        let cluster_ips = assign::service_ips(&manifests.services, family)?;
+        let mut addressed: Vec<_> = snapshot
+            .services
+            .iter()
+            .filter(|service| !service.headless)
+            .collect();
+        addressed.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let mut services = Vec::new();
-        for service in &manifests.services {
-            let Some(ips) = cluster_ips.get(&service.key) else {
-                continue;
-            };
-            let selected: Vec<&LabPod> = match &service.selector {
-                Some(selector) => pods
-                    .iter()
+        for service in addressed {
+            let key = service.object_ref();
+            // A Service without selector has no endpoints the lab could derive.
+            let selected: Vec<&LabPod> = if service.selector.is_empty() {
+                Vec::new()
+            } else {
+                pods.iter()
                     .filter(|pod| {
-                        pod.key.namespace == service.key.namespace
-                            && selector
+                        pod.key.namespace == key.namespace
+                            && service
+                                .selector
                                 .iter()
-                                .all(|(key, value)| pod.labels.get(key) == Some(value))
+                                .all(|(label, value)| pod.labels.get(label) == Some(value))
                     })
-                    .collect(),
-                None => Vec::new(),
+                    .collect()
             };
             let ports = service
                 .ports
@@ -132,12 +147,12 @@ impl Plan {
                 .map(|port| LabServicePort {
                     port: port.port,
                     protocol: port.protocol,
-                    target: port.target.clone(),
+                    target: port.target_port.clone(),
                     node_port: port.node_port,
                     backend: selected.iter().find_map(|pod| {
-                        let target = match &port.target {
-                            TargetPort::Number(number) => *number,
-                            TargetPort::Name(name) => {
+                        let target = match &port.target_port {
+                            PortValue::Number(number) => *number,
+                            PortValue::Name(name) => {
                                 pod.ports
                                     .iter()
                                     .find(|p| {
@@ -155,8 +170,8 @@ impl Plan {
                 })
                 .collect();
             services.push(LabService {
-                key: service.key.clone(),
-                cluster_ips: ips.clone(),
+                key,
+                cluster_ips: v4_first(&service.cluster_ips),
                 ports,
             });
         }
@@ -169,15 +184,21 @@ impl Plan {
         })
     }
 
-    pub fn pod(&self, key: &ObjectKey) -> Option<&LabPod> {
+    pub fn pod(&self, key: &PodRef) -> Option<&LabPod> {
         self.pods.iter().find(|pod| pod.key == *key)
     }
+}
+
+fn v4_first(ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut ips = ips.to_vec();
+    ips.sort_by_key(IpAddr::is_ipv6);
+    ips
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{ManifestFile, from_files, parse_documents};
+    use crate::manifest::from_texts;
 
     #[test]
     fn service_ports_resolve_named_target_ports_against_the_first_selected_pod() {
@@ -207,11 +228,7 @@ spec:
   - {port: 53, targetPort: dns, protocol: UDP}
   - {port: 54, targetPort: dns}
 "#;
-        let manifests = from_files(vec![ManifestFile {
-            name: "x.yaml".into(),
-            documents: parse_documents(text).unwrap(),
-        }])
-        .unwrap();
+        let manifests = from_texts(&[("x.yaml".into(), text.into())]).unwrap();
         let plan = Plan::new("/src".into(), &manifests, 2, IpFamily::Ipv4).unwrap();
         let ports = &plan.services[0].ports;
         let backend = |i: usize| {

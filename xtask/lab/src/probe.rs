@@ -19,12 +19,14 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use policy_core::matrix::{Matrix, Reachability};
+use policy_core::{
+    matrix::{Matrix, Reachability},
+    policy::model::Protocol,
+};
 
 use super::{
     agent,
     follow::{self, Followed},
-    manifest::Protocol,
     netns,
     plan::{LabPod, Plan},
     state::State,
@@ -53,7 +55,8 @@ pub struct Probe {
     /// The server port to probe.
     #[arg(long, default_value_t = 80)]
     pub port: u16,
-    #[arg(long, value_enum, default_value = "TCP")]
+    /// The protocol: TCP, UDP or SCTP.
+    #[arg(long, default_value = "TCP")]
     pub protocol: Protocol,
     /// Target the server pod's IP, or the ClusterIP of a Service that sends the port to it.
     #[arg(long, value_enum, default_value = "pod")]

@@ -6,13 +6,10 @@
 use std::{collections::BTreeMap, fs, net::IpAddr, path::Path};
 
 use anyhow::{Context, Result, bail};
+use policy_core::{manifest::node_name, policy::state::ObjectRef};
 use serde_json::{Value, json};
 
-use super::{
-    assign::node_name,
-    manifest::{Manifests, ObjectKey},
-    plan::Plan,
-};
+use super::{manifest::Manifests, plan::Plan};
 
 /// The file that holds the Namespace objects the lab adds.
 const IMPLIED_NAMESPACES_FILE: &str = "lab-namespaces.yaml";
@@ -25,8 +22,8 @@ pub fn render(manifests: &Manifests, plan: &Plan) -> Result<BTreeMap<String, Str
             bail!("{IMPLIED_NAMESPACES_FILE} is a file name the lab reserves; rename it");
         }
         let mut text = String::new();
-        for document in &file.documents {
-            let mut value = document.value.clone();
+        for object in &file.objects {
+            let mut value = object.clone();
             fill_in(&mut value, plan);
             text.push_str("---\n");
             text.push_str(
@@ -56,8 +53,8 @@ pub fn render(manifests: &Manifests, plan: &Plan) -> Result<BTreeMap<String, Str
     Ok(files)
 }
 
-fn key_of(value: &Value) -> Option<ObjectKey> {
-    Some(ObjectKey {
+fn key_of(value: &Value) -> Option<ObjectRef> {
+    Some(ObjectRef {
         namespace: value
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
@@ -183,11 +180,14 @@ pub fn write(dir: &Path, scratch: &Path, files: &BTreeMap<String, String>) -> Re
 
 #[cfg(test)]
 mod tests {
+    use policy_core::manifest::{IpFamily, objects};
+
     use super::*;
-    use crate::{
-        assign::IpFamily,
-        manifest::{ManifestFile, from_files, parse_documents},
-    };
+    use crate::manifest::from_texts;
+
+    fn parse(text: &str) -> Vec<Value> {
+        objects(Path::new("x.yaml"), text).unwrap()
+    }
 
     #[test]
     fn pods_and_services_get_what_a_cluster_would_fill_in() {
@@ -207,15 +207,11 @@ apiVersion: networking.k8s.io/v1
 metadata: {name: p, namespace: x}
 spec: {podSelector: {}}
 "#;
-        let manifests = from_files(vec![ManifestFile {
-            name: "x.yaml".into(),
-            documents: parse_documents(text).unwrap(),
-        }])
-        .unwrap();
+        let manifests = from_texts(&[("x.yaml".into(), text.into())]).unwrap();
         let plan = Plan::new("/src".into(), &manifests, 2, IpFamily::Dual).unwrap();
         let files = render(&manifests, &plan).unwrap();
-        let rendered = parse_documents(&files["x.yaml"]).unwrap();
-        let pod = &rendered[0].value;
+        let rendered = parse(&files["x.yaml"]);
+        let pod = &rendered[0];
         assert_eq!(pod.pointer("/spec/nodeName"), Some(&json!("node-1")));
         assert_eq!(pod.pointer("/status/phase"), Some(&json!("Running")));
         assert_eq!(pod.pointer("/status/podIP"), Some(&json!("10.244.1.2")));
@@ -223,7 +219,7 @@ spec: {podSelector: {}}
             pod.pointer("/status/podIPs"),
             Some(&json!([{"ip": "10.244.1.2"}, {"ip": "fd00:10:244:1::2"}]))
         );
-        let service = &rendered[1].value;
+        let service = &rendered[1];
         assert_eq!(
             service.pointer("/spec/clusterIP"),
             Some(&json!("10.96.0.10"))
@@ -232,12 +228,9 @@ spec: {podSelector: {}}
             service.pointer("/spec/ipFamilies"),
             Some(&json!(["IPv4", "IPv6"]))
         );
-        assert_eq!(rendered[2].value, parse_documents(text).unwrap()[2].value);
-        let namespaces = parse_documents(&files[IMPLIED_NAMESPACES_FILE]).unwrap();
-        assert_eq!(
-            namespaces[0].value.pointer("/metadata/name"),
-            Some(&json!("x"))
-        );
+        assert_eq!(rendered[2], parse(text)[2]);
+        let namespaces = parse(&files[IMPLIED_NAMESPACES_FILE]);
+        assert_eq!(namespaces[0].pointer("/metadata/name"), Some(&json!("x")));
     }
 
     #[test]

@@ -13,8 +13,9 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use anyhow::{Context, Result};
+use policy_core::policy::model::Protocol;
 
-use super::{cmd, manifest::Protocol, names, plan::Plan};
+use super::{cmd, names, plan::Plan};
 
 /// The mark of packets to masquerade (kube-proxy's value).
 const MASQUERADE_MARK: &str = "0x4000/0x4000";
@@ -116,11 +117,10 @@ pub fn apply(plan: &Plan) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use policy_core::manifest::IpFamily;
+
     use super::*;
-    use crate::{
-        assign::IpFamily,
-        manifest::{ManifestFile, from_files, parse_documents},
-    };
+    use crate::manifest::from_texts;
 
     #[test]
     fn node_ports_reach_the_backend_on_every_local_address_masqueraded() {
@@ -138,11 +138,7 @@ spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080, nodePort: 30080}, {port: 53, targetPort: 8080, protocol: UDP, nodePort: 30053}]
 "#;
-        let manifests = from_files(vec![ManifestFile {
-            name: "x.yaml".into(),
-            documents: parse_documents(text).unwrap(),
-        }])
-        .unwrap();
+        let manifests = from_texts(&[("x.yaml".into(), text.into())]).unwrap();
         let plan = Plan::new("/src".into(), &manifests, 2, IpFamily::Dual).unwrap();
         assert_eq!(plan.services[0].ports[0].node_port, Some(30080));
         for (v6, backend) in [
@@ -194,34 +190,6 @@ spec:
     }
 
     #[test]
-    fn node_ports_need_a_node_port_service_and_a_number() {
-        let service = |spec: &str| {
-            let text = format!(
-                "kind: Service\napiVersion: v1\nmetadata: {{name: s, namespace: x}}\nspec: {spec}\n"
-            );
-            from_files(vec![ManifestFile {
-                name: "s.yaml".into(),
-                documents: parse_documents(&text).unwrap(),
-            }])
-        };
-        let error =
-            service("{selector: {a: b}, ports: [{port: 80, nodePort: 30080}]}").unwrap_err();
-        assert!(
-            format!("{error:#}").contains("only NodePort and LoadBalancer"),
-            "{error:#}"
-        );
-        let error = service("{type: NodePort, selector: {a: b}, ports: [{port: 80}]}").unwrap_err();
-        assert!(
-            format!("{error:#}").contains("names its node ports"),
-            "{error:#}"
-        );
-        let manifests =
-            service("{type: NodePort, selector: {a: b}, ports: [{port: 80, nodePort: 30080}]}")
-                .unwrap();
-        assert_eq!(manifests.services[0].ports[0].node_port, Some(30080));
-    }
-
-    #[test]
     fn service_ports_are_translated_to_their_backend_and_hairpins_masqueraded() {
         let text = r#"
 kind: Pod
@@ -239,11 +207,7 @@ apiVersion: v1
 metadata: {name: empty, namespace: x}
 spec: {selector: {app: none}, ports: [{port: 80}]}
 "#;
-        let manifests = from_files(vec![ManifestFile {
-            name: "x.yaml".into(),
-            documents: parse_documents(text).unwrap(),
-        }])
-        .unwrap();
+        let manifests = from_texts(&[("x.yaml".into(), text.into())]).unwrap();
         let plan = Plan::new("/src".into(), &manifests, 2, IpFamily::Dual).unwrap();
         let v4 = nat_table(&plan, false);
         assert!(

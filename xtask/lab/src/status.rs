@@ -3,12 +3,14 @@
 //! DIR's pods differ from the lab's and need `lab up`.
 
 use anyhow::Result;
+use policy_core::{
+    manifest::{node_cidrs, node_name},
+    policy::model::PortValue,
+};
 use serde::Serialize;
 
 use super::{
-    assign::{node_cidrs, node_name},
     follow::{self, Followed},
-    manifest::TargetPort,
     plan::Plan,
     state::State,
     topology::CniStyle,
@@ -62,7 +64,7 @@ struct PortStatus {
     port: u16,
     protocol: &'static str,
     #[serde(rename = "targetPort")]
-    target_port: TargetPort,
+    target_port: PortValue,
 }
 
 fn status(plan: &Plan) -> Status {
@@ -175,10 +177,7 @@ fn print_table(state: &State, status: &Status) {
             .ports
             .iter()
             .map(|port| {
-                let target = match &port.target {
-                    TargetPort::Number(number) => number.to_string(),
-                    TargetPort::Name(name) => name.clone(),
-                };
+                let target = port.target.to_string();
                 let backend = port.backend.as_ref().map_or_else(
                     || "no backend".to_owned(),
                     |backend| format!("{}:{}", backend.pod, backend.port),

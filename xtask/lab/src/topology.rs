@@ -7,12 +7,9 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
+use policy_core::manifest::{IpFamily, node_cidr_v4, node_cidr_v6, node_name};
 
-use super::{
-    assign::{IpFamily, node_cidr_v4, node_cidr_v6, node_name},
-    cmd, names, netns,
-    plan::LabPod,
-};
+use super::{cmd, names, netns, plan::LabPod};
 
 /// The ptp gateway every pod of a ptp-style node routes through.
 const PTP_GATEWAY_V4: &str = "169.254.1.1";

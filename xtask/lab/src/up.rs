@@ -10,11 +10,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use policy_core::manifest::IpFamily;
 
 use super::{
-    agent,
-    assign::IpFamily,
-    cmd, down, manifest, names, netns,
+    agent, cmd, down, manifest, names, netns,
     plan::{LabPod, Plan},
     render, services,
     state::State,
@@ -33,8 +32,8 @@ pub struct UpArgs {
     /// How many nodes.
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
-    /// Which IP families pods and Services get.
-    #[arg(long, value_enum, default_value = "dual")]
+    /// Which IP families pods and Services get: ipv4, ipv6 or dual.
+    #[arg(long, default_value = "dual")]
     pub ip_family: IpFamily,
     /// Run no agents: the lab wires pods and Services, and nothing enforces policy.
     #[arg(long)]

@@ -1,5 +1,5 @@
-//! Deterministic nodes and addresses for pods whose manifests carry none, so that `explain` and
-//! the lab agree on every address without a cluster.
+//! Deterministic nodes and addresses for pods and Services whose manifests carry none, so that
+//! `explain` and the lab agree on every address without a cluster.
 //!
 //! The rule, exactly:
 //! - Nodes are `node-1` to `node-N`. A pod without `spec.nodeName` goes to node `1 + (i mod N)`,
@@ -10,14 +10,32 @@
 //!   Failed), sorted by (namespace, name), get host numbers 2, 3, ... skipping numbers already
 //!   taken on that node by any pod's own address (`10.244.K.H` or `fd00:10:244:K::H`).
 //! - Host `H` on node `K` has the addresses `10.244.K.H` and `fd00:10:244:K::H` (the IPv6 groups
-//!   `K` and `H` written in hex), IPv4 first.
+//!   `K` and `H` written in hex), IPv4 first, of the families the cluster runs; node `K`'s pod
+//!   CIDRs are `10.244.K.0/24` and `fd00:10:244:K::/64`.
+//! - Services without a cluster IP (and not headless) get `10.96.0.<10+j>` and
+//!   `fd00:10:96::<10+j in hex>`, `j` being their index in (namespace, name) order among such
+//!   Services.
+//!
+//! `explain` runs both families on as many nodes as the pods name ([`assign_addresses`]); the lab
+//! runs exactly the nodes and families it was given, and every address a manifest gives must
+//! fit them ([`address_cluster`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
 };
 
-use crate::policy::model::Snapshot;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{
+    model::Snapshot,
+    state::{ObjectRef, PodRef, Prefix},
+};
+
+/// The most nodes [`address_cluster`] lays out.
+pub const MAX_NODES: usize = 250;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AddressError {
@@ -25,6 +43,134 @@ pub enum AddressError {
     TooManyNodes { node: String, number: usize },
     #[error("node {node} has more than 253 pods to address (hosts 2 to 254)")]
     NodeFull { node: String },
+    #[error("a cluster has 1 to {MAX_NODES} nodes, not {nodes}")]
+    NodeCount { nodes: usize },
+    #[error(
+        "Pod {pod}: spec.nodeName: {node:?} is not a node of the cluster (node-1..node-{nodes})"
+    )]
+    UnknownNode {
+        pod: PodRef,
+        node: String,
+        nodes: usize,
+    },
+    #[error("Pod {pod}: status.podIPs: {ip} is of a family the cluster does not run ({family})")]
+    PodFamily {
+        pod: PodRef,
+        ip: IpAddr,
+        family: IpFamily,
+    },
+    #[error(
+        "Pod {pod}: status.podIPs: {ip} is outside the pod CIDRs of {node} ({})",
+        cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    OutsideNode {
+        pod: PodRef,
+        ip: IpAddr,
+        node: String,
+        cidrs: Vec<Prefix>,
+    },
+    #[error("Pod {pod}: status.podIPs: {ip} is reserved for {node}")]
+    Reserved {
+        pod: PodRef,
+        ip: IpAddr,
+        node: String,
+    },
+    #[error("Pod {pod}: status.podIPs: {ip} is used twice")]
+    UsedTwice { pod: PodRef, ip: IpAddr },
+    #[error(
+        "Service {service}: spec.clusterIPs: {ip} is of a family the cluster does not run \
+         ({family})"
+    )]
+    ServiceFamily {
+        service: ObjectRef,
+        ip: IpAddr,
+        family: IpFamily,
+    },
+    #[error("more than 245 Services without a cluster IP")]
+    TooManyServices,
+}
+
+/// Which IP families pods and Services get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl IpFamily {
+    pub const ALL: [IpFamily; 3] = [IpFamily::Ipv4, IpFamily::Ipv6, IpFamily::Dual];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+            IpFamily::Dual => "dual",
+        }
+    }
+
+    pub const fn has_v4(self) -> bool {
+        matches!(self, IpFamily::Ipv4 | IpFamily::Dual)
+    }
+
+    pub const fn has_v6(self) -> bool {
+        matches!(self, IpFamily::Ipv6 | IpFamily::Dual)
+    }
+
+    pub const fn allows(self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.has_v4(),
+            IpAddr::V6(_) => self.has_v6(),
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not `ipv4`, `ipv6` or `dual`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown IP family {0:?} (expected ipv4, ipv6 or dual)")]
+pub struct IpFamilyParseError(String);
+
+impl FromStr for IpFamily {
+    type Err = IpFamilyParseError;
+
+    fn from_str(text: &str) -> Result<IpFamily, IpFamilyParseError> {
+        IpFamily::ALL
+            .into_iter()
+            .find(|family| family.name() == text)
+            .ok_or_else(|| IpFamilyParseError(text.to_owned()))
+    }
+}
+
+/// Node `k`'s IPv4 pod CIDR.
+pub fn node_cidr_v4(k: usize) -> Prefix {
+    Prefix::new(IpAddr::V4(Ipv4Addr::new(10, 244, k as u8, 0)), 24)
+}
+
+/// Node `k`'s IPv6 pod CIDR.
+pub fn node_cidr_v6(k: usize) -> Prefix {
+    Prefix::new(
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x244, k as u16, 0, 0, 0, 0)),
+        64,
+    )
+}
+
+/// Node `k`'s pod CIDRs of `family`, IPv4 first.
+pub fn node_cidrs(k: usize, family: IpFamily) -> Vec<Prefix> {
+    let mut cidrs = Vec::new();
+    if family.has_v4() {
+        cidrs.push(node_cidr_v4(k));
+    }
+    if family.has_v6() {
+        cidrs.push(node_cidr_v6(k));
+    }
+    cidrs
 }
 
 /// The name of node number `number`.
@@ -32,7 +178,8 @@ pub fn node_name(number: usize) -> String {
     format!("node-{number}")
 }
 
-fn node_number(name: &str) -> Option<usize> {
+/// The number of node `node-K`.
+pub fn node_number(name: &str) -> Option<usize> {
     name.strip_prefix("node-")?.parse().ok().filter(|n| *n >= 1)
 }
 
@@ -49,17 +196,69 @@ pub fn node_count(snapshot: &Snapshot) -> usize {
 /// addresses an IPv4 and an IPv6 address, by the rule in this module's documentation.
 pub fn assign_addresses(snapshot: &mut Snapshot, nodes: usize) -> Result<(), AddressError> {
     let nodes = nodes.max(1);
-    let mut unscheduled: Vec<usize> = (0..snapshot.pods.len())
-        .filter(|&i| snapshot.pods[i].node.is_none())
-        .collect();
-    unscheduled.sort_by(|&a, &b| {
+    schedule(snapshot, nodes);
+    let numbers = node_numbers(snapshot, nodes)?;
+    assign_hosts(snapshot, &numbers, IpFamily::Dual)
+}
+
+/// Lays pods and Services out on a cluster of exactly `nodes` nodes running `family`, by the rule
+/// in this module's documentation: every `spec.nodeName` must name one of its nodes, and every
+/// address a pod gives must be of the cluster's families, inside its node's pod CIDRs, not the
+/// node's own (host 0 or 1) and not another pod's; every cluster IP a Service gives must be of
+/// the cluster's families.
+pub fn address_cluster(
+    snapshot: &mut Snapshot,
+    nodes: usize,
+    family: IpFamily,
+) -> Result<(), AddressError> {
+    if !(1..=MAX_NODES).contains(&nodes) {
+        return Err(AddressError::NodeCount { nodes });
+    }
+    for pod in sorted_pods(snapshot) {
+        let pod = &snapshot.pods[pod];
+        if let Some(node) = &pod.node
+            && !(1..=nodes).any(|k| node_name(k) == *node)
+        {
+            return Err(AddressError::UnknownNode {
+                pod: pod.pod_ref(),
+                node: node.clone(),
+                nodes,
+            });
+        }
+    }
+    schedule(snapshot, nodes);
+    check_pod_addresses(snapshot, family)?;
+    let numbers = node_numbers(snapshot, nodes)?;
+    assign_hosts(snapshot, &numbers, family)?;
+    assign_service_addresses(snapshot, family)
+}
+
+/// Indices of the pods in (namespace, name) order.
+fn sorted_pods(snapshot: &Snapshot) -> Vec<usize> {
+    let mut indices: Vec<usize> = (0..snapshot.pods.len()).collect();
+    indices.sort_by(|&a, &b| {
         let (a, b) = (&snapshot.pods[a], &snapshot.pods[b]);
         (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
     });
+    indices
+}
+
+/// Puts every pod without a node on one of `node-1..node-<nodes>`, in turn.
+fn schedule(snapshot: &mut Snapshot, nodes: usize) {
+    let unscheduled: Vec<usize> = sorted_pods(snapshot)
+        .into_iter()
+        .filter(|&i| snapshot.pods[i].node.is_none())
+        .collect();
     for (i, index) in unscheduled.into_iter().enumerate() {
         snapshot.pods[index].node = Some(node_name(1 + i % nodes));
     }
+}
 
+/// The number of every node a pod is on.
+fn node_numbers(
+    snapshot: &Snapshot,
+    nodes: usize,
+) -> Result<BTreeMap<String, usize>, AddressError> {
     let named: BTreeSet<&str> = snapshot
         .pods
         .iter()
@@ -87,24 +286,75 @@ pub fn assign_addresses(snapshot: &mut Snapshot, nodes: usize) -> Result<(), Add
         }
         numbers.insert(name.to_owned(), number);
     }
+    Ok(numbers)
+}
 
+/// Checks the addresses that pods not terminated give against their (scheduled) nodes.
+fn check_pod_addresses(snapshot: &Snapshot, family: IpFamily) -> Result<(), AddressError> {
+    let mut used = BTreeSet::new();
+    for index in sorted_pods(snapshot) {
+        let pod = &snapshot.pods[index];
+        if pod.phase.is_terminated() {
+            continue;
+        }
+        let node = pod.node.clone().unwrap_or_default();
+        let cidrs = node_cidrs(node_number(&node).unwrap_or_default(), family);
+        for &ip in &pod.ips {
+            if !family.allows(ip) {
+                return Err(AddressError::PodFamily {
+                    pod: pod.pod_ref(),
+                    ip,
+                    family,
+                });
+            }
+            if !cidrs.iter().any(|cidr| cidr.contains(ip)) {
+                return Err(AddressError::OutsideNode {
+                    pod: pod.pod_ref(),
+                    ip,
+                    node,
+                    cidrs,
+                });
+            }
+            if matches!(lab_host(ip), Some((_, 0 | 1))) {
+                return Err(AddressError::Reserved {
+                    pod: pod.pod_ref(),
+                    ip,
+                    node,
+                });
+            }
+            if !used.insert(ip) {
+                return Err(AddressError::UsedTwice {
+                    pod: pod.pod_ref(),
+                    ip,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives every pod that needs addresses those of its host number on its node, of `family`.
+fn assign_hosts(
+    snapshot: &mut Snapshot,
+    numbers: &BTreeMap<String, usize>,
+    family: IpFamily,
+) -> Result<(), AddressError> {
     let mut taken: BTreeMap<usize, BTreeSet<u16>> = BTreeMap::new();
     for ip in snapshot.pods.iter().flat_map(|pod| &pod.ips) {
-        if let Some((node, host)) = lab_host(*ip) {
+        if family.allows(*ip)
+            && let Some((node, host)) = lab_host(*ip)
+        {
             taken.entry(node).or_default().insert(host);
         }
     }
 
-    let mut needing: Vec<usize> = (0..snapshot.pods.len())
+    let needing: Vec<usize> = sorted_pods(snapshot)
+        .into_iter()
         .filter(|&i| {
             let pod = &snapshot.pods[i];
             pod.ips.is_empty() && !pod.host_network && !pod.phase.is_terminated()
         })
         .collect();
-    needing.sort_by(|&a, &b| {
-        let (a, b) = (&snapshot.pods[a], &snapshot.pods[b]);
-        (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
-    });
     let mut next_host: BTreeMap<usize, u16> = BTreeMap::new();
     for index in needing {
         let node = snapshot.pods[index].node.clone().unwrap_or_default();
@@ -117,8 +367,48 @@ pub fn assign_addresses(snapshot: &mut Snapshot, nodes: usize) -> Result<(), Add
         if *host > 254 {
             return Err(AddressError::NodeFull { node });
         }
-        snapshot.pods[index].ips = addresses(number, *host).to_vec();
+        snapshot.pods[index].ips = addresses(number, *host)
+            .into_iter()
+            .filter(|ip| family.allows(*ip))
+            .collect();
         *host += 1;
+    }
+    Ok(())
+}
+
+/// Gives every Service that has no cluster IP and is not headless its virtual addresses.
+fn assign_service_addresses(snapshot: &mut Snapshot, family: IpFamily) -> Result<(), AddressError> {
+    let mut indices: Vec<usize> = (0..snapshot.services.len()).collect();
+    indices.sort_by(|&a, &b| {
+        let (a, b) = (&snapshot.services[a], &snapshot.services[b]);
+        (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+    });
+    let mut j: u16 = 0;
+    for index in indices {
+        let service = &mut snapshot.services[index];
+        if service.headless {
+            continue;
+        }
+        if let Some(&ip) = service.cluster_ips.iter().find(|ip| !family.allows(**ip)) {
+            return Err(AddressError::ServiceFamily {
+                service: service.object_ref(),
+                ip,
+                family,
+            });
+        }
+        if !service.cluster_ips.is_empty() {
+            continue;
+        }
+        let host = 10 + j;
+        if host > 254 {
+            return Err(AddressError::TooManyServices);
+        }
+        j += 1;
+        let ips = [
+            IpAddr::V4(Ipv4Addr::new(10, 96, 0, host as u8)),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, host)),
+        ];
+        service.cluster_ips = ips.into_iter().filter(|ip| family.allows(*ip)).collect();
     }
     Ok(())
 }

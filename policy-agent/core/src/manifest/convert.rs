@@ -16,7 +16,7 @@ use crate::policy::{
     model::{
         ContainerPort, IpBlock, LabelSelector, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope,
         NetworkPolicy, Operator, Peer, Pod, PodPeer, PodPhase, PortSpec, PortValue, Protocol,
-        Requirement, Rule, Service, ServicePort,
+        Requirement, Rule, Service, ServicePort, ServiceType,
     },
     state::{Prefix, PrefixParseError},
 };
@@ -53,6 +53,11 @@ pub enum FieldError {
     EndPortWithoutNumericPort,
     #[error("endPort {end_port} is below port {port}")]
     EndPortBelowPort { port: u16, end_port: i64 },
+    #[error(
+        "unknown Service type {value:?} (expected ClusterIP, NodePort, LoadBalancer or \
+         ExternalName)"
+    )]
+    ServiceType { value: String },
     #[error("unknown policy type {value:?} (expected Ingress or Egress)")]
     PolicyType { value: String },
     #[error("unknown selector operator {value:?} (expected In, NotIn, Exists or DoesNotExist)")]
@@ -160,7 +165,22 @@ pub fn pod(object: &core::Pod) -> Result<Pod> {
 pub fn service(object: &core::Service) -> Result<Service> {
     let (namespace, name) = object_key(&object.metadata, true)?;
     let spec = object.spec.clone().unwrap_or_default();
+    let service_type = match spec.type_.as_deref() {
+        None => ServiceType::ClusterIp,
+        Some(value) => ServiceType::ALL
+            .into_iter()
+            .find(|known| known.name() == value)
+            .ok_or_else(|| {
+                invalid(
+                    "spec.type",
+                    FieldError::ServiceType {
+                        value: value.to_owned(),
+                    },
+                )
+            })?,
+    };
     let mut cluster_ips = Vec::new();
+    let mut headless = false;
     let listed = match (&spec.cluster_ips, &spec.cluster_ip) {
         (Some(ips), _) if !ips.is_empty() => ips
             .iter()
@@ -172,7 +192,9 @@ pub fn service(object: &core::Service) -> Result<Service> {
     };
     for (field, value) in listed {
         // Headless Services have no virtual address.
-        if value != "None" && !value.is_empty() {
+        if value == "None" {
+            headless = true;
+        } else if !value.is_empty() {
             cluster_ips.push(ip(&value, &field)?);
         }
     }
@@ -184,17 +206,24 @@ pub fn service(object: &core::Service) -> Result<Service> {
             None => PortValue::Number(number),
             Some(value) => port_value(value, &format!("{field}.targetPort"))?,
         };
+        let node_port = match port.node_port {
+            Some(value) => Some(port_number(i64::from(value), &format!("{field}.nodePort"))?),
+            None => None,
+        };
         ports.push(ServicePort {
             protocol: protocol(port.protocol.as_deref(), &field)?,
             port: number,
             target_port,
+            node_port,
         });
     }
     Ok(Service {
         namespace,
         name,
+        service_type,
         selector: spec.selector.unwrap_or_default(),
         cluster_ips,
+        headless,
         ports,
     })
 }

@@ -21,7 +21,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use addresses::{AddressError, assign_addresses, node_count, node_name};
+pub use addresses::{
+    AddressError, IpFamily, IpFamilyParseError, MAX_NODES, address_cluster, assign_addresses,
+    node_cidr_v4, node_cidr_v6, node_cidrs, node_count, node_name, node_number,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy as ApiPolicy;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -111,6 +114,24 @@ pub struct Skipped {
     pub object: String,
 }
 
+impl ManifestError {
+    /// The kind of the object the error is about (`Pod`), when it is about one object.
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            ManifestError::Schema { kind, .. } | ManifestError::UnknownFields { kind, .. } => {
+                Some(kind)
+            }
+            // The object is named `<kind> <namespace>/<name>` (or `Namespace <name>`).
+            ManifestError::Invalid { object, .. }
+            | ManifestError::ApiVersion { object, .. }
+            | ManifestError::Duplicate { object, .. } => object.split(' ').next(),
+            ManifestError::Read { .. }
+            | ManifestError::Yaml { .. }
+            | ManifestError::Shape { .. } => None,
+        }
+    }
+}
+
 impl fmt::Display for Skipped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -162,57 +183,104 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
     loaded
 }
 
-/// Loads the documents of one file's text into `loaded`; `path` only names the source.
-pub fn load_text(path: &Path, text: &str, loaded: &mut Loaded) {
+/// One document of a manifest file, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    /// 1-based, among the file's documents that are not empty.
+    pub number: usize,
+    /// The line the document starts on.
+    pub line: usize,
+    pub value: serde_json::Value,
+}
+
+impl Document {
+    /// The objects the document holds: the items of a `kind: List`, or the document itself.
+    pub fn objects(&self) -> &[serde_json::Value] {
+        if self.value.get("kind").and_then(|k| k.as_str()) == Some("List") {
+            self.value
+                .get("items")
+                .and_then(|items| items.as_array())
+                .map_or(&[], Vec::as_slice)
+        } else {
+            std::slice::from_ref(&self.value)
+        }
+    }
+}
+
+/// The documents of one file's text, each parsed on its own, so that one broken document does
+/// not hide the others; `path` only names the source. Empty documents are left out.
+pub fn documents(path: &Path, text: &str) -> Vec<Result<Document, ManifestError>> {
+    let mut documents = Vec::new();
     for (index, (line, document)) in split_documents(text).into_iter().enumerate() {
-        let document_number = index + 1;
+        let number = index + 1;
         // The YAML value refuses a key given twice, which the JSON value would let the last
         // one win silently.
         let parsed = serde_norway::from_str::<serde_norway::Value>(document)
             .and_then(|_| serde_norway::from_str::<serde_json::Value>(document));
-        let value = match parsed {
-            Ok(value) => value,
-            Err(source) => {
-                loaded.errors.push(ManifestError::Yaml {
-                    path: path.to_owned(),
-                    document: document_number,
-                    line,
-                    source,
-                });
-                continue;
-            }
-        };
-        if value.is_null() {
-            continue;
+        match parsed {
+            Ok(value) if value.is_null() => {}
+            Ok(value) => documents.push(Ok(Document {
+                number,
+                line,
+                value,
+            })),
+            Err(source) => documents.push(Err(ManifestError::Yaml {
+                path: path.to_owned(),
+                document: number,
+                line,
+                source,
+            })),
         }
-        let shape_error = |problem| ManifestError::Shape {
-            path: path.to_owned(),
-            document: document_number,
-            line,
-            problem,
-        };
-        let Some(kind) = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .map(str::to_owned)
-        else {
-            loaded
-                .errors
-                .push(shape_error("not a Kubernetes object (no kind)"));
-            continue;
-        };
-        if kind == "List" {
-            match value.get("items").and_then(|items| items.as_array()) {
-                Some(items) => {
-                    for item in items {
-                        load_object(path, item.clone(), loaded);
-                    }
-                }
-                None => loaded.errors.push(shape_error("a List without items")),
-            }
-            continue;
+    }
+    documents
+}
+
+/// Every object of one file's text (a List's items in its place), or the first document that is
+/// not YAML.
+pub fn objects(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, ManifestError> {
+    let mut objects = Vec::new();
+    for document in documents(path, text) {
+        objects.extend_from_slice(document?.objects());
+    }
+    Ok(objects)
+}
+
+/// Loads the documents of one file's text into `loaded`; `path` only names the source.
+pub fn load_text(path: &Path, text: &str, loaded: &mut Loaded) {
+    for document in documents(path, text) {
+        match document {
+            Ok(document) => load_document(path, &document, loaded),
+            Err(error) => loaded.errors.push(error),
         }
-        load_object(path, value, loaded);
+    }
+}
+
+/// Loads the objects of one document into `loaded`; `path` only names the source.
+pub fn load_document(path: &Path, document: &Document, loaded: &mut Loaded) {
+    let shape_error = |problem| ManifestError::Shape {
+        path: path.to_owned(),
+        document: document.number,
+        line: document.line,
+        problem,
+    };
+    match document.value.get("kind").and_then(|k| k.as_str()) {
+        None => loaded
+            .errors
+            .push(shape_error("not a Kubernetes object (no kind)")),
+        Some("List")
+            if document
+                .value
+                .get("items")
+                .and_then(|i| i.as_array())
+                .is_none() =>
+        {
+            loaded.errors.push(shape_error("a List without items"));
+        }
+        Some(_) => {
+            for object in document.objects() {
+                load_object(path, object.clone(), loaded);
+            }
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! The plain snapshot the resolver works on: namespaces, pods, Services and NetworkPolicies,
 //! already validated by whichever source produced them.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 
 use policy_common::verdict::Direction;
+use serde::{Deserialize, Serialize};
 
-use crate::policy::state::{PodRef, Prefix};
+use crate::policy::state::{ObjectRef, PodRef, Prefix};
 
 /// The label the API server puts on every namespace, whose value is the namespace's name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -99,7 +100,7 @@ impl Pod {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ContainerPort {
     pub name: Option<String>,
     pub protocol: Protocol,
@@ -112,9 +113,64 @@ pub struct ContainerPort {
 pub struct Service {
     pub namespace: String,
     pub name: String,
+    /// `spec.type`.
+    pub service_type: ServiceType,
+    /// Empty for a Service without selector: it has no endpoints to derive.
     pub selector: Labels,
+    /// `spec.clusterIPs` (or `spec.clusterIP`) without `None`.
     pub cluster_ips: Vec<IpAddr>,
+    /// `clusterIP: None`: no virtual address.
+    pub headless: bool,
     pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// `spec.type` of a Service; `ClusterIP` when absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    #[default]
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+impl ServiceType {
+    pub const ALL: [ServiceType; 4] = [
+        ServiceType::ClusterIp,
+        ServiceType::NodePort,
+        ServiceType::LoadBalancer,
+        ServiceType::ExternalName,
+    ];
+
+    /// The API spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIp => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::ExternalName => "ExternalName",
+        }
+    }
+
+    /// Whether the Service's ports have node ports.
+    pub const fn has_node_ports(self) -> bool {
+        matches!(self, ServiceType::NodePort | ServiceType::LoadBalancer)
+    }
+}
+
+impl fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,10 +178,13 @@ pub struct ServicePort {
     pub protocol: Protocol,
     pub port: u16,
     pub target_port: PortValue,
+    /// `nodePort`, as written.
+    pub node_port: Option<u16>,
 }
 
 /// The transport protocols NetworkPolicy ports name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -155,6 +214,19 @@ impl Protocol {
     /// Parses the API spelling (`TCP`, `UDP`, `SCTP`).
     pub fn from_name(name: &str) -> Option<Protocol> {
         Protocol::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// A name that is not `TCP`, `UDP` or `SCTP`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown protocol {0:?} (expected TCP, UDP or SCTP)")]
+pub struct ProtocolParseError(String);
+
+impl FromStr for Protocol {
+    type Err = ProtocolParseError;
+
+    fn from_str(text: &str) -> Result<Protocol, ProtocolParseError> {
+        Protocol::from_name(text).ok_or_else(|| ProtocolParseError(text.to_owned()))
     }
 }
 
@@ -307,7 +379,8 @@ pub struct PortSpec {
     pub end_port: Option<u16>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
 pub enum PortValue {
     Number(u16),
     /// A containerPort name, resolved against the pod that receives the traffic.

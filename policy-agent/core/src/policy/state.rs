@@ -12,17 +12,21 @@ use policy_common::{
     maps::{ANY_PEER_CLASS, EndpointInfo, PolicyKey, PolicyValue, WORLD_CLASS},
     verdict::Direction,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::policy::model::{ContainerPort, Peer};
 
-/// A pod, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PodRef {
+/// A namespaced object (a pod, a Service), by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectRef {
     pub namespace: String,
     pub name: String,
 }
 
-impl fmt::Display for PodRef {
+/// A pod, by namespace and name.
+pub type PodRef = ObjectRef;
+
+impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }

@@ -36,12 +36,15 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use policy_core::matrix::Matrix;
-use policy_lab::{
-    cmd as run,
-    manifest::{self, ManifestFile, ObjectKey, PodDecl, ServiceDecl},
-    workspace_root,
+use policy_core::{
+    manifest::objects,
+    matrix::Matrix,
+    policy::{
+        model::{Pod, Service},
+        state::ObjectRef,
+    },
 };
+use policy_lab::{cmd as run, manifest, workspace_root};
 use serde_json::{Value, json};
 
 use self::{
@@ -139,14 +142,12 @@ fn require_tools(path: Option<OsString>) -> anyhow::Result<()> {
 fn agent_image(daemonset: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(daemonset)
         .with_context(|| format!("reading {}", daemonset.display()))?;
-    let documents = manifest::parse_documents(&text)
-        .with_context(|| format!("parsing {}", daemonset.display()))?;
-    documents
+    let objects = objects(daemonset, &text)?;
+    objects
         .iter()
-        .find(|document| document.value.get("kind").and_then(Value::as_str) == Some("DaemonSet"))
-        .and_then(|document| {
-            document
-                .value
+        .find(|object| object.get("kind").and_then(Value::as_str) == Some("DaemonSet"))
+        .and_then(|object| {
+            object
                 .pointer("/spec/template/spec/containers/0/image")
                 .and_then(Value::as_str)
         })
@@ -169,8 +170,8 @@ struct Cluster {
 
 /// What the cluster has of a step, for probing it.
 struct Step {
-    pods: Vec<PodDecl>,
-    services: Vec<ServiceDecl>,
+    pods: Vec<Pod>,
+    services: Vec<Service>,
     addresses: Addresses,
 }
 
@@ -398,27 +399,24 @@ impl Cluster {
         nodes: &BTreeMap<String, &render::KindNode>,
         applied: &mut BTreeSet<ObjectId>,
     ) -> anyhow::Result<Step> {
-        let files = manifests
+        let texts: Vec<(String, String)> = manifests
             .iter()
-            .map(|(name, text)| {
-                Ok(ManifestFile {
-                    name: name.clone(),
-                    documents: manifest::parse_documents(text)
-                        .with_context(|| format!("parsing {name}"))?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let parsed = manifest::from_files(files)?;
-        let pods: Vec<PodDecl> = parsed
+            .map(|(name, text)| (name.clone(), text.clone()))
+            .collect();
+        let parsed = manifest::from_texts(&texts)?;
+        let mut pods: Vec<Pod> = parsed
+            .snapshot
             .pods
             .iter()
-            .filter(|pod| !pod.terminated)
+            .filter(|pod| !pod.phase.is_terminated())
             .cloned()
             .collect();
+        pods.sort_by_key(Pod::pod_ref);
+        let mut services = parsed.snapshot.services.clone();
+        services.sort_by_key(Service::object_ref);
         let mut objects = Vec::new();
         let mut policies = Vec::new();
-        for document in parsed.files.iter().flat_map(|file| &file.documents) {
-            let value = &document.value;
+        for value in parsed.files.iter().flat_map(|file| &file.objects) {
             match value.get("kind").and_then(Value::as_str) {
                 Some("Namespace") => objects.push(render::without_status(value)),
                 Some("Service") => objects.push(render::service(value)),
@@ -428,11 +426,11 @@ impl Cluster {
             }
         }
         for pod in &pods {
-            let lab_node = pod.node_name.as_deref().unwrap_or_default();
+            let lab_node = pod.node.as_deref().unwrap_or_default();
             let node = nodes.get(lab_node).with_context(|| {
                 format!(
                     "pod {} is on {lab_node:?}, which no worker stands for",
-                    pod.key
+                    pod.pod_ref()
                 )
             })?;
             objects.push(render::pod(pod, &node.name)?);
@@ -447,8 +445,7 @@ impl Cluster {
             run::output(&mut delete)?;
         }
         self.apply(&objects)?;
-        let namespaces: BTreeSet<&str> =
-            pods.iter().map(|pod| pod.key.namespace.as_str()).collect();
+        let namespaces: BTreeSet<&str> = pods.iter().map(|pod| pod.namespace.as_str()).collect();
         for namespace in namespaces {
             run::output(self.kubectl().args([
                 "wait",
@@ -473,7 +470,7 @@ impl Cluster {
         *applied = wanted;
         Ok(Step {
             pods,
-            services: parsed.services,
+            services,
             addresses,
         })
     }
@@ -496,7 +493,7 @@ impl Cluster {
         resource: &str,
         list: &str,
         field: &str,
-    ) -> anyhow::Result<BTreeMap<ObjectKey, Vec<IpAddr>>> {
+    ) -> anyhow::Result<BTreeMap<ObjectRef, Vec<IpAddr>>> {
         let json =
             run::output(
                 self.kubectl()
@@ -513,7 +510,7 @@ fn addresses_of(
     value: &Value,
     list: &str,
     field: &str,
-) -> anyhow::Result<BTreeMap<ObjectKey, Vec<IpAddr>>> {
+) -> anyhow::Result<BTreeMap<ObjectRef, Vec<IpAddr>>> {
     let mut found = BTreeMap::new();
     for item in value
         .get("items")
@@ -527,7 +524,7 @@ fn addresses_of(
                 .unwrap_or_default()
                 .to_owned()
         };
-        let key = ObjectKey {
+        let key = ObjectRef {
             namespace: text("/metadata/namespace"),
             name: text("/metadata/name"),
         };
@@ -626,7 +623,7 @@ mod tests {
         let pods = json!({"items": [{"metadata": {"namespace": "x", "name": "a"},
             "status": {"podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00:10:244:1::5"}]}}]});
         let found = addresses_of(&pods, "/status/podIPs", "/ip").unwrap();
-        let key = ObjectKey {
+        let key = ObjectRef {
             namespace: "x".into(),
             name: "a".into(),
         };
@@ -635,7 +632,7 @@ mod tests {
             "spec": {"clusterIPs": ["10.96.0.20", "fd00:10:96::20"]}},
             {"metadata": {"namespace": "x", "name": "headless"}, "spec": {"clusterIPs": ["None"]}}]});
         let found = addresses_of(&services, "/spec/clusterIPs", "").unwrap();
-        let headless = ObjectKey {
+        let headless = ObjectRef {
             namespace: "x".into(),
             name: "headless".into(),
         };
@@ -666,20 +663,17 @@ mod tests {
         let mut rendered = 0;
         for step in scenarios.iter().flat_map(|scenario| &scenario.steps) {
             for text in step.manifests.values() {
-                for document in manifest::parse_documents(text).unwrap() {
-                    let value = &document.value;
+                for value in objects(Path::new("step.yaml"), text).unwrap() {
                     let object = match value["kind"].as_str() {
                         Some("Pod") => {
-                            let parsed = manifest::from_files(vec![ManifestFile {
-                                name: "pod.yaml".into(),
-                                documents: vec![document.clone()],
-                            }])
-                            .unwrap();
-                            render::pod(&parsed.pods[0], "kind-worker").unwrap()
+                            let text = serde_json::to_string(&value).unwrap();
+                            let parsed =
+                                manifest::from_texts(&[("pod.yaml".into(), text)]).unwrap();
+                            render::pod(&parsed.snapshot.pods[0], "kind-worker").unwrap()
                         }
-                        Some("Service") => render::service(value),
-                        Some("NetworkPolicy") => render::network_policy(value, &BTreeMap::new()),
-                        _ => render::without_status(value),
+                        Some("Service") => render::service(&value),
+                        Some("NetworkPolicy") => render::network_policy(&value, &BTreeMap::new()),
+                        _ => render::without_status(&value),
                     };
                     assert_eq!(schemas.validate(&object).unwrap(), [], "{object}");
                     rendered += 1;

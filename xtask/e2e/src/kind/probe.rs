@@ -14,12 +14,14 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use policy_core::matrix::{Cell, Matrix};
-use policy_lab::{
-    cmd as run,
-    manifest::{self, ObjectKey, PodDecl, ServiceDecl, TargetPort},
-    probe::Outcome,
+use policy_core::{
+    matrix::{Cell, Matrix},
+    policy::{
+        model::{Pod, PortValue, Service},
+        state::ObjectRef,
+    },
 };
+use policy_lab::{cmd as run, probe::Outcome};
 
 use super::render::container_name;
 use crate::scenario::{Family, Probe, Protocol, Via};
@@ -29,16 +31,8 @@ const PARALLEL_EXECS: usize = 16;
 
 /// What the cluster gave the step's pods and Services.
 pub struct Addresses {
-    pub pods: BTreeMap<ObjectKey, Vec<IpAddr>>,
-    pub services: BTreeMap<ObjectKey, Vec<IpAddr>>,
-}
-
-/// The lab-side protocol of a scenario probe.
-fn protocol(protocol: Protocol) -> manifest::Protocol {
-    match protocol {
-        Protocol::Tcp => manifest::Protocol::Tcp,
-        Protocol::Udp => manifest::Protocol::Udp,
-    }
+    pub pods: BTreeMap<ObjectRef, Vec<IpAddr>>,
+    pub services: BTreeMap<ObjectRef, Vec<IpAddr>>,
 }
 
 /// Where a probe of `server` goes: its address of the family, or the ClusterIP and port of a
@@ -46,17 +40,17 @@ fn protocol(protocol: Protocol) -> manifest::Protocol {
 /// name of the pod's port).
 pub fn target(
     probe: &Probe,
-    server: &PodDecl,
-    services: &[ServiceDecl],
+    server: &Pod,
+    services: &[Service],
     addresses: &Addresses,
 ) -> Option<SocketAddr> {
     let v6 = probe.family == Family::V6;
     let family = |ips: &Vec<IpAddr>| ips.iter().copied().find(|ip| ip.is_ipv6() == v6);
-    let wanted = protocol(probe.protocol);
+    let wanted = probe.protocol.model();
     match probe.via {
         Via::Pod => addresses
             .pods
-            .get(&server.key)
+            .get(&server.pod_ref())
             .and_then(family)
             .map(|ip| SocketAddr::new(ip, probe.port)),
         // The lab knows each node's address; kind runs leave NodePort probes out (see
@@ -64,27 +58,31 @@ pub fn target(
         Via::NodePort => None,
         Via::Service => services
             .iter()
-            .filter(|service| service.key.namespace == server.key.namespace)
+            .filter(|service| service.namespace == server.namespace)
+            // A Service without selector has no endpoints.
             .filter(|service| {
-                service.selector.as_ref().is_some_and(|selector| {
-                    selector
+                !service.selector.is_empty()
+                    && service
+                        .selector
                         .iter()
                         .all(|(key, value)| server.labels.get(key) == Some(value))
-                })
             })
             .find_map(|service| {
                 let port = service.ports.iter().find(|port| {
                     port.protocol == wanted
-                        && match &port.target {
-                            TargetPort::Number(number) => *number == probe.port,
-                            TargetPort::Name(name) => server.ports.iter().any(|pod_port| {
+                        && match &port.target_port {
+                            PortValue::Number(number) => *number == probe.port,
+                            PortValue::Name(name) => server.ports.iter().any(|pod_port| {
                                 pod_port.name.as_deref() == Some(name.as_str())
                                     && pod_port.port == probe.port
                                     && pod_port.protocol == wanted
                             }),
                         }
                 })?;
-                let ip = addresses.services.get(&service.key).and_then(family)?;
+                let ip = addresses
+                    .services
+                    .get(&service.object_ref())
+                    .and_then(family)?;
                 Some(SocketAddr::new(ip, port.port))
             }),
     }
@@ -93,20 +91,20 @@ pub fn target(
 /// The `kubectl` arguments of one probe from `client` (from its first container) to `address`.
 pub fn connect_args(
     context: &str,
-    client: &PodDecl,
+    client: &Pod,
     address: SocketAddr,
     protocol: Protocol,
 ) -> anyhow::Result<Vec<String>> {
     let Some(first) = client.ports.first() else {
-        bail!("pod {} has no container to probe from", client.key);
+        bail!("pod {} has no container to probe from", client.pod_ref());
     };
     Ok([
         "--context",
         context,
         "exec",
         "--namespace",
-        &client.key.namespace,
-        &client.key.name,
+        &client.namespace,
+        &client.name,
         "--container",
         &container_name(first.port, first.protocol),
         "--",
@@ -139,11 +137,11 @@ pub fn outcome(success: bool, stderr: &str) -> anyhow::Result<Outcome> {
 pub fn observe(
     context: &str,
     probe: &Probe,
-    pods: &[PodDecl],
-    services: &[ServiceDecl],
+    pods: &[Pod],
+    services: &[Service],
     addresses: &Addresses,
 ) -> anyhow::Result<Matrix> {
-    let names: Vec<String> = pods.iter().map(|pod| pod.key.to_string()).collect();
+    let names: Vec<String> = pods.iter().map(|pod| pod.pod_ref().to_string()).collect();
     let mut matrix = Matrix::filled(&names, Cell::Unserved);
     let mut jobs = Vec::new();
     for client in pods {
@@ -175,7 +173,11 @@ pub fn observe(
                             .with_context(|| format!("`{}`", run::describe(&command)))
                         });
                     if let Ok(mut results) = results.lock() {
-                        results.push((client.key.to_string(), server.key.to_string(), result));
+                        results.push((
+                            client.pod_ref().to_string(),
+                            server.pod_ref().to_string(),
+                            result,
+                        ));
                     }
                 }
             });
@@ -194,56 +196,60 @@ pub fn observe(
 
 #[cfg(test)]
 mod tests {
-    use policy_lab::manifest::{ContainerPort, ServicePort};
+    use policy_core::policy::model::{self, ContainerPort, PodPhase, ServicePort, ServiceType};
 
     use super::*;
 
-    fn key(namespace: &str, name: &str) -> ObjectKey {
-        ObjectKey {
+    fn key(namespace: &str, name: &str) -> ObjectRef {
+        ObjectRef {
             namespace: namespace.into(),
             name: name.into(),
         }
     }
 
-    fn server() -> PodDecl {
-        PodDecl {
-            key: key("x", "a"),
-            node_name: None,
+    fn server() -> Pod {
+        Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+            node: None,
+            phase: PodPhase::Running,
+            host_network: false,
             ips: Vec::new(),
             ports: vec![
                 ContainerPort {
                     name: Some("serve-80-tcp".into()),
                     port: 80,
-                    protocol: manifest::Protocol::Tcp,
+                    protocol: model::Protocol::Tcp,
                 },
                 ContainerPort {
                     name: Some("serve-81-tcp".into()),
                     port: 81,
-                    protocol: manifest::Protocol::Tcp,
+                    protocol: model::Protocol::Tcp,
                 },
             ],
             labels: BTreeMap::from([("pod".into(), "a".into())]),
-            terminated: false,
         }
     }
 
-    fn services() -> Vec<ServiceDecl> {
-        vec![ServiceDecl {
-            key: key("x", "s-x-a"),
-            selector: Some(BTreeMap::from([("pod".into(), "a".into())])),
+    fn services() -> Vec<Service> {
+        vec![Service {
+            namespace: "x".into(),
+            name: "s-x-a".into(),
+            service_type: ServiceType::ClusterIp,
+            selector: BTreeMap::from([("pod".into(), "a".into())]),
             cluster_ips: Vec::new(),
             headless: false,
             ports: vec![
                 ServicePort {
                     port: 80,
-                    protocol: manifest::Protocol::Tcp,
-                    target: TargetPort::Number(80),
+                    protocol: model::Protocol::Tcp,
+                    target_port: PortValue::Number(80),
                     node_port: None,
                 },
                 ServicePort {
                     port: 8081,
-                    protocol: manifest::Protocol::Tcp,
-                    target: TargetPort::Name("serve-81-tcp".into()),
+                    protocol: model::Protocol::Tcp,
+                    target_port: PortValue::Name("serve-81-tcp".into()),
                     node_port: None,
                 },
             ],

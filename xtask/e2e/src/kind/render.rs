@@ -17,9 +17,12 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, bail};
-use policy_lab::{
-    assign::{self, Cidr},
-    manifest::{ObjectKey, PodDecl, Protocol},
+use policy_core::{
+    manifest::{node_cidr_v4, node_cidr_v6, node_name},
+    policy::{
+        model::{Pod, Protocol},
+        state::{PodRef, Prefix},
+    },
 };
 use serde_json::{Value, json};
 
@@ -33,7 +36,7 @@ pub struct KindNode {
     pub name: String,
     pub control_plane: bool,
     pub internal_ips: Vec<IpAddr>,
-    pub pod_cidrs: Vec<Cidr>,
+    pub pod_cidrs: Vec<Prefix>,
 }
 
 /// The nodes of a `kubectl get nodes -o json` answer.
@@ -84,7 +87,7 @@ pub fn parse_nodes(json: &Value) -> anyhow::Result<Vec<KindNode>> {
     Ok(nodes)
 }
 
-pub fn parse_cidr(text: &str) -> anyhow::Result<Cidr> {
+pub fn parse_cidr(text: &str) -> anyhow::Result<Prefix> {
     let (addr, len) = text
         .split_once('/')
         .with_context(|| format!("{text:?} is not a CIDR"))?;
@@ -96,7 +99,7 @@ pub fn parse_cidr(text: &str) -> anyhow::Result<Cidr> {
         .ok()
         .filter(|len| *len <= if addr.is_ipv4() { 32 } else { 128 })
         .with_context(|| format!("{text:?} has no valid prefix length"))?;
-    Ok(Cidr { addr, len })
+    Ok(Prefix::new(addr, len))
 }
 
 /// The kind worker standing for each lab node: workers in name order for `node-1`, `node-2`, ...
@@ -105,22 +108,19 @@ pub fn node_map(nodes: &[KindNode]) -> BTreeMap<String, &KindNode> {
         .iter()
         .filter(|node| !node.control_plane)
         .enumerate()
-        .map(|(index, node)| (assign::node_name(index + 1), node))
+        .map(|(index, node)| (node_name(index + 1), node))
         .collect()
 }
 
 /// Lab CIDRs (node ranges, pod addresses as /32 and /128) and what they are in the kind cluster.
 pub fn address_map(
     nodes: &BTreeMap<String, &KindNode>,
-    lab_pods: &[PodDecl],
-    kind_pods: &BTreeMap<ObjectKey, Vec<IpAddr>>,
+    lab_pods: &[Pod],
+    kind_pods: &BTreeMap<PodRef, Vec<IpAddr>>,
 ) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     for (index, node) in nodes.values().enumerate() {
-        for lab in [
-            assign::node_cidr_v4(index + 1),
-            assign::node_cidr_v6(index + 1),
-        ] {
+        for lab in [node_cidr_v4(index + 1), node_cidr_v6(index + 1)] {
             if let Some(kind) = node
                 .pod_cidrs
                 .iter()
@@ -131,7 +131,7 @@ pub fn address_map(
         }
     }
     for pod in lab_pods {
-        let Some(kind_ips) = kind_pods.get(&pod.key) else {
+        let Some(kind_ips) = kind_pods.get(&pod.pod_ref()) else {
             continue;
         };
         for lab_ip in &pod.ips {
@@ -150,9 +150,9 @@ pub fn container_name(port: u16, protocol: Protocol) -> String {
 }
 
 /// The Pod for kind: same name, namespace and labels, on `node`, one server per port.
-pub fn pod(decl: &PodDecl, node: &str) -> anyhow::Result<Value> {
+pub fn pod(decl: &Pod, node: &str) -> anyhow::Result<Value> {
     if decl.ports.is_empty() {
-        bail!("pod {} has no container port to serve", decl.key);
+        bail!("pod {} has no container port to serve", decl.pod_ref());
     }
     let containers: Vec<Value> = decl
         .ports
@@ -183,8 +183,8 @@ pub fn pod(decl: &PodDecl, node: &str) -> anyhow::Result<Value> {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": decl.key.name,
-            "namespace": decl.key.namespace,
+            "name": decl.name,
+            "namespace": decl.namespace,
             "labels": decl.labels,
         },
         "spec": {
@@ -253,7 +253,7 @@ pub fn without_status(document: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use policy_lab::manifest::ContainerPort;
+    use policy_core::policy::model::{ContainerPort, PodPhase};
 
     use super::*;
 
@@ -274,13 +274,13 @@ mod tests {
         ]})
     }
 
-    fn lab_pod() -> PodDecl {
-        PodDecl {
-            key: ObjectKey {
-                namespace: "x".into(),
-                name: "a".into(),
-            },
-            node_name: Some("node-1".into()),
+    fn lab_pod() -> Pod {
+        Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+            node: Some("node-1".into()),
+            phase: PodPhase::Running,
+            host_network: false,
             ips: vec![
                 "10.244.1.10".parse().unwrap(),
                 "fd00:10:244:1::10".parse().unwrap(),
@@ -298,7 +298,6 @@ mod tests {
                 },
             ],
             labels: BTreeMap::from([("pod".into(), "a".into())]),
-            terminated: false,
         }
     }
 
@@ -318,7 +317,7 @@ mod tests {
     fn lab_ranges_and_pod_addresses_map_to_the_cluster_s() {
         let nodes = parse_nodes(&nodes_json()).unwrap();
         let kind_pods = BTreeMap::from([(
-            lab_pod().key,
+            lab_pod().pod_ref(),
             vec![
                 "10.244.2.7".parse().unwrap(),
                 "fd00:10:244:2::7".parse().unwrap(),
