@@ -446,3 +446,216 @@ fn lab_host(ip: IpAddr) -> Option<(usize, u16)> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{Pod, PodPhase, Service, ServiceType};
+
+    fn pod(namespace: &str, name: &str, node: Option<&str>, given: &[&str]) -> Pod {
+        Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            node: node.map(Into::into),
+            phase: PodPhase::Running,
+            host_network: false,
+            ips: ips(given),
+            ports: Vec::new(),
+        }
+    }
+
+    fn ips(texts: &[&str]) -> Vec<IpAddr> {
+        texts.iter().map(|ip| ip.parse().unwrap()).collect()
+    }
+
+    fn laid_out(pods: Vec<Pod>, nodes: usize, family: IpFamily) -> Snapshot {
+        let mut snapshot = Snapshot {
+            pods,
+            ..Snapshot::default()
+        };
+        address_cluster(&mut snapshot, nodes, family).unwrap();
+        snapshot
+    }
+
+    fn placed<'a>(snapshot: &'a Snapshot, name: &str) -> (&'a str, &'a [IpAddr]) {
+        let pod = snapshot.pods.iter().find(|pod| pod.name == name).unwrap();
+        (pod.node.as_deref().unwrap(), &pod.ips)
+    }
+
+    #[test]
+    fn pods_without_a_node_are_spread_in_name_order_and_numbered_per_node() {
+        let snapshot = laid_out(
+            vec![
+                pod("y", "d", None, &[]),
+                pod("x", "b", None, &[]),
+                pod("x", "a", None, &[]),
+                pod("x", "c", None, &[]),
+            ],
+            2,
+            IpFamily::Dual,
+        );
+        let dual = |v4: &str, v6: &str| ips(&[v4, v6]);
+        assert_eq!(placed(&snapshot, "a").0, "node-1");
+        assert_eq!(
+            placed(&snapshot, "a").1,
+            dual("10.244.1.2", "fd00:10:244:1::2")
+        );
+        assert_eq!(placed(&snapshot, "b").0, "node-2");
+        assert_eq!(
+            placed(&snapshot, "b").1,
+            dual("10.244.2.2", "fd00:10:244:2::2")
+        );
+        assert_eq!(
+            placed(&snapshot, "c").1,
+            dual("10.244.1.3", "fd00:10:244:1::3")
+        );
+        assert_eq!(
+            placed(&snapshot, "d").1,
+            dual("10.244.2.3", "fd00:10:244:2::3")
+        );
+    }
+
+    #[test]
+    fn a_node_name_wins_and_does_not_count_in_the_spread() {
+        let snapshot = laid_out(
+            vec![
+                pod("x", "a", Some("node-2"), &[]),
+                pod("x", "b", None, &[]),
+                pod("x", "c", None, &[]),
+            ],
+            2,
+            IpFamily::Ipv4,
+        );
+        assert_eq!(placed(&snapshot, "a").1, ips(&["10.244.2.2"]));
+        assert_eq!(placed(&snapshot, "b").1, ips(&["10.244.1.2"]));
+        assert_eq!(placed(&snapshot, "c").1, ips(&["10.244.2.3"]));
+    }
+
+    #[test]
+    fn given_addresses_are_kept_and_their_host_numbers_skipped() {
+        let snapshot = laid_out(
+            vec![
+                pod("x", "a", None, &[]),
+                pod(
+                    "x",
+                    "b",
+                    Some("node-1"),
+                    &["fd00:10:244:1::2", "10.244.1.2"],
+                ),
+                pod("x", "c", Some("node-1"), &[]),
+            ],
+            1,
+            IpFamily::Dual,
+        );
+        assert_eq!(
+            placed(&snapshot, "b").1,
+            ips(&["fd00:10:244:1::2", "10.244.1.2"])
+        );
+        assert_eq!(
+            placed(&snapshot, "a").1,
+            ips(&["10.244.1.3", "fd00:10:244:1::3"])
+        );
+        assert_eq!(
+            placed(&snapshot, "c").1,
+            ips(&["10.244.1.4", "fd00:10:244:1::4"])
+        );
+    }
+
+    #[test]
+    fn ipv6_node_and_host_numbers_are_hex() {
+        let pods = (0..10)
+            .map(|i| pod("x", &format!("p{i:02}"), Some("node-10"), &[]))
+            .collect();
+        let snapshot = laid_out(pods, 10, IpFamily::Ipv6);
+        assert_eq!(placed(&snapshot, "p09").1, ips(&["fd00:10:244:a::b"]));
+        assert_eq!(node_cidr_v6(10).to_string(), "fd00:10:244:a::/64");
+    }
+
+    #[test]
+    fn terminated_pods_get_nothing_but_count_in_the_spread() {
+        let mut done = pod("x", "a", None, &[]);
+        done.phase = PodPhase::Succeeded;
+        let snapshot = laid_out(
+            vec![done, pod("x", "b", None, &[]), pod("x", "c", None, &[])],
+            2,
+            IpFamily::Ipv4,
+        );
+        assert!(placed(&snapshot, "a").1.is_empty());
+        assert_eq!(placed(&snapshot, "b").1, ips(&["10.244.2.2"]));
+        assert_eq!(placed(&snapshot, "c").1, ips(&["10.244.1.2"]));
+    }
+
+    #[test]
+    fn inconsistent_input_is_rejected_with_the_pod_and_field_named() {
+        let cases = [
+            (pod("x", "a", Some("node-3"), &[]), "spec.nodeName"),
+            (
+                pod("x", "a", Some("node-1"), &["10.244.2.5"]),
+                "outside the pod CIDRs",
+            ),
+            (pod("x", "a", Some("node-1"), &["10.244.1.1"]), "reserved"),
+            (
+                pod("x", "a", Some("node-1"), &["fd00:10:244:1::5"]),
+                "family",
+            ),
+        ];
+        for (pod, expected) in cases {
+            let mut snapshot = Snapshot {
+                pods: vec![pod],
+                ..Snapshot::default()
+            };
+            let error = address_cluster(&mut snapshot, 2, IpFamily::Ipv4)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("Pod x/a") && error.contains(expected),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn services_get_virtual_ips_in_name_order() {
+        let service = |namespace: &str, name: &str, given: &[&str], headless: bool| Service {
+            namespace: namespace.into(),
+            name: name.into(),
+            service_type: ServiceType::ClusterIp,
+            selector: BTreeMap::new(),
+            cluster_ips: ips(given),
+            headless,
+            ports: Vec::new(),
+        };
+        let mut snapshot = Snapshot {
+            services: vec![
+                service("y", "a", &[], false),
+                service("x", "h", &[], true),
+                service("x", "z", &[], false),
+                service("x", "given", &["10.96.7.7"], false),
+            ],
+            ..Snapshot::default()
+        };
+        address_cluster(&mut snapshot, 1, IpFamily::Dual).unwrap();
+        let ips_of = |name: &str| {
+            snapshot
+                .services
+                .iter()
+                .find(|service| service.name == name)
+                .unwrap()
+                .cluster_ips
+                .clone()
+        };
+        assert_eq!(ips_of("z"), ips(&["10.96.0.10", "fd00:10:96::a"]));
+        assert_eq!(ips_of("a"), ips(&["10.96.0.11", "fd00:10:96::b"]));
+        assert_eq!(ips_of("given"), ips(&["10.96.7.7"]));
+        assert!(ips_of("h").is_empty());
+    }
+
+    #[test]
+    fn node_cidrs_contain_their_hosts() {
+        assert!(node_cidr_v4(3).contains("10.244.3.200".parse().unwrap()));
+        assert!(!node_cidr_v4(3).contains("10.244.4.2".parse().unwrap()));
+        assert!(node_cidr_v6(3).contains("fd00:10:244:3::ff".parse().unwrap()));
+        assert!(!node_cidr_v6(3).contains("10.244.3.2".parse().unwrap()));
+    }
+}
