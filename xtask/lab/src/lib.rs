@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod assign;
+pub mod build;
 pub mod cmd;
 pub mod down;
 mod follow;
