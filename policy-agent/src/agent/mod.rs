@@ -63,15 +63,19 @@ pub use endpoints::{
     DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, NewEndpointsParseError,
 };
 pub use flows::{Clocks, FLOW_LOG_MAX_BYTES, FlowContext, FlowRecord, rotated_path};
+use jiff::Timestamp;
 use policy_common::maps::{
     ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo, MAX_HOST_ADDRS,
 };
 use source::{LoadError, Loader};
 pub use source::{RejectedObject, Source, SourceParseError};
+use status::{ReconcileReport, StartReport};
 use tracing::{debug, info, warn};
 
 use crate::{
-    datapath::{ApplyError, Datapath, DatapathConfig, DatapathError, EndpointDifference},
+    datapath::{
+        ApplyError, Datapath, DatapathConfig, DatapathError, EndpointDifference, Hook, OpenReport,
+    },
     discovery::{
         Discovery, DiscoveryError,
         binding::{self, Conflict},
@@ -287,6 +291,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         path: config.state_dir.clone(),
         source,
     })?;
+    let started = Timestamp::now();
     let mut datapath = Datapath::open(DatapathConfig {
         pin_dir: config.pin_dir.clone(),
         state_file: config.state_dir.join("datapath.json"),
@@ -296,6 +301,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         source: Box::new(source),
     })?;
     let report = datapath.open_report();
+    let start = start_report(started, report);
     info!(
         node = %config.node_name,
         pin_dir = %config.pin_dir.display(),
@@ -353,6 +359,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         observer: status::Observer::new(metrics, health),
         config,
     };
+    agent.observer.started(start);
     let mut resync = tokio::time::interval(agent.config.resync_interval);
     let mut pacer = Pacer::new(NETLINK_SPACING, DEBOUNCE);
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
@@ -437,6 +444,7 @@ impl Agent {
 
     /// Returns whether anything was written.
     async fn reconcile(&mut self) -> Result<bool, ReconcileError> {
+        let started = Timestamp::now();
         let mut loaded = self.loader.load()?;
         for rejected in &loaded.rejected {
             debug!("{}", error_chain(rejected));
@@ -520,7 +528,7 @@ impl Agent {
             self.service_addrs = service_addrs;
         }
 
-        let repairing = match &self.programmed {
+        let repaired = match &self.programmed {
             Some(programmed) => {
                 let differences = self
                     .datapath
@@ -528,10 +536,11 @@ impl Agent {
                 for difference in &differences {
                     report_difference(difference);
                 }
-                !differences.is_empty()
+                differences.len()
             }
-            None => false,
+            None => 0,
         };
+        let repairing = repaired > 0;
         // A failed map write fences only the endpoints it concerns: the reconcile goes on, so
         // every other endpoint (and a new pod's attachment) still takes the change.
         let ifindex_of = |pod: &PodRef| interfaces.get(pod).copied();
@@ -562,11 +571,14 @@ impl Agent {
             Ok(stats) => (stats.writes, None),
             Err(error) => (0, Some(Box::new(error))),
         };
+        let written = Timestamp::now();
 
         let endpoint_ifindexes: BTreeSet<u32> = interfaces.values().copied().collect();
         let mut held = self.interfaces_to_hold(&endpoint_ifindexes).await?;
         held.extend(binding.held.difference(&endpoint_ifindexes));
         let wanted: BTreeSet<u32> = endpoint_ifindexes.union(&held).copied().collect();
+        let mut attached = 0;
+        let mut detached = 0;
         for (pod, &ifindex) in &interfaces {
             if self.interfaces.get(pod) != Some(&ifindex) {
                 self.datapath
@@ -577,6 +589,7 @@ impl Agent {
                         source: Box::new(source),
                     })?;
                 info!(%pod, ifindex, "programs attached");
+                attached += 1;
             }
         }
         let held_writes = self.sync_held(&held)?;
@@ -587,6 +600,7 @@ impl Agent {
                     ifindex,
                     "programs detached: no local pod uses the interface"
                 );
+                detached += 1;
             }
         }
 
@@ -607,8 +621,6 @@ impl Agent {
             debug!(%pod, "no interface yet");
         }
         if self.programmed.is_none() {
-            // The restart check of the lab reads this line: an agent that adopted unchanged
-            // pins writes nothing.
             info!(
                 writes = writes + addr_writes + held_writes,
                 endpoints = programmable.endpoints.len(),
@@ -616,6 +628,19 @@ impl Agent {
                 "first reconcile since start"
             );
         }
+        self.observer.reconciled(ReconcileReport {
+            generation: generation.clone(),
+            started,
+            written,
+            finished: Timestamp::now(),
+            writes: writes + addr_writes + held_writes,
+            endpoints: programmable.endpoints.len(),
+            waiting: waiting.len(),
+            held: held.len(),
+            attached,
+            detached,
+            repaired,
+        });
         let degraded = resolved.degraded.clone();
         self.resolved = resolved;
         self.programmed = Some(programmable);
@@ -692,6 +717,19 @@ impl Agent {
             }
         }
         self.conflicts = conflicts;
+    }
+}
+
+/// What `status.json` tells of the start: `started` is when opening the datapath began.
+fn start_report(started: Timestamp, report: &OpenReport) -> StartReport {
+    let names = |hooks: &[Hook]| hooks.iter().map(ToString::to_string).collect();
+    StartReport {
+        time: started,
+        datapath_open: Timestamp::now(),
+        adopted_programs: names(&report.adopted_programs),
+        installed_programs: names(&report.installed_programs),
+        replaced_maps: report.replaced_maps.clone(),
+        held_closed: report.held_closed.clone(),
     }
 }
 

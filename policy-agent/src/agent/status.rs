@@ -61,6 +61,62 @@ pub struct Status {
     pub failures: Vec<Failure>,
     /// The error of the last reconcile, while the reconciles fail.
     pub last_error: Option<LastError>,
+    /// How this agent process started.
+    #[serde(default)]
+    pub start: Option<StartReport>,
+    /// The first reconcile since the start that ran to its end: after a restart that adopted
+    /// unchanged pins, it writes nothing.
+    #[serde(default)]
+    pub first_reconcile: Option<ReconcileReport>,
+    /// The last reconcile that ran to its end.
+    #[serde(default)]
+    pub last_reconcile: Option<ReconcileReport>,
+    /// The last reconcile that wrote to the maps.
+    #[serde(default)]
+    pub last_update: Option<ReconcileReport>,
+}
+
+/// How the agent started: when, and what it found pinned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartReport {
+    /// When the process began to open the datapath.
+    pub time: Timestamp,
+    /// When the datapath was open: the eBPF object loaded (the verifier included) and the pins
+    /// adopted or replaced.
+    pub datapath_open: Timestamp,
+    /// Pinned programs kept as they were.
+    pub adopted_programs: Vec<String>,
+    /// Programs pinned anew (a first start, or an upgrade).
+    pub installed_programs: Vec<String>,
+    /// Map pins of another layout, replaced by empty maps.
+    pub replaced_maps: Vec<String>,
+    /// Interfaces held closed because maps the programs decide by started empty.
+    pub held_closed: Vec<u32>,
+}
+
+/// One reconcile that ran to its end, failures included (they are in `failures`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    /// The generation of the source content it applied.
+    pub generation: String,
+    pub started: Timestamp,
+    /// When the maps were written, before programs were attached.
+    pub written: Timestamp,
+    pub finished: Timestamp,
+    /// Map entries written or removed: endpoints, policy, peers, node and Service addresses,
+    /// held interfaces.
+    pub writes: usize,
+    /// Endpoints programmed: local pods with an interface.
+    pub endpoints: usize,
+    /// Local pods without an interface yet.
+    pub waiting: usize,
+    /// Interfaces held closed.
+    pub held: usize,
+    /// Interfaces the pod programs were attached to, and detached from.
+    pub attached: usize,
+    pub detached: usize,
+    /// Endpoint-map entries found to differ from what was programmed, and repaired.
+    pub repaired: usize,
 }
 
 /// One local pod's endpoint.
@@ -240,6 +296,10 @@ pub(super) struct Observer {
     pending_change: Option<Instant>,
     /// Whether the last reconcile failed: the periodic pass retries it.
     pub(super) failing: bool,
+    start: Option<StartReport>,
+    first_reconcile: Option<ReconcileReport>,
+    last_reconcile: Option<ReconcileReport>,
+    last_update: Option<ReconcileReport>,
 }
 
 impl Observer {
@@ -261,7 +321,26 @@ impl Observer {
             written: BTreeMap::new(),
             pending_change: None,
             failing: false,
+            start: None,
+            first_reconcile: None,
+            last_reconcile: None,
+            last_update: None,
         }
+    }
+
+    pub(super) fn started(&mut self, start: StartReport) {
+        self.start = Some(start);
+    }
+
+    /// A reconcile ran to its end.
+    pub(super) fn reconciled(&mut self, report: ReconcileReport) {
+        if self.first_reconcile.is_none() {
+            self.first_reconcile = Some(report.clone());
+        }
+        if report.writes > 0 {
+            self.last_update = Some(report.clone());
+        }
+        self.last_reconcile = Some(report);
     }
 
     /// The source announced a change now.
@@ -490,6 +569,10 @@ impl Agent {
             maps: map_usage(programmed, self.host_addrs.len(), self.service_addrs.len()),
             failures,
             last_error: self.observer.last_error.clone(),
+            start: self.observer.start.clone(),
+            first_reconcile: self.observer.first_reconcile.clone(),
+            last_reconcile: self.observer.last_reconcile.clone(),
+            last_update: self.observer.last_update.clone(),
         }
     }
 }

@@ -17,6 +17,7 @@ mod serve;
 mod services;
 pub(crate) mod state;
 mod status;
+pub(crate) mod telemetry;
 mod topology;
 mod up;
 
