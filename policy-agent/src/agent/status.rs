@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{
-    Agent, ReconcileError,
+    ReconcileError,
+    plan::Applied,
     source::{LoadError, RejectedObject},
     write_atomically,
 };
@@ -387,17 +388,17 @@ impl Observer {
         }
         self.failures = current;
     }
-}
 
-impl Agent {
-    /// Records the outcome of a reconcile that ran: failures, status.json, metrics.
+    /// Records the outcome of a reconcile that ran: failures, fenced endpoints, metrics. The
+    /// agent remembers `applied` and has published `generation`.
     pub(super) fn observe(
         &mut self,
         result: &Result<bool, ReconcileError>,
         elapsed: Duration,
-    ) -> io::Result<()> {
-        let observer = &mut self.observer;
-        if let Some(metrics) = &observer.metrics {
+        applied: &Applied,
+        generation: Option<&str>,
+    ) {
+        if let Some(metrics) = &self.metrics {
             metrics.observe_reconcile(elapsed);
         }
         // Whether the datapath holds the whole resolved state (rejected objects and what the
@@ -408,39 +409,37 @@ impl Agent {
             Err(_) => false,
         };
         if programmed_all {
-            observer.fenced.clear();
-            observer.health.set_ready();
-            if let (Some(received), Some(metrics)) =
-                (observer.pending_change.take(), &observer.metrics)
-            {
+            self.fenced.clear();
+            self.health.set_ready();
+            if let (Some(received), Some(metrics)) = (self.pending_change.take(), &self.metrics) {
                 metrics.observe_enforcement(received.elapsed());
             }
-            if let Some(programmed) = &self.programmed
-                && let Some(generation) = &self.applied_generation
+            if let Some(programmed) = &applied.programmed
+                && let Some(generation) = generation
             {
                 record_writes(
-                    &mut observer.written,
+                    &mut self.written,
                     programmed,
-                    &self.interfaces,
+                    &applied.interfaces,
                     generation,
                 );
             }
         }
         match result {
             Ok(_) => {
-                observer.track_failures(Vec::new());
-                observer.last_error = None;
-                observer.failing = false;
+                self.track_failures(Vec::new());
+                self.last_error = None;
+                self.failing = false;
             }
             Err(error) => {
-                let endpoint_pods: BTreeMap<u32, PodRef> = self
+                let endpoint_pods: BTreeMap<u32, PodRef> = applied
                     .resolved
                     .endpoints
                     .values()
                     .map(|endpoint| (endpoint.info.endpoint_id, endpoint.pod.clone()))
                     .collect();
-                observer.track_failures(failures_of(error, &endpoint_pods));
-                observer.last_error = Some(LastError {
+                self.track_failures(failures_of(error, &endpoint_pods));
+                self.last_error = Some(LastError {
                     time: Timestamp::now(),
                     error: error_chain(error),
                 });
@@ -448,18 +447,26 @@ impl Agent {
                     // A reconcile that failed some writes still wrote the rest: what it fenced
                     // is what is fenced now.
                     if matches!(error, ReconcileError::Incomplete { .. }) {
-                        observer.fenced.clear();
+                        self.fenced.clear();
                     }
-                    observer.fenced.extend(apply.fenced.iter().cloned());
+                    self.fenced.extend(apply.fenced.iter().cloned());
                 }
                 // Rejected objects and what the maps cannot hold stay so until the source
                 // changes: only failed map writes are worth retrying.
-                observer.failing = !matches!(error, ReconcileError::Incomplete { apply: None, .. });
+                self.failing = !matches!(error, ReconcileError::Incomplete { apply: None, .. });
             }
         }
-        let status = self.status();
-        if let Some(metrics) = &self.observer.metrics {
-            let endpoints = self
+    }
+
+    /// Publishes `status` to the metrics and to `status.json` under `state_dir`.
+    pub(super) fn publish(
+        &self,
+        state_dir: &Path,
+        status: &Status,
+        applied: &Applied,
+    ) -> io::Result<()> {
+        if let Some(metrics) = &self.metrics {
+            let endpoints = applied
                 .programmed
                 .iter()
                 .flat_map(|state| state.endpoints.values())
@@ -476,47 +483,48 @@ impl Agent {
                 .collect();
             metrics.publish(endpoints, maps);
         }
-        if let Err(error) = result
-            && error.apply().is_some()
-        {
-            // Fenced endpoints keep their entries otherwise (a later delta may not touch them):
-            // the next reconcile diffs against what the maps really hold, which heals them.
-            self.programmed = None;
-        }
-        let text = serde_json::to_string_pretty(&status).map_err(io::Error::other)?;
-        write_atomically(&self.config.state_dir.join(STATUS_FILE), &text)
+        let text = serde_json::to_string_pretty(status).map_err(io::Error::other)?;
+        write_atomically(&state_dir.join(STATUS_FILE), &text)
     }
 
-    fn status(&self) -> Status {
+    /// The status of the agent of `node` reading `source`, which remembers `applied` and has
+    /// published `generation`.
+    pub(super) fn status(
+        &self,
+        node: &str,
+        source: &str,
+        applied: &Applied,
+        generation: Option<&str>,
+    ) -> Status {
         let empty = NodeState::default();
-        let programmed = self.programmed.as_ref().unwrap_or(&empty);
+        let programmed = applied.programmed.as_ref().unwrap_or(&empty);
         let mut entries_of: BTreeMap<u32, usize> = BTreeMap::new();
         for key in programmed.policy.keys() {
             *entries_of.entry(key.endpoint_id).or_default() += 1;
         }
-        let held: BTreeSet<u32> = self
+        let held: BTreeSet<u32> = applied
             .conflicts
             .iter()
             .flat_map(|conflict| conflict.claimants.iter().copied())
             .collect();
-        let contested: BTreeSet<&PodRef> = self
+        let contested: BTreeSet<&PodRef> = applied
             .conflicts
             .iter()
             .map(|conflict| &conflict.pod)
             .collect();
-        let endpoints = self
+        let endpoints = applied
             .resolved
             .endpoints
             .values()
             .map(|endpoint| {
-                let ifindex = self.interfaces.get(&endpoint.pod).copied();
+                let ifindex = applied.interfaces.get(&endpoint.pod).copied();
                 let state = if ifindex.is_none() && contested.contains(&endpoint.pod)
                     || ifindex.is_some_and(|ifindex| held.contains(&ifindex))
                 {
                     EndpointPhase::Conflict
                 } else if ifindex.is_none() {
                     EndpointPhase::WaitingForInterface
-                } else if self.observer.fenced.contains(&endpoint.pod) {
+                } else if self.fenced.contains(&endpoint.pod) {
                     EndpointPhase::Fenced
                 } else {
                     EndpointPhase::Programmed
@@ -530,7 +538,6 @@ impl Agent {
                     egress_isolated: endpoint.info.flags & ENDPOINT_EGRESS_ISOLATED != 0,
                     state,
                     generation: self
-                        .observer
                         .written
                         .get(&endpoint.pod)
                         .map(|(_, generation)| generation.clone()),
@@ -543,16 +550,16 @@ impl Agent {
                 }
             })
             .collect();
-        let mut failures: Vec<Failure> = self.observer.failures.values().cloned().collect();
+        let mut failures: Vec<Failure> = self.failures.values().cloned().collect();
         failures.sort_by_key(|failure| failure.since);
         Status {
-            node: self.config.node_name.clone(),
-            source: self.config.source.to_string(),
+            node: node.to_owned(),
+            source: source.to_owned(),
             time: Timestamp::now(),
-            applied_generation: self.applied_generation.clone(),
-            ready: self.observer.health.is_ready(),
+            applied_generation: generation.map(str::to_owned),
+            ready: self.health.is_ready(),
             endpoints,
-            conflicts: self
+            conflicts: applied
                 .conflicts
                 .iter()
                 .map(|conflict| ConflictStatus {
@@ -566,13 +573,17 @@ impl Agent {
                         .collect(),
                 })
                 .collect(),
-            maps: map_usage(programmed, self.host_addrs.len(), self.service_addrs.len()),
+            maps: map_usage(
+                programmed,
+                applied.host_addrs.len(),
+                applied.service_addrs.len(),
+            ),
             failures,
-            last_error: self.observer.last_error.clone(),
-            start: self.observer.start.clone(),
-            first_reconcile: self.observer.first_reconcile.clone(),
-            last_reconcile: self.observer.last_reconcile.clone(),
-            last_update: self.observer.last_update.clone(),
+            last_error: self.last_error.clone(),
+            start: self.start.clone(),
+            first_reconcile: self.first_reconcile.clone(),
+            last_reconcile: self.last_reconcile.clone(),
+            last_update: self.last_update.clone(),
         }
     }
 }
