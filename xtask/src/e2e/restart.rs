@@ -100,7 +100,10 @@ pub fn run(lab: &Lab, dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Re
     let bytes_while_down = stream.received() - down_at;
     // What the killed agents published must not pass for what their successors did.
     for k in 1..=plan.nodes {
-        for file in [agent::generation_file(k), state_dir(k).join("status.json")] {
+        for file in [
+            agent::generation_file(k),
+            state_dir(k).join(telemetry::STATUS_FILE),
+        ] {
             match fs::remove_file(&file) {
                 Err(error) if error.kind() != ErrorKind::NotFound => {
                     return Err(error).with_context(|| format!("removing {}", file.display()));
@@ -130,9 +133,12 @@ pub fn run(lab: &Lab, dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Re
         longest_gap.as_millis()
     );
     for k in 1..=plan.nodes {
-        let published = telemetry::wait(&state_dir(k), STATUS_TIMEOUT, "a first reconcile", |t| {
-            t.first_reconcile.is_some()
-        })?;
+        let published = telemetry::wait(
+            &state_dir(k),
+            STATUS_TIMEOUT,
+            "a first reconcile",
+            |published| published.first_reconcile.is_some(),
+        )?;
         check_adoption(&published).with_context(|| format!("the restarted agent of node-{k}"))?;
     }
     Ok(Outcome {

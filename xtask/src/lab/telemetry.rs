@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 
 /// The file under the agent's state directory.
-const STATUS_FILE: &str = "status.json";
+pub const STATUS_FILE: &str = "status.json";
 
 /// The telemetry part of an agent's status.
 #[derive(Clone, Debug, Deserialize)]
