@@ -19,6 +19,7 @@ mod serve;
 mod services;
 pub mod state;
 mod status;
+pub mod telemetry;
 mod topology;
 pub mod up;
 
