@@ -1,9 +1,11 @@
-//! Connection tracking: per-endpoint flow entries, and the fragment verdicts in `NP_FRAG_V1`.
+//! Connection tracking: per-endpoint flow entries, and the fragment verdicts in
+//! `FRAGMENTS_MAP`.
 //!
-//! A new flow goes into `NP_CTNEW_V1`. It moves to `NP_CT_V1` once it is confirmed: a packet came
-//! back the other way, and then another went the first way. Whoever floods new flows from
-//! forged or random sources never sees the replies, so never confirms a flow, and its entries
-//! evict only other unconfirmed ones: the confirmed flows of every endpoint survive the flood.
+//! A new flow goes into `UNCONFIRMED_MAP`. It moves to `CONNTRACK_MAP` once it is confirmed: a
+//! packet came back the other way, and then another went the first way. Whoever floods new flows
+//! from forged or random sources never sees the replies, so never confirms a flow, and its
+//! entries evict only other unconfirmed ones: the confirmed flows of every endpoint survive the
+//! flood.
 
 use aya_ebpf::maps::LruHashMap;
 use policy_common::{
@@ -15,8 +17,9 @@ use policy_common::{
 };
 
 use crate::{
-    maps::{NP_CT_V1, NP_CTNEW_V1, NP_FRAG_V1},
-    parse::{IPPROTO_TCP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    headers::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{CONNTRACK_MAP, FRAGMENTS_MAP, UNCONFIRMED_MAP},
+    parse::Packet,
 };
 
 type FlowMap = LruHashMap<CtKey, CtValue>;
@@ -95,36 +98,56 @@ const fn forward_verdict(flags: u32) -> Verdict {
     }
 }
 
-/// An established packet (same key) or a reply (reversed key), with the flow's rule id.
-/// Confirmed flows are looked up first: they carry almost every packet.
+/// What a packet of a tracked flow is to it, and the rule that allowed the flow.
+#[derive(Clone, Copy)]
+pub struct Tracked {
+    /// `Established` or `Reply`; `Service` or `Host` for a flow the pod's egress deferred.
+    pub verdict: Verdict,
+    pub rule_id: u32,
+}
+
+/// An established packet (same key) or a reply (reversed key) of a tracked flow. Confirmed
+/// flows are looked up first: they carry almost every packet.
 ///
 /// Not inlined: its keys would otherwise share the programs' frame, which the verifier's
 /// 512-byte stack limit does not allow.
 #[inline(never)]
-pub fn lookup(key: &CtKey, tcp_flags: u8, now: u64) -> Option<(Verdict, u32)> {
-    if let Some(entry) = hit(&NP_CT_V1, key, tcp_flags, now) {
+pub fn lookup(key: &CtKey, tcp_flags: u8, now: u64) -> Option<Tracked> {
+    if let Some(entry) = hit(&CONNTRACK_MAP, key, tcp_flags, now) {
         // SAFETY: a live map value, read once.
         let value = unsafe { *entry };
-        return Some((forward_verdict(value.flags), value.rule_id));
+        return Some(Tracked {
+            verdict: forward_verdict(value.flags),
+            rule_id: value.rule_id,
+        });
     }
     let reversed = key.reversed();
-    if let Some(entry) = hit(&NP_CT_V1, &reversed, tcp_flags, now) {
-        // SAFETY: a live map value, read once.
-        return Some((Verdict::Reply, unsafe { (*entry).rule_id }));
+    if let Some(entry) = hit(&CONNTRACK_MAP, &reversed, tcp_flags, now) {
+        return Some(Tracked {
+            verdict: Verdict::Reply,
+            // SAFETY: a live map value, read once.
+            rule_id: unsafe { (*entry).rule_id },
+        });
     }
-    if let Some(entry) = hit(&NP_CTNEW_V1, key, tcp_flags, now) {
+    if let Some(entry) = hit(&UNCONFIRMED_MAP, key, tcp_flags, now) {
         // SAFETY: a live map value, copied out once.
         let value = unsafe { *entry };
         if value.flags & CT_REPLIED != 0 {
             confirm(key, &value);
         }
-        return Some((forward_verdict(value.flags), value.rule_id));
+        return Some(Tracked {
+            verdict: forward_verdict(value.flags),
+            rule_id: value.rule_id,
+        });
     }
-    let entry = hit(&NP_CTNEW_V1, &reversed, tcp_flags, now)?;
+    let entry = hit(&UNCONFIRMED_MAP, &reversed, tcp_flags, now)?;
     // SAFETY: a live map value; a lost concurrent flag update only delays the confirmation.
     let value = unsafe { &mut *entry };
     value.flags |= CT_REPLIED;
-    Some((Verdict::Reply, value.rule_id))
+    Some(Tracked {
+        verdict: Verdict::Reply,
+        rule_id: value.rule_id,
+    })
 }
 
 /// Moves a flow seen both ways, then again its own way, to the confirmed map. A failed insert
@@ -136,8 +159,8 @@ fn confirm(key: &CtKey, value: &CtValue) {
         rule_id: value.rule_id,
         flags: value.flags & !CT_REPLIED,
     };
-    if NP_CT_V1.insert(key, &confirmed, 0).is_ok() {
-        let _ = NP_CTNEW_V1.remove(key);
+    if CONNTRACK_MAP.insert(key, &confirmed, 0).is_ok() {
+        let _ = UNCONFIRMED_MAP.remove(key);
     }
 }
 
@@ -158,7 +181,7 @@ pub fn insert(key: &CtKey, rule_id: u32, tcp_flags: u8, now: u64, deferred: u32)
     };
     // A failed insert leaves the flow untracked: later packets are decided by policy again and
     // replies into an isolated direction drop, which fails closed.
-    let _ = NP_CTNEW_V1.insert(key, &value, 0);
+    let _ = UNCONFIRMED_MAP.insert(key, &value, 0);
 }
 
 /// Whether an ICMP error quotes a flow this endpoint tracks, with that flow's rule id.
@@ -185,7 +208,7 @@ pub fn related(quoted: &mut CtKey, now: u64) -> Option<u32> {
 
 #[inline(always)]
 fn live_rule(key: &CtKey, now: u64) -> Option<u32> {
-    live_rule_in(&NP_CT_V1, key, now).or_else(|| live_rule_in(&NP_CTNEW_V1, key, now))
+    live_rule_in(&CONNTRACK_MAP, key, now).or_else(|| live_rule_in(&UNCONFIRMED_MAP, key, now))
 }
 
 #[inline(always)]
@@ -237,13 +260,13 @@ pub fn record_fragment(
         _pad: [0; 3],
     };
     // A failed insert makes the later fragments unknown, and they drop when isolated.
-    let _ = NP_FRAG_V1.insert(&key, &value, 0);
+    let _ = FRAGMENTS_MAP.insert(&key, &value, 0);
 }
 
 /// What the first fragment of this datagram got, if it was seen.
 #[inline(always)]
 pub fn fragment(key: &FragKey) -> Option<FragValue> {
-    let entry = NP_FRAG_V1.get_ptr(key)?;
+    let entry = FRAGMENTS_MAP.get_ptr(key)?;
     // SAFETY: a live map value, copied out.
     Some(unsafe { *entry })
 }

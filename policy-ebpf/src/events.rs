@@ -7,14 +7,14 @@ use policy_common::{
 };
 
 use crate::{
-    maps::{NP_COUNTER_V3, NP_EVENTS_V3},
+    maps::{COUNTERS_MAP, EVENTS_MAP},
     parse::Packet,
 };
 
 /// Adds one packet of `bytes` to the endpoint's slot for this direction and outcome.
 #[inline(always)]
 pub fn count(endpoint_id: u32, direction: Direction, outcome: Outcome, bytes: u32) {
-    if let Some(counter) = NP_COUNTER_V3.get_ptr_mut(counter_index(endpoint_id, direction, outcome))
+    if let Some(counter) = COUNTERS_MAP.get_ptr_mut(counter_index(endpoint_id, direction, outcome))
     {
         // SAFETY: a per-CPU slot: no other program touches it while this one runs.
         unsafe {
@@ -34,7 +34,7 @@ pub fn report(
     outcome: Outcome,
     rule_id: u32,
 ) {
-    let Some(mut entry) = NP_EVENTS_V3.reserve::<FlowEvent>(0) else {
+    let Some(mut entry) = EVENTS_MAP.reserve::<FlowEvent>(0) else {
         return;
     };
     entry.write(FlowEvent {

@@ -5,12 +5,13 @@
 //!
 //! # Services
 //! kube-proxy rewrites a ClusterIP to a backend after the packet left the client's veth, so
-//! `from_pod` does not decide a packet to a ClusterIP (`NP_SVC_V1`): it tracks the flow on the
+//! `from_pod` does not decide a packet to a ClusterIP (`SERVICES_MAP`): it tracks the flow on the
 //! ClusterIP tuple with `CT_SERVICE` (so replies, which come back from the ClusterIP, pass as
 //! replies), and passes the packet with `skb->mark` carrying "egress pending" and the client's
 //! endpoint id (`policy_common::maps::svc_mark`). The first hook that sees the packet after DNAT
 //! decides the client's egress on the post-DNAT tuple exactly as `from_pod` decides a direct
-//! packet, with the client's endpoint from `NP_EPID_V2`, counting and reporting for the client:
+//! packet, with the client's endpoint from `ENDPOINT_IDS_MAP`, counting and reporting for the
+//! client:
 //! - `svc_egress` in front of `to_pod` on a local backend's host veth, before the backend's own
 //!   ingress decision; a client reaching itself through its own Service passes (`OwnService`);
 //! - `svc_egress` on TC egress of the node's other interfaces, for remote backends.
@@ -22,6 +23,7 @@
 
 mod conntrack;
 mod events;
+mod headers;
 mod maps;
 mod parse;
 mod policy;
@@ -42,14 +44,16 @@ use policy_common::{
 };
 
 use crate::{
-    maps::{NP_ENDPOINT_V2, NP_EPID_V2},
+    conntrack::Tracked,
+    headers::{ND_NEIGHBOUR_ADVERTISEMENT, ND_NEIGHBOUR_SOLICITATION, ND_ROUTER_SOLICITATION},
+    maps::{ENDPOINT_IDS_MAP, ENDPOINTS_MAP},
     parse::{FRAGMENT_FIRST, Packet, ParseError, Shape},
 };
 
 /// The pod's egress, on the host veth's TC ingress.
 ///
 /// Passes (`TC_ACT_UNSPEC`, so later programs and the stack still decide):
-/// - packets on an interface that is not in `NP_ENDPOINT_V2` (not counted);
+/// - packets on an interface that is not in `ENDPOINTS_MAP` (not counted);
 /// - ARP from the pod's own address or probing from 0.0.0.0, and neighbour discovery that stays
 ///   on the link (see [`neighbour`]), isolated or not ready (`Exempt`);
 /// - packets to a ClusterIP (`Service`) or to an address of this node (`Host`): marked
@@ -113,7 +117,7 @@ fn to_pod(ctx: TcContext) -> i32 {
 fn run(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    let Some(endpoint) = NP_ENDPOINT_V2.get_ptr(&ifindex) else {
+    let Some(endpoint) = ENDPOINTS_MAP.get_ptr(&ifindex) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: a live map value, copied out once.
@@ -175,7 +179,7 @@ fn svc_egress(ctx: TcContext) -> i32 {
     ctx.set_mark(mark & !SVC_MARK_BITS);
     // SAFETY: the context of a TC program is a `__sk_buff`; ifindex is a readable field.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    let Some(client) = NP_EPID_V2.get_ptr(client_id) else {
+    let Some(client) = ENDPOINT_IDS_MAP.get_ptr(client_id) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: a live map value, copied out once.
@@ -192,7 +196,7 @@ fn svc_egress(ctx: TcContext) -> i32 {
         Ok(Shape::NeighbourDiscovery) => Ok(Shape::Flow),
         other => other,
     };
-    let own = NP_ENDPOINT_V2
+    let own = ENDPOINTS_MAP
         .get_ptr(&ifindex)
         // SAFETY: a live map value, read once.
         .is_some_and(|endpoint| unsafe { (*endpoint).endpoint_id } == client_id);
@@ -290,7 +294,7 @@ fn decide(
     // its node or its neighbours without them.
     let shape = match parsed {
         Ok(Shape::Arp) => return arp(endpoint, hook, packet),
-        Ok(Shape::NonIp) => return non_ip(endpoint, endpoint.isolated(direction)),
+        Ok(Shape::NonIp) => return non_ip(endpoint, direction),
         Ok(Shape::NeighbourDiscovery) => match neighbour(ctx, endpoint, hook, packet) {
             Some(decision) => return decision,
             None => Ok(Shape::Flow),
@@ -318,20 +322,22 @@ fn decide(
     // Established flows go first: the host check costs a lookup, and host traffic is never
     // tracked, so checking it after a conntrack miss gives every packet the same verdict.
     let key = conntrack::flow_key(endpoint.endpoint_id, direction, packet);
-    let mut track = true;
+    let mut tracking = Tracking::Track;
     if shape == Shape::Flow {
         match conntrack::lookup(&key, packet.tcp_flags, now) {
-            // After DNAT, a packet that still matches a deferred entry was not translated (no
-            // Service port matched): decided by policy, untracked so the entry stays.
-            Some((Verdict::Service | Verdict::Host, _)) if hook == Hook::AfterDnat => {
-                track = false;
+            Some(Tracked {
+                verdict: Verdict::Service | Verdict::Host,
+                ..
+            }) if hook == Hook::AfterDnat => {
+                tracking = Tracking::Untranslated;
             }
-            Some((verdict @ (Verdict::Service | Verdict::Host), rule_id))
-                if hook == Hook::FromPod =>
-            {
+            Some(Tracked {
+                verdict: verdict @ (Verdict::Service | Verdict::Host),
+                rule_id,
+            }) if hook == Hook::FromPod => {
                 return Decision::pass(verdict, rule_id);
             }
-            Some((verdict, rule_id)) => {
+            Some(Tracked { verdict, rule_id }) => {
                 return record_first_fragment(
                     endpoint,
                     direction,
@@ -350,10 +356,10 @@ fn decide(
     }
     let decision = match shape {
         Shape::LaterFragment => {
-            return later_fragment(endpoint, hook, packet, isolated);
+            return later_fragment(endpoint, hook, packet);
         }
-        Shape::IcmpError => icmp_error(ctx, endpoint, direction, packet, isolated),
-        _ => first_packet(endpoint, hook, packet, &key, isolated, now, track),
+        Shape::IcmpError => icmp_error(ctx, endpoint, direction, packet),
+        _ => first_packet(endpoint, hook, packet, &key, now, tracking),
     };
     if matches!(decision.result, Ok(Verdict::Service | Verdict::Host)) && hook == Hook::FromPod {
         return decision;
@@ -382,12 +388,12 @@ fn arp(endpoint: &EndpointInfo, hook: Hook, packet: &Packet) -> Decision {
 }
 
 /// A frame that is neither IP nor ARP: dropped while the endpoint is not ready (`NotReady`) or
-/// isolated in this direction (`NotIp`), else passed (`NotIsolated`).
+/// isolated in `direction` (`NotIp`), else passed (`NotIsolated`).
 #[inline(always)]
-const fn non_ip(endpoint: &EndpointInfo, isolated: bool) -> Decision {
+const fn non_ip(endpoint: &EndpointInfo, direction: Direction) -> Decision {
     if endpoint.flags & ENDPOINT_NOT_READY != 0 {
         Decision::drop(DropReason::NotReady)
-    } else if isolated {
+    } else if endpoint.isolated(direction) {
         Decision::drop(DropReason::NotIp)
     } else {
         Decision::pass(Verdict::NotIsolated, 0)
@@ -400,9 +406,6 @@ const fn non_ip(endpoint: &EndpointInfo, isolated: bool) -> Decision {
 const ND_MAX_LEN: u32 = 64;
 /// The shortest neighbour solicitation or advertisement: header, flags and target.
 const ND_TARGET_LEN: u32 = 24;
-const ND_ROUTER_SOLICITATION: u8 = 133;
-const ND_NEIGHBOUR_SOLICITATION: u8 = 135;
-const ND_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 
 /// Neighbour discovery (hop limit 255: never routed) passes without a policy decision
 /// (`Exempt`), isolated or not ready, when it is what the protocol sends:
@@ -487,8 +490,18 @@ fn record_first_fragment(
     decision
 }
 
-/// The first packet of a flow (no live entry): decided by policy, and tracked when allowed
-/// (unless `track` is false).
+/// What the first packet of a flow (no live entry for it) leaves in conntrack when allowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tracking {
+    /// A new entry: the flow is tracked from this packet on.
+    Track,
+    /// Nothing. After DNAT, the packet still matches the entry `from_pod` deferred: no Service
+    /// port translated it, so it is decided by policy and that entry stays as it is.
+    Untranslated,
+}
+
+/// The first packet of a flow (no live entry): decided by policy, and tracked as `tracking`
+/// says when allowed.
 ///
 /// From the pod, a flow to a ClusterIP (`Service`) or to a node address (`Host`) is not
 /// decided: it is tracked as deferred (`CT_SERVICE`, with `CT_HOST` for a node address) and
@@ -499,9 +512,8 @@ fn first_packet(
     hook: Hook,
     packet: &Packet,
     key: &CtKey,
-    isolated: bool,
     now: u64,
-    track: bool,
+    tracking: Tracking,
 ) -> Decision {
     let direction = hook.direction();
     if hook == Hook::FromPod {
@@ -514,22 +526,21 @@ fn first_packet(
             return Decision::pass(Verdict::Host, 0);
         }
     }
-    let (verdict, rule_id) = if isolated {
+    let allowed = if endpoint.isolated(direction) {
         match policy::allowing_rule(endpoint, direction, packet) {
-            Some(rule_id) => (Verdict::Policy, rule_id),
+            Some(rule_id) => Decision::pass(Verdict::Policy, rule_id),
             None => return Decision::drop(DropReason::PolicyDenied),
         }
     } else {
-        (Verdict::NotIsolated, 0)
+        Decision::pass(Verdict::NotIsolated, 0)
     };
-    if !track {
-        return Decision::pass(verdict, rule_id);
+    if tracking == Tracking::Untranslated {
+        return allowed;
     }
-    conntrack::insert(key, rule_id, packet.tcp_flags, now, 0);
+    conntrack::insert(key, allowed.rule_id, packet.tcp_flags, now, 0);
     Decision {
-        result: Ok(verdict),
-        rule_id,
         new_flow: true,
+        ..allowed
     }
 }
 
@@ -542,12 +553,11 @@ fn icmp_error(
     endpoint: &EndpointInfo,
     direction: Direction,
     packet: &Packet,
-    isolated: bool,
 ) -> Decision {
     if let Some(rule_id) = related_flow(ctx, endpoint.endpoint_id, direction, packet) {
         return Decision::pass(Verdict::Related, rule_id);
     }
-    if !isolated {
+    if !endpoint.isolated(direction) {
         return Decision::pass(Verdict::NotIsolated, 0);
     }
     match policy::allowing_rule(endpoint, direction, packet) {
@@ -585,12 +595,7 @@ fn related_flow(
 ///
 /// Not inlined, to keep its key out of the common path's frame.
 #[inline(never)]
-fn later_fragment(
-    endpoint: &EndpointInfo,
-    hook: Hook,
-    packet: &mut Packet,
-    isolated: bool,
-) -> Decision {
+fn later_fragment(endpoint: &EndpointInfo, hook: Hook, packet: &mut Packet) -> Decision {
     let direction = hook.direction();
     let key = conntrack::fragment_key(endpoint.endpoint_id, direction, packet);
     match conntrack::fragment(&key) {
@@ -609,7 +614,7 @@ fn later_fragment(
         None if hook == Hook::FromPod && policy::is_host(packet, direction) => {
             Decision::pass(Verdict::Host, 0)
         }
-        None if isolated => Decision::drop(DropReason::FragmentUnknown),
+        None if endpoint.isolated(direction) => Decision::drop(DropReason::FragmentUnknown),
         None => Decision::pass(Verdict::NotIsolated, 0),
     }
 }
@@ -620,6 +625,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The license the kernel reads: `Dual MIT/GPL`, this crate's `MIT OR GPL-2.0-only`. Only a
+/// program with a GPL-compatible license string may call the kernel's GPL-only helpers.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -10,36 +10,17 @@ use policy_common::{
     verdict::Direction,
 };
 
-const ETH_HEADER: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const ETH_P_ARP: u16 = 0x0806;
-/// An ARP packet for IPv4 over Ethernet: hardware type, protocol type, both lengths, operation,
-/// then sender MAC, sender IPv4, target MAC, target IPv4.
-const ARP_LEN: usize = 28;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPPROTO_SCTP: u8 = 132;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_DSTOPTS: u8 = 60;
+use crate::headers::{
+    ArpIpv4, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, EthHeader, Header,
+    IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_ROUTING, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IcmpHeader, Ipv4Header, Ipv6Extension,
+    Ipv6Fragment, Ipv6Header, L4Start, Ports, SctpHeader, TcpHeader, UdpHeader, VlanTag,
+};
 
 /// How many IPv6 extension headers the parser walks; a longer chain is [`ParseError::Unparsed`].
 pub const MAX_IPV6_EXTENSIONS: usize = 6;
 /// No header is read past this offset; only a pathological extension chain gets near it.
 const MAX_HEADER_OFFSET: usize = 16 * 1024;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 /// `Packet::fragment`: not a fragment, or an IPv6 atomic fragment.
 pub const FRAGMENT_NONE: u8 = 0;
@@ -90,6 +71,13 @@ impl Packet {
         }
     }
 
+    /// Sets the flow's ports.
+    #[inline(always)]
+    const fn set_ports(&mut self, ports: Ports) {
+        self.src_port = ports.src;
+        self.dst_port = ports.dst;
+    }
+
     /// The port a policy entry matches: the destination port where the protocol has ports.
     #[inline(always)]
     pub const fn policy_port(&self) -> u16 {
@@ -129,26 +117,27 @@ pub enum ParseError {
     Unparsed,
 }
 
-/// A bounds-checked pointer to `N` bytes at `offset`, pulling non-linear data in when needed.
+/// A bounds-checked pointer to the header `H` at `offset`, pulling non-linear data in when
+/// needed.
 #[inline(always)]
-fn header<const N: usize>(ctx: &TcContext, offset: usize) -> Option<*const [u8; N]> {
+fn header<H: Header>(ctx: &TcContext, offset: usize) -> Option<*const H> {
     if offset > MAX_HEADER_OFFSET {
         return None;
     }
     let start = data(ctx) + offset;
-    if start + N <= data_end(ctx) {
-        return Some(start as *const [u8; N]);
+    if start + size_of::<H>() <= data_end(ctx) {
+        return Some(start as *const H);
     }
-    let end = offset + N;
+    let end = offset + size_of::<H>();
     if end > ctx.len() as usize || ctx.pull_data(end as u32).is_err() {
         return None;
     }
     // The pull moved the packet: the checked pointer is derived afresh.
     let start = data(ctx) + offset;
-    if start + N > data_end(ctx) {
+    if start + size_of::<H>() > data_end(ctx) {
         return None;
     }
-    Some(start as *const [u8; N])
+    Some(start as *const H)
 }
 
 /// `skb->data`, read afresh at every use: a value the compiler kept across a loop or a helper
@@ -171,7 +160,7 @@ fn data_end(ctx: &TcContext) -> usize {
 /// Checks that the byte before `end` is present (pulling it in when needed).
 #[inline(always)]
 fn present(ctx: &TcContext, end: usize) -> bool {
-    end > 0 && header::<1>(ctx, end - 1).is_some()
+    end > 0 && header::<[u8; 1]>(ctx, end - 1).is_some()
 }
 
 /// An IPv4 address as a 16-byte address field (the address, then 12 zero bytes), built as two
@@ -183,11 +172,6 @@ const fn ipv4_field(addr: [u8; 4]) -> [u8; 16] {
     // SAFETY: two u64 are 16 initialised bytes; on little-endian BPF the address bytes come
     // first, in order.
     unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
-}
-
-#[inline(always)]
-const fn be16(high: u8, low: u8) -> u16 {
-    u16::from_be_bytes([high, low])
 }
 
 /// Parses Ethernet, one 802.1Q/802.1ad tag, IPv4 (options) or IPv6 (extension headers) and the
@@ -204,14 +188,14 @@ pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError> 
 
 #[inline(always)]
 fn parse_frame(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError> {
-    let eth = header::<ETH_HEADER>(ctx, 0).ok_or(ParseError::Malformed)?;
-    // SAFETY: `header` checked that all ETH_HEADER bytes are inside the packet.
-    let (mut ethertype, mut offset) = unsafe { (be16((*eth)[12], (*eth)[13]), ETH_HEADER) };
+    let eth = header::<EthHeader>(ctx, 0).ok_or(ParseError::Malformed)?;
+    // SAFETY: `header` checked that the whole header is inside the packet.
+    let (mut ethertype, mut offset) = unsafe { ((*eth).ethertype(), size_of::<EthHeader>()) };
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag = header::<4>(ctx, ETH_HEADER).ok_or(ParseError::Malformed)?;
+        let tag = header::<VlanTag>(ctx, offset).ok_or(ParseError::Malformed)?;
         // SAFETY: bounds-checked by `header`.
-        ethertype = unsafe { be16((*tag)[2], (*tag)[3]) };
-        offset += 4;
+        ethertype = unsafe { (*tag).ethertype() };
+        offset += size_of::<VlanTag>();
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
             return Err(ParseError::Unparsed);
         }
@@ -226,38 +210,34 @@ fn parse_frame(ctx: &TcContext, packet: &mut Packet) -> Result<Shape, ParseError
 
 #[inline(always)]
 fn parse_arp(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
-    let Some(arp) = header::<ARP_LEN>(ctx, offset) else {
+    let Some(arp) = header::<ArpIpv4>(ctx, offset) else {
         return Ok(Shape::NonIp);
     };
     // SAFETY: bounds-checked by `header`.
     let arp = unsafe { *arp };
-    let ipv4_over_ethernet = be16(arp[0], arp[1]) == 1
-        && be16(arp[2], arp[3]) == ETH_P_IPV4
-        && arp[4] == 6
-        && arp[5] == 4;
-    if !ipv4_over_ethernet {
+    if !arp.is_ipv4_over_ethernet() {
         return Ok(Shape::NonIp);
     }
     packet.family = FAMILY_V4;
-    packet.src_addr = ipv4_field([arp[14], arp[15], arp[16], arp[17]]);
-    packet.dst_addr = ipv4_field([arp[24], arp[25], arp[26], arp[27]]);
+    packet.src_addr = ipv4_field(arp.sender_ip);
+    packet.dst_addr = ipv4_field(arp.target_ip);
     Ok(Shape::Arp)
 }
 
-/// The ICMP or ICMPv6 type of a parsed ICMP packet. (The whole 8-byte header is read: for a
-/// 1-byte read LLVM folds the bounds check into a form the verifier learns no range from.)
+/// The ICMP or ICMPv6 type of a parsed ICMP packet. (The whole header is read: for a 1-byte
+/// read LLVM folds the bounds check into a form the verifier learns no range from.)
 #[inline(always)]
 pub fn icmp_type(ctx: &TcContext, packet: &Packet) -> Option<u8> {
-    let icmp = header::<8>(ctx, packet.l4_offset as usize)?;
+    let icmp = header::<IcmpHeader>(ctx, packet.l4_offset as usize)?;
     // SAFETY: bounds-checked by `header`.
-    Some(unsafe { (*icmp)[0] })
+    Some(unsafe { (*icmp).kind })
 }
 
-/// The target address of a neighbour solicitation or advertisement (after the ICMPv6 header
-/// and 4 reserved or flag bytes).
+/// The target address of a neighbour solicitation or advertisement (after the ICMPv6 header,
+/// whose last 4 bytes are its reserved or flag bytes).
 #[inline(always)]
 pub fn neighbour_target(ctx: &TcContext, packet: &Packet) -> Option<[u8; 16]> {
-    let target = header::<16>(ctx, packet.l4_offset as usize + 8)?;
+    let target = header::<[u8; 16]>(ctx, packet.l4_offset as usize + IcmpHeader::LEN)?;
     // SAFETY: bounds-checked by `header`.
     Some(unsafe { *target })
 }
@@ -270,85 +250,74 @@ pub fn l4_length(ctx: &TcContext, packet: &Packet) -> u32 {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
-    let ip = header::<20>(ctx, offset).ok_or(ParseError::Malformed)?;
+    let ip = header::<Ipv4Header>(ctx, offset).ok_or(ParseError::Malformed)?;
     // SAFETY: bounds-checked by `header`; the copy keeps later helper calls from invalidating it.
     let ip = unsafe { *ip };
-    if ip[0] >> 4 != 4 {
-        return Err(ParseError::Malformed);
-    }
-    let header_len = usize::from(ip[0] & 0x0f) * 4;
-    if header_len < 20 || usize::from(be16(ip[2], ip[3])) < header_len {
+    if !ip.is_valid() || ip.total_len() < ip.header_len() {
         return Err(ParseError::Malformed);
     }
     packet.family = FAMILY_V4;
-    packet.protocol = ip[9];
-    packet.src_addr = ipv4_field([ip[12], ip[13], ip[14], ip[15]]);
-    packet.dst_addr = ipv4_field([ip[16], ip[17], ip[18], ip[19]]);
-    if !present(ctx, offset + header_len) {
+    packet.protocol = ip.protocol;
+    packet.src_addr = ipv4_field(ip.src);
+    packet.dst_addr = ipv4_field(ip.dst);
+    if !present(ctx, offset + ip.header_len()) {
         return Err(ParseError::Malformed);
     }
-    let flags_offset = be16(ip[6], ip[7]);
-    packet.fragment_id = u32::from(be16(ip[4], ip[5]));
-    if flags_offset & 0x1fff != 0 {
+    packet.fragment_id = u32::from(ip.id());
+    if ip.is_later_fragment() {
         packet.fragment = FRAGMENT_LATER;
         return Ok(Shape::LaterFragment);
     }
-    if flags_offset & 0x2000 != 0 {
+    if ip.more_fragments() {
         packet.fragment = FRAGMENT_FIRST;
     }
-    parse_l4(ctx, offset + header_len, ip[9], 0, packet)
+    parse_l4(ctx, offset + ip.header_len(), ip.protocol, 0, packet)
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<Shape, ParseError> {
-    let ip = header::<40>(ctx, offset).ok_or(ParseError::Malformed)?;
+    let ip = header::<Ipv6Header>(ctx, offset).ok_or(ParseError::Malformed)?;
     // SAFETY: bounds-checked by `header`.
-    let (version, mut next, hop_limit) = unsafe { ((*ip)[0] >> 4, (*ip)[6], (*ip)[7]) };
-    if version != 6 {
+    let (valid, mut next, hop_limit) =
+        unsafe { ((*ip).is_valid(), (*ip).next_header, (*ip).hop_limit) };
+    if !valid {
         return Err(ParseError::Malformed);
     }
     // SAFETY: bounds-checked by `header`.
     unsafe {
-        packet.src_addr = *(ip as *const u8).add(8).cast::<[u8; 16]>();
-        packet.dst_addr = *(ip as *const u8).add(24).cast::<[u8; 16]>();
+        packet.src_addr = (*ip).src;
+        packet.dst_addr = (*ip).dst;
     }
     packet.family = FAMILY_V6;
-    let mut offset = offset + 40;
+    let mut offset = offset + Ipv6Header::LEN;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-                let ext = header::<2>(ctx, offset).ok_or(ParseError::Malformed)?;
+                let ext = header::<Ipv6Extension>(ctx, offset).ok_or(ParseError::Malformed)?;
                 // SAFETY: bounds-checked by `header`.
-                let (ext_next, ext_len) = unsafe { ((*ext)[0], usize::from((*ext)[1])) };
-                let len = if next == IPPROTO_AH {
-                    (ext_len + 2) * 4
-                } else {
-                    (ext_len + 1) * 8
-                };
-                // An authentication header is at least 12 bytes (RFC 4302: length field >= 1).
-                let too_short = next == IPPROTO_AH && ext_len == 0;
-                if too_short || !present(ctx, offset + len) {
+                let ext = unsafe { *ext };
+                let len = ext.header_len(next);
+                if ext.is_short_authentication(next) || !present(ctx, offset + len) {
                     return Err(ParseError::Malformed);
                 }
-                next = ext_next;
+                next = ext.next_header;
                 offset += len;
             }
             IPPROTO_FRAGMENT => {
-                let frag = header::<8>(ctx, offset).ok_or(ParseError::Malformed)?;
+                let frag = header::<Ipv6Fragment>(ctx, offset).ok_or(ParseError::Malformed)?;
                 // SAFETY: bounds-checked by `header`.
                 let frag = unsafe { *frag };
-                let offset_flags = be16(frag[2], frag[3]);
-                packet.fragment_id = u32::from_be_bytes([frag[4], frag[5], frag[6], frag[7]]);
-                packet.protocol = frag[0];
-                if offset_flags & 0xfff8 != 0 {
+                packet.fragment_id = frag.id();
+                packet.protocol = frag.next_header;
+                if frag.is_later_fragment() {
                     packet.fragment = FRAGMENT_LATER;
                     return Ok(Shape::LaterFragment);
                 }
-                if offset_flags & 1 != 0 {
+                if frag.more_fragments() {
                     packet.fragment = FRAGMENT_FIRST;
                 }
-                next = frag[0];
-                offset += 8;
+                next = frag.next_header;
+                offset += Ipv6Fragment::LEN;
             }
             _ => return parse_l4(ctx, offset, next, hop_limit, packet),
         }
@@ -375,50 +344,32 @@ fn parse_l4(
     packet.l4_offset = offset as u32;
     match protocol {
         IPPROTO_TCP => {
-            let tcp = header::<20>(ctx, offset).ok_or(ParseError::Malformed)?;
+            let tcp = header::<TcpHeader>(ctx, offset).ok_or(ParseError::Malformed)?;
             // SAFETY: bounds-checked by `header`.
             let tcp = unsafe { *tcp };
-            let header_len = usize::from(tcp[12] >> 4) * 4;
-            if header_len < 20 || !present(ctx, offset + header_len) {
+            let header_len = tcp.header_len();
+            if header_len < TcpHeader::MIN_LEN || !present(ctx, offset + header_len) {
                 return Err(ParseError::Malformed);
             }
-            packet.src_port = be16(tcp[0], tcp[1]);
-            packet.dst_port = be16(tcp[2], tcp[3]);
-            packet.tcp_flags = tcp[13];
+            packet.set_ports(tcp.ports.ports());
+            packet.tcp_flags = tcp.flags;
             Ok(Shape::Flow)
         }
-        IPPROTO_UDP => ports::<8>(ctx, offset, packet),
-        IPPROTO_SCTP => ports::<12>(ctx, offset, packet),
+        IPPROTO_UDP => {
+            let udp = header::<UdpHeader>(ctx, offset).ok_or(ParseError::Malformed)?;
+            // SAFETY: bounds-checked by `header`.
+            packet.set_ports(unsafe { (*udp).ports.ports() });
+            Ok(Shape::Flow)
+        }
+        IPPROTO_SCTP => {
+            let sctp = header::<SctpHeader>(ctx, offset).ok_or(ParseError::Malformed)?;
+            // SAFETY: bounds-checked by `header`.
+            packet.set_ports(unsafe { (*sctp).ports.ports() });
+            Ok(Shape::Flow)
+        }
         IPPROTO_ICMP if packet.family == FAMILY_V4 => parse_icmp(ctx, offset, 0, packet),
         IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => parse_icmp(ctx, offset, hop_limit, packet),
         _ => Ok(Shape::Flow),
-    }
-}
-
-/// UDP and SCTP: the ports lead a header of `N` bytes.
-#[inline(always)]
-fn ports<const N: usize>(
-    ctx: &TcContext,
-    offset: usize,
-    packet: &mut Packet,
-) -> Result<Shape, ParseError> {
-    let l4 = header::<N>(ctx, offset).ok_or(ParseError::Malformed)?;
-    // SAFETY: bounds-checked by `header`; N >= 4.
-    unsafe {
-        packet.src_port = be16((*l4)[0], (*l4)[1]);
-        packet.dst_port = be16((*l4)[2], (*l4)[3]);
-    }
-    Ok(Shape::Flow)
-}
-
-/// The echo identifier as CtKey ports: `(id, 0)` for a request, `(0, id)` for a reply, else
-/// `(0, 0)`.
-#[inline(always)]
-const fn echo_ports(family: u8, icmp_type: u8, id: u16) -> (u16, u16) {
-    match (family, icmp_type) {
-        (FAMILY_V4, 8) | (FAMILY_V6, 128) => (id, 0),
-        (FAMILY_V4, 0) | (FAMILY_V6, 129) => (0, id),
-        _ => (0, 0),
     }
 }
 
@@ -433,22 +384,16 @@ fn parse_icmp(
     hop_limit: u8,
     packet: &mut Packet,
 ) -> Result<Shape, ParseError> {
-    let icmp = header::<8>(ctx, offset).ok_or(ParseError::Malformed)?;
+    let icmp = header::<IcmpHeader>(ctx, offset).ok_or(ParseError::Malformed)?;
     // SAFETY: bounds-checked by `header`.
-    let (icmp_type, code, id) = unsafe { ((*icmp)[0], (*icmp)[1], be16((*icmp)[4], (*icmp)[5])) };
-    let v4 = packet.family == FAMILY_V4;
-    if !v4 && (133..=137).contains(&icmp_type) && code == 0 && hop_limit == ND_HOP_LIMIT {
+    let icmp = unsafe { &*icmp };
+    if packet.family == FAMILY_V6 && icmp.is_neighbour_discovery() && hop_limit == ND_HOP_LIMIT {
         return Ok(Shape::NeighbourDiscovery);
     }
-    let error = if v4 {
-        matches!(icmp_type, 3 | 11 | 12)
-    } else {
-        matches!(icmp_type, 1..=4)
-    };
-    if error {
+    if icmp.is_error(packet.family) {
         return Ok(Shape::IcmpError);
     }
-    (packet.src_port, packet.dst_port) = echo_ports(packet.family, icmp_type, id);
+    packet.set_ports(icmp.echo_ports(packet.family));
     Ok(Shape::Flow)
 }
 
@@ -463,7 +408,7 @@ pub fn quoted_key(
     endpoint_id: u32,
     direction: Direction,
 ) -> Option<CtKey> {
-    let offset = packet.l4_offset as usize + 8;
+    let offset = packet.l4_offset as usize + IcmpHeader::LEN;
     let mut key = CtKey {
         endpoint_id,
         src_port: 0,
@@ -476,42 +421,38 @@ pub fn quoted_key(
         dst_addr: [0; 16],
     };
     let l4_offset = if packet.family == FAMILY_V4 {
-        let ip = header::<20>(ctx, offset)?;
+        let ip = header::<Ipv4Header>(ctx, offset)?;
         // SAFETY: bounds-checked by `header`.
         let ip = unsafe { &*ip };
-        let header_len = usize::from(ip[0] & 0x0f) * 4;
-        if ip[0] >> 4 != 4 || header_len < 20 || be16(ip[6], ip[7]) & 0x1fff != 0 {
+        if !ip.is_valid() || ip.is_later_fragment() {
             return None;
         }
-        key.protocol = ip[9];
-        key.src_addr = ipv4_field([ip[12], ip[13], ip[14], ip[15]]);
-        key.dst_addr = ipv4_field([ip[16], ip[17], ip[18], ip[19]]);
-        offset + header_len
+        key.protocol = ip.protocol;
+        key.src_addr = ipv4_field(ip.src);
+        key.dst_addr = ipv4_field(ip.dst);
+        offset + ip.header_len()
     } else {
-        let ip = header::<40>(ctx, offset)?;
+        let ip = header::<Ipv6Header>(ctx, offset)?;
         // SAFETY: bounds-checked by `header`.
-        unsafe {
-            if (*ip)[0] >> 4 != 6 {
-                return None;
-            }
-            key.protocol = (*ip)[6];
-            key.src_addr = *(ip as *const u8).add(8).cast::<[u8; 16]>();
-            key.dst_addr = *(ip as *const u8).add(24).cast::<[u8; 16]>();
+        let ip = unsafe { &*ip };
+        if !ip.is_valid() {
+            return None;
         }
-        offset + 40
+        key.protocol = ip.next_header;
+        key.src_addr = ip.src;
+        key.dst_addr = ip.dst;
+        offset + Ipv6Header::LEN
     };
-    let l4 = header::<8>(ctx, l4_offset)?;
+    let l4 = header::<L4Start>(ctx, l4_offset)?;
     // SAFETY: bounds-checked by `header`.
     let l4 = unsafe { &*l4 };
-    (key.src_port, key.dst_port) = match key.protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => (be16(l4[0], l4[1]), be16(l4[2], l4[3])),
-        IPPROTO_ICMP if packet.family == FAMILY_V4 => {
-            echo_ports(FAMILY_V4, l4[0], be16(l4[4], l4[5]))
-        }
-        IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => {
-            echo_ports(FAMILY_V6, l4[0], be16(l4[4], l4[5]))
-        }
-        _ => (0, 0),
+    let ports = match key.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => l4.ports(),
+        IPPROTO_ICMP if packet.family == FAMILY_V4 => l4.icmp().echo_ports(FAMILY_V4),
+        IPPROTO_ICMPV6 if packet.family == FAMILY_V6 => l4.icmp().echo_ports(FAMILY_V6),
+        _ => Ports { src: 0, dst: 0 },
     };
+    key.src_port = ports.src;
+    key.dst_port = ports.dst;
     Some(key)
 }

@@ -8,7 +8,7 @@ use policy_common::{
 };
 
 use crate::{
-    maps::{NP_HOSTADDR_V2, NP_PEER4_V1, NP_PEER6_V1, NP_POLICY_V1, NP_SVC_V1},
+    maps::{HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP},
     parse::Packet,
 };
 
@@ -42,7 +42,7 @@ pub fn is_host(packet: &Packet, direction: Direction) -> bool {
     };
     // SAFETY: same size, every byte initialised, and `HostAddrKey` is valid for any bytes.
     let key = unsafe { core::mem::transmute::<HostAddrWords, HostAddrKey>(words) };
-    NP_HOSTADDR_V2.get_ptr(&key).is_some()
+    HOST_ADDRS_MAP.get_ptr(&key).is_some()
 }
 
 /// Whether an IPv6 address is link-local (fe80::/10).
@@ -65,7 +65,7 @@ pub fn is_service(packet: &Packet) -> bool {
         _pad: [0; 3],
         addr: packet.dst_addr,
     };
-    NP_SVC_V1.get_ptr(&key).is_some()
+    SERVICES_MAP.get_ptr(&key).is_some()
 }
 
 /// The class of the peer: the longest matching prefix, or `WORLD_CLASS`.
@@ -74,9 +74,11 @@ fn peer_class(packet: &Packet, direction: Direction) -> u32 {
     let addr = peer_addr(packet, direction);
     let class = if packet.family == FAMILY_V4 {
         let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
-        NP_PEER4_V1.get(&key).map(|class| class.id)
+        PEERS_V4_MAP.get(&key).map(|class| class.id)
     } else {
-        NP_PEER6_V1.get(&Key::new(128, *addr)).map(|class| class.id)
+        PEERS_V6_MAP
+            .get(&Key::new(128, *addr))
+            .map(|class| class.id)
     };
     class.unwrap_or(WORLD_CLASS)
 }
@@ -99,7 +101,7 @@ pub fn allowing_rule(
         packet.protocol,
         packet.policy_port(),
         |key| {
-            NP_POLICY_V1.get_ptr(key).map(|value| {
+            POLICY_MAP.get_ptr(key).map(|value| {
                 // SAFETY: a live map value, read once.
                 unsafe { (*value).rule_id }
             })
