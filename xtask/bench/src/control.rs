@@ -1086,7 +1086,7 @@ mod tests {
                 entries: Some(peer_entries),
             },
             MapMemory {
-                name: "NP_COUNTER_V2".to_owned(),
+                name: policy_common::names::COUNTERS_MAP.to_owned(),
                 max_entries: 32_768,
                 memlock_bytes: 2_000_000,
                 entries: None,
