@@ -10,6 +10,7 @@
 mod netns;
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
@@ -19,6 +20,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
+use jiff::Timestamp;
 use netns::{EchoServer, Netns, Node, Pod, tcp_works};
 use policy_agent::{
     agent::status::{self, EndpointPhase},
@@ -89,6 +91,17 @@ impl Dirs {
 
     fn status(&self) -> status::Status {
         status::read(&self.state).expect("status.json")
+    }
+
+    /// The status of the agent started at `since` or later, once its first reconcile is in.
+    fn status_of_start(&self, since: Timestamp) -> status::Status {
+        wait_for("the restarted agent's first reconcile", self, || {
+            status::read(&self.state).is_ok_and(|status| {
+                status.first_reconcile.is_some()
+                    && status.start.is_some_and(|start| start.time >= since)
+            })
+        });
+        self.status()
     }
 
     /// How many addresses the host address map holds.
@@ -587,16 +600,15 @@ fn deny_mode_holds_a_new_interface_until_its_pod_is_programmed() {
         !tcp_works(&stray.netns, to(&client, 80)),
         "a held interface sends nothing while the agent is down"
     );
+    let restarted = Timestamp::now();
     let mut agent = Agent::start(&node, &dirs, deny);
     fs::remove_file(dirs.state.join("generation")).expect("remove the applied generation");
     agent.wait_applied(&dirs);
-    let log = strip_ansi(&dirs.log());
-    let first = log
-        .lines()
-        .find(|line| line.contains("first reconcile since start"))
-        .expect("the first reconcile's log line");
-    assert!(first.contains(" writes=0 "), "{first}");
-    assert!(first.contains(" held=1"), "{first}");
+    let first = dirs
+        .status_of_start(restarted)
+        .first_reconcile
+        .expect("the first reconcile");
+    assert_eq!((first.writes, first.held), (0, 1), "{first:?}");
     assert_eq!(dirs.endpoint(stray_ifindex), Some(HELD));
     assert!(
         tcp_works(&client.netns, to(&server, 80)),
@@ -738,13 +750,16 @@ fn the_agent_needs_no_more_than_the_daemonsets_capabilities() {
         .expect("create map")
         .pin(&path)
         .expect("pin");
+    let restarted = Timestamp::now();
     let mut agent = Agent::start_with_capabilities(&node, &dirs, &[], Some(&capabilities));
     fs::remove_file(dirs.state.join("generation")).expect("remove the applied generation");
     agent.wait_applied(&dirs);
-    assert!(
-        strip_ansi(&dirs.log()).contains("every managed interface denies all its traffic"),
-        "{}",
-        dirs.log()
+    let start = dirs.status_of_start(restarted).start.expect("the start");
+    assert_eq!(start.replaced_maps, [ENDPOINTS_MAP], "{start:?}");
+    assert_eq!(
+        BTreeSet::from_iter(start.held_closed),
+        BTreeSet::from([client.ifindex, server.ifindex]),
+        "every managed interface is held closed until the first reconcile"
     );
     assert!(tcp_works(&client.netns, to(&server, 80)), "allowed port");
     assert!(!tcp_works(&client.netns, to(&server, 81)), "denied port");

@@ -15,10 +15,6 @@
 
 use std::{collections::BTreeSet, fmt, str::FromStr};
 
-use tracing::info;
-
-use super::{Agent, ReconcileError};
-
 /// The interface-name prefix of the pod veths of the common ptp CNIs (kindnet, the ptp plugin).
 pub const DEFAULT_INTERFACE_PREFIX: &str = "veth";
 
@@ -97,47 +93,6 @@ impl NewEndpointPolicy {
             })
             .map(|(ifindex, _)| *ifindex)
             .collect()
-    }
-}
-
-impl Agent {
-    /// The interfaces to hold now (empty in allow mode), given the endpoints' interfaces.
-    pub(super) async fn interfaces_to_hold(
-        &self,
-        endpoints: &BTreeSet<u32>,
-    ) -> Result<BTreeSet<u32>, ReconcileError> {
-        if self.config.new_endpoints.mode == NewEndpoints::Allow {
-            return Ok(BTreeSet::new());
-        }
-        let veths = self.discovery.veths().await?;
-        Ok(self.config.new_endpoints.to_hold(&veths, endpoints))
-    }
-
-    /// Holds `wanted` and releases every other held interface; returns the entries written.
-    /// Runs after the endpoints are programmed, so an interface whose pod was just resolved is
-    /// an endpoint's already and stays so.
-    pub(super) fn sync_held(&mut self, wanted: &BTreeSet<u32>) -> Result<usize, ReconcileError> {
-        let mut writes = 0;
-        for &ifindex in wanted {
-            if self.datapath.hold(ifindex)? {
-                info!(
-                    ifindex,
-                    "interface held: its traffic is denied until its pod is programmed on it"
-                );
-                writes += 1;
-            }
-        }
-        for ifindex in self.datapath.held()? {
-            if !wanted.contains(&ifindex) {
-                self.datapath.release(ifindex)?;
-                info!(
-                    ifindex,
-                    "held interface released: gone or no candidate any more"
-                );
-                writes += 1;
-            }
-        }
-        Ok(writes)
     }
 }
 

@@ -1,9 +1,12 @@
 //! `policy-agent run`: the node agent's loop.
 //!
 //! source (the API server's reflectors, or a manifest directory) -> snapshot -> resolve (pure)
-//! -> desired state of this node's endpoints -> endpoint discovery (the host-side interface of
-//! each local pod) -> the delta against what is programmed -> map writes, then attach -> the
-//! applied generation is published.
+//! -> desired state of this node's endpoints -> the node observed (each local pod's candidate
+//! interfaces, the node's addresses and links, what the datapath holds;
+//! [`execute::observe`]) -> a plan (pure: bindings, the map writes, attaches, holds, releases,
+//! detaches and uplinks; [`plan`]) -> the plan executed (map writes, then attach;
+//! [`execute::execute`]) -> the applied generation is published. Each reconcile is one
+//! `reconcile` span that ends with its counts, which `status.json` also carries.
 //!
 //! Reconciles run when the source changes (a few milliseconds after it), when the kernel
 //! announces a change of interfaces, addresses or routes (routing netlink notifications, see
@@ -46,14 +49,16 @@
 //! ([`crate::metrics`]).
 
 mod endpoints;
+mod execute;
 mod flows;
+mod plan;
 mod source;
 pub mod status;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fs, io,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
@@ -63,27 +68,26 @@ pub use endpoints::{
     DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, NewEndpointsParseError,
 };
 pub use flows::{Clocks, FLOW_LOG_MAX_BYTES, FlowContext, FlowRecord, rotated_path};
-use policy_common::maps::{
-    ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo, MAX_HOST_ADDRS,
-};
+use jiff::Timestamp;
+use plan::Applied;
 use source::{LoadError, Loader};
 pub use source::{RejectedObject, Source, SourceParseError};
-use tracing::{debug, info, warn};
+use status::{ReconcileReport, StartReport};
+use tracing::{Span, debug, info, instrument, warn};
 
 use crate::{
-    datapath::{ApplyError, Datapath, DatapathConfig, DatapathError, EndpointDifference},
+    datapath::{ApplyError, Datapath, DatapathConfig, DatapathError, Hook, OpenReport},
     discovery::{
         Discovery, DiscoveryError,
-        binding::{self, Conflict},
+        binding::Conflict,
         events::{self, Pacer},
     },
     error_chain, k8s,
     metrics::{self, Health, Metrics},
     policy::{
         adopt::resolve_adopting,
-        model::Snapshot,
         resolve::{ResolveError, resolve},
-        state::{Degraded, Delta, NodeState, PodRef},
+        state::{Degraded, PodRef},
     },
 };
 
@@ -265,17 +269,7 @@ struct Agent {
     loader: Loader,
     datapath: Datapath,
     discovery: Discovery,
-    /// The last resolved state: ids stay stable against it.
-    resolved: NodeState,
-    /// What the maps hold: `resolved` less the endpoints without an interface.
-    programmed: Option<NodeState>,
-    /// The interface each programmed pod is bound to.
-    interfaces: BTreeMap<PodRef, u32>,
-    /// The binding conflicts of the last reconcile.
-    conflicts: Vec<Conflict>,
-    host_addrs: Vec<IpAddr>,
-    service_addrs: Vec<IpAddr>,
-    uplinks: Vec<u32>,
+    applied: Applied,
     applied_generation: Option<String>,
     flow_context: Arc<RwLock<FlowContext>>,
     observer: status::Observer,
@@ -287,6 +281,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         path: config.state_dir.clone(),
         source,
     })?;
+    let started = Timestamp::now();
     let mut datapath = Datapath::open(DatapathConfig {
         pin_dir: config.pin_dir.clone(),
         state_file: config.state_dir.join("datapath.json"),
@@ -296,6 +291,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         source: Box::new(source),
     })?;
     let report = datapath.open_report();
+    let start = start_report(started, report);
     info!(
         node = %config.node_name,
         pin_dir = %config.pin_dir.display(),
@@ -341,18 +337,13 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
         loader,
         discovery: Discovery::new()?,
         datapath,
-        resolved: NodeState::default(),
-        programmed: None,
-        interfaces: BTreeMap::new(),
-        conflicts: Vec::new(),
-        host_addrs: Vec::new(),
-        service_addrs: Vec::new(),
-        uplinks: Vec::new(),
+        applied: Applied::default(),
         applied_generation: None,
         flow_context,
         observer: status::Observer::new(metrics, health),
         config,
     };
+    agent.observer.started(start);
     let mut resync = tokio::time::interval(agent.config.resync_interval);
     let mut pacer = Pacer::new(NETLINK_SPACING, DEBOUNCE);
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
@@ -410,7 +401,24 @@ impl Agent {
         let started = Instant::now();
         let result = self.reconcile().await;
         let elapsed = started.elapsed();
-        self.observe(&result, elapsed)
+        let generation = self.applied_generation.as_deref();
+        self.observer
+            .observe(&result, elapsed, &self.applied, generation);
+        let status = self.observer.status(
+            &self.config.node_name,
+            &self.config.source.to_string(),
+            &self.applied,
+            generation,
+        );
+        if let Err(error) = &result
+            && error.apply().is_some()
+        {
+            // Fenced endpoints keep their entries otherwise (a later delta may not touch them):
+            // the next reconcile diffs against what the maps really hold, which heals them.
+            self.applied.programmed = None;
+        }
+        self.observer
+            .publish(&self.config.state_dir, &status, &self.applied)
             .map_err(|source| AgentError::StateDir {
                 path: self.config.state_dir.join(status::STATUS_FILE),
                 source,
@@ -435,243 +443,131 @@ impl Agent {
         }
     }
 
-    /// Returns whether anything was written.
+    /// Load, resolve, observe the node, plan, execute, publish the generation. Returns whether
+    /// anything was written.
+    #[instrument(
+        name = "reconcile",
+        skip_all,
+        fields(generation, writes, endpoints, waiting, held, attached, detached)
+    )]
     async fn reconcile(&mut self) -> Result<bool, ReconcileError> {
+        let started = Timestamp::now();
         let mut loaded = self.loader.load()?;
         for rejected in &loaded.rejected {
             debug!("{}", error_chain(rejected));
         }
         let generation = std::mem::take(&mut loaded.generation);
-        let resolved = match &self.programmed {
-            Some(_) => resolve(&loaded.snapshot, &self.config.node_name, &self.resolved)?,
+        let span = Span::current();
+        span.record("generation", generation.as_str());
+        let adopting = self.applied.programmed.is_none();
+        let resolved = if adopting {
             // After a restart: keep the ids the pinned maps already use, so unchanged state is
             // not rewritten.
-            None => resolve_adopting(
+            resolve_adopting(
                 &loaded.snapshot,
                 &self.config.node_name,
                 &self.datapath.programmed_state()?,
-            )?,
+            )?
+        } else {
+            resolve(
+                &loaded.snapshot,
+                &self.config.node_name,
+                &self.applied.resolved,
+            )?
         };
-
-        let pods: BTreeMap<PodRef, Vec<IpAddr>> = resolved
-            .endpoints
-            .iter()
-            .map(|(pod, endpoint)| (pod.clone(), endpoint.ips.clone()))
-            .collect();
-        let wanted: BTreeSet<IpAddr> = pods.values().flatten().copied().collect();
-        let wiring = self.discovery.wiring(&wanted).await?;
-        // The record names the interface of every endpoint written: the bindings in force,
-        // also across a restart.
-        let binding = binding::bind(
-            &pods,
-            &wiring.claims,
-            &wiring.veths,
-            &self.datapath.programmed_ifindexes(),
+        let observed = execute::observe(
+            &self.discovery,
+            &self.datapath,
+            &resolved,
+            &self.applied,
+            self.config.new_endpoints.mode,
+        )
+        .await?;
+        let plan = plan::plan(
+            &loaded.snapshot,
+            &resolved,
+            &observed,
+            &self.applied,
+            &self.settings(),
         );
-        self.track_conflicts(binding.conflicts);
-        let interfaces = binding.interfaces;
-        let waiting: Vec<&PodRef> = pods
-            .keys()
-            .filter(|pod| !interfaces.contains_key(*pod))
-            .collect();
-        let mut programmable = resolved.clone();
-        programmable
-            .endpoints
-            .retain(|pod, _| interfaces.contains_key(pod));
-        for (pod, endpoint) in &mut programmable.endpoints {
-            if self.config.log_allowed {
-                endpoint.info.flags |= ENDPOINT_LOG_ALLOWED;
-            }
-            if self.config.any_source_namespaces.contains(&pod.namespace) {
-                endpoint.info.flags |= ENDPOINT_ANY_SOURCE;
-            }
-            if interfaces
-                .get(pod)
-                .is_some_and(|ifindex| binding.held.contains(ifindex))
-            {
-                endpoint.info.flags |= ENDPOINT_NOT_READY;
-            }
+        self.track_conflicts(plan.conflicts.clone());
+        for pod in &plan.waiting {
+            debug!(%pod, "no interface yet");
         }
-
-        let mut addr_writes = 0;
-        let service_addrs = service_addrs(&loaded.snapshot);
-        // An address that is both local and a ClusterIP (IPVS puts every ClusterIP on
-        // kube-ipvs0) is a Service; only the node's own addresses are host addresses.
-        let mut host_addrs = self.discovery.host_addresses().await?;
-        host_addrs.retain(|addr| service_addrs.binary_search(addr).is_err());
-        if host_addrs.len() > MAX_HOST_ADDRS as usize {
-            // The addresses left out are decided by policy like any peer: never more open.
-            warn!(
-                addresses = host_addrs.len(),
-                capacity = MAX_HOST_ADDRS,
-                "more node addresses than the host-address map holds; the rest are not host"
-            );
-            host_addrs.truncate(MAX_HOST_ADDRS as usize);
-        }
-        if host_addrs != self.host_addrs {
-            addr_writes += self.datapath.set_host_addrs(&host_addrs)?.writes;
-            info!(addresses = host_addrs.len(), "node addresses programmed");
-            self.host_addrs = host_addrs;
-        }
-
-        // ClusterIPs first: a pod attached below must already defer its Service traffic.
-        if service_addrs != self.service_addrs {
-            addr_writes += self.datapath.set_service_addrs(&service_addrs)?.writes;
-            self.service_addrs = service_addrs;
-        }
-
-        let repairing = match &self.programmed {
-            Some(programmed) => {
-                let differences = self
-                    .datapath
-                    .endpoint_differences(&expected_entries(programmed, &self.interfaces))?;
-                for difference in &differences {
-                    report_difference(difference);
-                }
-                !differences.is_empty()
-            }
-            None => false,
-        };
-        // A failed map write fences only the endpoints it concerns: the reconcile goes on, so
-        // every other endpoint (and a new pod's attachment) still takes the change.
-        let ifindex_of = |pod: &PodRef| interfaces.get(pod).copied();
-        let applied = match &self.programmed {
-            // The first pass diffs against what the maps really hold: adoption after a restart.
-            // So does a pass that found the endpoint map changed behind the agent's back.
-            None => self.datapath.sync(&programmable, ifindex_of),
-            Some(_) if repairing => {
-                let applied = self.datapath.sync(&programmable, ifindex_of);
-                if let Ok(stats) = &applied {
-                    info!(writes = stats.writes, "endpoint map repaired");
-                }
-                applied
-            }
-            Some(programmed) => {
-                let mut delta = Delta::between(programmed, &programmable);
-                for (pod, endpoint) in &programmable.endpoints {
-                    let moved = self.interfaces.get(pod) != interfaces.get(pod);
-                    if moved && !delta.endpoint_upserts.iter().any(|e| &e.pod == pod) {
-                        delta.endpoint_upserts.push(endpoint.clone());
-                    }
-                }
-                self.datapath.set_rules(&programmable.rules)?;
-                self.datapath.apply(&delta, ifindex_of)
-            }
-        };
-        let (writes, apply_error) = match applied {
-            Ok(stats) => (stats.writes, None),
-            Err(error) => (0, Some(Box::new(error))),
-        };
-
-        let endpoint_ifindexes: BTreeSet<u32> = interfaces.values().copied().collect();
-        let mut held = self.interfaces_to_hold(&endpoint_ifindexes).await?;
-        held.extend(binding.held.difference(&endpoint_ifindexes));
-        let wanted: BTreeSet<u32> = endpoint_ifindexes.union(&held).copied().collect();
-        for (pod, &ifindex) in &interfaces {
-            if self.interfaces.get(pod) != Some(&ifindex) {
-                self.datapath
-                    .attach(ifindex)
-                    .map_err(|source| ReconcileError::Attach {
-                        pod: pod.clone(),
-                        ifindex,
-                        source: Box::new(source),
-                    })?;
-                info!(%pod, ifindex, "programs attached");
-            }
-        }
-        let held_writes = self.sync_held(&held)?;
-        for ifindex in self.datapath.attached()? {
-            if !wanted.contains(&ifindex) {
-                self.datapath.detach(ifindex)?;
-                info!(
-                    ifindex,
-                    "programs detached: no local pod uses the interface"
-                );
-            }
-        }
-
-        self.sync_uplinks(&wanted).await?;
+        let (waiting, held) = (plan.waiting.len(), plan.hold.len());
+        let executed = execute::execute(plan, &mut self.datapath, &mut self.applied)?;
 
         if let Ok(mut context) = self.flow_context.write() {
             context.update(&loaded.snapshot, &resolved);
         }
-        if writes > 0 {
+        let endpoints = self
+            .applied
+            .programmed
+            .as_ref()
+            .map_or(0, |programmed| programmed.endpoints.len());
+        let writes = executed.map_writes + executed.addr_writes + executed.held_writes;
+        if executed.map_writes > 0 {
             info!(
-                writes,
-                endpoints = programmable.endpoints.len(),
+                writes = executed.map_writes,
+                endpoints,
                 generation = %generation,
                 "datapath updated"
             );
         }
-        for pod in &waiting {
-            debug!(%pod, "no interface yet");
+        if adopting {
+            info!(writes, endpoints, held, "first reconcile since start");
         }
-        if self.programmed.is_none() {
-            // The restart check of the lab reads this line: an agent that adopted unchanged
-            // pins writes nothing.
-            info!(
-                writes = writes + addr_writes + held_writes,
-                endpoints = programmable.endpoints.len(),
-                held = held.len(),
-                "first reconcile since start"
-            );
-        }
+        span.record("writes", writes);
+        span.record("endpoints", endpoints);
+        span.record("waiting", waiting);
+        span.record("held", held);
+        span.record("attached", executed.attached);
+        span.record("detached", executed.detached);
+        let finished = Timestamp::now();
+        self.observer.reconciled(ReconcileReport {
+            generation: generation.clone(),
+            started,
+            written: executed.written.unwrap_or(finished),
+            finished,
+            writes,
+            endpoints,
+            waiting,
+            held,
+            attached: executed.attached,
+            detached: executed.detached,
+            repaired: observed.differences.len(),
+        });
         let degraded = resolved.degraded.clone();
-        self.resolved = resolved;
-        self.programmed = Some(programmable);
-        self.interfaces = interfaces;
+        self.applied.resolved = resolved;
         if self.applied_generation.as_deref() != Some(generation.as_str()) {
             let path = self.config.state_dir.join("generation");
             write_atomically(&path, &format!("{generation}\n"))
                 .map_err(|source| ReconcileError::Publish { path, source })?;
             self.applied_generation = Some(generation);
         }
-        if !loaded.rejected.is_empty() || !degraded.is_empty() || apply_error.is_some() {
+        if !loaded.rejected.is_empty() || !degraded.is_empty() || executed.apply_error.is_some() {
             return Err(ReconcileError::Incomplete {
                 rejected: loaded.rejected,
                 degraded,
-                apply: apply_error,
+                apply: executed.apply_error,
             });
         }
-        Ok(writes > 0)
+        Ok(executed.map_writes > 0)
     }
 
-    /// Attaches `svc_egress` to every uplink and detaches it from interfaces that are no
-    /// longer uplinks (gone, or now a pod's).
-    async fn sync_uplinks(
-        &mut self,
-        endpoint_ifindexes: &BTreeSet<u32>,
-    ) -> Result<(), ReconcileError> {
-        let uplinks = uplinks_of(
-            self.discovery.uplinks().await?,
-            endpoint_ifindexes.iter().copied(),
-        );
-        for &ifindex in &uplinks {
-            if !self.uplinks.contains(&ifindex) {
-                self.datapath.attach_uplink(ifindex).map_err(|source| {
-                    ReconcileError::AttachUplink {
-                        ifindex,
-                        source: Box::new(source),
-                    }
-                })?;
-                info!(ifindex, "svc_egress attached to uplink");
-            }
+    fn settings(&self) -> plan::Settings {
+        plan::Settings {
+            log_allowed: self.config.log_allowed,
+            any_source_namespaces: self.config.any_source_namespaces.clone(),
+            new_endpoints: self.config.new_endpoints.clone(),
         }
-        for ifindex in self.datapath.attached_uplinks()? {
-            if !uplinks.contains(&ifindex) {
-                self.datapath.detach_uplink(ifindex)?;
-                info!(ifindex, "svc_egress detached: no longer an uplink");
-            }
-        }
-        self.uplinks = uplinks;
-        Ok(())
     }
 
     /// Makes `conflicts` the current binding conflicts: new ones are logged as warnings, gone
     /// ones as resolved.
     fn track_conflicts(&mut self, conflicts: Vec<Conflict>) {
         for conflict in &conflicts {
-            if !self.conflicts.contains(conflict) {
+            if !self.applied.conflicts.contains(conflict) {
                 warn!(
                     pod = %conflict.pod,
                     bound = %describe_bound(conflict.bound),
@@ -681,7 +577,7 @@ impl Agent {
                 );
             }
         }
-        for conflict in &self.conflicts {
+        for conflict in &self.applied.conflicts {
             if !conflicts.contains(conflict) {
                 info!(
                     pod = %conflict.pod,
@@ -691,47 +587,20 @@ impl Agent {
                 );
             }
         }
-        self.conflicts = conflicts;
+        self.applied.conflicts = conflicts;
     }
 }
 
-/// The entry of every programmed endpoint, by the interface it was written for.
-fn expected_entries(
-    programmed: &NodeState,
-    interfaces: &BTreeMap<PodRef, u32>,
-) -> BTreeMap<u32, (PodRef, EndpointInfo)> {
-    programmed
-        .endpoints
-        .iter()
-        .filter_map(|(pod, endpoint)| {
-            let ifindex = interfaces.get(pod)?;
-            Some((*ifindex, (pod.clone(), endpoint.info)))
-        })
-        .collect()
-}
-
-fn report_difference(difference: &EndpointDifference) {
-    match difference {
-        EndpointDifference::Missing { pod, ifindex } => warn!(
-            %pod,
-            interface = %describe_interface(*ifindex),
-            "endpoint entry missing from the kernel's map; restoring it"
-        ),
-        EndpointDifference::Changed {
-            pod,
-            ifindex,
-            found,
-        } => warn!(
-            %pod,
-            interface = %describe_interface(*ifindex),
-            ?found,
-            "endpoint entry differs from what was programmed; rewriting it"
-        ),
-        EndpointDifference::Stale { ifindex, found } => warn!(
-            interface = %describe_interface(*ifindex),
-            ?found,
-            "endpoint entry on an interface no programmed pod is bound to; removing it"
-        ),
+/// What `status.json` tells of the start: `started` is when opening the datapath began.
+fn start_report(started: Timestamp, report: &OpenReport) -> StartReport {
+    let names = |hooks: &[Hook]| hooks.iter().map(ToString::to_string).collect();
+    StartReport {
+        time: started,
+        datapath_open: Timestamp::now(),
+        adopted_programs: names(&report.adopted_programs),
+        installed_programs: names(&report.installed_programs),
+        replaced_maps: report.replaced_maps.clone(),
+        held_closed: report.held_closed.clone(),
     }
 }
 
@@ -761,25 +630,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
     }
-}
-
-/// The uplinks among `links`: those that are not an endpoint's interface.
-fn uplinks_of(links: Vec<u32>, endpoints: impl Iterator<Item = u32>) -> Vec<u32> {
-    let endpoints: BTreeSet<u32> = endpoints.collect();
-    links
-        .into_iter()
-        .filter(|ifindex| !endpoints.contains(ifindex))
-        .collect()
-}
-
-/// Every ClusterIP of every Service, both families, sorted and without repeats.
-fn service_addrs(snapshot: &Snapshot) -> Vec<IpAddr> {
-    let addrs: BTreeSet<IpAddr> = snapshot
-        .services
-        .iter()
-        .flat_map(|service| service.cluster_ips.iter().copied())
-        .collect();
-    addrs.into_iter().collect()
 }
 
 /// Replaces `path` with `text` so readers see the old or the new content, never a mix.

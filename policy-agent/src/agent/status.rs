@@ -1,10 +1,11 @@
 //! What the agent tells operators about itself: `<state-dir>/status.json`, replaced atomically
 //! after every reconcile that ran (and after every failure), the failures that persist (each
-//! logged and counted once, when it starts), and the metrics.
+//! logged and counted once, when it starts), and the metrics. `status.json` also carries what
+//! tests and benchmarks measure the agent by (its start, and the writes and timings of its
+//! first, last and last writing reconciles), so that no program reads the log.
 
 use std::{
     collections::{BTreeMap, BTreeSet, hash_map::DefaultHasher},
-    fs,
     hash::{Hash as _, Hasher as _},
     io,
     path::Path,
@@ -19,11 +20,15 @@ use policy_common::{
     },
     names::{ENDPOINTS_MAP, HOST_ADDRS_MAP, PEERS_V4_MAP, PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP},
 };
-use serde::{Deserialize, Serialize};
+pub use policy_core::telemetry::{
+    ConflictStatus, EndpointPhase, EndpointStatus, Failure, FailureKind, InterfaceRef, LastError,
+    MapUsage, ReconcileReport, STATUS_FILE, StartReport, Status, StatusReadError, read,
+};
 use tracing::{info, warn};
 
 use super::{
-    Agent, ReconcileError,
+    ReconcileError,
+    plan::Applied,
     source::{LoadError, RejectedObject},
     write_atomically,
 };
@@ -38,191 +43,12 @@ use crate::{
     },
 };
 
-/// The file the agent publishes its status in, under the state directory.
-pub const STATUS_FILE: &str = "status.json";
-
-/// The agent's state, as `status.json` holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub node: String,
-    pub source: String,
-    /// When this status was written.
-    pub time: Timestamp,
-    /// The generation of the source content the datapath enforces.
-    pub applied_generation: Option<String>,
-    /// Whether a reconcile has programmed the datapath since the agent started.
-    pub ready: bool,
-    pub endpoints: Vec<EndpointStatus>,
-    /// Pods claimed by interfaces they are not bound to; those interfaces are held closed.
-    #[serde(default)]
-    pub conflicts: Vec<ConflictStatus>,
-    pub maps: Vec<MapUsage>,
-    /// Failures that persist now, oldest first.
-    pub failures: Vec<Failure>,
-    /// The error of the last reconcile, while the reconciles fail.
-    pub last_error: Option<LastError>,
-}
-
-/// One local pod's endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointStatus {
-    /// `namespace/name`.
-    pub pod: String,
-    /// The host-side interface; absent while the pod has none yet.
-    pub interface: Option<String>,
-    pub ifindex: Option<u32>,
-    pub endpoint_id: u32,
-    pub ingress_isolated: bool,
-    pub egress_isolated: bool,
-    pub state: EndpointPhase,
-    /// The generation of the reconcile that last wrote this endpoint's entry or policy entries.
-    pub generation: Option<String>,
-    /// Entries of the policy map this endpoint uses.
-    pub policy_entries: usize,
-}
-
-/// Where an endpoint stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EndpointPhase {
-    /// Its programs run with its policy.
-    Programmed,
-    /// A map update for it failed: it denies all traffic until an update succeeds.
-    Fenced,
-    /// The pod has no interface on this node yet.
-    WaitingForInterface,
-    /// A binding conflict holds it closed: its interface claims another pod's address, or it
-    /// has no established interface and several claim it. It denies all traffic until the
-    /// conflict goes away.
-    Conflict,
-}
-
-/// A pod claimed by interfaces it is not bound to (see [`crate::discovery::binding`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConflictStatus {
-    /// `namespace/name`.
-    pub pod: String,
-    /// The interface the pod is bound to; absent while it has none.
-    pub bound: Option<InterfaceRef>,
-    /// The other interfaces claiming it, each held closed.
-    pub claimants: Vec<InterfaceRef>,
-}
-
-/// A host-side interface.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InterfaceRef {
-    pub ifindex: u32,
-    /// Absent when the interface is gone.
-    pub interface: Option<String>,
-}
-
-impl InterfaceRef {
-    fn new(ifindex: u32) -> InterfaceRef {
-        InterfaceRef {
-            ifindex,
-            interface: interface_name(ifindex),
-        }
+/// The interface `ifindex`, named if it still exists.
+fn interface_ref(ifindex: u32) -> InterfaceRef {
+    InterfaceRef {
+        ifindex,
+        interface: interface_name(ifindex),
     }
-}
-
-/// Entries and capacity of one map that can fill (the LRU maps evict instead).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MapUsage {
-    pub map: String,
-    /// The entries the last resolve needs.
-    pub entries: u64,
-    pub capacity: u64,
-}
-
-/// What kind of failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureKind {
-    /// A map (or the resolver's check of its capacity) has no room.
-    MapFull,
-    /// Another map write failed.
-    MapUpdate,
-    /// A program could not be attached.
-    Attach,
-    /// An object of the source was rejected (it does not parse, or a field is invalid).
-    InvalidObject,
-    /// Valid objects the datapath cannot represent (ids exhausted).
-    Unrepresentable,
-    /// The agent could not read its source, talk to netlink, or write its state.
-    Agent,
-}
-
-impl FailureKind {
-    pub const ALL: [FailureKind; 6] = [
-        FailureKind::MapFull,
-        FailureKind::MapUpdate,
-        FailureKind::Attach,
-        FailureKind::InvalidObject,
-        FailureKind::Unrepresentable,
-        FailureKind::Agent,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            FailureKind::MapFull => "map-full",
-            FailureKind::MapUpdate => "map-update",
-            FailureKind::Attach => "attach",
-            FailureKind::InvalidObject => "invalid-object",
-            FailureKind::Unrepresentable => "unrepresentable",
-            FailureKind::Agent => "agent",
-        }
-    }
-}
-
-/// One failure that persists.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    pub kind: FailureKind,
-    /// The object it concerns: a pod, a manifest object, a map's contents, the node.
-    pub object: String,
-    /// The first error of this kind and object, with its causes.
-    pub error: String,
-    /// How many errors of this kind and object the last failing reconcile had.
-    pub count: usize,
-    /// When it started.
-    pub since: Timestamp,
-}
-
-/// The error of the last reconcile.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastError {
-    pub time: Timestamp,
-    pub error: String,
-}
-
-/// Why `status.json` cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum StatusReadError {
-    #[error(
-        "no agent has published a status in {dir} (is `policy-agent run` running with this --state-dir?)",
-        dir = dir.display()
-    )]
-    Missing {
-        dir: std::path::PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path} is not a valid status", path = path.display())]
-    Invalid {
-        path: std::path::PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-/// Reads the status an agent published in `state_dir`.
-pub fn read(state_dir: &Path) -> Result<Status, StatusReadError> {
-    let path = state_dir.join(STATUS_FILE);
-    let text = fs::read_to_string(&path).map_err(|source| StatusReadError::Missing {
-        dir: state_dir.to_owned(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| StatusReadError::Invalid { path, source })
 }
 
 /// The observability side of the agent: failure tracking, status and metrics.
@@ -240,6 +66,10 @@ pub(super) struct Observer {
     pending_change: Option<Instant>,
     /// Whether the last reconcile failed: the periodic pass retries it.
     pub(super) failing: bool,
+    start: Option<StartReport>,
+    first_reconcile: Option<ReconcileReport>,
+    last_reconcile: Option<ReconcileReport>,
+    last_update: Option<ReconcileReport>,
 }
 
 impl Observer {
@@ -261,7 +91,26 @@ impl Observer {
             written: BTreeMap::new(),
             pending_change: None,
             failing: false,
+            start: None,
+            first_reconcile: None,
+            last_reconcile: None,
+            last_update: None,
         }
+    }
+
+    pub(super) fn started(&mut self, start: StartReport) {
+        self.start = Some(start);
+    }
+
+    /// A reconcile ran to its end.
+    pub(super) fn reconciled(&mut self, report: ReconcileReport) {
+        if self.first_reconcile.is_none() {
+            self.first_reconcile = Some(report.clone());
+        }
+        if report.writes > 0 {
+            self.last_update = Some(report.clone());
+        }
+        self.last_reconcile = Some(report);
     }
 
     /// The source announced a change now.
@@ -308,17 +157,17 @@ impl Observer {
         }
         self.failures = current;
     }
-}
 
-impl Agent {
-    /// Records the outcome of a reconcile that ran: failures, status.json, metrics.
+    /// Records the outcome of a reconcile that ran: failures, fenced endpoints, metrics. The
+    /// agent remembers `applied` and has published `generation`.
     pub(super) fn observe(
         &mut self,
         result: &Result<bool, ReconcileError>,
         elapsed: Duration,
-    ) -> io::Result<()> {
-        let observer = &mut self.observer;
-        if let Some(metrics) = &observer.metrics {
+        applied: &Applied,
+        generation: Option<&str>,
+    ) {
+        if let Some(metrics) = &self.metrics {
             metrics.observe_reconcile(elapsed);
         }
         // Whether the datapath holds the whole resolved state (rejected objects and what the
@@ -329,39 +178,37 @@ impl Agent {
             Err(_) => false,
         };
         if programmed_all {
-            observer.fenced.clear();
-            observer.health.set_ready();
-            if let (Some(received), Some(metrics)) =
-                (observer.pending_change.take(), &observer.metrics)
-            {
+            self.fenced.clear();
+            self.health.set_ready();
+            if let (Some(received), Some(metrics)) = (self.pending_change.take(), &self.metrics) {
                 metrics.observe_enforcement(received.elapsed());
             }
-            if let Some(programmed) = &self.programmed
-                && let Some(generation) = &self.applied_generation
+            if let Some(programmed) = &applied.programmed
+                && let Some(generation) = generation
             {
                 record_writes(
-                    &mut observer.written,
+                    &mut self.written,
                     programmed,
-                    &self.interfaces,
+                    &applied.interfaces,
                     generation,
                 );
             }
         }
         match result {
             Ok(_) => {
-                observer.track_failures(Vec::new());
-                observer.last_error = None;
-                observer.failing = false;
+                self.track_failures(Vec::new());
+                self.last_error = None;
+                self.failing = false;
             }
             Err(error) => {
-                let endpoint_pods: BTreeMap<u32, PodRef> = self
+                let endpoint_pods: BTreeMap<u32, PodRef> = applied
                     .resolved
                     .endpoints
                     .values()
                     .map(|endpoint| (endpoint.info.endpoint_id, endpoint.pod.clone()))
                     .collect();
-                observer.track_failures(failures_of(error, &endpoint_pods));
-                observer.last_error = Some(LastError {
+                self.track_failures(failures_of(error, &endpoint_pods));
+                self.last_error = Some(LastError {
                     time: Timestamp::now(),
                     error: error_chain(error),
                 });
@@ -369,18 +216,26 @@ impl Agent {
                     // A reconcile that failed some writes still wrote the rest: what it fenced
                     // is what is fenced now.
                     if matches!(error, ReconcileError::Incomplete { .. }) {
-                        observer.fenced.clear();
+                        self.fenced.clear();
                     }
-                    observer.fenced.extend(apply.fenced.iter().cloned());
+                    self.fenced.extend(apply.fenced.iter().cloned());
                 }
                 // Rejected objects and what the maps cannot hold stay so until the source
                 // changes: only failed map writes are worth retrying.
-                observer.failing = !matches!(error, ReconcileError::Incomplete { apply: None, .. });
+                self.failing = !matches!(error, ReconcileError::Incomplete { apply: None, .. });
             }
         }
-        let status = self.status();
-        if let Some(metrics) = &self.observer.metrics {
-            let endpoints = self
+    }
+
+    /// Publishes `status` to the metrics and to `status.json` under `state_dir`.
+    pub(super) fn publish(
+        &self,
+        state_dir: &Path,
+        status: &Status,
+        applied: &Applied,
+    ) -> io::Result<()> {
+        if let Some(metrics) = &self.metrics {
+            let endpoints = applied
                 .programmed
                 .iter()
                 .flat_map(|state| state.endpoints.values())
@@ -397,47 +252,48 @@ impl Agent {
                 .collect();
             metrics.publish(endpoints, maps);
         }
-        if let Err(error) = result
-            && error.apply().is_some()
-        {
-            // Fenced endpoints keep their entries otherwise (a later delta may not touch them):
-            // the next reconcile diffs against what the maps really hold, which heals them.
-            self.programmed = None;
-        }
-        let text = serde_json::to_string_pretty(&status).map_err(io::Error::other)?;
-        write_atomically(&self.config.state_dir.join(STATUS_FILE), &text)
+        let text = serde_json::to_string_pretty(status).map_err(io::Error::other)?;
+        write_atomically(&state_dir.join(STATUS_FILE), &text)
     }
 
-    fn status(&self) -> Status {
+    /// The status of the agent of `node` reading `source`, which remembers `applied` and has
+    /// published `generation`.
+    pub(super) fn status(
+        &self,
+        node: &str,
+        source: &str,
+        applied: &Applied,
+        generation: Option<&str>,
+    ) -> Status {
         let empty = NodeState::default();
-        let programmed = self.programmed.as_ref().unwrap_or(&empty);
+        let programmed = applied.programmed.as_ref().unwrap_or(&empty);
         let mut entries_of: BTreeMap<u32, usize> = BTreeMap::new();
         for key in programmed.policy.keys() {
             *entries_of.entry(key.endpoint_id).or_default() += 1;
         }
-        let held: BTreeSet<u32> = self
+        let held: BTreeSet<u32> = applied
             .conflicts
             .iter()
             .flat_map(|conflict| conflict.claimants.iter().copied())
             .collect();
-        let contested: BTreeSet<&PodRef> = self
+        let contested: BTreeSet<&PodRef> = applied
             .conflicts
             .iter()
             .map(|conflict| &conflict.pod)
             .collect();
-        let endpoints = self
+        let endpoints = applied
             .resolved
             .endpoints
             .values()
             .map(|endpoint| {
-                let ifindex = self.interfaces.get(&endpoint.pod).copied();
+                let ifindex = applied.interfaces.get(&endpoint.pod).copied();
                 let state = if ifindex.is_none() && contested.contains(&endpoint.pod)
                     || ifindex.is_some_and(|ifindex| held.contains(&ifindex))
                 {
                     EndpointPhase::Conflict
                 } else if ifindex.is_none() {
                     EndpointPhase::WaitingForInterface
-                } else if self.observer.fenced.contains(&endpoint.pod) {
+                } else if self.fenced.contains(&endpoint.pod) {
                     EndpointPhase::Fenced
                 } else {
                     EndpointPhase::Programmed
@@ -451,7 +307,6 @@ impl Agent {
                     egress_isolated: endpoint.info.flags & ENDPOINT_EGRESS_ISOLATED != 0,
                     state,
                     generation: self
-                        .observer
                         .written
                         .get(&endpoint.pod)
                         .map(|(_, generation)| generation.clone()),
@@ -464,32 +319,40 @@ impl Agent {
                 }
             })
             .collect();
-        let mut failures: Vec<Failure> = self.observer.failures.values().cloned().collect();
+        let mut failures: Vec<Failure> = self.failures.values().cloned().collect();
         failures.sort_by_key(|failure| failure.since);
         Status {
-            node: self.config.node_name.clone(),
-            source: self.config.source.to_string(),
+            node: node.to_owned(),
+            source: source.to_owned(),
             time: Timestamp::now(),
-            applied_generation: self.applied_generation.clone(),
-            ready: self.observer.health.is_ready(),
+            applied_generation: generation.map(str::to_owned),
+            ready: self.health.is_ready(),
             endpoints,
-            conflicts: self
+            conflicts: applied
                 .conflicts
                 .iter()
                 .map(|conflict| ConflictStatus {
                     pod: conflict.pod.to_string(),
-                    bound: conflict.bound.map(InterfaceRef::new),
+                    bound: conflict.bound.map(interface_ref),
                     claimants: conflict
                         .claimants
                         .iter()
                         .copied()
-                        .map(InterfaceRef::new)
+                        .map(interface_ref)
                         .collect(),
                 })
                 .collect(),
-            maps: map_usage(programmed, self.host_addrs.len(), self.service_addrs.len()),
+            maps: map_usage(
+                programmed,
+                applied.host_addrs.len(),
+                applied.service_addrs.len(),
+            ),
             failures,
-            last_error: self.observer.last_error.clone(),
+            last_error: self.last_error.clone(),
+            start: self.start.clone(),
+            first_reconcile: self.first_reconcile.clone(),
+            last_reconcile: self.last_reconcile.clone(),
+            last_update: self.last_update.clone(),
         }
     }
 }

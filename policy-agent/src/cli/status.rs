@@ -19,6 +19,18 @@ pub fn render(status: &Status) -> String {
         ready = if status.ready { "ready" } else { "not ready" },
         time = status.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
     );
+    if let Some(last) = &status.last_reconcile {
+        text.push_str(&format!(
+            "last reconcile at {time}: {writes} map writes in {ms} ms; {endpoints} endpoints, \
+             {waiting} waiting for an interface, {held} interfaces held\n",
+            time = last.finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            writes = last.writes,
+            ms = last.finished.duration_since(last.started).as_millis(),
+            endpoints = last.endpoints,
+            waiting = last.waiting,
+            held = last.held,
+        ));
+    }
 
     text.push('\n');
     let mut rows = vec![
@@ -162,7 +174,8 @@ fn fill(entries: u64, capacity: u64) -> String {
 mod tests {
     use super::*;
     use crate::agent::status::{
-        ConflictStatus, EndpointStatus, Failure, FailureKind, LastError, MapUsage, Status,
+        ConflictStatus, EndpointStatus, Failure, FailureKind, LastError, MapUsage, ReconcileReport,
+        Status,
     };
 
     fn status() -> Status {
@@ -226,7 +239,7 @@ mod tests {
                 ],
             }],
             maps: vec![MapUsage {
-                map: "NP_ENDPOINT_V1".into(),
+                map: "NP_ENDPOINT_V2".into(),
                 entries: 2,
                 capacity: 1024,
             }],
@@ -241,6 +254,22 @@ mod tests {
                 time,
                 error: "the manifests have 1 error(s)".into(),
             }),
+            start: None,
+            first_reconcile: None,
+            last_reconcile: Some(ReconcileReport {
+                generation: "0123456789abcdef0123".into(),
+                started: "2026-11-26T06:59:59.950Z".parse().unwrap(),
+                written: "2026-11-26T06:59:59.990Z".parse().unwrap(),
+                finished: "2026-11-26T06:59:59.998Z".parse().unwrap(),
+                writes: 5,
+                endpoints: 2,
+                waiting: 1,
+                held: 1,
+                attached: 1,
+                detached: 0,
+                repaired: 0,
+            }),
+            last_update: None,
         }
     }
 
@@ -248,6 +277,7 @@ mod tests {
     fn status_reads_as_tables() {
         let expected = "\
 node node-1  source files:/etc/netpol  generation 0123456789ab  ready  published 2026-11-26T07:00:00Z
+last reconcile at 2026-11-26T06:59:59Z: 5 map writes in 48 ms; 2 endpoints, 1 waiting for an interface, 1 interfaces held
 
 ENDPOINT  INTERFACE  IFINDEX  ID  INGRESS   EGRESS  STATE                  GENERATION    POLICY ENTRIES
 shop/db   veth1a2b   7        2   isolated  open    programmed             0123456789ab  3
@@ -258,7 +288,7 @@ CONFLICT  BOUND TO      CLAIMED BY (HELD CLOSED)
 shop/db   veth1a2b (7)  veth9c8d (9), ifindex 11
 
 MAP             ENTRIES  CAPACITY  FILL
-NP_ENDPOINT_V1  2        1024      0.2%
+NP_ENDPOINT_V2  2        1024      0.2%
 
 FAILURE         OBJECT                                         SINCE                 COUNT  ERROR
 invalid-object  NetworkPolicy shop/bad (/etc/netpol/bad.yaml)  2026-11-26T07:00:00Z  1      invalid cidr
@@ -277,5 +307,17 @@ last error at 2026-11-26T07:00:00Z: the manifests have 1 error(s)
             json.contains(r#""state":"waiting-for-interface""#),
             "{json}"
         );
+    }
+
+    #[test]
+    fn a_status_without_telemetry_still_reads() {
+        let mut json = serde_json::to_value(status()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        for field in ["start", "first_reconcile", "last_reconcile", "last_update"] {
+            object.remove(field);
+        }
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back.last_reconcile, None);
+        assert_eq!(back.node, "node-1");
     }
 }

@@ -19,11 +19,12 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
+use jiff::Timestamp;
 use nix::{
     sched::{CloneFlags, setns},
     sys::signal::{Signal, kill},
@@ -39,7 +40,10 @@ use policy_common::{
         PEERS_V6_MAP, POLICY_MAP, SERVICES_MAP,
     },
 };
-use policy_lab::{cmd as run, netns};
+use policy_lab::{
+    cmd as run, netns,
+    telemetry::{self, Status, millis_between},
+};
 use serde::Serialize;
 
 /// The address every probe pod routes through (ptp style: on each host-side veth).
@@ -52,6 +56,8 @@ const PIN_ROOT: &str = "/sys/fs/bpf/netpol-bench";
 const RUN_ROOT: &str = "/run/netpol-bench";
 /// The longest a started agent may take to publish its first generation.
 const FIRST_GENERATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest from the agent publishing a generation to its status following.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One node with its endpoints; at most one agent runs on it at a time.
 pub struct Bed {
@@ -240,12 +246,11 @@ impl Bed {
         let elapsed = started.elapsed();
         let peak_rss_bytes = peak_rss(pid)?;
         let maps = self.maps()?;
+        let published = self.telemetry(generation)?;
         self.stop_agent()?;
-        let log = fs::read_to_string(self.log())
-            .with_context(|| format!("reading {}", self.log().display()))?;
         Ok(Start {
             first_generation_ms: elapsed.as_secs_f64() * 1e3,
-            phases: Phases::from_log(&log, started_at),
+            phases: Phases::from_telemetry(&published, started_at),
             peak_rss_bytes,
             maps,
         })
@@ -284,13 +289,23 @@ impl Bed {
         self.run_dir.join("state")
     }
 
-    /// Milliseconds from `written_at` to the last `datapath updated` line of the agent's log
-    /// (the reconcile that wrote the maps and attached the programs), if that line comes after
-    /// `written_at`.
-    pub fn updated_after(&self, written_at: SystemTime) -> Result<Option<f64>> {
-        let log = fs::read_to_string(self.log())
-            .with_context(|| format!("reading {}", self.log().display()))?;
-        Ok(updated_after(&log, written_at))
+    /// Milliseconds from `written_at` to the end of the agent's last reconcile that wrote the
+    /// maps (and attached the programs), once it has published `generation`; `None` when that
+    /// reconcile came before `written_at`.
+    pub fn updated_after(&self, generation: &str, written_at: SystemTime) -> Result<Option<f64>> {
+        let published = self.telemetry(generation)?;
+        Ok(updated_after(&published, written_at))
+    }
+
+    /// The agent's telemetry once its status shows `generation` applied (the status follows
+    /// the generation file).
+    fn telemetry(&self, generation: &str) -> Result<Status> {
+        telemetry::wait(
+            &self.state_dir(),
+            STATUS_TIMEOUT,
+            &format!("generation {generation}"),
+            |published| published.applied_generation.as_deref() == Some(generation),
+        )
     }
 
     /// The agent's log.
@@ -316,15 +331,15 @@ impl Drop for Bed {
 #[derive(Clone, Debug, Serialize)]
 pub struct Start {
     pub first_generation_ms: f64,
-    /// Where the time went, from the agent's log; `None` when the log lacks a milestone.
+    /// Where the time went, from the agent's status; `None` when it lacks the first reconcile.
     pub phases: Option<Phases>,
     pub peak_rss_bytes: u64,
     pub maps: Vec<MapMemory>,
 }
 
-/// The agent's start in three phases, in milliseconds, read from the timestamps of its log:
-/// loading the eBPF object (the verifier) until `datapath open`, resolving and writing the maps
-/// until `datapath converged`, and attaching the programs until the last `attached`.
+/// The agent's start in three phases, in milliseconds, from its `status.json`: loading the
+/// eBPF object (the verifier) until the datapath was open, resolving and writing the maps until
+/// its first reconcile had written them, and attaching the programs until that reconcile ended.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Phases {
     pub load_ms: f64,
@@ -333,53 +348,26 @@ pub struct Phases {
 }
 
 impl Phases {
-    fn from_log(log: &str, started_at: SystemTime) -> Option<Phases> {
-        let start = seconds_of_day(started_at)?;
-        let last = |message: &str| {
-            log.lines()
-                .rev()
-                .filter(|line| line.contains(message))
-                .find_map(log_seconds_of_day)
-        };
-        let open = last("datapath open")?;
-        let converged = last("datapath converged")?;
-        let attached = last(" attached ").unwrap_or(converged);
-        let millis = |from: f64, to: f64| (to - from).rem_euclid(86_400.0) * 1e3;
+    fn from_telemetry(published: &Status, started_at: SystemTime) -> Option<Phases> {
+        let open = published.start.as_ref()?.datapath_open;
+        let first = published.first_reconcile.as_ref()?;
         Some(Phases {
-            load_ms: millis(start, open),
-            resolve_and_write_ms: millis(open, converged),
-            attach_ms: millis(converged, attached),
+            load_ms: millis_between(timestamp(started_at)?, open),
+            resolve_and_write_ms: millis_between(open, first.written),
+            attach_ms: millis_between(first.written, first.finished),
         })
     }
 }
 
 /// See [`Bed::updated_after`].
-fn updated_after(log: &str, written_at: SystemTime) -> Option<f64> {
-    let updated = log
-        .lines()
-        .rev()
-        .filter(|line| line.contains("datapath updated"))
-        .find_map(log_seconds_of_day)?;
-    let seconds = (updated - seconds_of_day(written_at)?).rem_euclid(86_400.0);
-    // Half a day "later" is an update from before the write.
-    (seconds < 43_200.0).then_some(seconds * 1e3)
+fn updated_after(published: &Status, written_at: SystemTime) -> Option<f64> {
+    let updated = published.last_update.as_ref()?.finished;
+    let millis = millis_between(timestamp(written_at)?, updated);
+    (millis >= 0.0).then_some(millis)
 }
 
-/// Seconds since midnight UTC.
-fn seconds_of_day(time: SystemTime) -> Option<f64> {
-    let since_epoch = time.duration_since(UNIX_EPOCH).ok()?;
-    Some(since_epoch.as_secs_f64().rem_euclid(86_400.0))
-}
-
-/// The seconds since midnight UTC of a log line that starts with an RFC 3339 UTC timestamp
-/// (`2026-01-02T03:04:05.678901Z`), colour codes allowed around it.
-fn log_seconds_of_day(line: &str) -> Option<f64> {
-    let time = line.split_once('T')?.1.split_once('Z')?.0;
-    let mut fields = time.split(':');
-    let hours: f64 = fields.next()?.parse().ok()?;
-    let minutes: f64 = fields.next()?.parse().ok()?;
-    let seconds: f64 = fields.next()?.parse().ok()?;
-    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+fn timestamp(time: SystemTime) -> Option<Timestamp> {
+    Timestamp::try_from(time).ok()
 }
 
 /// One pinned map.
@@ -526,6 +514,8 @@ fn count_entries(map: Map, name: &str) -> Result<Option<u64>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]
@@ -541,38 +531,65 @@ mod tests {
         assert_eq!(memlock("pos:\t0\n"), None);
     }
 
+    /// A reconcile report, as `"field": value` pairs of the timestamps and the writes.
+    fn reconcile(times_and_writes: &str) -> String {
+        format!(
+            r#"{{"generation": "g", "started": "2026-11-26T07:28:00Z", {times_and_writes},
+                "endpoints": 0, "waiting": 0, "held": 0, "attached": 0, "detached": 0,
+                "repaired": 0}}"#
+        )
+    }
+
+    fn published(last_update: &str) -> Status {
+        let first = reconcile(
+            r#""written": "2026-11-26T07:28:00.809913Z",
+               "finished": "2026-11-26T07:28:01.499672Z", "writes": 52847"#,
+        );
+        serde_json::from_str(&format!(
+            r#"{{"node": "node-1", "source": "files:/m", "time": "2026-11-26T07:30:00Z",
+                "applied_generation": "g", "ready": true, "endpoints": [], "maps": [],
+                "failures": [], "last_error": null,
+                "start": {{"time": "2026-11-26T07:28:00Z",
+                          "datapath_open": "2026-11-26T07:28:00.659020Z",
+                          "adopted_programs": [],
+                          "installed_programs": ["from_pod", "to_pod", "svc_egress"],
+                          "replaced_maps": [], "held_closed": []}},
+                "first_reconcile": {first},
+                "last_update": {last_update}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn at(seconds: f64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs_f64(1_795_678_080.0 + seconds)
+    }
+
     #[test]
-    fn phases_come_from_the_log_timestamps() {
-        let log = "\u{1b}[2m2026-11-26T07:28:00.658977Z\u{1b}[0m INFO policy_agent::datapath: datapath open pin_dir=/x\n\
-                   2026-11-26T07:28:00.659020Z  INFO policy_agent::agent: datapath open node=node-0\n\
-                   2026-11-26T07:28:00.809913Z  INFO policy_agent::datapath::sync: datapath converged writes=52847\n\
-                   2026-11-26T07:28:00.822656Z  INFO policy_agent::datapath::links: attached ifindex=2 hook=from_pod\n\
-                   2026-11-26T07:28:01.499672Z  INFO policy_agent::datapath::links: attached ifindex=23 hook=to_pod\n";
-        let started = UNIX_EPOCH + Duration::from_secs_f64(7.0 * 3600.0 + 28.0 * 60.0 - 0.5);
-        let phases = Phases::from_log(log, started).unwrap();
+    fn phases_come_from_the_published_timestamps() {
+        let phases = Phases::from_telemetry(&published("null"), at(-0.5)).unwrap();
         let close = |a: f64, b: f64| (a - b).abs() < 0.01;
         assert!(close(phases.load_ms, 659.020 + 500.0), "{phases:?}");
         assert!(close(phases.resolve_and_write_ms, 150.893), "{phases:?}");
         assert!(close(phases.attach_ms, 689.759), "{phases:?}");
-        assert_eq!(Phases::from_log("no milestones\n", started), None);
+        let mut unfinished = published("null");
+        unfinished.first_reconcile = None;
+        assert_eq!(Phases::from_telemetry(&unfinished, at(0.0)), None);
     }
 
     #[test]
     fn the_agent_share_is_the_last_update_after_the_write() {
-        let log = "2026-11-26T07:28:00.100000Z  INFO policy_agent::agent: datapath updated writes=3\n\
-                   2026-11-26T07:28:02.250000Z  INFO policy_agent::agent: datapath updated writes=5\n\
-                   2026-11-26T07:28:02.260000Z  INFO policy_agent::datapath::links: attached ifindex=9\n";
-        let at = |seconds: f64| {
-            UNIX_EPOCH + Duration::from_secs_f64(7.0 * 3600.0 + 28.0 * 60.0 + seconds)
-        };
-        let share = updated_after(log, at(2.2)).unwrap();
+        let updated = published(&reconcile(
+            r#""written": "2026-11-26T07:28:02.2Z", "finished": "2026-11-26T07:28:02.25Z",
+               "writes": 5"#,
+        ));
+        let share = updated_after(&updated, at(2.2)).unwrap();
         assert!((share - 50.0).abs() < 0.01, "{share}");
         assert_eq!(
-            updated_after(log, at(3.0)),
+            updated_after(&updated, at(3.0)),
             None,
             "no update after the write"
         );
-        assert_eq!(updated_after("", at(0.0)), None);
+        assert_eq!(updated_after(&published("null"), at(0.0)), None);
     }
 
     #[test]

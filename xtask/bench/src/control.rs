@@ -111,8 +111,8 @@ pub struct ChangeLatency {
     pub max_ms: f64,
     /// The p50 of each run, in run order: the spread between runs.
     pub run_p50s_ms: Vec<f64>,
-    /// From writing the change to the agent logging `datapath updated` (its maps written and
-    /// programs attached), by the agent's log timestamps: the agent's share of the time.
+    /// From writing the change to the end of the agent's reconcile that wrote it (its maps
+    /// written and programs attached), as its `status.json` tells: the agent's share of the time.
     pub agent_p50_ms: f64,
     pub agent_p99_ms: f64,
 }
@@ -124,7 +124,7 @@ struct Sample {
     run: usize,
     /// From the write to the flip seen by the probe; `None` when it did not flip in time.
     flip: Option<Duration>,
-    /// From the write to the agent's `datapath updated`, in milliseconds.
+    /// From the write to the end of the agent's reconcile that wrote it, in milliseconds.
     agent_ms: Option<f64>,
 }
 
@@ -369,8 +369,8 @@ fn change_section(figures: &ChangeFigures) -> Section {
              to publish each change before the next; {runs} runs give {samples} samples per \
              change. The percentiles pool all samples (nearest rank); `run p50s` is the spread \
              of the per-run medians. The agent columns are the agent's share: from the write to \
-             its log line `datapath updated` (maps written, programs attached), by its log's \
-             timestamps; the rest is the wait for the probe's next attempts. The machine is shared with other builds, so the tail \
+             the end of the reconcile that wrote it (maps written, programs attached), as the \
+             agent's `status.json` times it; the rest is the wait for the probe's next attempts. The machine is shared with other builds, so the tail \
              is noisy.",
             pods = figures.pods,
             policies = figures.policies,
@@ -558,9 +558,9 @@ fn start_section(starts: &[StartFigures]) -> Section {
              from starting the process to \
              the agent publishing the manifests' generation as applied, which it does after \
              writing the maps and attaching every program; the phases come from the timestamps \
-             of its log: loading the eBPF object (verifier included) until `datapath open`, \
-             resolving and writing the maps until `datapath converged`, attaching until the last \
-             `attached`. Peak RSS is the agent's `VmHWM` read when the generation is published. \
+             the agent publishes in `status.json`: loading the eBPF object (verifier included) \
+             until the datapath is open, resolving and writing the maps until its first \
+             reconcile has written them, attaching until that reconcile ends. Peak RSS is the agent's `VmHWM` read when the generation is published. \
              Map memory is what the kernel charges for each pinned map (`memlock` in the fdinfo \
              of the map's descriptor, which since Linux 6.4 is the map's actual usage: hash maps \
              created without preallocation and LPM tries grow with their entries; preallocated \
@@ -849,9 +849,10 @@ fn measure_changes(agent: &Path, settings: Settings) -> Result<ChangeFigures> {
                 )
                 .with_context(|| format!("timing `{}`", change.name()))?;
                 // The next change starts from an idle agent that applied this one.
-                bed.wait_generation(&generation(agent, &dir)?, Duration::from_secs(30))?;
+                let applied = generation(agent, &dir)?;
+                bed.wait_generation(&applied, Duration::from_secs(30))?;
                 let agent_ms = match written_at.into_inner().ok().flatten() {
-                    Some(written_at) => bed.updated_after(written_at)?,
+                    Some(written_at) => bed.updated_after(&applied, written_at)?,
                     None => None,
                 };
                 samples.push(Sample {
@@ -1091,7 +1092,7 @@ mod tests {
                 entries: Some(peer_entries),
             },
             MapMemory {
-                name: "NP_COUNTER_V2".to_owned(),
+                name: policy_common::names::COUNTERS_MAP.to_owned(),
                 max_entries: 32_768,
                 memlock_bytes: 2_000_000,
                 entries: None,

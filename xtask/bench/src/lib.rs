@@ -31,7 +31,10 @@ use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use policy_lab::{cmd as run, workspace_root};
+use policy_lab::{
+    build::{self, Profile},
+    cmd as run, workspace_root,
+};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -141,8 +144,7 @@ fn release_agent(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         return Ok(agent);
     }
     println!("bench: building the agent (release)");
-    run::status(Command::new("cargo").args(["build", "--release", "--package", "policy-agent"]))?;
-    Ok(workspace_root().join("target/release/policy-agent"))
+    build::binary("policy-agent", Profile::Release)
 }
 
 /// The machine the figures come from.

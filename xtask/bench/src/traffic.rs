@@ -14,7 +14,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use policy_core::{manifest::IpFamily, policy::state::PodRef};
-use policy_lab::{cmd, names, netns, plan::LabPod, state::State, up::UpArgs, workspace_root};
+use policy_lab::{
+    build::{self, Profile},
+    cmd, names, netns,
+    plan::LabPod,
+    state::State,
+    up::UpArgs,
+};
 
 use super::{
     median,
@@ -145,31 +151,13 @@ pub fn measure(
     if State::load()?.is_some() {
         bail!("a lab is up; the bench builds its own: run `cargo xtask lab down` first");
     }
-    let tools = tools_binary()?;
+    // In the debug profile, as the figures have always been taken.
+    let tools = build::binary("policy-bench", Profile::Debug)?;
     let measured = Lab::up(&tools, agent, work_dir).and_then(|lab| lab.rounds(durations));
     let down = policy_lab::down::down();
     let figures = measured?;
     down?;
     Ok(sections(&figures, durations))
-}
-
-/// This crate's binary, which runs the traffic tools inside the pods, built first (in the debug
-/// profile, as the figures have always been taken).
-fn tools_binary() -> anyhow::Result<PathBuf> {
-    let root = workspace_root();
-    cmd::status(
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-            .args([
-                "build",
-                "--quiet",
-                "--package",
-                "policy-bench",
-                "--bin",
-                "policy-bench",
-            ])
-            .current_dir(&root),
-    )?;
-    Ok(root.join("target/debug/policy-bench"))
 }
 
 struct Lab {

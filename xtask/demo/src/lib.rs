@@ -14,7 +14,6 @@ mod matrix;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -23,6 +22,7 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use policy_core::{explain, manifest::IpFamily, matrix::Matrix, policy::model::Protocol};
 use policy_lab::{
+    build::{self, Profile},
     cmd as run, probe,
     up::{Up, UpArgs},
     workspace_root,
@@ -126,8 +126,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let examples = workspace_root().join("deploy/examples");
     println!("demo: building the agent and its eBPF programs (the first build takes minutes)");
-    build_agent()?;
-    let agent = agent_binary();
+    let agent = build::binary("policy-agent", Profile::Debug)?;
     catch_interrupt()?;
 
     let lab = Lab {
@@ -386,30 +385,6 @@ fn indent(text: &str) -> String {
             }
         })
         .collect()
-}
-
-/// `cargo build -p policy-agent`, its output shown only when it fails: the build script's
-/// replayed messages would bury the demo.
-fn build_agent() -> anyhow::Result<()> {
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    cargo
-        .args(["build", "--package", "policy-agent"])
-        .current_dir(workspace_root());
-    let output = cargo
-        .output()
-        .with_context(|| format!("could not run `{}`", run::describe(&cargo)))?;
-    if !output.status.success() {
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        bail!("`{}` failed: {}", run::describe(&cargo), output.status);
-    }
-    Ok(())
-}
-
-/// The agent binary `cargo build -p policy-agent` produced.
-fn agent_binary() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
-        .join("debug/policy-agent")
 }
 
 /// Lets Ctrl-C stop the command that runs (it gets the signal too) while the demo itself lives

@@ -7,14 +7,14 @@
 //!   down and after they are back;
 //! - x/b -> x/c (denied) never connects, before, during and after;
 //! - each restarted agent adopted the pinned programs (installed none) and its first reconcile
-//!   wrote nothing to the maps (its log says so).
+//!   wrote nothing to the maps (its `status.json` says so).
 
 use std::{
     collections::BTreeMap,
     fs,
     io::{ErrorKind, Read as _, Write as _},
     net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,7 +25,13 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use nix::sys::signal::{Signal, kill};
-use policy_lab::{agent, names, netns, plan::LabPod, state::State};
+use policy_core::manifest::node_name;
+use policy_lab::{
+    agent, names, netns,
+    plan::LabPod,
+    state::State,
+    telemetry::{self, Status},
+};
 
 use super::{lab::Lab, write_manifests};
 
@@ -52,8 +58,8 @@ const STREAM_PORT: u16 = 7070;
 pub const DOWN_FOR: Duration = Duration::from_secs(2);
 /// A gap this long between two reads of the stream fails the check.
 const STALL_LIMIT: Duration = Duration::from_secs(1);
-/// The log line of an agent's first reconcile, with its `writes` field.
-const FIRST_RECONCILE: &str = "first reconcile since start";
+/// How long a restarted agent may take to publish its first reconcile after applying it.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the check measured.
 pub struct Outcome {
@@ -91,13 +97,18 @@ pub fn run(lab: &Lab, dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Re
     let down_at = stream.received();
     thread::sleep(DOWN_FOR);
     let bytes_while_down = stream.received() - down_at;
+    // What the killed agents published must not pass for what their successors did.
     for k in 1..=plan.nodes {
-        let file = agent::generation_file(k);
-        match fs::remove_file(&file) {
-            Err(error) if error.kind() != ErrorKind::NotFound => {
-                return Err(error).with_context(|| format!("removing {}", file.display()));
+        for file in [
+            agent::generation_file(k),
+            state_dir(k).join(telemetry::STATUS_FILE),
+        ] {
+            match fs::remove_file(&file) {
+                Err(error) if error.kind() != ErrorKind::NotFound => {
+                    return Err(error).with_context(|| format!("removing {}", file.display()));
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     let restart_applied = lab.up(dir).context("restarting the agents")?;
@@ -121,8 +132,13 @@ pub fn run(lab: &Lab, dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Re
         longest_gap.as_millis()
     );
     for k in 1..=plan.nodes {
-        check_adoption(&agent::agent_log(k))
-            .with_context(|| format!("the restarted agent of node-{k}"))?;
+        let published = telemetry::wait(
+            &state_dir(k),
+            STATUS_TIMEOUT,
+            "a first reconcile",
+            |published| published.first_reconcile.is_some(),
+        )?;
+        check_adoption(&published).with_context(|| format!("the restarted agent of node-{k}"))?;
     }
     Ok(Outcome {
         streamed_bytes,
@@ -156,55 +172,32 @@ fn kill_agents(nodes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the last start in an agent log: pinned programs adopted, no map written.
-fn check_adoption(log: &Path) -> anyhow::Result<()> {
-    let text = fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
-    let text = strip_ansi(&text);
-    let open = text
-        .lines()
-        .rfind(|line| line.contains("datapath open") && line.contains("installed_programs="))
-        .with_context(|| format!("{} has no `datapath open` line", log.display()))?;
+/// Checks a restarted agent's start: pinned programs adopted, no map written.
+fn check_adoption(published: &Status) -> anyhow::Result<()> {
+    let start = published
+        .start
+        .as_ref()
+        .context("its status has no start")?;
     ensure!(
-        open.contains("installed_programs=[]"),
-        "it installed programs instead of adopting the pinned ones: {open}"
+        start.installed_programs.is_empty(),
+        "it installed programs instead of adopting the pinned ones: {:?}",
+        start.installed_programs
     );
-    let first = text
-        .lines()
-        .rfind(|line| line.contains(FIRST_RECONCILE))
-        .with_context(|| format!("{} has no `{FIRST_RECONCILE}` line", log.display()))?;
-    match field(first, "writes") {
-        Some(0) => Ok(()),
-        Some(writes) => bail!("its first reconcile wrote {writes} map entries: {first}"),
-        None => bail!("no `writes` in {first}"),
-    }
+    let first = published
+        .first_reconcile
+        .as_ref()
+        .context("its status has no first reconcile")?;
+    ensure!(
+        first.writes == 0,
+        "its first reconcile wrote {} map entries",
+        first.writes
+    );
+    Ok(())
 }
 
-/// The number in `name=N` of a log line.
-fn field(line: &str, name: &str) -> Option<u64> {
-    let start = line.find(&format!("{name}="))? + name.len() + 1;
-    let digits: String = line[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-/// `text` without terminal colour sequences (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// Where node `k`'s agent keeps its state.
+fn state_dir(k: usize) -> PathBuf {
+    names::node_run_dir(&node_name(k))
 }
 
 /// A server in one pod writing to a client in another, over one TCP connection.
@@ -369,35 +362,28 @@ impl Prober {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_writes_of_the_first_reconcile_through_colours() {
-        let line = "\u{1b}[2m2026-11-26T07:08:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m agent: \
-                    first reconcile since start \u{1b}[3mwrites\u{1b}[0m\u{1b}[2m=\u{1b}[0m12 \
-                    \u{1b}[3mendpoints\u{1b}[0m\u{1b}[2m=\u{1b}[0m1";
-        let plain = strip_ansi(line);
-        assert_eq!(field(&plain, "writes"), Some(12));
-        assert_eq!(field(&plain, "endpoints"), Some(1));
-        assert_eq!(field(&plain, "held"), None);
+    fn published(installed: &str, writes: usize) -> Status {
+        serde_json::from_str(&format!(
+            r#"{{"node": "node-1", "source": "files:/m", "time": "2026-11-26T07:00:02Z",
+                "applied_generation": "g", "ready": true, "endpoints": [], "maps": [],
+                "failures": [], "last_error": null,
+                "start": {{"time": "2026-11-26T07:00:00Z", "datapath_open": "2026-11-26T07:00:00Z",
+                          "adopted_programs": [], "installed_programs": {installed},
+                          "replaced_maps": [], "held_closed": []}},
+                "first_reconcile": {{"generation": "g", "started": "2026-11-26T07:00:01Z",
+                                    "written": "2026-11-26T07:00:01Z",
+                                    "finished": "2026-11-26T07:00:01Z", "writes": {writes},
+                                    "endpoints": 0, "waiting": 0, "held": 0, "attached": 0,
+                                    "detached": 0, "repaired": 0}},
+                "last_update": null}}"#
+        ))
+        .unwrap()
     }
 
     #[test]
     fn adoption_needs_adopted_programs_and_zero_writes() {
-        let dir = std::env::temp_dir().join(format!("xtask-restart-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("agent.log");
-        let open_fresh = "INFO agent: datapath open installed_programs=[FromPod, ToPod]\n";
-        let open_adopted = "INFO agent: datapath open installed_programs=[]\n";
-        let first = |writes: u32| format!("INFO agent: {FIRST_RECONCILE} writes={writes}\n");
-        fs::write(
-            &log,
-            format!("{open_fresh}{}{open_adopted}{}", first(9), first(0)),
-        )
-        .unwrap();
-        check_adoption(&log).unwrap();
-        fs::write(&log, format!("{open_adopted}{}", first(3))).unwrap();
-        assert!(check_adoption(&log).is_err());
-        fs::write(&log, format!("{open_fresh}{}", first(0))).unwrap();
-        assert!(check_adoption(&log).is_err());
-        fs::remove_dir_all(&dir).unwrap();
+        check_adoption(&published("[]", 0)).unwrap();
+        assert!(check_adoption(&published("[]", 3)).is_err());
+        assert!(check_adoption(&published(r#"["from_pod", "to_pod"]"#, 0)).is_err());
     }
 }

@@ -12,7 +12,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use policy_core::manifest::node_name;
 
-use super::{names, netns};
+use super::{
+    build::{self, Profile},
+    names, netns,
+};
 
 /// The environment variable that names the agent binary.
 pub const AGENT_BIN_ENV: &str = "NETPOL_AGENT_BIN";
@@ -23,19 +26,11 @@ pub fn binary(given: Option<PathBuf>, build: bool) -> Result<PathBuf> {
     if let Some(path) = given.or_else(|| std::env::var_os(AGENT_BIN_ENV).map(PathBuf::from)) {
         return Ok(path);
     }
-    let root = crate::workspace_root();
     if build {
         println!("building policy-agent");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-            .args(["build", "-p", "policy-agent"])
-            .current_dir(&root)
-            .status()
-            .context("running `cargo build -p policy-agent`")?;
-        if !status.success() {
-            bail!("`cargo build -p policy-agent` failed ({status})");
-        }
+        return build::binary("policy-agent", Profile::Debug);
     }
-    Ok(root.join("target/debug/policy-agent"))
+    Ok(crate::workspace_root().join("target/debug/policy-agent"))
 }
 
 /// Whether `binary` has the `run` subcommand (agents that predate it cannot run in the lab).

@@ -4,6 +4,7 @@
 //! tasks share its command runner ([`cmd`]) and network-namespace helpers ([`netns`]).
 
 pub mod agent;
+pub mod build;
 pub mod cmd;
 pub mod down;
 mod follow;
@@ -17,6 +18,7 @@ mod serve;
 mod services;
 pub mod state;
 mod status;
+pub mod telemetry;
 mod topology;
 pub mod up;
 

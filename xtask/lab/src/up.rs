@@ -13,7 +13,9 @@ use anyhow::{Context, Result, bail};
 use policy_core::manifest::IpFamily;
 
 use super::{
-    agent, cmd, down, manifest, names, netns,
+    agent,
+    build::{self, Profile},
+    cmd, down, manifest, names, netns,
     plan::{LabPod, Plan},
     render, services,
     state::State,
@@ -203,7 +205,7 @@ pub fn up(args: &UpArgs) -> Result<Up> {
         .pods
         .iter()
         .any(|pod| !unchanged(pod) && !pod.served_ports().is_empty())
-        .then(server_binary)
+        .then(|| build::binary("policy-lab", Profile::Debug))
         .transpose()?;
     for pod in plan.pods.iter().filter(|pod| !unchanged(pod)) {
         topology::create_pod(pod)?;
@@ -258,24 +260,6 @@ pub fn up(args: &UpArgs) -> Result<Up> {
         agents: agent.is_some(),
         applied,
     })
-}
-
-/// The lab's own binary, which runs the server in each pod, built first.
-fn server_binary() -> Result<PathBuf> {
-    let root = crate::workspace_root();
-    cmd::status(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-            .args([
-                "build",
-                "--quiet",
-                "--package",
-                "policy-lab",
-                "--bin",
-                "policy-lab",
-            ])
-            .current_dir(&root),
-    )?;
-    Ok(root.join("target/debug/policy-lab"))
 }
 
 /// Starts the pod's server on its containerPorts; a pod without ports gets none.
