@@ -39,7 +39,7 @@ fn addr(text: &str) -> IpAddr {
 
 /// A veth `host_if` in `node` whose other end is `eth0` of a new namespace holding `addresses`.
 fn wire(node: &Netns, pod: &str, host_if: &str, addresses: &[&str]) -> Netns {
-    let pod = Netns::new(pod.to_owned());
+    let pod = new_netns(pod.to_owned());
     ip(&[
         "-n", &node.name, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
         &pod.name,
@@ -56,7 +56,7 @@ fn wire(node: &Netns, pod: &str, host_if: &str, addresses: &[&str]) -> Netns {
 #[ignore = "needs root: run through cargo xtask test"]
 fn claims_rest_on_the_peer_addresses_and_the_routes() {
     let tag = unique_tag("disc");
-    let node = Netns::new(format!("np-{tag}-node"));
+    let node = new_netns(format!("np-{tag}-node"));
     let n = &node.name;
     // A ptp pod: its addresses on its end, /32 and /128 routes through its veth.
     let _ptp = wire(
@@ -122,7 +122,7 @@ fn claims_rest_on_the_peer_addresses_and_the_routes() {
             "10.99.3.1",
         ],
     );
-    let ifindex = |name: &str| node.ifindex(name);
+    let ifindex = |name: &str| node.ifindex(name).expect("interface index");
     let claims = |addresses: &[&str]| -> BTreeSet<IpAddr> {
         addresses.iter().map(|text| addr(text)).collect()
     };

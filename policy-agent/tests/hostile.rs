@@ -235,7 +235,7 @@ impl Bed {
             }
             datapath.set_host_addrs(&host_addrs).expect("host addrs");
             datapath
-        })
+        }).expect("run in the network namespace")
     }
 
     /// Converges the datapath to the bed's state with `extra` flags.
@@ -250,8 +250,8 @@ impl Bed {
     /// veth on a routed node, the receiver itself on a bridge.
     fn next_hop(&self, from: &Pod, to: &Pod) -> [u8; 6] {
         match self.node.style {
-            Style::Ptp => netns::mac(&self.node.netns.name, &from.host_if),
-            Style::Bridge => netns::mac(&to.netns.name, "eth0"),
+            Style::Ptp => netns::mac(&self.node.netns.name(), &from.host_if),
+            Style::Bridge => netns::mac(&to.netns.name(), "eth0"),
         }
     }
 }
@@ -303,7 +303,7 @@ fn skip_without_root() -> bool {
 }
 
 fn mac_of(pod: &Pod) -> [u8; 6] {
-    netns::mac(&pod.netns.name, "eth0")
+    netns::mac(&pod.netns.name(), "eth0")
 }
 
 /// An AF_PACKET socket on one interface of a namespace: it writes whole Ethernet frames out of
@@ -350,7 +350,7 @@ impl RawLink {
             let link = RawLink { fd };
             link.set_option(libc::SO_RCVBUF, 8 << 20);
             link
-        })
+        }).expect("run in the network namespace")
     }
 
     fn set_option(&self, option: i32, value: i32) {
@@ -623,7 +623,7 @@ fn check_forged_sources(style: Style) {
                     .set_read_timeout(Some(Duration::from_millis(300)))
                     .expect("timeout");
                 socket
-            });
+            }).expect("run in the network namespace");
             socket.send(b"hello").expect("send");
             let mut buf = [0; 16];
             assert_eq!(
@@ -1017,7 +1017,7 @@ fn neighbour_discovery_with_a_payload_and_raw_frames_stay_out() {
     let datapath = bed.start();
 
     for pod in [x, y] {
-        netns::ip(&["-n", &pod.netns.name, "neigh", "flush", "all"]);
+        netns::ip(&["-n", &pod.netns.name(), "neigh", "flush", "all"]);
     }
     for to in [v4(y, 8080), v6(y, 8080)] {
         assert!(tcp_works(&x.netns, to), "x resolves y and reaches {to}");
@@ -1142,7 +1142,7 @@ fn neighbour_discovery_with_a_payload_and_raw_frames_stay_out() {
 
     // Resolution still works afterwards, both ways.
     for pod in [x, y] {
-        netns::ip(&["-n", &pod.netns.name, "neigh", "flush", "all"]);
+        netns::ip(&["-n", &pod.netns.name(), "neigh", "flush", "all"]);
     }
     for to in [v4(y, 8080), v6(y, 8080)] {
         assert!(
@@ -1405,7 +1405,7 @@ fn an_established_flow_survives_a_syn_flood() {
     let flood = RawLink::open(&bed.node.netns, &target.host_if);
     let template = pkt_syn(
         (
-            netns::mac(&bed.node.netns.name, &target.host_if),
+            netns::mac(&bed.node.netns.name(), &target.host_if),
             mac_of(target),
         ),
         "192.0.2.1:1".parse().expect("addr"),

@@ -184,7 +184,7 @@ impl Agent {
     ) -> Agent {
         let log = fs::File::create(dirs.root.join("agent.log")).expect("agent log");
         let mut command = Command::new("nsenter");
-        command.arg(format!("--net=/run/netns/{}", node.netns.name));
+        command.arg(format!("--net=/run/netns/{}", node.netns.name()));
         if let Some(capabilities) = capabilities {
             // Root's capabilities after exec are its bounding set.
             let bounding: Vec<String> = std::iter::once("-all".to_owned())
@@ -380,11 +380,11 @@ fn late_interface_is_enforced_and_a_deleted_veth_is_forgotten() {
 
     // An established binding lasts until its interface is gone: neither the route withdrawn
     // nor the pod removing its own addresses unbinds it, so a pod cannot shed its policy.
-    let node_netns = &node.netns.name;
+    let node_netns = &node.netns.name();
     let v4 = format!("{}/32", server.v4);
     let v6 = format!("{}/128", server.v6);
     let host_if = &server.host_if;
-    let pod_netns = &server.netns.name;
+    let pod_netns = &server.netns.name();
     let routes = |verb: &str| {
         netns::ip(&["-n", node_netns, "route", verb, &v4, "dev", host_if]);
         netns::ip(&["-n", node_netns, "-6", "route", verb, &v6, "dev", host_if]);
@@ -473,7 +473,7 @@ fn reused_pod_ip_gets_the_new_pods_policy() {
     let old_veth = old.host_if.clone();
     drop(old);
     // The kernel deletes a namespace, and the veth with it, in the background.
-    let node_netns = node.netns.name.clone();
+    let node_netns = node.netns.name().clone();
     wait_for("the old veth to be deleted", &dirs, || {
         !Command::new("ip")
             .args(["-n", &node_netns, "link", "show", &old_veth])
@@ -625,7 +625,7 @@ fn deny_mode_holds_a_new_interface_until_its_pod_is_programmed() {
 /// The distinct addresses of the node's interfaces, as the agent counts them.
 fn node_addresses(node: &Node) -> usize {
     let output = Command::new("ip")
-        .args(["-n", &node.netns.name, "-o", "addr", "show"])
+        .args(["-n", &node.netns.name(), "-o", "addr", "show"])
         .output()
         .expect("ip addr show");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -734,7 +734,7 @@ fn the_agent_needs_no_more_than_the_daemonsets_capabilities() {
         let mut head = [0; 12];
         std::io::Read::read_exact(&mut stream, &mut head).ok()?;
         Some(String::from_utf8_lossy(&head).into_owned())
-    });
+    }).expect("run in the network namespace");
     assert_eq!(
         response.as_deref(),
         Some("HTTP/1.1 200"),
@@ -786,7 +786,7 @@ const BRIDGE_V6: Ipv6Addr = Ipv6Addr::new(0xfd71, 0, 0, 0, 0, 0, 0, 1);
 /// `10.71.0.n/24` and `fd71::n/64` on its `eth0`, its veth `hb-<n>` a port of the bridge
 /// (created with the first such pod), the bridge as its default gateway.
 fn add_bridged_pod(node: &Node, n: u8) -> Pod {
-    let node_ns = &node.netns.name;
+    let node_ns = &node.netns.name();
     let has_bridge = node
         .netns
         .run(|| nix::net::if_::if_nametoindex(BRIDGE).is_ok());
@@ -813,8 +813,8 @@ fn add_bridged_pod(node: &Node, n: u8) -> Pod {
         ]);
         netns::ip(&["-n", node_ns, "link", "set", BRIDGE, "up"]);
     }
-    let pod_ns = Netns::new(format!("{node_ns}-b{n}"));
-    let pod = &pod_ns.name;
+    let pod_ns = new_netns(format!("{node_ns}-b{n}"));
+    let pod = &pod_ns.name();
     let host_if = format!("hb-{n}");
     let v4 = Ipv4Addr::new(10, 71, 0, n);
     let v6 = Ipv6Addr::new(0xfd71, 0, 0, 0, 0, 0, 0, u16::from(n));
@@ -855,7 +855,7 @@ fn add_bridged_pod(node: &Node, n: u8) -> Pod {
         "via",
         &BRIDGE_V6.to_string(),
     ]);
-    let ifindex = node.netns.ifindex(&host_if);
+    let ifindex = node.netns.ifindex(&host_if).expect("interface index");
     Pod {
         netns: pod_ns,
         v4,
@@ -868,7 +868,7 @@ fn add_bridged_pod(node: &Node, n: u8) -> Pod {
 /// The MAC address of the pod's `eth0`.
 fn mac_of(pod: &Pod) -> [u8; 6] {
     let output = Command::new("ip")
-        .args(["-n", &pod.netns.name, "-o", "link", "show", "eth0"])
+        .args(["-n", &pod.netns.name(), "-o", "link", "show", "eth0"])
         .output()
         .expect("ip link show");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -928,7 +928,7 @@ fn send_frames(pod: &Pod, frames: Vec<Vec<u8>>) {
         }
         // SAFETY: the descriptor is ours and not used after.
         unsafe { libc::close(fd) };
-    });
+    }).expect("run in the network namespace");
 }
 
 /// Sends a datagram from the pod to its bridge: the node learns the pod's neighbour entries
@@ -945,7 +945,7 @@ fn greet_bridge(pod: &Pod) {
             let socket = std::net::UdpSocket::bind(local).expect("bind");
             socket.send_to(b"hello", to).expect("send");
         }
-    });
+    }).expect("run in the network namespace");
     thread::sleep(Duration::from_millis(100));
 }
 
@@ -1075,7 +1075,7 @@ fn neighbour_frames_do_not_move_a_bridged_endpoint() {
     }
     send_frames(&attacker, frames);
     let fdb = Command::new("bridge")
-        .args(["-n", &node.netns.name, "fdb", "show", "br", BRIDGE])
+        .args(["-n", &node.netns.name(), "fdb", "show", "br", BRIDGE])
         .output()
         .expect("bridge fdb show");
     let fdb = String::from_utf8_lossy(&fdb.stdout);
@@ -1144,7 +1144,7 @@ fn a_pod_claiming_another_pods_address_is_held_closed_and_reported() {
     let attacker_entry = dirs.endpoint(attacker.ifindex);
 
     let claim = format!("{}/32", victim.v4);
-    let attacker_ns = attacker.netns.name.clone();
+    let attacker_ns = attacker.netns.name().clone();
     netns::ip(&["-n", &attacker_ns, "addr", "add", &claim, "dev", "eth0"]);
     let held = wait_for("the claiming interface to be held", &dirs, || {
         dirs.endpoint(attacker.ifindex)
@@ -1213,7 +1213,7 @@ fn the_periodic_pass_repairs_the_endpoint_map() {
     // A veth no pod is bound to.
     netns::ip(&[
         "-n",
-        &node.netns.name,
+        &node.netns.name(),
         "link",
         "add",
         "stray0",
@@ -1223,7 +1223,7 @@ fn the_periodic_pass_repairs_the_endpoint_map() {
         "name",
         "stray1",
     ]);
-    let stray = node.netns.ifindex("stray0");
+    let stray = node.netns.ifindex("stray0").expect("interface index");
     dirs.write("namespace.yaml", NAMESPACE);
     dirs.write("policy.yaml", LOCKED_POLICY);
     dirs.write("a.yaml", &pod_manifest("a", "role: locked", 2));

@@ -101,7 +101,7 @@ impl Lab {
     fn start_agent_with(&self, extra_args: &[&str]) -> Agent {
         let log = self.dir.join("agent.log");
         let stderr = fs::File::create(&log).expect("agent log");
-        let target = fs::File::open(format!("/run/netns/{}", self.node.netns.name))
+        let target = fs::File::open(format!("/run/netns/{}", self.node.netns.name()))
             .expect("open the node namespace");
         let mut command = Command::new(AGENT);
         // Only the network namespace: the agent pins where the test can see its maps.
@@ -197,7 +197,7 @@ impl Lab {
                 .map(|(_, body)| body.to_owned())
                 .unwrap_or_default();
             (code, body)
-        })
+        }).expect("run in the network namespace")
     }
 
     fn scrape(&self) -> String {
@@ -214,7 +214,7 @@ impl Lab {
             for _ in 0..count {
                 socket.send_to(b"denied", to).expect("send");
             }
-        });
+        }).expect("run in the network namespace");
     }
 
     /// [`Lab::denied_at_b`] once it reaches `count` (or after five seconds), and after a
@@ -891,7 +891,7 @@ fn clients_that_hold_connections_open_cannot_keep_the_metrics_endpoint_from_answ
             .filter(|&closed| closed)
             .count();
         (closed, health)
-    });
+    }).expect("run in the network namespace");
     assert!(health.starts_with("HTTP/1.1 200"), "{health:?}");
     assert_eq!(
         closed,

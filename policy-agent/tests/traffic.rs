@@ -161,7 +161,7 @@ impl Lab {
                 datapath.attach(ifindex).expect("attach");
             }
             datapath
-        })
+        }).expect("run in the network namespace")
     }
 
     /// Opens the datapath on the existing pins without changing anything.
@@ -546,7 +546,7 @@ fn detach_and_deleted_interfaces_remove_links() {
     let _tcp_b9090 = EchoServer::tcp(&lab.b.netns, 9090);
     let datapath = lab.start();
     drop(datapath);
-    netns::ip(&["-n", &lab.node.netns.name, "link", "del", &lab.c.host_if]);
+    netns::ip(&["-n", &lab.node.netns.name(), "link", "del", &lab.c.host_if]);
 
     let mut datapath = lab.reopen();
     let report = datapath.open_report().clone();
@@ -720,7 +720,7 @@ impl Sink {
             let tcp = TcpListener::bind(any).expect("bind tcp");
             tcp.set_nonblocking(true).expect("nonblocking");
             (udp, tcp)
-        });
+        }).expect("run in the network namespace");
         let (flag, count) = (stop.clone(), reached.clone());
         let udp_thread = thread::spawn(move || {
             let mut buf = [0; 1500];
@@ -793,7 +793,7 @@ impl Hammer {
                 }
                 thread::sleep(Duration::from_micros(200));
             }
-        });
+        }).expect("start a thread in the network namespace");
         let (flag, count) = (stop.clone(), sent.clone());
         let tcp = client.netns.spawn(move || {
             while !flag.load(Ordering::Relaxed) {
@@ -802,7 +802,7 @@ impl Hammer {
                     let _ = TcpStream::connect_timeout(&target, Duration::from_millis(20));
                 }
             }
-        });
+        }).expect("start a thread in the network namespace");
         Hammer {
             stop,
             sent,

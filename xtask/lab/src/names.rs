@@ -152,3 +152,8 @@ mod tests {
         );
     }
 }
+
+/// Every lab network namespace, sorted.
+pub fn lab_namespaces() -> anyhow::Result<Vec<String>> {
+    policy_testbed::netns::list(is_lab_netns)
+}
