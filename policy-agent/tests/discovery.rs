@@ -12,7 +12,7 @@ use std::{
     net::IpAddr,
 };
 
-use netns::{Netns, ip, unique_tag};
+use netns::{Netns, ip, new_netns, unique_tag};
 use policy_agent::discovery::{Discovery, Wiring};
 
 /// Runs discovery in `node` for the `wanted` addresses.
@@ -31,6 +31,7 @@ fn discover(node: &Netns, wanted: &[&str]) -> (Wiring, Vec<IpAddr>) {
             )
         })
     })
+    .expect("run in the network namespace")
 }
 
 fn addr(text: &str) -> IpAddr {
@@ -41,14 +42,24 @@ fn addr(text: &str) -> IpAddr {
 fn wire(node: &Netns, pod: &str, host_if: &str, addresses: &[&str]) -> Netns {
     let pod = new_netns(pod.to_owned());
     ip(&[
-        "-n", &node.name, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
-        &pod.name,
+        "-n",
+        node.name(),
+        "link",
+        "add",
+        host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
     ]);
-    ip(&["-n", &node.name, "link", "set", host_if, "up"]);
+    ip(&["-n", node.name(), "link", "set", host_if, "up"]);
     for address in addresses {
-        ip(&["-n", &pod.name, "addr", "add", address, "dev", "eth0"]);
+        ip(&["-n", pod.name(), "addr", "add", address, "dev", "eth0"]);
     }
-    ip(&["-n", &pod.name, "link", "set", "eth0", "up"]);
+    ip(&["-n", pod.name(), "link", "set", "eth0", "up"]);
     pod
 }
 
@@ -57,7 +68,7 @@ fn wire(node: &Netns, pod: &str, host_if: &str, addresses: &[&str]) -> Netns {
 fn claims_rest_on_the_peer_addresses_and_the_routes() {
     let tag = unique_tag("disc");
     let node = new_netns(format!("np-{tag}-node"));
-    let n = &node.name;
+    let n = node.name();
     // A ptp pod: its addresses on its end, /32 and /128 routes through its veth.
     let _ptp = wire(
         &node,

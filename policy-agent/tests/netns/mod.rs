@@ -6,7 +6,6 @@
 //! nothing behind.
 
 use std::{
-    fs::File,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Command,
@@ -27,7 +26,9 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, 1);
 /// How long a connection attempt may take before it counts as dropped.
 pub const DROP_TIMEOUT: Duration = Duration::from_millis(600);
 
-pub use policy_testbed::cmd::is_root;
+pub fn is_root() -> bool {
+    cmd::is_root()
+}
 
 /// Runs `ip` with the arguments, panicking with what it printed when it fails.
 pub fn ip(args: &[&str]) {
@@ -96,8 +97,8 @@ impl Node {
     /// A node of either style; a bridge-style node's [`BRIDGE`] carries the gateway addresses.
     pub fn with_style(tag: &str, style: Style) -> Node {
         let netns = new_netns(format!("dpt-{tag}-node"));
-        sysctl(&netns.name(), "net.ipv4.ip_forward", "1");
-        sysctl(&netns.name(), "net.ipv6.conf.all.forwarding", "1");
+        sysctl(netns.name(), "net.ipv4.ip_forward", "1");
+        sysctl(netns.name(), "net.ipv6.conf.all.forwarding", "1");
         if style == Style::Bridge {
             let node = &netns.name();
             // No snooping and no forward delay: multicast neighbour discovery reaches every
@@ -385,11 +386,14 @@ pub struct EchoServer {
 impl EchoServer {
     pub fn tcp(netns: &Netns, port: u16) -> EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
-        let listener = netns.run(move || {
-            let listener = TcpListener::bind(SocketAddr::new(ANY.ip(), port)).expect("bind tcp");
-            listener.set_nonblocking(true).expect("nonblocking");
-            listener
-        }).expect("run in the network namespace");
+        let listener = netns
+            .run(move || {
+                let listener =
+                    TcpListener::bind(SocketAddr::new(ANY.ip(), port)).expect("bind tcp");
+                listener.set_nonblocking(true).expect("nonblocking");
+                listener
+            })
+            .expect("run in the network namespace");
         let flag = stop.clone();
         let thread = thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
@@ -415,13 +419,15 @@ impl EchoServer {
     /// the wildcard answers from whichever address the route to the client prefers.
     pub fn udp_at(netns: &Netns, addr: SocketAddr) -> EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
-        let socket = netns.run(move || {
-            let socket = UdpSocket::bind(addr).expect("bind udp");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .expect("timeout");
-            socket
-        }).expect("run in the network namespace");
+        let socket = netns
+            .run(move || {
+                let socket = UdpSocket::bind(addr).expect("bind udp");
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(50)))
+                    .expect("timeout");
+                socket
+            })
+            .expect("run in the network namespace");
         let flag = stop.clone();
         let thread = thread::spawn(move || {
             let mut buf = [0; 1500];
@@ -460,7 +466,9 @@ fn echo_stream(mut stream: TcpStream) {
 
 /// Opens a TCP connection from inside `netns`, or `None` when it does not complete in time.
 pub fn connect(netns: &Netns, to: SocketAddr) -> Option<TcpStream> {
-    netns.run(move || TcpStream::connect_timeout(&to, DROP_TIMEOUT).ok()).expect("run in the network namespace")
+    netns
+        .run(move || TcpStream::connect_timeout(&to, DROP_TIMEOUT).ok())
+        .expect("run in the network namespace")
 }
 
 /// Sends a message on the stream and whether the same bytes come back in time.

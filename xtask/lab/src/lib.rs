@@ -22,8 +22,8 @@ mod topology;
 pub mod up;
 
 use anyhow::{Result, bail};
-pub use policy_testbed::{cmd, netns};
 use clap::Subcommand;
+pub use policy_testbed::{cmd, netns};
 
 /// Arguments of `cargo xtask lab`.
 #[derive(clap::Args)]
