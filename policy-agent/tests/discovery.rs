@@ -12,7 +12,7 @@ use std::{
     net::IpAddr,
 };
 
-use netns::{Netns, ip, unique_tag};
+use netns::{Netns, ip, new_netns, unique_tag};
 use policy_agent::discovery::{Discovery, Wiring};
 
 /// Runs discovery in `node` for the `wanted` addresses.
@@ -31,6 +31,7 @@ fn discover(node: &Netns, wanted: &[&str]) -> (Wiring, Vec<IpAddr>) {
             )
         })
     })
+    .expect("run in the network namespace")
 }
 
 fn addr(text: &str) -> IpAddr {
@@ -39,16 +40,26 @@ fn addr(text: &str) -> IpAddr {
 
 /// A veth `host_if` in `node` whose other end is `eth0` of a new namespace holding `addresses`.
 fn wire(node: &Netns, pod: &str, host_if: &str, addresses: &[&str]) -> Netns {
-    let pod = Netns::new(pod.to_owned());
+    let pod = new_netns(pod.to_owned());
     ip(&[
-        "-n", &node.name, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
-        &pod.name,
+        "-n",
+        node.name(),
+        "link",
+        "add",
+        host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
     ]);
-    ip(&["-n", &node.name, "link", "set", host_if, "up"]);
+    ip(&["-n", node.name(), "link", "set", host_if, "up"]);
     for address in addresses {
-        ip(&["-n", &pod.name, "addr", "add", address, "dev", "eth0"]);
+        ip(&["-n", pod.name(), "addr", "add", address, "dev", "eth0"]);
     }
-    ip(&["-n", &pod.name, "link", "set", "eth0", "up"]);
+    ip(&["-n", pod.name(), "link", "set", "eth0", "up"]);
     pod
 }
 
@@ -56,8 +67,8 @@ fn wire(node: &Netns, pod: &str, host_if: &str, addresses: &[&str]) -> Netns {
 #[ignore = "needs root: run through cargo xtask test"]
 fn claims_rest_on_the_peer_addresses_and_the_routes() {
     let tag = unique_tag("disc");
-    let node = Netns::new(format!("np-{tag}-node"));
-    let n = &node.name;
+    let node = new_netns(format!("np-{tag}-node"));
+    let n = node.name();
     // A ptp pod: its addresses on its end, /32 and /128 routes through its veth.
     let _ptp = wire(
         &node,
@@ -122,7 +133,7 @@ fn claims_rest_on_the_peer_addresses_and_the_routes() {
             "10.99.3.1",
         ],
     );
-    let ifindex = |name: &str| node.ifindex(name);
+    let ifindex = |name: &str| node.ifindex(name).expect("interface index");
     let claims = |addresses: &[&str]| -> BTreeSet<IpAddr> {
         addresses.iter().map(|text| addr(text)).collect()
     };

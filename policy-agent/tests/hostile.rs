@@ -225,17 +225,20 @@ impl Bed {
         let desired = self.state(&[]);
         let ifindexes = self.ifindexes();
         let host_addrs = self.host_addrs.clone();
-        self.node.netns.run(move || {
-            let mut datapath = Datapath::open(config).expect("open datapath");
-            datapath
-                .sync(&desired, |pod| ifindexes.get(pod).copied())
-                .expect("sync");
-            for &ifindex in ifindexes.values() {
-                datapath.attach(ifindex).expect("attach");
-            }
-            datapath.set_host_addrs(&host_addrs).expect("host addrs");
-            datapath
-        })
+        self.node
+            .netns
+            .run(move || {
+                let mut datapath = Datapath::open(config).expect("open datapath");
+                datapath
+                    .sync(&desired, |pod| ifindexes.get(pod).copied())
+                    .expect("sync");
+                for &ifindex in ifindexes.values() {
+                    datapath.attach(ifindex).expect("attach");
+                }
+                datapath.set_host_addrs(&host_addrs).expect("host addrs");
+                datapath
+            })
+            .expect("run in the network namespace")
     }
 
     /// Converges the datapath to the bed's state with `extra` flags.
@@ -250,8 +253,8 @@ impl Bed {
     /// veth on a routed node, the receiver itself on a bridge.
     fn next_hop(&self, from: &Pod, to: &Pod) -> [u8; 6] {
         match self.node.style {
-            Style::Ptp => netns::mac(&self.node.netns.name, &from.host_if),
-            Style::Bridge => netns::mac(&to.netns.name, "eth0"),
+            Style::Ptp => netns::mac(self.node.netns.name(), &from.host_if),
+            Style::Bridge => netns::mac(to.netns.name(), "eth0"),
         }
     }
 }
@@ -303,7 +306,7 @@ fn skip_without_root() -> bool {
 }
 
 fn mac_of(pod: &Pod) -> [u8; 6] {
-    netns::mac(&pod.netns.name, "eth0")
+    netns::mac(pod.netns.name(), "eth0")
 }
 
 /// An AF_PACKET socket on one interface of a namespace: it writes whole Ethernet frames out of
@@ -315,42 +318,45 @@ struct RawLink {
 impl RawLink {
     fn open(netns: &Netns, ifname: &str) -> RawLink {
         let ifname = ifname.to_owned();
-        netns.run(move || {
-            let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).expect("if_nametoindex");
-            let all = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: creates a descriptor that is owned at once below.
-            let raw = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    i32::from(all),
-                )
-            };
-            assert!(
-                raw >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: `raw` is a fresh descriptor nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            // SAFETY: `sockaddr_ll` is plain data; zero is a valid value of every field.
-            let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = all;
-            addr.sll_ifindex = ifindex as i32;
-            // SAFETY: `addr` is a valid `sockaddr_ll` of the length given.
-            let bound = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const addr).cast(),
-                    mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
-            let link = RawLink { fd };
-            link.set_option(libc::SO_RCVBUF, 8 << 20);
-            link
-        })
+        netns
+            .run(move || {
+                let ifindex =
+                    nix::net::if_::if_nametoindex(ifname.as_str()).expect("if_nametoindex");
+                let all = (libc::ETH_P_ALL as u16).to_be();
+                // SAFETY: creates a descriptor that is owned at once below.
+                let raw = unsafe {
+                    libc::socket(
+                        libc::AF_PACKET,
+                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                        i32::from(all),
+                    )
+                };
+                assert!(
+                    raw >= 0,
+                    "AF_PACKET socket: {}",
+                    std::io::Error::last_os_error()
+                );
+                // SAFETY: `raw` is a fresh descriptor nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                // SAFETY: `sockaddr_ll` is plain data; zero is a valid value of every field.
+                let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = all;
+                addr.sll_ifindex = ifindex as i32;
+                // SAFETY: `addr` is a valid `sockaddr_ll` of the length given.
+                let bound = unsafe {
+                    libc::bind(
+                        fd.as_raw_fd(),
+                        (&raw const addr).cast(),
+                        mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+                let link = RawLink { fd };
+                link.set_option(libc::SO_RCVBUF, 8 << 20);
+                link
+            })
+            .expect("run in the network namespace")
     }
 
     fn set_option(&self, option: i32, value: i32) {
@@ -615,15 +621,18 @@ fn check_forged_sources(style: Style) {
         .into_iter()
         .map(|family| {
             let to = addr_of(open, family, 5353);
-            let socket = victim.netns.run(move || {
-                let local = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-                let socket = UdpSocket::bind(local).expect("bind");
-                socket.connect(to).expect("connect");
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(300)))
-                    .expect("timeout");
-                socket
-            });
+            let socket = victim
+                .netns
+                .run(move || {
+                    let local = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+                    let socket = UdpSocket::bind(local).expect("bind");
+                    socket.connect(to).expect("connect");
+                    socket
+                        .set_read_timeout(Some(Duration::from_millis(300)))
+                        .expect("timeout");
+                    socket
+                })
+                .expect("run in the network namespace");
             socket.send(b"hello").expect("send");
             let mut buf = [0; 16];
             assert_eq!(
@@ -808,7 +817,7 @@ fn neighbour_mac(node: &Netns, addr: IpAddr) -> Option<[u8; 6]> {
     let output = Command::new("ip")
         .args([
             "-n",
-            &node.name,
+            node.name(),
             "neigh",
             "show",
             &addr.to_string(),
@@ -832,7 +841,7 @@ fn neighbour_mac(node: &Netns, addr: IpAddr) -> Option<[u8; 6]> {
 /// The bridge port the node's bridge forwards `mac` to.
 fn fdb_port(node: &Netns, mac: [u8; 6]) -> Option<String> {
     let output = Command::new("bridge")
-        .args(["-n", &node.name, "fdb", "show", "br", BRIDGE])
+        .args(["-n", node.name(), "fdb", "show", "br", BRIDGE])
         .output()
         .expect("bridge fdb");
     let mac = mac.map(|byte| format!("{byte:02x}")).join(":");
@@ -856,7 +865,8 @@ fn setup_neighbours(node: &Netns, pod: &Pod) {
             let socket = UdpSocket::bind(local).expect("bind");
             let _ = socket.send_to(b"resolve", to);
         }
-    });
+    })
+    .expect("run in the network namespace");
     let deadline = Instant::now() + Duration::from_secs(3);
     while [IpAddr::V4(pod.v4), IpAddr::V6(pod.v6)]
         .iter()
@@ -888,7 +898,7 @@ fn a_pod_cannot_claim_another_pods_address() {
     setup_neighbours(node, victim);
     let victim_mac = mac_of(victim);
     let attacker_mac = mac_of(attacker);
-    let bridge_mac = netns::mac(&node.name, BRIDGE);
+    let bridge_mac = netns::mac(node.name(), BRIDGE);
     assert_eq!(
         fdb_port(node, victim_mac).as_deref(),
         Some(victim.host_if.as_str())
@@ -1017,7 +1027,7 @@ fn neighbour_discovery_with_a_payload_and_raw_frames_stay_out() {
     let datapath = bed.start();
 
     for pod in [x, y] {
-        netns::ip(&["-n", &pod.netns.name, "neigh", "flush", "all"]);
+        netns::ip(&["-n", pod.netns.name(), "neigh", "flush", "all"]);
     }
     for to in [v4(y, 8080), v6(y, 8080)] {
         assert!(tcp_works(&x.netns, to), "x resolves y and reaches {to}");
@@ -1142,7 +1152,7 @@ fn neighbour_discovery_with_a_payload_and_raw_frames_stay_out() {
 
     // Resolution still works afterwards, both ways.
     for pod in [x, y] {
-        netns::ip(&["-n", &pod.netns.name, "neigh", "flush", "all"]);
+        netns::ip(&["-n", pod.netns.name(), "neigh", "flush", "all"]);
     }
     for to in [v4(y, 8080), v6(y, 8080)] {
         assert!(
@@ -1161,7 +1171,7 @@ fn setup_node_ports(node: &Netns, backend: &Pod, tcp: (u16, u16), udp: (u16, u16
     ] {
         let run = |rule: &[&str]| {
             let output = Command::new("ip")
-                .args(["netns", "exec", &node.name, tool, "-w", "-t", "nat"])
+                .args(["netns", "exec", node.name(), tool, "-w", "-t", "nat"])
                 .args(rule)
                 .output()
                 .expect("run iptables");
@@ -1370,11 +1380,13 @@ fn an_established_flow_survives_a_syn_flood() {
 
     let listener = server
         .netns
-        .run(|| TcpListener::bind("[::]:8080").expect("bind"));
+        .run(|| TcpListener::bind("[::]:8080").expect("bind"))
+        .expect("run in the network namespace");
     let to = v4(server, 8080);
     let mut client = isolated
         .netns
-        .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect"));
+        .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect"))
+        .expect("run in the network namespace");
     let (mut accepted, _) = listener.accept().expect("accept");
     for stream in [&client, &accepted] {
         stream
@@ -1405,7 +1417,7 @@ fn an_established_flow_survives_a_syn_flood() {
     let flood = RawLink::open(&bed.node.netns, &target.host_if);
     let template = pkt_syn(
         (
-            netns::mac(&bed.node.netns.name, &target.host_if),
+            netns::mac(bed.node.netns.name(), &target.host_if),
             mac_of(target),
         ),
         "192.0.2.1:1".parse().expect("addr"),

@@ -21,7 +21,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use jiff::Timestamp;
-use netns::{EchoServer, Netns, Node, Pod, tcp_works};
+use netns::{EchoServer, Node, Pod, new_netns, tcp_works};
 use policy_agent::{
     agent::status::{self, EndpointPhase},
     datapath::HELD,
@@ -184,7 +184,7 @@ impl Agent {
     ) -> Agent {
         let log = fs::File::create(dirs.root.join("agent.log")).expect("agent log");
         let mut command = Command::new("nsenter");
-        command.arg(format!("--net=/run/netns/{}", node.netns.name));
+        command.arg(format!("--net=/run/netns/{}", node.netns.name()));
         if let Some(capabilities) = capabilities {
             // Root's capabilities after exec are its bounding set.
             let bounding: Vec<String> = std::iter::once("-all".to_owned())
@@ -380,11 +380,11 @@ fn late_interface_is_enforced_and_a_deleted_veth_is_forgotten() {
 
     // An established binding lasts until its interface is gone: neither the route withdrawn
     // nor the pod removing its own addresses unbinds it, so a pod cannot shed its policy.
-    let node_netns = &node.netns.name;
+    let node_netns = &node.netns.name();
     let v4 = format!("{}/32", server.v4);
     let v6 = format!("{}/128", server.v6);
     let host_if = &server.host_if;
-    let pod_netns = &server.netns.name;
+    let pod_netns = &server.netns.name();
     let routes = |verb: &str| {
         netns::ip(&["-n", node_netns, "route", verb, &v4, "dev", host_if]);
         netns::ip(&["-n", node_netns, "-6", "route", verb, &v6, "dev", host_if]);
@@ -473,7 +473,7 @@ fn reused_pod_ip_gets_the_new_pods_policy() {
     let old_veth = old.host_if.clone();
     drop(old);
     // The kernel deletes a namespace, and the veth with it, in the background.
-    let node_netns = node.netns.name.clone();
+    let node_netns = node.netns.name().to_owned();
     wait_for("the old veth to be deleted", &dirs, || {
         !Command::new("ip")
             .args(["-n", &node_netns, "link", "show", &old_veth])
@@ -625,7 +625,7 @@ fn deny_mode_holds_a_new_interface_until_its_pod_is_programmed() {
 /// The distinct addresses of the node's interfaces, as the agent counts them.
 fn node_addresses(node: &Node) -> usize {
     let output = Command::new("ip")
-        .args(["-n", &node.netns.name, "-o", "addr", "show"])
+        .args(["-n", node.netns.name(), "-o", "addr", "show"])
         .output()
         .expect("ip addr show");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -728,13 +728,17 @@ fn the_agent_needs_no_more_than_the_daemonsets_capabilities() {
     assert!(!tcp_works(&client.netns, to(&server, 81)), "denied port");
     let log = strip_ansi(&dirs.log());
     assert!(!log.contains(" WARN "), "{log}");
-    let response = node.netns.run(|| {
-        let mut stream = std::net::TcpStream::connect("127.0.0.1:9402").ok()?;
-        std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-        let mut head = [0; 12];
-        std::io::Read::read_exact(&mut stream, &mut head).ok()?;
-        Some(String::from_utf8_lossy(&head).into_owned())
-    });
+    let response = node
+        .netns
+        .run(|| {
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:9402").ok()?;
+            std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .ok()?;
+            let mut head = [0; 12];
+            std::io::Read::read_exact(&mut stream, &mut head).ok()?;
+            Some(String::from_utf8_lossy(&head).into_owned())
+        })
+        .expect("run in the network namespace");
     assert_eq!(
         response.as_deref(),
         Some("HTTP/1.1 200"),
@@ -786,10 +790,11 @@ const BRIDGE_V6: Ipv6Addr = Ipv6Addr::new(0xfd71, 0, 0, 0, 0, 0, 0, 1);
 /// `10.71.0.n/24` and `fd71::n/64` on its `eth0`, its veth `hb-<n>` a port of the bridge
 /// (created with the first such pod), the bridge as its default gateway.
 fn add_bridged_pod(node: &Node, n: u8) -> Pod {
-    let node_ns = &node.netns.name;
+    let node_ns = &node.netns.name();
     let has_bridge = node
         .netns
-        .run(|| nix::net::if_::if_nametoindex(BRIDGE).is_ok());
+        .run(|| nix::net::if_::if_nametoindex(BRIDGE).is_ok())
+        .expect("run in the network namespace");
     if !has_bridge {
         netns::ip(&["-n", node_ns, "link", "add", BRIDGE, "type", "bridge"]);
         netns::ip(&[
@@ -813,8 +818,8 @@ fn add_bridged_pod(node: &Node, n: u8) -> Pod {
         ]);
         netns::ip(&["-n", node_ns, "link", "set", BRIDGE, "up"]);
     }
-    let pod_ns = Netns::new(format!("{node_ns}-b{n}"));
-    let pod = &pod_ns.name;
+    let pod_ns = new_netns(format!("{node_ns}-b{n}"));
+    let pod = &pod_ns.name();
     let host_if = format!("hb-{n}");
     let v4 = Ipv4Addr::new(10, 71, 0, n);
     let v6 = Ipv6Addr::new(0xfd71, 0, 0, 0, 0, 0, 0, u16::from(n));
@@ -855,7 +860,7 @@ fn add_bridged_pod(node: &Node, n: u8) -> Pod {
         "via",
         &BRIDGE_V6.to_string(),
     ]);
-    let ifindex = node.netns.ifindex(&host_if);
+    let ifindex = node.netns.ifindex(&host_if).expect("interface index");
     Pod {
         netns: pod_ns,
         v4,
@@ -868,7 +873,7 @@ fn add_bridged_pod(node: &Node, n: u8) -> Pod {
 /// The MAC address of the pod's `eth0`.
 fn mac_of(pod: &Pod) -> [u8; 6] {
     let output = Command::new("ip")
-        .args(["-n", &pod.netns.name, "-o", "link", "show", "eth0"])
+        .args(["-n", pod.netns.name(), "-o", "link", "show", "eth0"])
         .output()
         .expect("ip link show");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -886,66 +891,70 @@ fn mac_of(pod: &Pod) -> [u8; 6] {
 
 /// Sends raw Ethernet frames out of the pod's `eth0`, as a pod with CAP_NET_RAW can.
 fn send_frames(pod: &Pod, frames: Vec<Vec<u8>>) {
-    pod.netns.run(move || {
-        let ifindex = nix::net::if_::if_nametoindex("eth0").expect("eth0");
-        // SAFETY: plain socket call; the descriptor is closed below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ALL as u16).to_be()),
-            )
-        };
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        for frame in frames {
-            // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-            let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            address.sll_family = libc::AF_PACKET as u16;
-            address.sll_ifindex = ifindex as i32;
-            address.sll_halen = 6;
-            address.sll_addr[..6].copy_from_slice(&frame[..6]);
-            // SAFETY: the frame and address outlive the call; the lengths are theirs.
-            let sent = unsafe {
-                libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    std::ptr::from_ref(&address).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+    pod.netns
+        .run(move || {
+            let ifindex = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+            // SAFETY: plain socket call; the descriptor is closed below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW,
+                    i32::from((libc::ETH_P_ALL as u16).to_be()),
                 )
             };
-            assert_eq!(
-                sent,
-                frame.len() as isize,
-                "sendto: {}",
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
                 std::io::Error::last_os_error()
             );
-        }
-        // SAFETY: the descriptor is ours and not used after.
-        unsafe { libc::close(fd) };
-    });
+            for frame in frames {
+                // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+                let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                address.sll_family = libc::AF_PACKET as u16;
+                address.sll_ifindex = ifindex as i32;
+                address.sll_halen = 6;
+                address.sll_addr[..6].copy_from_slice(&frame[..6]);
+                // SAFETY: the frame and address outlive the call; the lengths are theirs.
+                let sent = unsafe {
+                    libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        std::ptr::from_ref(&address).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(
+                    sent,
+                    frame.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            // SAFETY: the descriptor is ours and not used after.
+            unsafe { libc::close(fd) };
+        })
+        .expect("run in the network namespace");
 }
 
 /// Sends a datagram from the pod to its bridge: the node learns the pod's neighbour entries
 /// and the bridge its MAC, as they would with any bridge CNI's traffic.
 fn greet_bridge(pod: &Pod) {
-    pod.netns.run(|| {
-        for to in [
-            SocketAddr::new(IpAddr::V4(BRIDGE_V4), 9),
-            SocketAddr::new(IpAddr::V6(BRIDGE_V6), 9),
-        ] {
-            let local: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-                .parse()
-                .expect("address");
-            let socket = std::net::UdpSocket::bind(local).expect("bind");
-            socket.send_to(b"hello", to).expect("send");
-        }
-    });
+    pod.netns
+        .run(|| {
+            for to in [
+                SocketAddr::new(IpAddr::V4(BRIDGE_V4), 9),
+                SocketAddr::new(IpAddr::V6(BRIDGE_V6), 9),
+            ] {
+                let local: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                    .parse()
+                    .expect("address");
+                let socket = std::net::UdpSocket::bind(local).expect("bind");
+                socket.send_to(b"hello", to).expect("send");
+            }
+        })
+        .expect("run in the network namespace");
     thread::sleep(Duration::from_millis(100));
 }
 
@@ -1075,7 +1084,7 @@ fn neighbour_frames_do_not_move_a_bridged_endpoint() {
     }
     send_frames(&attacker, frames);
     let fdb = Command::new("bridge")
-        .args(["-n", &node.netns.name, "fdb", "show", "br", BRIDGE])
+        .args(["-n", node.netns.name(), "fdb", "show", "br", BRIDGE])
         .output()
         .expect("bridge fdb show");
     let fdb = String::from_utf8_lossy(&fdb.stdout);
@@ -1144,7 +1153,7 @@ fn a_pod_claiming_another_pods_address_is_held_closed_and_reported() {
     let attacker_entry = dirs.endpoint(attacker.ifindex);
 
     let claim = format!("{}/32", victim.v4);
-    let attacker_ns = attacker.netns.name.clone();
+    let attacker_ns = attacker.netns.name().to_owned();
     netns::ip(&["-n", &attacker_ns, "addr", "add", &claim, "dev", "eth0"]);
     let held = wait_for("the claiming interface to be held", &dirs, || {
         dirs.endpoint(attacker.ifindex)
@@ -1213,7 +1222,7 @@ fn the_periodic_pass_repairs_the_endpoint_map() {
     // A veth no pod is bound to.
     netns::ip(&[
         "-n",
-        &node.netns.name,
+        node.netns.name(),
         "link",
         "add",
         "stray0",
@@ -1223,7 +1232,7 @@ fn the_periodic_pass_repairs_the_endpoint_map() {
         "name",
         "stray1",
     ]);
-    let stray = node.netns.ifindex("stray0");
+    let stray = node.netns.ifindex("stray0").expect("interface index");
     dirs.write("namespace.yaml", NAMESPACE);
     dirs.write("policy.yaml", LOCKED_POLICY);
     dirs.write("a.yaml", &pod_manifest("a", "role: locked", 2));

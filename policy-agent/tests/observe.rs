@@ -101,7 +101,7 @@ impl Lab {
     fn start_agent_with(&self, extra_args: &[&str]) -> Agent {
         let log = self.dir.join("agent.log");
         let stderr = fs::File::create(&log).expect("agent log");
-        let target = fs::File::open(format!("/run/netns/{}", self.node.netns.name))
+        let target = fs::File::open(format!("/run/netns/{}", self.node.netns.name()))
             .expect("open the node namespace");
         let mut command = Command::new(AGENT);
         // Only the network namespace: the agent pins where the test can see its maps.
@@ -178,26 +178,29 @@ impl Lab {
     /// `GET path` on the agent's metrics address: the status code and the body.
     fn http_get(&self, path: &str) -> (u16, String) {
         let path = path.to_owned();
-        self.node.netns.run(move || {
-            let mut stream = TcpStream::connect(("127.0.0.1", DEFAULT_PORT)).expect("connect");
-            write!(
-                stream,
-                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-            )
-            .expect("send request");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).expect("read response");
-            let code = response
-                .split(' ')
-                .nth(1)
-                .and_then(|code| code.parse().ok())
-                .expect("status code");
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body.to_owned())
-                .unwrap_or_default();
-            (code, body)
-        })
+        self.node
+            .netns
+            .run(move || {
+                let mut stream = TcpStream::connect(("127.0.0.1", DEFAULT_PORT)).expect("connect");
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                )
+                .expect("send request");
+                let mut response = String::new();
+                stream.read_to_string(&mut response).expect("read response");
+                let code = response
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|code| code.parse().ok())
+                    .expect("status code");
+                let body = response
+                    .split_once("\r\n\r\n")
+                    .map(|(_, body)| body.to_owned())
+                    .unwrap_or_default();
+                (code, body)
+            })
+            .expect("run in the network namespace")
     }
 
     fn scrape(&self) -> String {
@@ -209,12 +212,15 @@ impl Lab {
     /// Sends `count` UDP datagrams from `a` to `b` on the denied port; returns when sent.
     fn send_denied(&self, count: usize) {
         let to = SocketAddr::new(IpAddr::V4(self.b.v4), DENIED_PORT);
-        self.a.netns.run(move || {
-            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            for _ in 0..count {
-                socket.send_to(b"denied", to).expect("send");
-            }
-        });
+        self.a
+            .netns
+            .run(move || {
+                let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                for _ in 0..count {
+                    socket.send_to(b"denied", to).expect("send");
+                }
+            })
+            .expect("run in the network namespace");
     }
 
     /// [`Lab::denied_at_b`] once it reaches `count` (or after five seconds), and after a
@@ -853,45 +859,49 @@ fn clients_that_hold_connections_open_cannot_keep_the_metrics_endpoint_from_answ
     let lab = Lab::new("obh");
     let _agent = lab.start_agent();
     lab.wait_applied();
-    let (closed, health) = lab.node.netns.run(|| {
-        let address = ("127.0.0.1", DEFAULT_PORT);
-        // More idle clients than the server serves at once; half send part of a request and
-        // never finish its headers.
-        let mut idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 4)
-            .map(|n| {
-                let mut stream = TcpStream::connect(address).expect("connect");
-                if n % 2 == 1 {
+    let (closed, health) = lab
+        .node
+        .netns
+        .run(|| {
+            let address = ("127.0.0.1", DEFAULT_PORT);
+            // More idle clients than the server serves at once; half send part of a request and
+            // never finish its headers.
+            let mut idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 4)
+                .map(|n| {
+                    let mut stream = TcpStream::connect(address).expect("connect");
+                    if n % 2 == 1 {
+                        stream
+                            .write_all(b"GET /metrics HTTP/1.1\r\n")
+                            .expect("send");
+                    }
                     stream
-                        .write_all(b"GET /metrics HTTP/1.1\r\n")
-                        .expect("send");
-                }
-                stream
-            })
-            .collect();
-        let bound = HEADER_TIMEOUT * 4;
-        let mut probe = TcpStream::connect(address).expect("connect");
-        probe.set_read_timeout(Some(bound)).expect("read timeout");
-        write!(
-            probe,
-            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut health = String::new();
-        let _ = probe.read_to_string(&mut health);
-        let closed = idle
-            .iter_mut()
-            .map(|stream| {
-                stream.set_read_timeout(Some(bound)).expect("read timeout");
-                // The server ends the connection (whatever it says first) within the bound.
-                match stream.read_to_end(&mut Vec::new()) {
-                    Ok(_) => true,
-                    Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
-                }
-            })
-            .filter(|&closed| closed)
-            .count();
-        (closed, health)
-    });
+                })
+                .collect();
+            let bound = HEADER_TIMEOUT * 4;
+            let mut probe = TcpStream::connect(address).expect("connect");
+            probe.set_read_timeout(Some(bound)).expect("read timeout");
+            write!(
+                probe,
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
+            .expect("send");
+            let mut health = String::new();
+            let _ = probe.read_to_string(&mut health);
+            let closed = idle
+                .iter_mut()
+                .map(|stream| {
+                    stream.set_read_timeout(Some(bound)).expect("read timeout");
+                    // The server ends the connection (whatever it says first) within the bound.
+                    match stream.read_to_end(&mut Vec::new()) {
+                        Ok(_) => true,
+                        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+                    }
+                })
+                .filter(|&closed| closed)
+                .count();
+            (closed, health)
+        })
+        .expect("run in the network namespace");
     assert!(health.starts_with("HTTP/1.1 200"), "{health:?}");
     assert_eq!(
         closed,

@@ -152,16 +152,19 @@ impl Lab {
         let config = self.config.clone();
         let desired = self.desired();
         let ifindexes = self.ifindexes();
-        self.node.netns.run(move || {
-            let mut datapath = Datapath::open(config).expect("open datapath");
-            datapath
-                .sync(&desired, |pod| ifindexes.get(pod).copied())
-                .expect("sync");
-            for &ifindex in ifindexes.values() {
-                datapath.attach(ifindex).expect("attach");
-            }
-            datapath
-        })
+        self.node
+            .netns
+            .run(move || {
+                let mut datapath = Datapath::open(config).expect("open datapath");
+                datapath
+                    .sync(&desired, |pod| ifindexes.get(pod).copied())
+                    .expect("sync");
+                for &ifindex in ifindexes.values() {
+                    datapath.attach(ifindex).expect("attach");
+                }
+                datapath
+            })
+            .expect("run in the network namespace")
     }
 
     /// Opens the datapath on the existing pins without changing anything.
@@ -170,6 +173,7 @@ impl Lab {
         self.node
             .netns
             .run(move || Datapath::open(config).expect("reopen datapath"))
+            .expect("run in the network namespace")
     }
 }
 
@@ -546,7 +550,7 @@ fn detach_and_deleted_interfaces_remove_links() {
     let _tcp_b9090 = EchoServer::tcp(&lab.b.netns, 9090);
     let datapath = lab.start();
     drop(datapath);
-    netns::ip(&["-n", &lab.node.netns.name, "link", "del", &lab.c.host_if]);
+    netns::ip(&["-n", lab.node.netns.name(), "link", "del", &lab.c.host_if]);
 
     let mut datapath = lab.reopen();
     let report = datapath.open_report().clone();
@@ -713,14 +717,17 @@ impl Sink {
             peer_ips.contains(&ip)
         };
         let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-        let (udp, tcp) = pod.netns.run(move || {
-            let udp = UdpSocket::bind(any).expect("bind udp");
-            udp.set_read_timeout(Some(Duration::from_millis(20)))
-                .expect("timeout");
-            let tcp = TcpListener::bind(any).expect("bind tcp");
-            tcp.set_nonblocking(true).expect("nonblocking");
-            (udp, tcp)
-        });
+        let (udp, tcp) = pod
+            .netns
+            .run(move || {
+                let udp = UdpSocket::bind(any).expect("bind udp");
+                udp.set_read_timeout(Some(Duration::from_millis(20)))
+                    .expect("timeout");
+                let tcp = TcpListener::bind(any).expect("bind tcp");
+                tcp.set_nonblocking(true).expect("nonblocking");
+                (udp, tcp)
+            })
+            .expect("run in the network namespace");
         let (flag, count) = (stop.clone(), reached.clone());
         let udp_thread = thread::spawn(move || {
             let mut buf = [0; 1500];
@@ -780,29 +787,35 @@ impl Hammer {
         let sent = Arc::new(AtomicUsize::new(0));
         let targets = [v4(server, port), v6(server, port)];
         let (flag, count) = (stop.clone(), sent.clone());
-        let udp = client.netns.spawn(move || {
-            let sockets = [
-                UdpSocket::bind("0.0.0.0:0").expect("bind udp v4"),
-                UdpSocket::bind("[::]:0").expect("bind udp v6"),
-            ];
-            while !flag.load(Ordering::Relaxed) {
-                for (socket, target) in sockets.iter().zip(targets) {
-                    if socket.send_to(b"let me in", target).is_ok() {
+        let udp = client
+            .netns
+            .spawn(move || {
+                let sockets = [
+                    UdpSocket::bind("0.0.0.0:0").expect("bind udp v4"),
+                    UdpSocket::bind("[::]:0").expect("bind udp v6"),
+                ];
+                while !flag.load(Ordering::Relaxed) {
+                    for (socket, target) in sockets.iter().zip(targets) {
+                        if socket.send_to(b"let me in", target).is_ok() {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    thread::sleep(Duration::from_micros(200));
+                }
+            })
+            .expect("start a thread in the network namespace");
+        let (flag, count) = (stop.clone(), sent.clone());
+        let tcp = client
+            .netns
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    for target in targets {
                         count.fetch_add(1, Ordering::Relaxed);
+                        let _ = TcpStream::connect_timeout(&target, Duration::from_millis(20));
                     }
                 }
-                thread::sleep(Duration::from_micros(200));
-            }
-        });
-        let (flag, count) = (stop.clone(), sent.clone());
-        let tcp = client.netns.spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                for target in targets {
-                    count.fetch_add(1, Ordering::Relaxed);
-                    let _ = TcpStream::connect_timeout(&target, Duration::from_millis(20));
-                }
-            }
-        });
+            })
+            .expect("start a thread in the network namespace");
         Hammer {
             stop,
             sent,

@@ -6,7 +6,6 @@
 //! nothing behind.
 
 use std::{
-    fs::File,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Command,
@@ -18,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use nix::sched::{CloneFlags, setns};
+use policy_testbed::{cmd, netns};
 
 /// The node side of every pod veth: the pods' gateway.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 1);
@@ -28,32 +27,19 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, 1);
 pub const DROP_TIMEOUT: Duration = Duration::from_millis(600);
 
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    cmd::is_root()
 }
 
-/// Runs `ip` with the arguments, panicking with its output when it fails.
+/// Runs `ip` with the arguments, panicking with what it printed when it fails.
 pub fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run ip {args:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "ip {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    if let Err(error) = cmd::run("ip", args) {
+        panic!("{error:#}");
+    }
 }
 
 /// Sets a sysctl inside a namespace.
 pub fn sysctl(netns: &str, key: &str, value: &str) {
-    ip(&[
-        "netns",
-        "exec",
-        netns,
-        "sysctl",
-        "-qw",
-        &format!("{key}={value}"),
-    ]);
+    netns::sysctls(netns, &[(key, value)]).expect("set a sysctl");
 }
 
 /// A unique short tag for one test's objects, so tests can run in parallel.
@@ -66,54 +52,11 @@ pub fn unique_tag(test: &str) -> String {
     )
 }
 
-/// A named network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
+pub use policy_testbed::netns::Netns;
 
-impl Netns {
-    pub fn new(name: String) -> Netns {
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        // Addresses usable at once: duplicate address detection would hold new interfaces'
-        // link-local addresses back for a second or more.
-        for conf in ["all", "default"] {
-            sysctl(&name, &format!("net.ipv6.conf.{conf}.accept_dad"), "0");
-        }
-        Netns { name }
-    }
-
-    /// Runs `f` on a thread that entered this namespace, and returns its result.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        self.spawn(f).join().expect("thread in netns panicked")
-    }
-
-    /// Starts `f` on a thread that entered this namespace.
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|error| panic!("{path}: {error}"));
-            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-    }
-
-    /// The index of an interface of this namespace.
-    pub fn ifindex(&self, name: &str) -> u32 {
-        let name = name.to_owned();
-        self.run(move || nix::net::if_::if_nametoindex(name.as_str()).expect("if_nametoindex"))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// A network namespace for one test, removed when dropped.
+pub fn new_netns(name: String) -> Netns {
+    Netns::create(name).expect("create a network namespace")
 }
 
 /// A pod: its namespace, its addresses, and the node side of its veth.
@@ -153,11 +96,11 @@ impl Node {
 
     /// A node of either style; a bridge-style node's [`BRIDGE`] carries the gateway addresses.
     pub fn with_style(tag: &str, style: Style) -> Node {
-        let netns = Netns::new(format!("dpt-{tag}-node"));
-        sysctl(&netns.name, "net.ipv4.ip_forward", "1");
-        sysctl(&netns.name, "net.ipv6.conf.all.forwarding", "1");
+        let netns = new_netns(format!("dpt-{tag}-node"));
+        sysctl(netns.name(), "net.ipv4.ip_forward", "1");
+        sysctl(netns.name(), "net.ipv6.conf.all.forwarding", "1");
         if style == Style::Bridge {
-            let node = &netns.name;
+            let node = &netns.name();
             // No snooping and no forward delay: multicast neighbour discovery reaches every
             // port, and ports forward as soon as they are up.
             ip(&[
@@ -205,7 +148,7 @@ impl Node {
     /// pod link holds, as a node's own IP on its uplink. It is a veth whose peer stays in the
     /// node (kernels without the dummy driver have veth).
     pub fn add_uplink(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> u32 {
-        let node = &self.netns.name;
+        let node = &self.netns.name();
         ip(&[
             "-n", node, "link", "add", "up0", "type", "veth", "peer", "name", "up0-peer",
         ]);
@@ -222,7 +165,7 @@ impl Node {
             "nodad",
         ]);
         ip(&["-n", node, "link", "set", "up0", "up"]);
-        self.netns.ifindex("up0")
+        self.netns.ifindex("up0").expect("interface index")
     }
 
     /// Adds pod number `n` (2 to 254) with the addresses `10.70.0.n` and `fd70::n`, its veth
@@ -236,9 +179,9 @@ impl Node {
 
     /// A bridge-style pod: `10.70.0.n/24` and `fd70::n/64`, its host veth a port of [`BRIDGE`].
     fn add_bridge_pod(&self, n: u8) -> Pod {
-        let netns = Netns::new(format!("dpt-{}-p{n}", self.tag));
-        let node = &self.netns.name;
-        let pod = &netns.name;
+        let netns = new_netns(format!("dpt-{}-p{n}", self.tag));
+        let node = &self.netns.name();
+        let pod = &netns.name();
         let host_if = format!("hv-{n}");
         let v4 = Ipv4Addr::new(10, 70, 0, n);
         let v6 = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, u16::from(n));
@@ -283,7 +226,7 @@ impl Node {
             "dev",
             "eth0",
         ]);
-        let ifindex = self.netns.ifindex(&host_if);
+        let ifindex = self.netns.ifindex(&host_if).expect("interface index");
         Pod {
             netns,
             v4,
@@ -295,9 +238,9 @@ impl Node {
 
     /// A ptp-style pod: `10.70.0.n/32` and `fd70::n/128`, a route to each on the node.
     fn add_ptp_pod(&self, n: u8) -> Pod {
-        let netns = Netns::new(format!("dpt-{}-p{n}", self.tag));
-        let node = &self.netns.name;
-        let pod = &netns.name;
+        let netns = new_netns(format!("dpt-{}-p{n}", self.tag));
+        let node = &self.netns.name();
+        let pod = &netns.name();
         let host_if = format!("hv-{n}");
         let v4 = Ipv4Addr::new(10, 70, 0, n);
         let v6 = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, u16::from(n));
@@ -400,7 +343,7 @@ impl Node {
             "dev",
             "eth0",
         ]);
-        let ifindex = self.netns.ifindex(&host_if);
+        let ifindex = self.netns.ifindex(&host_if).expect("interface index");
         Pod {
             netns,
             v4,
@@ -443,11 +386,14 @@ pub struct EchoServer {
 impl EchoServer {
     pub fn tcp(netns: &Netns, port: u16) -> EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
-        let listener = netns.run(move || {
-            let listener = TcpListener::bind(SocketAddr::new(ANY.ip(), port)).expect("bind tcp");
-            listener.set_nonblocking(true).expect("nonblocking");
-            listener
-        });
+        let listener = netns
+            .run(move || {
+                let listener =
+                    TcpListener::bind(SocketAddr::new(ANY.ip(), port)).expect("bind tcp");
+                listener.set_nonblocking(true).expect("nonblocking");
+                listener
+            })
+            .expect("run in the network namespace");
         let flag = stop.clone();
         let thread = thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
@@ -473,13 +419,15 @@ impl EchoServer {
     /// the wildcard answers from whichever address the route to the client prefers.
     pub fn udp_at(netns: &Netns, addr: SocketAddr) -> EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
-        let socket = netns.run(move || {
-            let socket = UdpSocket::bind(addr).expect("bind udp");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .expect("timeout");
-            socket
-        });
+        let socket = netns
+            .run(move || {
+                let socket = UdpSocket::bind(addr).expect("bind udp");
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(50)))
+                    .expect("timeout");
+                socket
+            })
+            .expect("run in the network namespace");
         let flag = stop.clone();
         let thread = thread::spawn(move || {
             let mut buf = [0; 1500];
@@ -518,7 +466,9 @@ fn echo_stream(mut stream: TcpStream) {
 
 /// Opens a TCP connection from inside `netns`, or `None` when it does not complete in time.
 pub fn connect(netns: &Netns, to: SocketAddr) -> Option<TcpStream> {
-    netns.run(move || TcpStream::connect_timeout(&to, DROP_TIMEOUT).ok())
+    netns
+        .run(move || TcpStream::connect_timeout(&to, DROP_TIMEOUT).ok())
+        .expect("run in the network namespace")
 }
 
 /// Sends a message on the stream and whether the same bytes come back in time.
@@ -552,5 +502,5 @@ pub fn udp_works(netns: &Netns, to: SocketAddr) -> bool {
         socket.send_to(b"ping", to).expect("send");
         let mut buf = [0; 16];
         matches!(socket.recv_from(&mut buf), Ok((4, from)) if from == to && &buf[..4] == b"ping")
-    })
+    }).expect("run in the network namespace")
 }

@@ -41,7 +41,8 @@ use policy_common::{
     },
 };
 use policy_lab::{
-    cmd as run, netns,
+    cmd as run,
+    netns::Netns,
     telemetry::{self, Status, millis_between},
 };
 use serde::Serialize;
@@ -62,9 +63,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// One node with its endpoints; at most one agent runs on it at a time.
 pub struct Bed {
     name: String,
-    node: String,
-    sink: String,
-    probe_pods: Vec<String>,
+    node: Netns,
+    sink: Netns,
+    probe_pods: Vec<Netns>,
     endpoints: usize,
     agent: Option<Child>,
     run_dir: PathBuf,
@@ -74,31 +75,24 @@ pub struct Bed {
 impl Bed {
     /// Creates the node namespace `np-bench-<name>` and its sink namespace.
     pub fn new(name: &str) -> Result<Self> {
-        let node = format!("{NETNS_PREFIX}{name}");
-        let sink = format!("{NETNS_PREFIX}{name}-sink");
         let run_dir = Path::new(RUN_ROOT).join(name);
-        let bed = Self {
+        let pin_dir = Path::new(PIN_ROOT).join(name);
+        remove_dir(&run_dir)?;
+        remove_dir(&pin_dir)?;
+        let node = Netns::create(format!("{NETNS_PREFIX}{name}"))?;
+        let sink = Netns::create(format!("{NETNS_PREFIX}{name}-sink"))?;
+        node.sysctls(&[("net.ipv4.ip_forward", "1")])?;
+        fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        Ok(Self {
             name: name.to_owned(),
+            node,
+            sink,
             probe_pods: Vec::new(),
             endpoints: 0,
             agent: None,
-            pin_dir: Path::new(PIN_ROOT).join(name),
-            node,
-            sink,
             run_dir,
-        };
-        for netns_name in [&bed.node, &bed.sink] {
-            netns::delete(netns_name)?;
-        }
-        remove_dir(&bed.run_dir)?;
-        remove_dir(&bed.pin_dir)?;
-        netns::create(&bed.node)?;
-        netns::create(&bed.sink)?;
-        netns::sysctls(&bed.node, &[("net.ipv4.ip_forward", "1")])?;
-        ip_batch(&bed.node, &["link set lo up".to_owned()])?;
-        fs::create_dir_all(&bed.run_dir)
-            .with_context(|| format!("creating {}", bed.run_dir.display()))?;
-        Ok(bed)
+            pin_dir,
+        })
     }
 
     /// Wires a sink endpoint for each address: the agent finds an interface for each and
@@ -111,7 +105,7 @@ impl Bed {
             let (host, peer) = veth_names(first + i);
             in_node.push(format!(
                 "link add {host} type veth peer name {peer} netns {}",
-                self.sink
+                self.sink.name()
             ));
             // The agent binds a pod to the veth whose other end holds the pod's address.
             in_sink.push(format!("addr add {address}/32 dev {peer}"));
@@ -124,39 +118,37 @@ impl Bed {
         let (links, rest): (Vec<String>, Vec<String>) = in_node
             .into_iter()
             .partition(|command| command.starts_with("link add"));
-        ip_batch(&self.node, &links)?;
-        ip_batch(&self.sink, &in_sink)?;
-        ip_batch(&self.node, &rest)?;
+        run::ip_batch(self.node.name(), &links)?;
+        run::ip_batch(self.sink.name(), &in_sink)?;
+        run::ip_batch(self.node.name(), &rest)?;
         self.endpoints += addresses.len();
         Ok(())
     }
 
     /// Wires a real pod namespace `np-bench-<name>-<pod>` with `address`, and returns its name.
     pub fn add_probe_pod(&mut self, pod: &str, address: Ipv4Addr) -> Result<String> {
-        let pod_netns = format!("{NETNS_PREFIX}{}-{pod}", self.name);
-        netns::delete(&pod_netns)?;
-        netns::create(&pod_netns)?;
-        self.probe_pods.push(pod_netns.clone());
+        let pod = Netns::create(format!("{NETNS_PREFIX}{}-{pod}", self.name))?;
+        let pod_netns = pod.name().to_owned();
+        self.probe_pods.push(pod);
         let (host, _) = veth_names(self.endpoints);
         self.endpoints += 1;
-        ip_batch(
-            &self.node,
+        run::ip_batch(
+            self.node.name(),
             &[format!(
                 "link add {host} type veth peer name eth0 netns {pod_netns}"
             )],
         )?;
-        ip_batch(
+        run::ip_batch(
             &pod_netns,
             &[
-                "link set lo up".to_owned(),
                 "link set eth0 up".to_owned(),
                 format!("addr add {address}/32 dev eth0"),
                 format!("route add {GATEWAY} dev eth0 scope link"),
                 format!("route add default via {GATEWAY} dev eth0"),
             ],
         )?;
-        ip_batch(
-            &self.node,
+        run::ip_batch(
+            self.node.name(),
             &[
                 format!("addr add {GATEWAY}/32 dev {host}"),
                 format!("link set {host} up"),
@@ -178,8 +170,8 @@ impl Bed {
         let errors = output
             .try_clone()
             .with_context(|| format!("opening {}", log.display()))?;
-        let target = File::open(Path::new("/run/netns").join(&self.node))
-            .with_context(|| format!("opening network namespace {}", self.node))?;
+        let target = File::open(Path::new("/run/netns").join(self.node.name()))
+            .with_context(|| format!("opening network namespace {}", self.node.name()))?;
         let mut command = Command::new(agent);
         command
             .arg("run")
@@ -317,12 +309,8 @@ impl Bed {
 impl Drop for Bed {
     fn drop(&mut self) {
         // Teardown is best effort: a failure here must not hide the measurement's own error.
+        // The namespaces go with their guards, after the agent inside one has stopped.
         let _ = self.stop_agent();
-        for pod in &self.probe_pods {
-            let _ = netns::delete(pod);
-        }
-        let _ = netns::delete(&self.sink);
-        let _ = netns::delete(&self.node);
         let _ = remove_dir(&self.pin_dir);
     }
 }
@@ -386,36 +374,6 @@ pub struct MapMemory {
 /// The host-side and pod-side names of endpoint `i`'s veth.
 fn veth_names(i: usize) -> (String, String) {
     (format!("bh{i}"), format!("bp{i}"))
-}
-
-fn ip_batch(netns_name: &str, commands: &[String]) -> Result<()> {
-    if commands.is_empty() {
-        return Ok(());
-    }
-    let input = commands.join("\n") + "\n";
-    let mut child = Command::new("ip")
-        .args(["-n", netns_name, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting `ip -batch` (is iproute2 installed?)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write as _;
-        stdin
-            .write_all(input.as_bytes())
-            .context("writing to `ip -batch`")?;
-    }
-    let output = child
-        .wait_with_output()
-        .context("waiting for `ip -batch`")?;
-    if !output.status.success() {
-        bail!(
-            "`ip -n {netns_name} -batch -` failed: {}\n{input}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 fn remove_dir(dir: &Path) -> Result<()> {

@@ -36,7 +36,7 @@ impl fmt::Display for Down {
 /// Removes the lab.
 pub fn down() -> Result<Down> {
     let start = Instant::now();
-    let namespaces = netns::lab_namespaces()?;
+    let namespaces = names::lab_namespaces()?;
     for name in &namespaces {
         netns::delete(name)?;
     }
@@ -47,7 +47,7 @@ pub fn down() -> Result<Down> {
             Err(error) => return Err(error).with_context(|| format!("removing {dir}")),
         }
     }
-    let left: Vec<String> = netns::lab_namespaces()?;
+    let left: Vec<String> = names::lab_namespaces()?;
     if !left.is_empty() || Path::new(names::RUN_DIR).exists() {
         anyhow::bail!("the lab is not fully down; left: {left:?}");
     }

@@ -1,16 +1,14 @@
 //! The lab (`cargo xtask lab`): a cluster of network namespaces that behaves like a small
 //! Kubernetes cluster: nodes linked by an underlay, pods wired like the ptp and bridge CNI
 //! plugins, Services translated like kube-proxy does, and the real agent on every node. The other
-//! tasks share its command runner ([`cmd`]) and network-namespace helpers ([`netns`]).
+//! tasks reach the test bed it builds on ([`cmd`], [`netns`]) through it.
 
 pub mod agent;
 pub mod build;
-pub mod cmd;
 pub mod down;
 mod follow;
 pub mod manifest;
 pub mod names;
-pub mod netns;
 pub mod plan;
 pub mod probe;
 mod render;
@@ -24,6 +22,7 @@ pub mod up;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
+pub use policy_testbed::{cmd, netns};
 
 /// Arguments of `cargo xtask lab`.
 #[derive(clap::Args)]

@@ -113,6 +113,11 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
+/// Every lab network namespace, sorted.
+pub fn lab_namespaces() -> anyhow::Result<Vec<String>> {
+    policy_testbed::netns::list(is_lab_netns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,7 +116,7 @@ pub fn up(args: &UpArgs) -> Result<Up> {
     let manifests = manifest::load_dir(&source)?;
     let plan = Plan::new(source, &manifests, args.nodes, args.ip_family)?;
     let previous = State::load()?;
-    let leftovers = !netns::lab_namespaces()?.is_empty() || Path::new(names::PIN_DIR).exists();
+    let leftovers = !names::lab_namespaces()?.is_empty() || Path::new(names::PIN_DIR).exists();
     if previous.is_none() && leftovers {
         println!("removing what a lab that did not finish coming up left behind");
         down::down()?;
@@ -194,7 +194,7 @@ pub fn up(args: &UpArgs) -> Result<Up> {
             removed += 1;
         }
     }
-    for stray in netns::lab_namespaces()? {
+    for stray in names::lab_namespaces()? {
         if !wanted.contains(&stray) {
             netns::delete(&stray)?;
         }

@@ -1,5 +1,6 @@
-//! Network namespaces: entering one from a thread, starting a detached process inside one, and
-//! stopping every process inside one.
+//! Network namespaces: creating one (owned by a [`Netns`] guard that removes it when dropped, or
+//! by name when it outlives the process, as the lab's do), entering one from a thread, starting a
+//! detached process inside one, and removing one with every process inside it.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -17,7 +18,7 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{cmd, names};
+use crate::cmd;
 
 const NETNS_DIR: &str = "/run/netns";
 
@@ -63,8 +64,8 @@ pub fn exists(netns: &str) -> bool {
     Path::new(NETNS_DIR).join(netns).exists()
 }
 
-/// Every lab network namespace, sorted.
-pub fn lab_namespaces() -> Result<Vec<String>> {
+/// Every network namespace whose name `wanted` accepts, sorted.
+pub fn list(wanted: impl Fn(&str) -> bool) -> Result<Vec<String>> {
     let mut names = Vec::new();
     let entries = match fs::read_dir(NETNS_DIR) {
         Ok(entries) => entries,
@@ -77,7 +78,7 @@ pub fn lab_namespaces() -> Result<Vec<String>> {
             .file_name()
             .to_string_lossy()
             .into_owned();
-        if names::is_lab_netns(&name) {
+        if wanted(&name) {
             names.push(name);
         }
     }
@@ -85,9 +86,11 @@ pub fn lab_namespaces() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Creates `netns` with IPv6 duplicate address detection off, so addresses work at once.
+/// Creates `netns` with its loopback up and IPv6 duplicate address detection off, so addresses
+/// work at once.
 pub fn create(netns: &str) -> Result<()> {
     cmd::run("ip", &["netns", "add", netns])?;
+    cmd::ip(netns, &["link", "set", "lo", "up"])?;
     sysctls(
         netns,
         &[
@@ -177,4 +180,63 @@ pub fn delete(netns: &str) -> Result<()> {
     stop_processes(netns)?;
     cmd::run("ip", &["netns", "del", netns])?;
     Ok(())
+}
+
+/// A network namespace that belongs to one run: removed, with every process inside it, when the
+/// guard is dropped.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `name` (see [`create`]), first removing what a crashed run left under that name.
+    pub fn create(name: impl Into<String>) -> Result<Netns> {
+        let name = name.into();
+        delete(&name)?;
+        create(&name)?;
+        Ok(Netns { name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `work` on a thread inside this namespace and returns its result.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T> {
+        run_inside(&self.name, || Ok(work()))
+    }
+
+    /// Starts `work` on a thread that entered this namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<thread::JoinHandle<T>> {
+        let target = open(&self.name)?;
+        let name = self.name.clone();
+        Ok(thread::spawn(move || {
+            if let Err(error) = setns(&target, CloneFlags::CLONE_NEWNET) {
+                panic!("entering network namespace {name}: {error}");
+            }
+            work()
+        }))
+    }
+
+    /// Sets sysctls of this namespace.
+    pub fn sysctls(&self, settings: &[(&str, &str)]) -> Result<()> {
+        sysctls(&self.name, settings)
+    }
+
+    /// The index of the interface `ifname` of this namespace.
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        self.run(|| nix::net::if_::if_nametoindex(ifname))?
+            .with_context(|| format!("no interface {ifname} in network namespace {}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Best effort: a failure here must not hide the run's own error.
+        let _ = delete(&self.name);
+    }
 }
