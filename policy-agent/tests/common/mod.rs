@@ -7,7 +7,6 @@ use std::{
     ffi::CString,
     fs,
     net::IpAddr,
-    os::fd::FromRawFd as _,
     path::PathBuf,
     sync::{
         Once,
@@ -31,6 +30,7 @@ use policy_common::{
     ports::range_to_prefixes,
     verdict::Direction,
 };
+use policy_testbed::bpf;
 
 /// One allow rule of an endpoint, as the agent would encode it.
 #[derive(Clone, Copy, Debug)]
@@ -487,98 +487,12 @@ pub fn addr16(addr: IpAddr) -> [u8; 16] {
     }
 }
 
-/// The attributes of `BPF_PROG_LOAD` this harness sets; the rest of the union stays zero.
-#[repr(C)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    rest: [u8; 88],
-}
-
-/// The attributes of `BPF_PROG_TEST_RUN`; the rest of the union stays zero.
-#[repr(C)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    rest: [u8; 88],
-}
-
 /// Kernel time per run of a classifier that only returns `TC_ACT_UNSPEC`: the cost TEST_RUN
 /// itself adds to every repetition, to subtract from measured programs.
 pub fn empty_classifier_ns(frame: &[u8], repeat: u32) -> u32 {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    // r0 = -1; exit
-    let insns: [u64; 2] = [0xffff_ffff_0000_00b7, 0x0000_0000_0000_0095];
-    let license = CString::new("GPL").expect("static license without NUL");
-    let load = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buf: 0,
-        kern_version: 0,
-        prog_flags: 0,
-        rest: [0; 88],
-    };
-    // SAFETY: a BPF_PROG_LOAD attribute block whose pointers outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &load as *const ProgLoadAttr,
-            size_of::<ProgLoadAttr>(),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "loading the empty classifier: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel just returned this descriptor to us.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    let mut run = TestRunAttr {
-        prog_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
-        retval: 0,
-        data_size_in: frame.len() as u32,
-        data_size_out: 0,
-        data_in: frame.as_ptr() as u64,
-        data_out: 0,
-        repeat,
-        duration: 0,
-        rest: [0; 88],
-    };
-    // SAFETY: a BPF_PROG_TEST_RUN attribute block whose pointers outlive the call.
-    let status = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut run as *mut TestRunAttr,
-            size_of::<TestRunAttr>(),
-        )
-    };
-    assert_eq!(
-        status,
-        0,
-        "running the empty classifier: {}",
-        std::io::Error::last_os_error()
-    );
-    assert_eq!(run.retval as i32, PASS);
-    run.duration
+    let program = bpf::load_classifier(PASS).expect("loading the empty classifier");
+    let (verdict, duration) =
+        bpf::test_run(&program, frame, repeat).expect("running the empty classifier");
+    assert_eq!(verdict, PASS);
+    duration
 }
