@@ -21,7 +21,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use jiff::Timestamp;
-use netns::{EchoServer, Node, Pod, new_netns, tcp_works};
+use netns::{EchoServer, Node, Pod, tcp_works};
 use policy_agent::{
     agent::status::{self, EndpointPhase},
     datapath::HELD,
@@ -31,6 +31,7 @@ use policy_common::{
     maps::{ENDPOINT_NOT_READY, EndpointInfo, HostAddrKey},
     names::{ENDPOINTS_MAP, FROM_POD_PROG, HOST_ADDRS_MAP, TO_POD_PROG},
 };
+use policy_testbed::wire::{Bridge, Gateway, Neighbours, Wiring};
 
 /// Far below the agent's periodic pass (10 s): only a reaction to the kernel's notifications
 /// is this fast.
@@ -786,107 +787,47 @@ const BRIDGE: &str = "br0";
 const BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(10, 71, 0, 1);
 const BRIDGE_V6: Ipv6Addr = Ipv6Addr::new(0xfd71, 0, 0, 0, 0, 0, 0, 1);
 
+/// How a ptp node wires its bridged pods: behind [`BRIDGE`], in `10.71.0.0/24` and
+/// `fd71::/64`.
+fn pod_bridge() -> Wiring {
+    Wiring::Bridge {
+        bridge: Bridge {
+            name: BRIDGE.to_owned(),
+            gateways: vec![
+                Gateway {
+                    address: BRIDGE_V4.into(),
+                    prefix: 24,
+                },
+                Gateway {
+                    address: BRIDGE_V6.into(),
+                    prefix: 64,
+                },
+            ],
+            mac: None,
+        },
+        neighbours: Neighbours::Learned,
+    }
+}
+
 /// Adds pod number `n` (2 to 254) behind the node's bridge, as the bridge CNI wires it:
 /// `10.71.0.n/24` and `fd71::n/64` on its `eth0`, its veth `hb-<n>` a port of the bridge
 /// (created with the first such pod), the bridge as its default gateway.
 fn add_bridged_pod(node: &Node, n: u8) -> Pod {
-    let node_ns = &node.netns.name();
-    let has_bridge = node
-        .netns
-        .run(|| nix::net::if_::if_nametoindex(BRIDGE).is_ok())
-        .expect("run in the network namespace");
+    let wiring = pod_bridge();
+    let Wiring::Bridge { bridge, .. } = &wiring else {
+        unreachable!("a bridge wiring")
+    };
+    let has_bridge = node.netns.ifindex(&bridge.name).is_ok();
     if !has_bridge {
-        netns::ip(&["-n", node_ns, "link", "add", BRIDGE, "type", "bridge"]);
-        netns::ip(&[
-            "-n",
-            node_ns,
-            "addr",
-            "add",
-            &format!("{BRIDGE_V4}/24"),
-            "dev",
-            BRIDGE,
-        ]);
-        netns::ip(&[
-            "-n",
-            node_ns,
-            "addr",
-            "add",
-            &format!("{BRIDGE_V6}/64"),
-            "dev",
-            BRIDGE,
-            "nodad",
-        ]);
-        netns::ip(&["-n", node_ns, "link", "set", BRIDGE, "up"]);
+        bridge.create(node.netns.name()).expect("create the bridge");
     }
-    let pod_ns = new_netns(format!("{node_ns}-b{n}"));
-    let pod = &pod_ns.name();
-    let host_if = format!("hb-{n}");
-    let v4 = Ipv4Addr::new(10, 71, 0, n);
-    let v6 = Ipv6Addr::new(0xfd71, 0, 0, 0, 0, 0, 0, u16::from(n));
-    netns::ip(&[
-        "-n", node_ns, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
-        pod,
-    ]);
-    netns::ip(&["-n", node_ns, "link", "set", &host_if, "master", BRIDGE]);
-    netns::ip(&["-n", node_ns, "link", "set", &host_if, "up"]);
-    netns::ip(&["-n", pod, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
-    netns::ip(&[
-        "-n",
-        pod,
-        "addr",
-        "add",
-        &format!("{v6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    netns::ip(&["-n", pod, "link", "set", "eth0", "up"]);
-    netns::ip(&[
-        "-n",
-        pod,
-        "route",
-        "add",
-        "default",
-        "via",
-        &BRIDGE_V4.to_string(),
-    ]);
-    netns::ip(&[
-        "-n",
-        pod,
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        &BRIDGE_V6.to_string(),
-    ]);
-    let ifindex = node.netns.ifindex(&host_if).expect("interface index");
-    Pod {
-        netns: pod_ns,
-        v4,
-        v6,
-        host_if,
-        ifindex,
-    }
-}
-
-/// The MAC address of the pod's `eth0`.
-fn mac_of(pod: &Pod) -> [u8; 6] {
-    let output = Command::new("ip")
-        .args(["-n", pod.netns.name(), "-o", "link", "show", "eth0"])
-        .output()
-        .expect("ip link show");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let hex = text
-        .split_whitespace()
-        .skip_while(|word| *word != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in {text}"));
-    let mut mac = [0; 6];
-    for (byte, part) in mac.iter_mut().zip(hex.split(':')) {
-        *byte = u8::from_str_radix(part, 16).expect("hex MAC");
-    }
-    mac
+    node.attach(
+        &wiring,
+        &format!("b{n}"),
+        &format!("hb-{n}"),
+        Ipv4Addr::new(10, 71, 0, n),
+        Ipv6Addr::new(0xfd71, 0, 0, 0, 0, 0, 0, u16::from(n)),
+    )
 }
 
 /// Sends raw Ethernet frames out of the pod's `eth0`, as a pod with CAP_NET_RAW can.
@@ -1075,9 +1016,9 @@ fn neighbour_frames_do_not_move_a_bridged_endpoint() {
         dirs.endpoint(attacker.ifindex),
     ];
 
-    let victim_mac = mac_of(&victim);
+    let victim_mac = netns::mac(victim.netns.name(), "eth0");
     let mut frames = vec![garp(victim_mac, attacker.v4, ARP_REQUEST)];
-    for mac in [mac_of(&attacker), victim_mac] {
+    for mac in [netns::mac(attacker.netns.name(), "eth0"), victim_mac] {
         frames.push(garp(mac, victim.v4, ARP_REQUEST));
         frames.push(garp(mac, victim.v4, ARP_REPLY));
         frames.push(unsolicited_na(mac, victim.v6));

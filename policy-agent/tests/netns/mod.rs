@@ -17,7 +17,10 @@ use std::{
     time::Duration,
 };
 
-use policy_testbed::{cmd, netns};
+use policy_testbed::{
+    cmd, netns,
+    wire::{self, Bridge, Gateway, Gateways, Neighbours, PodLink, Wiring},
+};
 
 /// The node side of every pod veth: the pods' gateway.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 1);
@@ -99,48 +102,43 @@ impl Node {
         let netns = new_netns(format!("dpt-{tag}-node"));
         sysctl(netns.name(), "net.ipv4.ip_forward", "1");
         sysctl(netns.name(), "net.ipv6.conf.all.forwarding", "1");
-        if style == Style::Bridge {
-            let node = &netns.name();
-            // No snooping and no forward delay: multicast neighbour discovery reaches every
-            // port, and ports forward as soon as they are up.
-            ip(&[
-                "-n",
-                node,
-                "link",
-                "add",
-                BRIDGE,
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-                "forward_delay",
-                "0",
-            ]);
-            ip(&[
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("{GATEWAY_V4}/24"),
-                "dev",
-                BRIDGE,
-            ]);
-            ip(&[
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("{GATEWAY_V6}/64"),
-                "dev",
-                BRIDGE,
-                "nodad",
-            ]);
-            ip(&["-n", node, "link", "set", BRIDGE, "up"]);
-        }
-        Node {
+        let node = Node {
             netns,
             style,
             tag: tag.to_owned(),
+        };
+        if let Wiring::Bridge { bridge, .. } = node.wiring() {
+            bridge.create(node.netns.name()).expect("create the bridge");
+        }
+        node
+    }
+
+    /// How this node wires its pods: as the plugins do, the node learns their neighbours from
+    /// traffic.
+    fn wiring(&self) -> Wiring {
+        let gateways = Gateways {
+            v4: GATEWAY_V4,
+            v6: GATEWAY_V6,
+        };
+        match self.style {
+            Style::Ptp => Wiring::Ptp(gateways),
+            Style::Bridge => Wiring::Bridge {
+                bridge: Bridge {
+                    name: BRIDGE.to_owned(),
+                    gateways: vec![
+                        Gateway {
+                            address: gateways.v4.into(),
+                            prefix: 24,
+                        },
+                        Gateway {
+                            address: gateways.v6.into(),
+                            prefix: 64,
+                        },
+                    ],
+                    mac: None,
+                },
+                neighbours: Neighbours::Learned,
+            },
         }
     }
 
@@ -169,186 +167,39 @@ impl Node {
     }
 
     /// Adds pod number `n` (2 to 254) with the addresses `10.70.0.n` and `fd70::n`, its veth
-    /// `hv-<n>` on the node, the node as its default gateway.
+    /// `hv-<n>` on the node, the node as its default gateway: `/32` and `/128` routed to the
+    /// veth on a ptp node, `/24` and `/64` behind [`BRIDGE`] on a bridge node.
     pub fn add_pod(&self, n: u8) -> Pod {
-        match self.style {
-            Style::Ptp => self.add_ptp_pod(n),
-            Style::Bridge => self.add_bridge_pod(n),
-        }
-    }
-
-    /// A bridge-style pod: `10.70.0.n/24` and `fd70::n/64`, its host veth a port of [`BRIDGE`].
-    fn add_bridge_pod(&self, n: u8) -> Pod {
-        let netns = new_netns(format!("dpt-{}-p{n}", self.tag));
-        let node = &self.netns.name();
-        let pod = &netns.name();
-        let host_if = format!("hv-{n}");
         let v4 = Ipv4Addr::new(10, 70, 0, n);
         let v6 = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, u16::from(n));
-        ip(&[
-            "-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
-            pod,
-        ]);
-        ip(&["-n", node, "link", "set", &host_if, "master", BRIDGE]);
-        ip(&["-n", node, "link", "set", &host_if, "up"]);
-        ip(&["-n", pod, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
-        ip(&[
-            "-n",
-            pod,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ip(&["-n", pod, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            pod,
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_V4.to_string(),
-            "dev",
-            "eth0",
-        ]);
-        ip(&[
-            "-n",
-            pod,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_V6.to_string(),
-            "dev",
-            "eth0",
-        ]);
-        let ifindex = self.netns.ifindex(&host_if).expect("interface index");
+        self.attach(&self.wiring(), &format!("p{n}"), &format!("hv-{n}"), v4, v6)
+    }
+
+    /// Attaches a new pod namespace `dpt-<tag>-<suffix>` through `wiring`.
+    pub fn attach(
+        &self,
+        wiring: &Wiring,
+        suffix: &str,
+        host_if: &str,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+    ) -> Pod {
+        let netns = new_netns(format!("dpt-{}-{suffix}", self.tag));
+        let link = PodLink {
+            node: self.netns.name(),
+            pod: netns.name(),
+            host_if,
+            pod_if: "eth0",
+            mac: None,
+            addresses: &[v4.into(), v6.into()],
+        };
+        wire::attach(&link, wiring).expect("attach a pod");
+        let ifindex = self.netns.ifindex(host_if).expect("interface index");
         Pod {
             netns,
             v4,
             v6,
-            host_if,
-            ifindex,
-        }
-    }
-
-    /// A ptp-style pod: `10.70.0.n/32` and `fd70::n/128`, a route to each on the node.
-    fn add_ptp_pod(&self, n: u8) -> Pod {
-        let netns = new_netns(format!("dpt-{}-p{n}", self.tag));
-        let node = &self.netns.name();
-        let pod = &netns.name();
-        let host_if = format!("hv-{n}");
-        let v4 = Ipv4Addr::new(10, 70, 0, n);
-        let v6 = Ipv6Addr::new(0xfd70, 0, 0, 0, 0, 0, 0, u16::from(n));
-        ip(&[
-            "-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
-            pod,
-        ]);
-        ip(&[
-            "-n",
-            node,
-            "addr",
-            "add",
-            &format!("{GATEWAY_V4}/32"),
-            "dev",
-            &host_if,
-        ]);
-        ip(&[
-            "-n",
-            node,
-            "addr",
-            "add",
-            &format!("{GATEWAY_V6}/128"),
-            "dev",
-            &host_if,
-            "nodad",
-        ]);
-        ip(&["-n", node, "link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            node,
-            "route",
-            "add",
-            &format!("{v4}/32"),
-            "dev",
-            &host_if,
-        ]);
-        ip(&[
-            "-n",
-            node,
-            "-6",
-            "route",
-            "add",
-            &format!("{v6}/128"),
-            "dev",
-            &host_if,
-        ]);
-        ip(&["-n", pod, "addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
-        ip(&[
-            "-n",
-            pod,
-            "addr",
-            "add",
-            &format!("{v6}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ip(&["-n", pod, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            pod,
-            "route",
-            "add",
-            &GATEWAY_V4.to_string(),
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        ip(&[
-            "-n",
-            pod,
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_V4.to_string(),
-            "dev",
-            "eth0",
-        ]);
-        ip(&[
-            "-n",
-            pod,
-            "-6",
-            "route",
-            "add",
-            &GATEWAY_V6.to_string(),
-            "dev",
-            "eth0",
-        ]);
-        ip(&[
-            "-n",
-            pod,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_V6.to_string(),
-            "dev",
-            "eth0",
-        ]);
-        let ifindex = self.netns.ifindex(&host_if).expect("interface index");
-        Pod {
-            netns,
-            v4,
-            v6,
-            host_if,
+            host_if: host_if.to_owned(),
             ifindex,
         }
     }

@@ -45,10 +45,9 @@ use policy_lab::{
     netns::Netns,
     telemetry::{self, Status, millis_between},
 };
+use policy_testbed::wire::{self, LINK_LOCAL_GATEWAYS, PodLink, Wiring};
 use serde::Serialize;
 
-/// The address every probe pod routes through (ptp style: on each host-side veth).
-const GATEWAY: &str = "169.254.1.1";
 /// The bench's namespaces start with this; the lab's start with `np-node-` and `np-underlay`.
 const NETNS_PREFIX: &str = "np-bench-";
 /// Where the bench keeps the agent's pins (a directory per run).
@@ -132,29 +131,15 @@ impl Bed {
         self.probe_pods.push(pod);
         let (host, _) = veth_names(self.endpoints);
         self.endpoints += 1;
-        run::ip_batch(
-            self.node.name(),
-            &[format!(
-                "link add {host} type veth peer name eth0 netns {pod_netns}"
-            )],
-        )?;
-        run::ip_batch(
-            &pod_netns,
-            &[
-                "link set eth0 up".to_owned(),
-                format!("addr add {address}/32 dev eth0"),
-                format!("route add {GATEWAY} dev eth0 scope link"),
-                format!("route add default via {GATEWAY} dev eth0"),
-            ],
-        )?;
-        run::ip_batch(
-            self.node.name(),
-            &[
-                format!("addr add {GATEWAY}/32 dev {host}"),
-                format!("link set {host} up"),
-                format!("route add {address}/32 dev {host}"),
-            ],
-        )?;
+        let link = PodLink {
+            node: self.node.name(),
+            pod: &pod_netns,
+            host_if: &host,
+            pod_if: "eth0",
+            mac: None,
+            addresses: &[address.into()],
+        };
+        wire::attach(&link, &Wiring::Ptp(LINK_LOCAL_GATEWAYS))?;
         Ok(pod_netns)
     }
 

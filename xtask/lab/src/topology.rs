@@ -1,19 +1,18 @@
 //! Wiring: the underlay between nodes, the nodes, and each pod attached to its node the way a CNI
 //! would. Odd nodes are wired like the ptp plugin (a host-side veth per pod, a link-local gateway,
 //! /32 and /128 routes); even nodes like the bridge plugin (pods' veths on `cni0`, which holds the
-//! node's gateway addresses), with static neighbour and fdb entries so the agent can map a pod IP
-//! to its bridge port before any traffic.
+//! node's gateway addresses), with static neighbour and fdb entries so the node knows every pod
+//! before any traffic. The pods are wired by [`policy_testbed::wire`], as in the agent's tests.
 
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use policy_core::manifest::{IpFamily, node_cidr_v4, node_cidr_v6, node_name};
+use policy_testbed::wire::{
+    self, Bridge, Gateway, LINK_LOCAL_GATEWAYS, Neighbours, PodLink, Wiring,
+};
 
 use super::{cmd, names, netns, plan::LabPod};
-
-/// The ptp gateway every pod of a ptp-style node routes through.
-const PTP_GATEWAY_V4: &str = "169.254.1.1";
-const PTP_GATEWAY_V6: &str = "fe80::1";
 
 /// How a node attaches its pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,26 +123,9 @@ pub fn create_node(k: usize, nodes: usize, family: IpFamily) -> Result<()> {
             ));
         }
     }
-    if CniStyle::of_node(k) == CniStyle::Bridge {
-        let bridge = names::NODE_BRIDGE;
-        // A bridge without a MAC of its own takes its lowest port's, and every change of it
-        // flushes the static neighbour entries of its pods.
-        commands.push(format!(
-            "link add {bridge} address 02:00:0a:f4:{k:02x}:01 type bridge"
-        ));
-        if family.has_v4() {
-            commands.push(format!("addr add {} dev {bridge}", gateway(k, false, true)));
-        }
-        if family.has_v6() {
-            commands.push(format!(
-                "addr add {} dev {bridge} nodad",
-                gateway(k, true, true)
-            ));
-        }
-        commands.push(format!("link set {bridge} up"));
-    }
     cmd::ip_batch(&node, &commands)?;
-    if CniStyle::of_node(k) == CniStyle::Bridge {
+    if let Wiring::Bridge { bridge, .. } = wiring(k, family) {
+        bridge.create(&node)?;
         // Bridged pod-to-pod traffic must pass the node's iptables, or replies from a Service
         // backend on the same bridge would skip the reverse translation (as with kube-proxy).
         netns::sysctls(
@@ -157,126 +139,72 @@ pub fn create_node(k: usize, nodes: usize, family: IpFamily) -> Result<()> {
     Ok(())
 }
 
-/// The gateway address of bridge node `k` (`10.244.k.1`, `fd00:10:244:k::1`), with its prefix
-/// length when `with_len`.
-fn gateway(k: usize, v6: bool, with_len: bool) -> String {
-    let cidr = if v6 { node_cidr_v6(k) } else { node_cidr_v4(k) };
-    let address = match cidr.addr {
-        IpAddr::V4(net) => IpAddr::V4((u32::from(net) | 1).into()),
-        IpAddr::V6(net) => IpAddr::V6((u128::from(net) | 1).into()),
-    };
-    if with_len {
-        format!("{address}/{}", cidr.len)
-    } else {
-        address.to_string()
+/// How node `k` wires its pods: ptp nodes through link-local gateways; bridge nodes through
+/// `cni0`, which holds the first address of each of the node's pod CIDRs, with static
+/// neighbour entries so the node knows every pod before any traffic.
+fn wiring(k: usize, family: IpFamily) -> Wiring {
+    if CniStyle::of_node(k) == CniStyle::Ptp {
+        return Wiring::Ptp(LINK_LOCAL_GATEWAYS);
+    }
+    let mut cidrs = Vec::new();
+    if family.has_v4() {
+        cidrs.push(node_cidr_v4(k));
+    }
+    if family.has_v6() {
+        cidrs.push(node_cidr_v6(k));
+    }
+    let gateways = cidrs
+        .into_iter()
+        .map(|cidr| Gateway {
+            address: match cidr.addr {
+                IpAddr::V4(net) => IpAddr::V4((u32::from(net) | 1).into()),
+                IpAddr::V6(net) => IpAddr::V6((u128::from(net) | 1).into()),
+            },
+            prefix: cidr.len,
+        })
+        .collect();
+    Wiring::Bridge {
+        bridge: Bridge {
+            name: names::NODE_BRIDGE.to_owned(),
+            gateways,
+            mac: Some(format!("02:00:0a:f4:{k:02x}:01")),
+        },
+        neighbours: Neighbours::Static,
     }
 }
 
 /// Creates the pod's namespace and attaches it to its node.
-pub fn create_pod(pod: &LabPod) -> Result<()> {
+pub fn create_pod(pod: &LabPod, family: IpFamily) -> Result<()> {
     let pod_netns = pod.netns();
-    let node_netns = names::node_netns(pod.node);
-    let veth = names::host_veth(&pod.key);
-    let mac = names::pod_mac(&pod.key);
-    let link = names::POD_LINK;
     netns::create(&pod_netns)?;
-    cmd::run(
-        "ip",
-        &[
-            "-n",
-            &node_netns,
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            link,
-            "address",
-            &mac,
-            "netns",
-            &pod_netns,
-        ],
-    )
-    .with_context(|| format!("attaching pod {} to {}", pod.key, node_name(pod.node)))?;
-    let mut in_pod = vec!["link set lo up".to_owned(), format!("link set {link} up")];
-    let mut in_node = vec![format!("link set {veth} up")];
-    match CniStyle::of_node(pod.node) {
-        CniStyle::Ptp => {
-            in_node.push(format!("addr add {PTP_GATEWAY_V4}/32 dev {veth}"));
-            in_node.push(format!("addr add {PTP_GATEWAY_V6}/64 dev {veth} nodad"));
-            for ip in &pod.ips {
-                if ip.is_ipv4() {
-                    in_pod.push(format!("addr add {ip}/32 dev {link}"));
-                    in_pod.push(format!("route add {PTP_GATEWAY_V4} dev {link} scope link"));
-                    in_pod.push(format!("route add default via {PTP_GATEWAY_V4} dev {link}"));
-                    in_node.push(format!("route replace {ip}/32 dev {veth}"));
-                } else {
-                    in_pod.push(format!("addr add {ip}/128 dev {link} nodad"));
-                    in_pod.push(format!("route add default via {PTP_GATEWAY_V6} dev {link}"));
-                    in_node.push(format!("route replace {ip}/128 dev {veth}"));
-                }
-            }
-        }
-        CniStyle::Bridge => {
-            let bridge = names::NODE_BRIDGE;
-            // Hairpin, as the bridge plugin's hairpinMode: a pod reaching itself through its
-            // Service leaves and re-enters the bridge through its own port.
-            in_node.insert(0, format!("link set {veth} type bridge_slave hairpin on"));
-            in_node.insert(0, format!("link set {veth} master {bridge}"));
-            for ip in &pod.ips {
-                let v6 = ip.is_ipv6();
-                let len = if v6 { 64 } else { 24 };
-                let nodad = if v6 { " nodad" } else { "" };
-                in_pod.push(format!("addr add {ip}/{len} dev {link}{nodad}"));
-                in_pod.push(format!(
-                    "route add default via {} dev {link}",
-                    gateway(pod.node, v6, false)
-                ));
-                in_node.push(format!(
-                    "neigh replace {ip} lladdr {mac} dev {bridge} nud permanent"
-                ));
-            }
-        }
-    }
-    cmd::ip_batch(&pod_netns, &in_pod)?;
-    cmd::ip_batch(&node_netns, &in_node)?;
-    if CniStyle::of_node(pod.node) == CniStyle::Bridge {
-        cmd::run(
-            "bridge",
-            &[
-                "-n",
-                &node_netns,
-                "fdb",
-                "replace",
-                &mac,
-                "dev",
-                &veth,
-                "master",
-                "static",
-            ],
-        )?;
-    }
-    Ok(())
+    let (host_if, mac) = (names::host_veth(&pod.key), names::pod_mac(&pod.key));
+    let node_netns = names::node_netns(pod.node);
+    let link = PodLink {
+        node: &node_netns,
+        pod: &pod_netns,
+        host_if: &host_if,
+        pod_if: names::POD_LINK,
+        mac: Some(&mac),
+        addresses: &pod.ips,
+    };
+    wire::attach(&link, &wiring(pod.node, family))
+        .with_context(|| format!("attaching pod {} to {}", pod.key, node_name(pod.node)))
 }
 
 /// Detaches the pod from its node and deletes its namespace (which stops its server).
-pub fn delete_pod(pod: &LabPod) -> Result<()> {
+pub fn delete_pod(pod: &LabPod, family: IpFamily) -> Result<()> {
     let node_netns = names::node_netns(pod.node);
-    if CniStyle::of_node(pod.node) == CniStyle::Bridge && netns::exists(&node_netns) {
-        for ip in &pod.ips {
-            // The entry may already be gone with the bridge port; only its absence matters.
-            let _ = cmd::ip(
-                &node_netns,
-                &["neigh", "del", &ip.to_string(), "dev", names::NODE_BRIDGE],
-            );
-        }
-    }
-    // Deleting the veth here removes it and its routes at once; a deleted namespace takes its
-    // links down only later, and the pod's addresses may be handed out again right away.
     if netns::exists(&node_netns) {
-        let _ = cmd::ip(&node_netns, &["link", "del", &names::host_veth(&pod.key)]);
+        let (host_if, mac) = (names::host_veth(&pod.key), names::pod_mac(&pod.key));
+        let link = PodLink {
+            node: &node_netns,
+            pod: &pod.netns(),
+            host_if: &host_if,
+            pod_if: names::POD_LINK,
+            mac: Some(&mac),
+            addresses: &pod.ips,
+        };
+        wire::detach(&link, &wiring(pod.node, family));
     }
     netns::delete(&pod.netns())?;
     for file in [

@@ -190,7 +190,7 @@ pub fn up(args: &UpArgs) -> Result<Up> {
     let mut removed = 0;
     for old in &built {
         if !keep.iter().any(|pod| pod.key == old.key) {
-            topology::delete_pod(old)?;
+            topology::delete_pod(old, plan.family)?;
             removed += 1;
         }
     }
@@ -208,7 +208,7 @@ pub fn up(args: &UpArgs) -> Result<Up> {
         .then(|| build::binary("policy-lab", Profile::Debug))
         .transpose()?;
     for pod in plan.pods.iter().filter(|pod| !unchanged(pod)) {
-        topology::create_pod(pod)?;
+        topology::create_pod(pod, plan.family)?;
         if let Some(server) = &server {
             start_server(server, pod)?;
         }
