@@ -2,13 +2,16 @@
 //! `policy-agent status` and `flows`, the lab, the end-to-end checks, the benchmarks and the
 //! tests read them with these same types; nothing learns what the agent did from its log.
 
-use std::{fs, io, net::IpAddr, path::Path};
+use std::{fmt, fs, io, net::IpAddr, path::Path};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// The file the agent publishes its status in, under the state directory.
 pub const STATUS_FILE: &str = "status.json";
+/// The file the agent logs the kernel's drops (and, when asked, new allowed flows) in, one
+/// [`FlowRecord`] per line, under the state directory.
+pub const FLOW_LOG: &str = "flows.jsonl";
 
 /// The agent's state, as `status.json` holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,4 +268,44 @@ pub struct FlowRecord {
     pub reason: String,
     /// The rule that allowed the flow, or the policies whose isolation dropped it.
     pub decided_by: Option<String>,
+}
+
+/// One flow on one line: time, node, verdict, protocol, source and destination (pod or IP,
+/// with ports), the endpoint and direction that decided, the reason and what decided it.
+impl fmt::Display for FlowRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = match self.time {
+            Some(time) => time.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            None => format!("monotonic+{}ns", self.time_ns),
+        };
+        let has_ports = matches!(self.protocol.as_str(), "TCP" | "UDP" | "SCTP");
+        let party = |pod: &Option<String>, ip: IpAddr, port: u16| {
+            let name = match (pod, ip) {
+                (Some(pod), _) => pod.clone(),
+                (None, IpAddr::V6(v6)) if has_ports => format!("[{v6}]"),
+                (None, ip) => ip.to_string(),
+            };
+            if has_ports {
+                format!("{name}:{port}")
+            } else {
+                name
+            }
+        };
+        write!(
+            f,
+            "{time} {node} {verdict} {protocol} {src} -> {dst} {direction} of {pod} {reason}",
+            node = self.node,
+            verdict = self.verdict,
+            protocol = self.protocol,
+            src = party(&self.src_pod, self.src, self.src_port),
+            dst = party(&self.dst_pod, self.dst, self.dst_port),
+            direction = self.direction,
+            pod = self.pod.as_deref().unwrap_or("unknown endpoint"),
+            reason = self.reason,
+        )?;
+        if let Some(decided_by) = &self.decided_by {
+            write!(f, " ({decided_by})")?;
+        }
+        Ok(())
+    }
 }

@@ -305,7 +305,7 @@ pub async fn run(config: RunConfig) -> Result<(), AgentError> {
             source: Box::new(source),
         })?;
     let flow_context = Arc::new(RwLock::new(FlowContext::new(&config.node_name)));
-    let flow_log = config.state_dir.join("flows.jsonl");
+    let flow_log = config.state_dir.join(policy_core::telemetry::FLOW_LOG);
     tokio::spawn(flows::record(events, Arc::clone(&flow_context), flow_log));
     let health = Arc::new(Health::default());
     let metrics = match config.metrics_addr {

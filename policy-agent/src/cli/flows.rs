@@ -10,10 +10,10 @@ use std::{
     time::Duration,
 };
 
+pub use policy_core::telemetry::FLOW_LOG;
+
 use crate::agent::{FlowRecord, rotated_path};
 
-/// The flow log's name in the state directory.
-pub const FLOW_LOG: &str = "flows.jsonl";
 /// How often `--follow` looks for new lines.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -78,54 +78,16 @@ pub fn run(options: &FlowsOptions, out: &mut impl Write) -> Result<(), FlowsErro
     }
 }
 
-/// One line of the log as printed: as is for JSON, else [`render`]ed (or marked unreadable).
+/// One line of the log as printed: as is for JSON, else the record on one line (or marked
+/// unreadable).
 fn render_line(line: &str, json: bool) -> String {
     if json {
         return line.to_owned();
     }
     match serde_json::from_str::<FlowRecord>(line) {
-        Ok(record) => render(&record),
+        Ok(record) => record.to_string(),
         Err(_) => format!("unreadable flow record: {line}"),
     }
-}
-
-/// One flow on one line: time, node, verdict, protocol, source and destination (pod or IP,
-/// with ports), the endpoint and direction that decided, the reason and what decided it.
-pub fn render(record: &FlowRecord) -> String {
-    let time = match record.time {
-        Some(time) => time.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        None => format!("monotonic+{}ns", record.time_ns),
-    };
-    let has_ports = matches!(record.protocol.as_str(), "TCP" | "UDP" | "SCTP");
-    let party = |pod: &Option<String>, ip: std::net::IpAddr, port: u16| {
-        let name = match (pod, ip) {
-            (Some(pod), _) => pod.clone(),
-            (None, std::net::IpAddr::V6(v6)) if has_ports => format!("[{v6}]"),
-            (None, ip) => ip.to_string(),
-        };
-        if has_ports {
-            format!("{name}:{port}")
-        } else {
-            name
-        }
-    };
-    let mut line = format!(
-        "{time} {node} {verdict} {protocol} {src} -> {dst} {direction} of {pod} {reason}",
-        node = record.node,
-        verdict = record.verdict,
-        protocol = record.protocol,
-        src = party(&record.src_pod, record.src, record.src_port),
-        dst = party(&record.dst_pod, record.dst, record.dst_port),
-        direction = record.direction,
-        pod = record.pod.as_deref().unwrap_or("unknown endpoint"),
-        reason = record.reason,
-    );
-    if let Some(decided_by) = &record.decided_by {
-        line.push_str(" (");
-        line.push_str(decided_by);
-        line.push(')');
-    }
-    line
 }
 
 /// Reads the whole lines appended to a file since the last read, following it when it is
@@ -271,7 +233,7 @@ mod tests {
     #[test]
     fn a_drop_reads_as_one_line_with_pods_ports_reason_and_policy() {
         assert_eq!(
-            render(&record()),
+            record().to_string(),
             "2026-11-26T07:00:08.500Z node-1 dropped TCP shop/web:41234 -> shop/db:3306 \
              ingress of shop/db policy-denied (default deny: isolated by shop/db-from-api-only)"
         );
@@ -285,7 +247,7 @@ mod tests {
         flow.decided_by = None;
         flow.time = None;
         assert_eq!(
-            render(&flow),
+            flow.to_string(),
             "monotonic+8500000000ns node-1 dropped TCP [fd00::5]:41234 -> shop/db:3306 \
              ingress of shop/db policy-denied"
         );
@@ -293,7 +255,7 @@ mod tests {
         flow.verdict = "allowed".into();
         flow.reason = "reply".into();
         assert_eq!(
-            render(&flow),
+            flow.to_string(),
             "monotonic+8500000000ns node-1 allowed ICMPv6 fd00::5 -> shop/db ingress of \
              shop/db reply"
         );
@@ -303,7 +265,7 @@ mod tests {
     fn json_lines_round_trip_and_bad_lines_are_marked() {
         let line = serde_json::to_string(&record()).unwrap();
         assert_eq!(render_line(&line, true), line);
-        assert_eq!(render_line(&line, false), render(&record()));
+        assert_eq!(render_line(&line, false), record().to_string());
         assert_eq!(
             render_line("{", false),
             "unreadable flow record: {".to_owned()

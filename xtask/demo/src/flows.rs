@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use policy_core::telemetry::FlowRecord;
+use policy_core::telemetry::{FLOW_LOG, FlowRecord};
 
 /// The lines of a flow log that parse, and how many did not.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -177,7 +177,7 @@ impl FlowLogs {
     pub fn mark(run_dir: &Path, nodes: usize) -> anyhow::Result<Self> {
         let logs = (1..=nodes)
             .map(|k| {
-                let path = run_dir.join(format!("node-{k}")).join("flows.jsonl");
+                let path = run_dir.join(format!("node-{k}")).join(FLOW_LOG);
                 let length = match std::fs::metadata(&path) {
                     Ok(metadata) => metadata.len(),
                     Err(error) if error.kind() == ErrorKind::NotFound => 0,

@@ -4,9 +4,14 @@
 //! addresses to other peer classes, or isolates and opens endpoints, so each delta rewrites
 //! what the kernel consults for those very flows; not one connection or datagram may be lost.
 
-use std::{collections::BTreeMap, path::Path, time::Instant};
+use std::{collections::BTreeMap, fs, path::Path, time::Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use policy_core::{
+    manifest::{MAX_NODES, node_name},
+    telemetry::{FLOW_LOG, FlowRecord},
+};
+use policy_lab::names;
 
 use super::{
     lab::Lab,
@@ -130,8 +135,10 @@ pub fn run(lab: &Lab, dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Re
     applied?;
     if !lost.is_empty() {
         bail!(
-            "steady traffic allowed in every state was lost during {FLIPS} flips: {}",
-            lost.join("; ")
+            "steady traffic allowed in every state was lost during {FLIPS} flips: {}; the \
+             agents logged these drops:\n{}",
+            lost.join("; "),
+            logged_drops().join("\n")
         );
     }
     ensure!(exchanges > 0, "the steady clients made no exchange");
@@ -140,6 +147,28 @@ pub fn run(lab: &Lab, dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Re
         exchanges,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The drops every node's agent logged in its flow log, one line each: what the kernel
+/// decided, for a failure to tell a policy drop from a packet lost elsewhere.
+fn logged_drops() -> Vec<String> {
+    let mut drops = Vec::new();
+    for k in 1..=MAX_NODES {
+        let log = names::node_run_dir(&node_name(k)).join(FLOW_LOG);
+        let Ok(text) = fs::read_to_string(&log) else {
+            continue;
+        };
+        drops.extend(
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<FlowRecord>(line).ok())
+                .filter(|record| record.verdict == "dropped")
+                .map(|record| record.to_string()),
+        );
+    }
+    if drops.is_empty() {
+        drops.push("none".to_owned());
+    }
+    drops
 }
 
 /// The base cluster with the clients labelled steady=yes, and what `flips` turns on.
