@@ -208,31 +208,37 @@ impl Document {
 }
 
 /// The documents of one file's text, each parsed on its own, so that one broken document does
-/// not hide the others; `path` only names the source. Empty documents are left out.
-pub fn documents(path: &Path, text: &str) -> Vec<Result<Document, ManifestError>> {
-    let mut documents = Vec::new();
-    for (index, (line, document)) in split_documents(text).into_iter().enumerate() {
-        let number = index + 1;
-        // The YAML value refuses a key given twice, which the JSON value would let the last
-        // one win silently.
-        let parsed = serde_norway::from_str::<serde_norway::Value>(document)
-            .and_then(|_| serde_norway::from_str::<serde_json::Value>(document));
-        match parsed {
-            Ok(value) if value.is_null() => {}
-            Ok(value) => documents.push(Ok(Document {
-                number,
-                line,
-                value,
-            })),
-            Err(source) => documents.push(Err(ManifestError::Yaml {
-                path: path.to_owned(),
-                document: number,
-                line,
-                source,
-            })),
-        }
-    }
-    documents
+/// not hide the others; `path` only names the source. Empty documents are left out. Parsed one
+/// at a time as the iterator is read, so that loading a large file holds one parsed document at
+/// a time, not all of them.
+pub fn documents<'a>(
+    path: &'a Path,
+    text: &'a str,
+) -> impl Iterator<Item = Result<Document, ManifestError>> + 'a {
+    split_documents(text)
+        .into_iter()
+        .enumerate()
+        .filter_map(move |(index, (line, document))| {
+            let number = index + 1;
+            // The YAML value refuses a key given twice, which the JSON value would let the last
+            // one win silently.
+            let parsed = serde_norway::from_str::<serde_norway::Value>(document)
+                .and_then(|_| serde_norway::from_str::<serde_json::Value>(document));
+            match parsed {
+                Ok(value) if value.is_null() => None,
+                Ok(value) => Some(Ok(Document {
+                    number,
+                    line,
+                    value,
+                })),
+                Err(source) => Some(Err(ManifestError::Yaml {
+                    path: path.to_owned(),
+                    document: number,
+                    line,
+                    source,
+                })),
+            }
+        })
 }
 
 /// Every object of one file's text (a List's items in its place), or the first document that is
