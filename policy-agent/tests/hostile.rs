@@ -32,7 +32,7 @@ use netns::{
 };
 use policy_agent::{
     datapath::{Datapath, DatapathConfig},
-    policy::state::{EndpointState, NodeState, PodRef, Prefix, RuleRef},
+    policy::state::{EndpointState, NodeState, PodRef, PolicyRule, Prefix, RuleRef},
 };
 use policy_common::{
     maps::{
@@ -202,15 +202,15 @@ impl Bed {
                         port_prefix_len: 16,
                         _pad: [0; 3],
                     };
-                    state.policy.insert(key, PolicyValue { rule_id });
+                    state.policy.insert(key, PolicyValue::allow(rule_id));
                     state.rules.insert(
                         rule_id,
-                        RuleRef {
+                        PolicyRule::Network(RuleRef {
                             namespace: "default".into(),
                             policy: spec.name.into(),
                             direction,
                             index,
-                        },
+                        }),
                     );
                 }
             }

@@ -656,7 +656,7 @@ fn a_full_policy_map_fences_the_endpoint_until_the_agent_heals_it() {
             _pad: [0; 3],
         };
         policy
-            .insert(&key, &PolicyValue { rule_id: 99 }, 0)
+            .insert(&key, &PolicyValue::allow(99), 0)
             .expect("fill the policy map");
     }
 

@@ -10,12 +10,13 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use common::{Allow, DROP, Datapath, PASS, addr16, packets::*, setup_test_ifindex};
+use common::{DROP, Datapath, Entry, PASS, addr16, packets::*, setup_test_ifindex};
 use policy_common::{
     maps::{
         ANY_PEER_CLASS, ANY_PROTOCOL, CT_CLOSING, CT_HOST, CT_REPLIED, CT_SERVICE, CtKey,
-        ENDPOINT_ANY_SOURCE, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED,
-        ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY, EndpointInfo, FAMILY_V4, FAMILY_V6, FlowEvent,
+        ENDPOINT_ANY_SOURCE, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_EGRESS_TIERED,
+        ENDPOINT_INGRESS_ISOLATED, ENDPOINT_INGRESS_TIERED, ENDPOINT_LOG_ALLOWED,
+        ENDPOINT_NOT_READY, EndpointInfo, FAMILY_V4, FAMILY_V6, FlowEvent, PolicyAction,
         SVC_MARK_MAGIC, WORLD_CLASS, svc_mark, svc_pending,
     },
     names,
@@ -48,7 +49,7 @@ fn setup_web() -> Datapath {
     )
 }
 
-fn setup_with(flags: u32, allows: &[Allow]) -> Datapath {
+fn setup_with(flags: u32, allows: &[Entry]) -> Datapath {
     let mut dp = Datapath::load();
     dp.setup_endpoint(setup_test_ifindex(), EP, &POD, flags, allows);
     dp.set_peer(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 0)), 24, PEER_CLASS);
@@ -69,12 +70,13 @@ fn allow(
     first: u16,
     last: u16,
     rule_id: u32,
-) -> Allow {
-    Allow {
+) -> Entry {
+    Entry {
         direction,
         class,
         protocol,
         ports: (first, last),
+        action: PolicyAction::Allow,
         rule_id,
     }
 }
@@ -2337,7 +2339,7 @@ const KUBE_PROXY_MARK: u32 = 0x4000;
 
 /// A datapath with client EP on the test interface with `flags` and `allows`, and CLUSTER4 a
 /// ClusterIP.
-fn setup_service_client(flags: u32, allows: &[Allow]) -> Datapath {
+fn setup_service_client(flags: u32, allows: &[Entry]) -> Datapath {
     let mut dp = setup_with(flags, allows);
     dp.set_service(v4(CLUSTER4));
     dp
@@ -2346,7 +2348,7 @@ fn setup_service_client(flags: u32, allows: &[Allow]) -> Datapath {
 /// A datapath as `svc_egress` meets it on a local backend's veth: client EP on another
 /// interface and by id, with `flags` and `allows`; the test interface is the backend BACKEND_EP's, isolated both
 /// ways with no rule; CLUSTER4 a ClusterIP; PEER4's /24 in PEER_CLASS.
-fn setup_service_backend(flags: u32, allows: &[Allow]) -> Datapath {
+fn setup_service_backend(flags: u32, allows: &[Entry]) -> Datapath {
     let mut dp = setup_service_client(flags, allows);
     let client = dp.setup_endpoint(CLIENT_IFINDEX, EP, &POD, flags, allows);
     dp.set_endpoint_id(client);
@@ -2369,7 +2371,7 @@ fn check_one_flow(dp: &Datapath, key: CtKey, rule_id: u32, flags: u32) {
     assert_eq!(flows[0].1.flags, flags, "flags of {key:?}");
 }
 
-fn egress_to_backends() -> Allow {
+fn egress_to_backends() -> Entry {
     allow(Direction::Egress, PEER_CLASS, TCP, 8080, 8080, RULE_BACKEND)
 }
 
@@ -3020,5 +3022,256 @@ fn a_flood_of_new_flows_evicts_only_unconfirmed_ones() {
         Direction::Ingress,
         &pkt_tcp4(PEER4, POD4, 80, 40000, ACK),
         Ok(Verdict::Reply),
+    );
+}
+
+/// An entry of a ClusterNetworkPolicy's compiled verdict: `action` for `first..=last` of
+/// `protocol` from `class`, decided by `rule_id`.
+fn decided(
+    direction: Direction,
+    class: u32,
+    protocol: u8,
+    (first, last): (u16, u16),
+    action: PolicyAction,
+    rule_id: u32,
+) -> Entry {
+    Entry {
+        direction,
+        class,
+        protocol,
+        ports: (first, last),
+        action,
+        rule_id,
+    }
+}
+
+const RULE_ADMIN: u32 = 41;
+const RULE_BASELINE: u32 = 42;
+const TIERED: u32 = ENDPOINT_INGRESS_TIERED | ENDPOINT_EGRESS_TIERED;
+
+/// A tiered endpoint that no NetworkPolicy isolates: an Admin `Deny` of TCP 22 from the peer
+/// class, a Baseline `Deny` of everything else from any peer but TCP 80, which an Admin
+/// `Accept` lets through, and an explicit default allow of the peer class's UDP.
+fn setup_tiers() -> Datapath {
+    let ingress = Direction::Ingress;
+    setup_with(
+        TIERED,
+        &[
+            decided(
+                ingress,
+                PEER_CLASS,
+                TCP,
+                (22, 22),
+                PolicyAction::DenyAdmin,
+                RULE_ADMIN,
+            ),
+            decided(
+                ingress,
+                PEER_CLASS,
+                TCP,
+                (80, 80),
+                PolicyAction::Allow,
+                RULE_ADMIN + 10,
+            ),
+            decided(
+                ingress,
+                PEER_CLASS,
+                UDP,
+                (0, u16::MAX),
+                PolicyAction::Allow,
+                0,
+            ),
+            decided(
+                ingress,
+                ANY_PEER_CLASS,
+                ANY_PROTOCOL,
+                (0, 0),
+                PolicyAction::DenyBaseline,
+                RULE_BASELINE,
+            ),
+        ],
+    )
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn cluster_policy_verdicts_drop_with_their_tier_and_rule() {
+    let mut dp = setup_tiers();
+    assert_eq!(
+        dp.run(Direction::Ingress, &pkt_tcp4(PEER4, POD4, 40000, 22, SYN)),
+        DROP
+    );
+    check_one_event(&mut dp, Err(DropReason::AdminDenied), RULE_ADMIN);
+    assert_eq!(
+        dp.run(Direction::Ingress, &pkt_tcp4(OTHER4, POD4, 40000, 443, SYN)),
+        DROP
+    );
+    check_one_event(&mut dp, Err(DropReason::BaselineDenied), RULE_BASELINE);
+    // Not isolated, so a drop creates no flow and an allow by rule tracks it.
+    assert_eq!(
+        dp.run(Direction::Ingress, &pkt_tcp4(PEER4, POD4, 40000, 80, SYN)),
+        PASS
+    );
+    assert_eq!(dp.conntrack().len(), 1);
+    assert_eq!(dp.conntrack()[0].1.rule_id, RULE_ADMIN + 10);
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_ip4(&Ip4::new(PEER4, POD4, UDP), &pkt_udp(1234, 53, 0)),
+        Ok(Verdict::NotIsolated),
+    );
+    // The peer class's own entries decide its TCP; its other ports fall to the any-peer row.
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_tcp6(PEER6, POD6, 40000, 443, SYN),
+        Err(DropReason::BaselineDenied),
+    );
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_ip4(&Ip4::new(PEER4, POD4, SCTP), &pkt_sctp(1234, 9000)),
+        Err(DropReason::BaselineDenied),
+    );
+    // The egress of a tiered endpoint without entries of that direction passes.
+    check_verdict(
+        &mut dp,
+        Direction::Egress,
+        &pkt_tcp4(POD4, OTHER4, 40000, 22, SYN),
+        Ok(Verdict::NotIsolated),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn sctp_is_decided_by_cluster_policy_entries() {
+    let egress = Direction::Egress;
+    let mut dp = setup_with(
+        ENDPOINT_EGRESS_TIERED,
+        &[
+            decided(
+                egress,
+                PEER_CLASS,
+                SCTP,
+                (9003, 9005),
+                PolicyAction::Allow,
+                RULE_ADMIN,
+            ),
+            decided(
+                egress,
+                PEER_CLASS,
+                SCTP,
+                (0, 9002),
+                PolicyAction::DenyAdmin,
+                RULE_ADMIN + 1,
+            ),
+        ],
+    );
+    for (port, expected) in [
+        (9003, Ok(Verdict::Policy)),
+        (9005, Ok(Verdict::Policy)),
+        (9002, Err(DropReason::AdminDenied)),
+        (9006, Ok(Verdict::NotIsolated)),
+    ] {
+        check_verdict_of(
+            &mut dp,
+            &format!("SCTP to {port}"),
+            egress,
+            &pkt_ip6(&Ip6::new(POD6, PEER6, SCTP), &pkt_sctp(1234, port)),
+            expected,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn an_isolation_entry_denies_where_a_class_would_fall_back_to_an_allow() {
+    let ingress = Direction::Ingress;
+    let mut dp = setup_with(
+        ENDPOINT_INGRESS_ISOLATED | ENDPOINT_INGRESS_TIERED,
+        &[
+            decided(
+                ingress,
+                PEER_CLASS,
+                TCP,
+                (80, 80),
+                PolicyAction::DenyIsolated,
+                0,
+            ),
+            decided(
+                ingress,
+                ANY_PEER_CLASS,
+                TCP,
+                (80, 80),
+                PolicyAction::Allow,
+                RULE_ADMIN,
+            ),
+        ],
+    );
+    check_verdict(
+        &mut dp,
+        ingress,
+        &pkt_tcp4(PEER4, POD4, 40000, 80, SYN),
+        Err(DropReason::PolicyDenied),
+    );
+    check_verdict(
+        &mut dp,
+        ingress,
+        &pkt_tcp4(OTHER4, POD4, 40000, 80, SYN),
+        Ok(Verdict::Policy),
+    );
+    // Isolated: a miss is denied.
+    check_verdict(
+        &mut dp,
+        ingress,
+        &pkt_tcp4(OTHER4, POD4, 40000, 81, SYN),
+        Err(DropReason::PolicyDenied),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn node_traffic_is_exempt_from_isolation_but_not_from_a_cluster_policy_deny() {
+    let ingress = Direction::Ingress;
+    let mut dp = setup_with(
+        ENDPOINT_INGRESS_ISOLATED | ENDPOINT_INGRESS_TIERED,
+        &[decided(
+            ingress,
+            ANY_PEER_CLASS,
+            TCP,
+            (10250, 10250),
+            PolicyAction::DenyBaseline,
+            RULE_BASELINE,
+        )],
+    );
+    check_verdict(
+        &mut dp,
+        ingress,
+        &pkt_tcp4(HOST4, POD4, 40000, 8080, SYN),
+        Ok(Verdict::Host),
+    );
+    check_verdict(
+        &mut dp,
+        ingress,
+        &pkt_tcp4(HOST4, POD4, 40000, 10250, SYN),
+        Err(DropReason::BaselineDenied),
+    );
+    // Without the tiered flag the entries are not read for node traffic.
+    let mut plain = setup_with(
+        ENDPOINT_INGRESS_ISOLATED,
+        &[decided(
+            ingress,
+            ANY_PEER_CLASS,
+            TCP,
+            (10250, 10250),
+            PolicyAction::DenyBaseline,
+            RULE_BASELINE,
+        )],
+    );
+    check_verdict(
+        &mut plain,
+        ingress,
+        &pkt_tcp4(HOST4, POD4, 40000, 10250, SYN),
+        Ok(Verdict::Host),
     );
 }

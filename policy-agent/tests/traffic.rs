@@ -25,7 +25,7 @@ use netns::{
 };
 use policy_agent::{
     datapath::{Datapath, DatapathConfig, Flow, Hook, ensure_bpffs},
-    policy::state::{Delta, EndpointState, NodeState, PodRef, Prefix, RuleRef},
+    policy::state::{Delta, EndpointState, NodeState, PodRef, PolicyRule, Prefix, RuleRef},
 };
 use policy_common::{
     maps::{
@@ -131,16 +131,16 @@ impl Lab {
         for (endpoint_id, direction, class, protocol, port, rule_id, policy, index) in entries {
             state.policy.insert(
                 policy_key(endpoint_id, direction, class, protocol, port),
-                PolicyValue { rule_id },
+                PolicyValue::allow(rule_id),
             );
             state.rules.insert(
                 rule_id,
-                RuleRef {
+                PolicyRule::Network(RuleRef {
                     namespace: "default".into(),
                     policy: policy.into(),
                     direction,
                     index,
-                },
+                }),
             );
         }
         state
@@ -442,8 +442,8 @@ fn enforcement_survives_an_agent_restart() {
         .expect("sync");
     assert_eq!(stats.writes, 0, "unchanged state is not reprogrammed");
     assert_eq!(
-        datapath.rule(3).map(|rule| rule.policy.as_str()),
-        Some("b-ingress")
+        datapath.rule(3).map(ToString::to_string).as_deref(),
+        Some("default/b-ingress, ingress rule 2")
     );
 
     assert!(echoes(&mut established, b"after"));
@@ -484,13 +484,13 @@ fn pinned_maps_of_another_layout_are_removed_or_replaced() {
 
     let key = policy_key(1, Direction::Ingress, CLASS_A, TCP, 80);
     let delta = Delta {
-        policy_upserts: vec![(key, PolicyValue { rule_id: 7 })],
+        policy_upserts: vec![(key, PolicyValue::allow(7))],
         ..Delta::default()
     };
     assert_eq!(datapath.apply(&delta, |_| None).expect("apply").writes, 1);
     assert_eq!(
         datapath.programmed_state().expect("state").policy,
-        BTreeMap::from([(key, PolicyValue { rule_id: 7 })])
+        BTreeMap::from([(key, PolicyValue::allow(7))])
     );
     drop(datapath);
     let _ = std::fs::remove_dir_all(&config.pin_dir);
@@ -629,7 +629,7 @@ fn a_full_policy_map_fences_the_endpoint_instead_of_opening_it() {
     let filler: Vec<(PolicyKey, PolicyValue)> = (0..MAX_POLICY_ENTRIES - used)
         .map(|n| {
             let key = policy_key(900, Direction::Ingress, n, TCP, 1);
-            (key, PolicyValue { rule_id: 99 })
+            (key, PolicyValue::allow(99))
         })
         .collect();
     let started = Instant::now();
@@ -649,7 +649,7 @@ fn a_full_policy_map_fences_the_endpoint_instead_of_opening_it() {
 
     let mut desired = lab.desired();
     let extra = policy_key(2, Direction::Ingress, CLASS_A, TCP, 8081);
-    desired.policy.insert(extra, PolicyValue { rule_id: 5 });
+    desired.policy.insert(extra, PolicyValue::allow(5));
     let ifindexes = lab.ifindexes();
     let error = datapath
         .sync(&desired, |pod| ifindexes.get(pod).copied())

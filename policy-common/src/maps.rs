@@ -6,7 +6,7 @@
 
 use core::mem::size_of;
 
-use crate::verdict::{Direction, OUTCOMES};
+use crate::verdict::{Direction, DropReason, OUTCOMES, Verdict};
 
 /// Endpoint ids run from 1 to `MAX_ENDPOINTS - 1`; 0 is never assigned.
 pub const MAX_ENDPOINTS: u32 = 1024;
@@ -50,6 +50,11 @@ pub const ENDPOINT_NOT_READY: u32 = 1 << 3;
 /// `EndpointInfo::flags`: the operator exempted the pod from source validation; its packets may
 /// carry any source address.
 pub const ENDPOINT_ANY_SOURCE: u32 = 1 << 4;
+/// `EndpointInfo::flags`: a ClusterNetworkPolicy applies to the pod's ingress, so its policy
+/// entries decide also where nothing isolates it, and even traffic NetworkPolicy exempts.
+pub const ENDPOINT_INGRESS_TIERED: u32 = 1 << 5;
+/// `EndpointInfo::flags`: a ClusterNetworkPolicy applies to the pod's egress.
+pub const ENDPOINT_EGRESS_TIERED: u32 = 1 << 6;
 
 /// `LookupPlan` bits 0 to 16: some entry of this direction has that port prefix length.
 pub const PLAN_PORT_PREFIX_BITS: u32 = (1 << 17) - 1;
@@ -96,6 +101,21 @@ impl EndpointInfo {
         self.flags & bit != 0
     }
 
+    /// Whether a ClusterNetworkPolicy applies to the pod in this direction.
+    pub const fn tiered(&self, direction: Direction) -> bool {
+        let bit = match direction {
+            Direction::Ingress => ENDPOINT_INGRESS_TIERED,
+            Direction::Egress => ENDPOINT_EGRESS_TIERED,
+        };
+        self.flags & bit != 0
+    }
+
+    /// Whether the policy entries decide the pod's first packets in this direction; where
+    /// they do not, every packet is allowed.
+    pub const fn decides(&self, direction: Direction) -> bool {
+        self.isolated(direction) || self.tiered(direction)
+    }
+
     /// Whether `addr` (a 16-byte address field of `family`) is the pod's own address. The
     /// unspecified address is never anyone's.
     #[inline(always)]
@@ -134,7 +154,7 @@ pub struct PeerClass {
     pub id: u32,
 }
 
-/// Key of [`crate::names::POLICY_MAP`]: one allowed (peer class, protocol, port prefix) of one
+/// Key of [`crate::names::POLICY_MAP`]: one decided (peer class, protocol, port prefix) of one
 /// endpoint and direction. `port` keeps only its top `port_prefix_len` bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,12 +173,117 @@ pub struct PolicyKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of [`crate::names::POLICY_MAP`].
+/// Value of [`crate::names::POLICY_MAP`]: what the first packet of a flow the key matches gets.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyValue {
-    /// The rule that allows this key (the agent's rule table names it); never 0.
+    /// The rule that decided (the agent's rule table names it); 0 where no rule did: an
+    /// endpoint no policy isolates (allowed), or one that NetworkPolicy isolates and no rule
+    /// allows (denied).
     pub rule_id: u32,
+    /// A [`PolicyAction`], as `u8`.
+    pub action: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What a policy entry does with the packets it matches.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyAction {
+    /// Allowed: by the rule, or, with rule 0, because nothing isolates the endpoint.
+    #[default]
+    Allow = 0,
+    /// Dropped by an Admin-tier `Deny` rule.
+    DenyAdmin = 1,
+    /// Dropped by a Baseline-tier `Deny` rule.
+    DenyBaseline = 2,
+    /// Dropped: NetworkPolicy isolates the endpoint and no rule allows the packet.
+    DenyIsolated = 3,
+}
+
+impl PolicyAction {
+    pub const ALL: [PolicyAction; 4] = [
+        PolicyAction::Allow,
+        PolicyAction::DenyAdmin,
+        PolicyAction::DenyBaseline,
+        PolicyAction::DenyIsolated,
+    ];
+
+    /// The action of a map value; an unknown code denies, as isolation does.
+    #[inline(always)]
+    pub const fn from_u8(code: u8) -> PolicyAction {
+        match code {
+            0 => PolicyAction::Allow,
+            1 => PolicyAction::DenyAdmin,
+            2 => PolicyAction::DenyBaseline,
+            _ => PolicyAction::DenyIsolated,
+        }
+    }
+
+    /// Why the packets of a denying action drop; `None` for [`PolicyAction::Allow`].
+    #[inline(always)]
+    pub const fn drop_reason(self) -> Option<DropReason> {
+        match self {
+            PolicyAction::Allow => None,
+            PolicyAction::DenyAdmin => Some(DropReason::AdminDenied),
+            PolicyAction::DenyBaseline => Some(DropReason::BaselineDenied),
+            PolicyAction::DenyIsolated => Some(DropReason::PolicyDenied),
+        }
+    }
+}
+
+/// What the first packet of a flow gets from the policy map's answer `hit` at an endpoint the
+/// entries decide: the verdict or drop reason, and the deciding rule (0 for none). A miss is
+/// denied where NetworkPolicy isolates the endpoint, allowed elsewhere.
+#[inline(always)]
+pub const fn policy_outcome(
+    isolated: bool,
+    hit: Option<PolicyValue>,
+) -> (Result<Verdict, DropReason>, u32) {
+    match hit {
+        Some(value) => match value.action().drop_reason() {
+            Some(reason) => (Err(reason), value.rule_id),
+            None if value.rule_id == 0 => (Ok(Verdict::NotIsolated), 0),
+            None => (Ok(Verdict::Policy), value.rule_id),
+        },
+        None if isolated => (Err(DropReason::PolicyDenied), 0),
+        None => (Ok(Verdict::NotIsolated), 0),
+    }
+}
+
+/// Whether the answer `hit` drops traffic NetworkPolicy exempts (between the pod and its own
+/// node, or the pod reaching itself through its Service): only a ClusterNetworkPolicy `Deny`
+/// does. The drop reason and rule.
+#[inline(always)]
+pub const fn exempt_outcome(hit: Option<PolicyValue>) -> Option<(DropReason, u32)> {
+    match hit {
+        Some(value) => match value.action() {
+            PolicyAction::DenyAdmin => Some((DropReason::AdminDenied, value.rule_id)),
+            PolicyAction::DenyBaseline => Some((DropReason::BaselineDenied, value.rule_id)),
+            PolicyAction::Allow | PolicyAction::DenyIsolated => None,
+        },
+        None => None,
+    }
+}
+
+impl PolicyValue {
+    /// An entry that allows, by `rule_id`.
+    pub const fn allow(rule_id: u32) -> PolicyValue {
+        PolicyValue::new(PolicyAction::Allow, rule_id)
+    }
+
+    pub const fn new(action: PolicyAction, rule_id: u32) -> PolicyValue {
+        PolicyValue {
+            rule_id,
+            action: action as u8,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    pub const fn action(&self) -> PolicyAction {
+        PolicyAction::from_u8(self.action)
+    }
 }
 
 /// Key of [`crate::names::CONNTRACK_MAP`]: a flow as one endpoint saw its first packet.
@@ -354,7 +479,7 @@ pub struct FlowEvent {
 const _: () = assert!(size_of::<EndpointInfo>() == 36);
 const _: () = assert!(size_of::<PeerClass>() == 4);
 const _: () = assert!(size_of::<PolicyKey>() == 16);
-const _: () = assert!(size_of::<PolicyValue>() == 4);
+const _: () = assert!(size_of::<PolicyValue>() == 8);
 const _: () = assert!(size_of::<CtKey>() == 44);
 const _: () = assert!(size_of::<CtValue>() == 16);
 const _: () = assert!(size_of::<FragKey>() == 44);
@@ -391,9 +516,9 @@ mod tests {
         let a = counter_index(1, Direction::Ingress, 0);
         let b = counter_index(1, Direction::Egress, 0);
         let c = counter_index(2, Direction::Ingress, 0);
-        let d = counter_index(1, Direction::Ingress, 17);
-        assert_eq!([a, b, c, d], [36, 54, 72, 53]);
-        assert!(counter_index(MAX_ENDPOINTS - 1, Direction::Egress, 17) < COUNTER_SLOTS);
+        let d = counter_index(1, Direction::Ingress, 19);
+        assert_eq!([a, b, c, d], [40, 60, 80, 59]);
+        assert!(counter_index(MAX_ENDPOINTS - 1, Direction::Egress, 19) < COUNTER_SLOTS);
     }
 
     #[test]

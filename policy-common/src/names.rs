@@ -23,7 +23,7 @@ macro_rules! map_name {
         "NP_PEER6_V1"
     };
     (POLICY_MAP) => {
-        "NP_POLICY_V1"
+        "NP_POLICY_V2"
     };
     (CONNTRACK_MAP) => {
         "NP_CT_V1"
@@ -44,7 +44,7 @@ macro_rules! map_name {
         "NP_EPID_V2"
     };
     (COUNTERS_MAP) => {
-        "NP_COUNTER_V3"
+        "NP_COUNTER_V4"
     };
     (EVENTS_MAP) => {
         "NP_EVENTS_V3"
@@ -58,7 +58,8 @@ pub const ENDPOINTS_MAP: &str = map_name!(ENDPOINTS_MAP);
 pub const PEERS_V4_MAP: &str = map_name!(PEERS_V4_MAP);
 /// Peer classes of IPv6 prefixes: LPM trie of `[u8; 16]` -> [`crate::maps::PeerClass`].
 pub const PEERS_V6_MAP: &str = map_name!(PEERS_V6_MAP);
-/// Allowed (endpoint, class, direction, protocol, port prefix): [`crate::maps::PolicyKey`] -> [`crate::maps::PolicyValue`].
+/// Decided (endpoint, class, direction, protocol, port prefix): [`crate::maps::PolicyKey`] ->
+/// [`crate::maps::PolicyValue`]. `_V2`: the value says whether the entry allows or denies.
 pub const POLICY_MAP: &str = map_name!(POLICY_MAP);
 /// Connection tracking of confirmed flows (seen both ways, then again the first way):
 /// [`crate::maps::CtKey`] -> [`crate::maps::CtValue`].
@@ -75,8 +76,8 @@ pub const SERVICES_MAP: &str = map_name!(SERVICES_MAP);
 /// Endpoints by endpoint id: array of [`crate::maps::EndpointInfo`] indexed by the id; an unused
 /// slot has endpoint id 0. `_V2`: as [`ENDPOINTS_MAP`].
 pub const ENDPOINT_IDS_MAP: &str = map_name!(ENDPOINT_IDS_MAP);
-/// Per-CPU packet and byte counters, indexed by [`crate::maps::counter_index`]. `_V3`: 18
-/// outcome codes (verdicts 0 to 9, drops 10 to 17).
+/// Per-CPU packet and byte counters, indexed by [`crate::maps::counter_index`]. `_V4`: 20
+/// outcome codes (verdicts 0 to 9, drops 10 to 19).
 pub const COUNTERS_MAP: &str = map_name!(COUNTERS_MAP);
 /// Drop events and (when enabled per endpoint) new allowed flows: [`crate::maps::FlowEvent`]
 /// records. `_V3`: outcome codes as in [`COUNTERS_MAP`].

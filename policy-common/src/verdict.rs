@@ -60,7 +60,7 @@ pub enum Verdict {
     OwnService = 9,
 }
 
-/// Why a packet was dropped. Codes 10 to 17 of [`Outcome`].
+/// Why a packet was dropped. Codes 10 to 19 of [`Outcome`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -82,10 +82,14 @@ pub enum DropReason {
     /// A frame that is neither IP, ARP nor neighbour discovery, at an endpoint isolated in
     /// its direction.
     NotIp = 17,
+    /// A `Deny` rule of an Admin-tier ClusterNetworkPolicy (the event's `rule_id`).
+    AdminDenied = 18,
+    /// A `Deny` rule of a Baseline-tier ClusterNetworkPolicy (the event's `rule_id`).
+    BaselineDenied = 19,
 }
 
 /// Number of outcome codes: [`Verdict`] and [`DropReason`] together.
-pub const OUTCOMES: u32 = 18;
+pub const OUTCOMES: u32 = 20;
 /// The first drop code: verdicts are below it, drop reasons from it on.
 pub const FIRST_DROP: u32 = 10;
 
@@ -123,7 +127,7 @@ impl Verdict {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::PolicyDenied,
         DropReason::Malformed,
         DropReason::FragmentUnknown,
@@ -132,6 +136,8 @@ impl DropReason {
         DropReason::Unparsed,
         DropReason::Spoofed,
         DropReason::NotIp,
+        DropReason::AdminDenied,
+        DropReason::BaselineDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -144,6 +150,8 @@ impl DropReason {
             DropReason::Unparsed => "unparsed",
             DropReason::Spoofed => "spoofed",
             DropReason::NotIp => "not-ip",
+            DropReason::AdminDenied => "admin-denied",
+            DropReason::BaselineDenied => "baseline-denied",
         }
     }
 }
@@ -189,7 +197,7 @@ mod tests {
             assert!((reason as u32) >= FIRST_DROP && (reason as u32) < OUTCOMES);
             assert_eq!(outcome_from_u8(reason as u8), Some(Err(reason)));
         }
-        assert_eq!(outcome_from_u8(18), None);
+        assert_eq!(outcome_from_u8(OUTCOMES as u8), None);
         assert_eq!(
             Verdict::ALL.len() + DropReason::ALL.len(),
             OUTCOMES as usize

@@ -1,7 +1,16 @@
-//! TC programs that give every packet of a managed pod its NetworkPolicy verdict.
+//! TC programs that give every packet of a managed pod its NetworkPolicy and
+//! ClusterNetworkPolicy verdict.
 //!
 //! Both pod programs run the same decision, [`decide`], from the pod's point of view: `from_pod`
 //! for what the pod sends (its egress), `to_pod` for what it receives (its ingress).
+//!
+//! # Tiers
+//! The agent compiles the tiers (Admin, NetworkPolicy, Baseline) into policy entries that each
+//! say what they decide (`PolicyAction`): allowed, or dropped by an Admin or Baseline `Deny` or
+//! by NetworkPolicy isolation. The first packet of a flow costs one lookup either way. Where a
+//! ClusterNetworkPolicy applies to a pod (`ENDPOINT_*_TIERED`), its entries are read even
+//! where nothing isolates the pod, and for the traffic NetworkPolicy exempts (with the pod's own
+//! node, and the pod through its own Service), which only a `Deny` drops.
 //!
 //! # Services
 //! kube-proxy rewrites a ClusterIP to a backend after the packet left the client's veth, so
@@ -13,7 +22,8 @@
 //! packet, with the client's endpoint from `ENDPOINT_IDS_MAP`, counting and reporting for the
 //! client:
 //! - `svc_egress` in front of `to_pod` on a local backend's host veth, before the backend's own
-//!   ingress decision; a client reaching itself through its own Service passes (`OwnService`);
+//!   ingress decision; a client reaching itself through its own Service passes (`OwnService`)
+//!   unless a ClusterNetworkPolicy denies it;
 //! - `svc_egress` on TC egress of the node's other interfaces, for remote backends.
 //!
 //! It clears the pending bits once it decided. Keeping this out of `to_pod` keeps the direct
@@ -38,7 +48,8 @@ use aya_ebpf::{
 use policy_common::{
     maps::{
         CT_HOST, CT_SERVICE, CtKey, ENDPOINT_ANY_SOURCE, ENDPOINT_LOG_ALLOWED, ENDPOINT_NOT_READY,
-        EndpointInfo, FAMILY_V4, FAMILY_V6, SVC_MARK_BITS, same_address, svc_mark, svc_pending,
+        EndpointInfo, FAMILY_V4, FAMILY_V6, SVC_MARK_BITS, exempt_outcome, policy_outcome,
+        same_address, svc_mark, svc_pending,
     },
     verdict::{Direction, DropReason, Verdict, outcome},
 };
@@ -82,7 +93,9 @@ use crate::{
 ///   isolated or not, since their source cannot be checked;
 /// - in an egress-isolated pod: packets no rule allows (`PolicyDenied`); non-IP frames other
 ///   than ARP (`NotIp`); non-first fragments whose first fragment was not seen
-///   (`FragmentUnknown`);
+///   (`FragmentUnknown`, also where a ClusterNetworkPolicy applies);
+/// - packets a ClusterNetworkPolicy `Deny` decides (`AdminDenied`, `BaselineDenied`), whether
+///   or not NetworkPolicy isolates the pod, traffic to its own node's addresses included;
 /// - non-first fragments whose first fragment dropped (`FragmentDenied`).
 ///
 /// Parsing: one 802.1Q or 802.1ad tag is parsed through; IPv4 options are skipped; the IPv6
@@ -104,7 +117,7 @@ fn from_pod(ctx: TcContext) -> i32 {
 /// `Host` applies to packets from an address of this node (untracked, or `Reply` to what the
 /// pod sent there), and isolation is the ingress flag. Sources are not checked here (the
 /// sender's own `from_pod` did), any ARP passes, and a packet that does not parse passes
-/// where the pod is not ingress-isolated.
+/// where neither isolation nor a ClusterNetworkPolicy applies to the pod's ingress.
 /// A pending Service egress was decided before, by `svc_egress` in front of it on this hook.
 #[classifier]
 fn to_pod(ctx: TcContext) -> i32 {
@@ -169,7 +182,8 @@ impl Hook {
 /// its client's egress decision on the post-DNAT tuple, exactly as [`from_pod`] decides a
 /// direct packet, counted and reported for the client (direction egress); it passes or drops
 /// by it. A packet that reaches its own client (a pod through its own Service) passes
-/// (`OwnService`); a client that is no longer an endpoint passes.
+/// (`OwnService`) unless a ClusterNetworkPolicy `Deny` of the pod's egress or ingress matches
+/// its own address; a client that is no longer an endpoint passes.
 #[classifier]
 fn svc_egress(ctx: TcContext) -> i32 {
     let mark = mark(&ctx);
@@ -201,7 +215,24 @@ fn svc_egress(ctx: TcContext) -> i32 {
         // SAFETY: a live map value, read once.
         .is_some_and(|endpoint| unsafe { (*endpoint).endpoint_id } == client_id);
     let decision = if own {
-        Decision::pass(Verdict::OwnService, 0)
+        // The pod reaches itself: its egress and its ingress both see its own address, which
+        // a masquerade may hide from `to_pod`.
+        match exempt(
+            &client,
+            Direction::Egress,
+            &packet,
+            &packet.dst_addr,
+            Verdict::OwnService,
+        ) {
+            Decision { result: Ok(_), .. } => exempt(
+                &client,
+                Direction::Ingress,
+                &packet,
+                &packet.dst_addr,
+                Verdict::OwnService,
+            ),
+            denied => denied,
+        }
     } else {
         decide(&ctx, &client, Hook::AfterDnat, &mut packet, parsed)
     };
@@ -304,7 +335,7 @@ fn decide(
     if endpoint.flags & ENDPOINT_NOT_READY != 0 {
         return Decision::drop(DropReason::NotReady);
     }
-    let isolated = endpoint.isolated(direction);
+    let decides = endpoint.decides(direction);
     // What the pod sends must parse, isolated or not: a source the parser cannot read cannot
     // be checked.
     let checked = hook == Hook::FromPod;
@@ -313,7 +344,7 @@ fn decide(
     }
     let shape = match shape {
         Ok(shape) => shape,
-        Err(_) if !isolated && !checked => return Decision::pass(Verdict::NotIsolated, 0),
+        Err(_) if !decides && !checked => return Decision::pass(Verdict::NotIsolated, 0),
         Err(ParseError::Malformed) => return Decision::drop(DropReason::Malformed),
         Err(ParseError::Unparsed) => return Decision::drop(DropReason::Unparsed),
     };
@@ -352,7 +383,8 @@ fn decide(
     // ICMP error is never translated to a backend, so it is host traffic at every hook.
     let deferring = hook == Hook::FromPod && shape != Shape::IcmpError;
     if !deferring && policy::is_host(packet, direction) {
-        return Decision::pass(Verdict::Host, 0);
+        let peer = *policy::peer_addr(packet, direction);
+        return exempt(endpoint, direction, packet, &peer, Verdict::Host);
     }
     let decision = match shape {
         Shape::LaterFragment => {
@@ -522,17 +554,17 @@ fn first_packet(
             return Decision::pass(Verdict::Service, 0);
         }
         if policy::is_host(packet, direction) {
-            conntrack::insert(key, 0, packet.tcp_flags, now, CT_SERVICE | CT_HOST);
-            return Decision::pass(Verdict::Host, 0);
+            // A ClusterNetworkPolicy decides the node's address as written, before any DNAT.
+            let host = exempt(endpoint, direction, packet, &packet.dst_addr, Verdict::Host);
+            if host.result.is_ok() {
+                conntrack::insert(key, 0, packet.tcp_flags, now, CT_SERVICE | CT_HOST);
+            }
+            return host;
         }
     }
-    let allowed = if endpoint.isolated(direction) {
-        match policy::allowing_rule(endpoint, direction, packet) {
-            Some(rule_id) => Decision::pass(Verdict::Policy, rule_id),
-            None => return Decision::drop(DropReason::PolicyDenied),
-        }
-    } else {
-        Decision::pass(Verdict::NotIsolated, 0)
+    let allowed = match by_policy(endpoint, direction, packet) {
+        allowed @ Decision { result: Ok(_), .. } => allowed,
+        denied => return denied,
     };
     if tracking == Tracking::Untranslated {
         return allowed;
@@ -557,12 +589,56 @@ fn icmp_error(
     if let Some(rule_id) = related_flow(ctx, endpoint.endpoint_id, direction, packet) {
         return Decision::pass(Verdict::Related, rule_id);
     }
-    if !endpoint.isolated(direction) {
+    by_policy(endpoint, direction, packet)
+}
+
+/// The first packet of a flow decided by the endpoint's policy entries, where they decide;
+/// allowed elsewhere.
+///
+/// Not inlined, like the lookup: each program calls it from several places, and inlined
+/// copies multiply the paths the verifier walks.
+#[inline(never)]
+fn by_policy(endpoint: &EndpointInfo, direction: Direction, packet: &Packet) -> Decision {
+    if !endpoint.decides(direction) {
         return Decision::pass(Verdict::NotIsolated, 0);
     }
-    match policy::allowing_rule(endpoint, direction, packet) {
-        Some(rule_id) => Decision::pass(Verdict::Policy, rule_id),
-        None => Decision::drop(DropReason::PolicyDenied),
+    let hit = policy::lookup(
+        endpoint,
+        direction,
+        packet,
+        policy::peer_addr(packet, direction),
+    );
+    let (result, rule_id) = policy_outcome(endpoint.isolated(direction), hit);
+    Decision {
+        result,
+        rule_id,
+        new_flow: false,
+    }
+}
+
+/// Traffic NetworkPolicy exempts (`verdict`: between the pod and its own node, or the pod
+/// through its own Service), with `peer` on the other end: passes unless a
+/// ClusterNetworkPolicy `Deny` that applies to the pod in `direction` matches it.
+///
+/// Not inlined, for the same reason as [`by_policy`].
+#[inline(never)]
+fn exempt(
+    endpoint: &EndpointInfo,
+    direction: Direction,
+    packet: &Packet,
+    peer: &[u8; 16],
+    verdict: Verdict,
+) -> Decision {
+    if !endpoint.tiered(direction) {
+        return Decision::pass(verdict, 0);
+    }
+    match exempt_outcome(policy::lookup(endpoint, direction, packet, peer)) {
+        Some((reason, rule_id)) => Decision {
+            result: Err(reason),
+            rule_id,
+            new_flow: false,
+        },
+        None => Decision::pass(verdict, 0),
     }
 }
 
@@ -614,7 +690,7 @@ fn later_fragment(endpoint: &EndpointInfo, hook: Hook, packet: &mut Packet) -> D
         None if hook == Hook::FromPod && policy::is_host(packet, direction) => {
             Decision::pass(Verdict::Host, 0)
         }
-        None if endpoint.isolated(direction) => Decision::drop(DropReason::FragmentUnknown),
+        None if endpoint.decides(direction) => Decision::drop(DropReason::FragmentUnknown),
         None => Decision::pass(Verdict::NotIsolated, 0),
     }
 }

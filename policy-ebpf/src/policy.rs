@@ -1,8 +1,8 @@
-//! Policy lookup: the peer's class from the LPM tries, then the endpoint's allow entries.
+//! Policy lookup: the peer's class from the LPM tries, then the endpoint's policy entries.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use policy_common::{
-    maps::{EndpointInfo, FAMILY_V4, HostAddrKey, WORLD_CLASS},
+    maps::{EndpointInfo, FAMILY_V4, HostAddrKey, PolicyValue, WORLD_CLASS},
     ports::probe_policy,
     verdict::Direction,
 };
@@ -68,11 +68,10 @@ pub fn is_service(packet: &Packet) -> bool {
     SERVICES_MAP.get_ptr(&key).is_some()
 }
 
-/// The class of the peer: the longest matching prefix, or `WORLD_CLASS`.
+/// The class of `addr` (of the packet's family): the longest matching prefix, or `WORLD_CLASS`.
 #[inline(always)]
-fn peer_class(packet: &Packet, direction: Direction) -> u32 {
-    let addr = peer_addr(packet, direction);
-    let class = if packet.family == FAMILY_V4 {
+fn peer_class(family: u8, addr: &[u8; 16]) -> u32 {
+    let class = if family == FAMILY_V4 {
         let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
         PEERS_V4_MAP.get(&key).map(|class| class.id)
     } else {
@@ -83,27 +82,29 @@ fn peer_class(packet: &Packet, direction: Direction) -> u32 {
     class.unwrap_or(WORLD_CLASS)
 }
 
-/// The rule of the endpoint that allows `packet` in `direction`, if any.
+/// The endpoint's policy entry for `packet` in `direction` with `peer` on the other end, if
+/// any.
 ///
 /// Not inlined: its keys would otherwise share the programs' frame, which the verifier's
 /// 512-byte stack limit does not allow.
 #[inline(never)]
-pub fn allowing_rule(
+pub fn lookup(
     endpoint: &EndpointInfo,
     direction: Direction,
     packet: &Packet,
-) -> Option<u32> {
+    peer: &[u8; 16],
+) -> Option<PolicyValue> {
     probe_policy(
         endpoint.endpoint_id,
         endpoint.plan(direction),
         direction as u8,
-        peer_class(packet, direction),
+        peer_class(packet.family, peer),
         packet.protocol,
         packet.policy_port(),
         |key| {
             POLICY_MAP.get_ptr(key).map(|value| {
                 // SAFETY: a live map value, read once.
-                unsafe { (*value).rule_id }
+                unsafe { *value }
             })
         },
     )

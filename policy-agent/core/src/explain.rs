@@ -19,7 +19,7 @@
 
 use std::{collections::BTreeMap, fs, io, net::IpAddr, path::PathBuf};
 
-use policy_common::verdict::Direction;
+use policy_common::verdict::{Direction, DropReason};
 use serde::Serialize;
 
 use crate::{
@@ -273,7 +273,10 @@ impl Cluster {
             .and_then(|state| {
                 state.decide(&pod.pod_ref(), direction, peer, protocol.number(), port)
             })
-            .unwrap_or(Decision::Denied)
+            .unwrap_or(Decision::Denied {
+                reason: DropReason::PolicyDenied,
+                rule_id: 0,
+            })
     }
 
     /// Whether `client` may open a connection to `server`'s `port`, over the address pair the
@@ -369,10 +372,10 @@ impl Cluster {
         );
         let state = pod.node.as_ref().and_then(|node| self.states.get(node));
         let decided_by = match decision {
-            Decision::Allowed { rule_id } => state
+            Decision::Allowed { rule_id } | Decision::Denied { rule_id, .. } => state
                 .and_then(|state| state.rules.get(&rule_id))
                 .map(ToString::to_string),
-            Decision::NotIsolated | Decision::Denied => None,
+            Decision::NotIsolated => None,
         };
         Side {
             pod: pod.pod_ref().to_string(),

@@ -5,6 +5,7 @@
 //! its tests and the lab all use it; it depends on neither kube, aya nor tokio, so everything
 //! here is tested without root.
 
+pub mod api;
 pub mod explain;
 pub mod manifest;
 pub mod matrix;

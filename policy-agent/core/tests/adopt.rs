@@ -18,7 +18,7 @@ use policy_core::policy::{
     },
     resolve::resolve,
     spec::evaluate,
-    state::{Allocations, Delta, NodeState, Prefix},
+    state::{Allocations, Delta, NodeState, PolicyRule, Prefix},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
@@ -194,8 +194,8 @@ fn cluster(rng: &mut StdRng) -> Snapshot {
     Snapshot {
         namespaces,
         pods,
-        services: Vec::new(),
         policies,
+        ..Snapshot::default()
     }
 }
 
@@ -276,7 +276,10 @@ fn check_semantics(snapshot: &Snapshot, state: &NodeState, node: &str, rng: &mut
             state.render()
         );
         if let Decision::Allowed { rule_id } = decision {
-            assert!(reference.allowing.contains(&state.rules[&rule_id]));
+            assert!(matches!(
+                &state.rules[&rule_id],
+                PolicyRule::Network(rule) if reference.allowing.contains(rule)
+            ));
         }
     }
     count

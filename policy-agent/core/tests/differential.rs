@@ -1,7 +1,8 @@
 //! Differential test: the compiled node state, looked up the way the kernel does, against the
 //! reference evaluator that loops over policies and rules per packet, on random clusters,
 //! policies and packets (IPv4 and IPv6, named ports, also behind ipBlock peers, ranges, ipBlock
-//! except, every selector operator). Also checks that resolving against a previous state after a
+//! except, every selector operator), with and without ClusterNetworkPolicies of both tiers
+//! (every action and peer kind, equal priorities, named ports and port ranges). Also checks that resolving against a previous state after a
 //! small change gives the same answers and a delta that turns the old maps into the new ones.
 
 use std::{
@@ -11,6 +12,10 @@ use std::{
 
 use policy_common::verdict::Direction;
 use policy_core::policy::{
+    cluster::{
+        Action, ClusterNetworkPolicy, ClusterPeer, ClusterProtocol, ClusterRule, Node,
+        PodsSelector, PortRange, Subject, Tier,
+    },
     lookup::Decision,
     model::{
         ContainerPort, IpBlock, LabelSelector, Labels, Namespace, NamespaceScope, NetworkPolicy,
@@ -18,8 +23,8 @@ use policy_core::policy::{
         Snapshot,
     },
     resolve::resolve,
-    spec::evaluate,
-    state::{Delta, NodeState, Prefix, RuleRef},
+    spec::{self, Decider, Probe, Route, evaluate},
+    state::{Delta, NodeState, PolicyRule, Prefix, RuleRef},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
@@ -196,13 +201,15 @@ enum Mix {
     /// Mostly ipBlock peers over the pod addresses and named ports, so that names resolve on
     /// the pods behind the blocks' addresses.
     NamesBehindBlocks,
+    /// Every kind of NetworkPolicy rule, with ClusterNetworkPolicies of both tiers.
+    Tiers,
 }
 
 impl Mix {
     /// The protocols of rules' ports, TCP the most common as in real policies.
     fn rule_protocols(self) -> &'static [Protocol] {
         match self {
-            Mix::Any => &[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
+            Mix::Any | Mix::Tiers => &[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
             Mix::NamesBehindBlocks => &[Protocol::Tcp, Protocol::Tcp, Protocol::Udp],
         }
     }
@@ -210,7 +217,7 @@ impl Mix {
     /// The protocols of containerPorts.
     fn container_protocols(self) -> &'static [Protocol] {
         match self {
-            Mix::Any => &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
+            Mix::Any | Mix::Tiers => &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
             Mix::NamesBehindBlocks => &[Protocol::Tcp, Protocol::Tcp, Protocol::Udp],
         }
     }
@@ -218,7 +225,7 @@ impl Mix {
     /// How often a packet goes to a declared containerPort of the pod that receives it.
     fn aim(self) -> f64 {
         match self {
-            Mix::Any => 0.5,
+            Mix::Any | Mix::Tiers => 0.5,
             Mix::NamesBehindBlocks => 0.9,
         }
     }
@@ -245,12 +252,12 @@ fn pod_peer(rng: &mut StdRng, namespace: &str) -> Peer {
 fn rule(rng: &mut StdRng, namespace: &str, mix: Mix) -> Rule {
     let mut rule = Rule::default();
     let peers = match mix {
-        Mix::Any => rng.random_range(0..3),
+        Mix::Any | Mix::Tiers => rng.random_range(0..3),
         Mix::NamesBehindBlocks => rng.random_range(1..3),
     };
     for _ in 0..peers {
         let peer = match mix {
-            Mix::Any if rng.random_bool(0.25) => {
+            Mix::Any | Mix::Tiers if rng.random_bool(0.25) => {
                 let cidr = prefix(rng);
                 Peer::IpBlock(ip_block(rng, cidr))
             }
@@ -263,7 +270,7 @@ fn rule(rng: &mut StdRng, namespace: &str, mix: Mix) -> Rule {
         rule.peers.push(peer);
     }
     let ports = match mix {
-        Mix::Any => rng.random_range(0..3),
+        Mix::Any | Mix::Tiers => rng.random_range(0..3),
         Mix::NamesBehindBlocks => rng.random_range(1..3),
     };
     for _ in 0..ports {
@@ -353,7 +360,120 @@ fn cluster(rng: &mut StdRng, mix: Mix) -> Snapshot {
     for index in 0..rng.random_range(1..5) {
         snapshot.policies.push(policy(rng, index, mix));
     }
+    if let Mix::Tiers = mix {
+        for (k, name) in NODES.iter().enumerate() {
+            let mut labels = Labels::new();
+            labels.insert("role".to_owned(), ["x", "y"][k % 2].to_owned());
+            snapshot.nodes.push(Node {
+                name: (*name).to_owned(),
+                labels,
+                addresses: NODE_ADDRESSES[k]
+                    .iter()
+                    .map(|a| a.parse().unwrap())
+                    .collect(),
+            });
+        }
+        for index in 0..rng.random_range(1..5) {
+            snapshot.cluster_policies.push(cluster_policy(rng, index));
+        }
+    }
     snapshot
+}
+
+/// The addresses of each of [`NODES`].
+const NODE_ADDRESSES: [[&str; 2]; 2] = [["192.168.9.1", "fd09::1"], ["192.168.9.2", "fd09::2"]];
+
+/// A ClusterNetworkPolicy of either tier; priorities from a few values, so that policies often
+/// share one.
+fn cluster_policy(rng: &mut StdRng, index: usize) -> ClusterNetworkPolicy {
+    let pods = PodsSelector {
+        namespaces: namespace_selector(rng),
+        pods: selector(rng),
+    };
+    ClusterNetworkPolicy {
+        name: format!("cnp-{index}"),
+        tier: *[Tier::Admin, Tier::Baseline].choose(rng).unwrap(),
+        priority: rng.random_range(0..3),
+        subject: if rng.random_bool(0.5) {
+            Subject::Namespaces(pods.namespaces)
+        } else {
+            Subject::Pods(pods)
+        },
+        ingress: (0..rng.random_range(0..4))
+            .map(|_| cluster_rule(rng, Direction::Ingress))
+            .collect(),
+        egress: (0..rng.random_range(0..4))
+            .map(|_| cluster_rule(rng, Direction::Egress))
+            .collect(),
+    }
+}
+
+fn cluster_rule(rng: &mut StdRng, direction: Direction) -> ClusterRule {
+    let action = *Action::ALL.choose(rng).unwrap();
+    let kinds = match direction {
+        Direction::Ingress => 2,
+        Direction::Egress => 6,
+    };
+    let peers = (0..rng.random_range(1..3))
+        .map(|_| match rng.random_range(0..kinds) {
+            0 => ClusterPeer::Namespaces(namespace_selector(rng)),
+            1 => ClusterPeer::Pods(PodsSelector {
+                namespaces: namespace_selector(rng),
+                pods: selector(rng),
+            }),
+            2 | 3 => ClusterPeer::Networks(
+                (0..rng.random_range(1..3))
+                    .map(|_| {
+                        if rng.random_bool(0.5) {
+                            wide_prefix(rng)
+                        } else {
+                            prefix(rng)
+                        }
+                    })
+                    .collect(),
+            ),
+            4 => {
+                let mut nodes = LabelSelector::default();
+                if rng.random_bool(0.6) {
+                    nodes.match_labels.insert(
+                        "role".to_owned(),
+                        (*["x", "y"].choose(rng).unwrap()).to_owned(),
+                    );
+                }
+                ClusterPeer::Nodes(nodes)
+            }
+            _ if rng.random_bool(0.5) => ClusterPeer::DomainNames(vec!["example.com".to_owned()]),
+            _ => ClusterPeer::Unknown,
+        })
+        .collect::<Vec<_>>();
+    let address_peer = peers.iter().any(|peer| {
+        matches!(
+            peer,
+            ClusterPeer::Networks(_) | ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_)
+        )
+    });
+    let protocols = (0..rng.random_range(0..3))
+        .map(|_| {
+            if !address_peer && rng.random_bool(0.3) {
+                ClusterProtocol::Named((*PORT_NAMES.choose(rng).unwrap()).to_owned())
+            } else {
+                let first = *PORTS.choose(rng).unwrap();
+                ClusterProtocol::Ports {
+                    protocol: *Protocol::ALL.choose(rng).unwrap(),
+                    ports: PortRange {
+                        first,
+                        last: first + rng.random_range(0..12),
+                    },
+                }
+            }
+        })
+        .collect();
+    ClusterRule {
+        name: rng.random_bool(0.5).then(|| "named".to_owned()),
+        action,
+        peers,
+        protocols,
+    }
 }
 
 /// Up to three named containerPorts; the last of [`PORT_NAMES`] is never declared.
@@ -407,6 +527,21 @@ fn probe_addresses(snapshot: &Snapshot, rng: &mut StdRng) -> Vec<IpAddr> {
     for _ in 0..6 {
         addresses.push(v4(rng));
         addresses.push(v6(rng));
+    }
+    for node in &snapshot.nodes {
+        addresses.extend(node.addresses.iter().copied());
+    }
+    for policy in &snapshot.cluster_policies {
+        for rule in policy.egress.iter() {
+            for peer in &rule.peers {
+                if let ClusterPeer::Networks(prefixes) = peer {
+                    for prefix in prefixes {
+                        addresses.push(prefix.addr);
+                        addresses.push(last_address(*prefix));
+                    }
+                }
+            }
+        }
     }
     addresses.push("8.8.8.8".parse().unwrap());
     addresses.push("2001:db8::1".parse().unwrap());
@@ -526,10 +661,27 @@ fn compare(
             protocol = declared.protocol.number();
             port = declared.port;
         }
-        let reference = evaluate(snapshot, pod, direction, peer, protocol, port);
         let decision = state
             .decide(&pod.pod_ref(), direction, peer, protocol, port)
             .expect("every endpoint is in the state");
+        if let Mix::Tiers = mix {
+            // A pod's packets to its own address never reach its programs.
+            if !pod.ips.contains(&peer) {
+                compare_tiers(
+                    snapshot,
+                    state,
+                    pod,
+                    direction,
+                    (peer, protocol, port),
+                    decision,
+                    context,
+                );
+                tally.packets += 1;
+                tally.allowed += usize::from(decision.allows());
+            }
+            continue;
+        }
+        let reference = evaluate(snapshot, pod, direction, peer, protocol, port);
         tally.packets += 1;
         tally.allowed += usize::from(decision.allows());
         tally.isolated += usize::from(reference.isolated());
@@ -559,12 +711,65 @@ fn compare(
             Decision::Allowed { rule_id } => {
                 let rule = &state.rules[&rule_id];
                 assert!(
-                    reference.allowing.contains(rule),
+                    matches!(rule, PolicyRule::Network(rule) if reference.allowing.contains(rule)),
                     "{context}: entry names {rule}, which does not allow the packet"
                 );
             }
-            Decision::Denied => {}
+            Decision::Denied { .. } => {}
         }
+    }
+}
+
+/// Compares one packet's compiled decision with the tiered reference's, the deciding rule
+/// included.
+fn compare_tiers(
+    snapshot: &Snapshot,
+    state: &NodeState,
+    pod: &Pod,
+    direction: Direction,
+    (peer, protocol, port): (IpAddr, u8, u16),
+    decision: Decision,
+    context: &str,
+) {
+    let probe = Probe {
+        peer,
+        protocol,
+        port,
+        route: Route::Direct,
+    };
+    let reference = spec::decide(snapshot, pod, direction, probe);
+    let explain = || {
+        format!(
+            "{context}: {} {direction:?} peer {peer} proto {protocol} port {port}: compiled \
+             {decision:?}, reference {reference:?}\n{snapshot:#?}\n{}",
+            pod.pod_ref(),
+            state.render()
+        )
+    };
+    assert_eq!(decision.allows(), reference.allowed, "{}", explain());
+    let named = |rule_id: u32| state.rules.get(&rule_id).cloned();
+    match (decision, &reference.decider) {
+        (
+            Decision::Denied { rule_id, .. } | Decision::Allowed { rule_id },
+            Decider::Cluster(rule),
+        ) => {
+            assert_eq!(
+                named(rule_id),
+                Some(PolicyRule::Cluster(rule.clone())),
+                "{}",
+                explain()
+            );
+        }
+        (Decision::Allowed { rule_id }, Decider::NetworkPolicy(evaluation)) => {
+            assert!(
+                matches!(named(rule_id), Some(PolicyRule::Network(rule)) if evaluation.allowing.contains(&rule)),
+                "{}",
+                explain()
+            );
+        }
+        (Decision::Denied { rule_id: 0, .. }, Decider::NetworkPolicy(_))
+        | (Decision::NotIsolated, Decider::Default) => {}
+        _ => panic!("the deciders differ: {}", explain()),
     }
 }
 
@@ -594,9 +799,21 @@ fn apply(old: &NodeState, delta: &Delta) -> NodeState {
     state
 }
 
-/// One small change: a pod's labels, a policy rewritten, a pod gone, or a pod added.
+/// One small change: a pod's labels, a policy or cluster policy rewritten, a pod gone, or a pod
+/// added.
 fn mutate(snapshot: &Snapshot, rng: &mut StdRng, mix: Mix) -> Snapshot {
     let mut next = snapshot.clone();
+    if let Mix::Tiers = mix
+        && !next.cluster_policies.is_empty()
+        && rng.random_bool(0.4)
+    {
+        // A cluster policy rewritten: its tier, priority, subject and rules.
+        let index = rng.random_range(0..next.cluster_policies.len());
+        let name = next.cluster_policies[index].name.clone();
+        next.cluster_policies[index] = cluster_policy(rng, 0);
+        next.cluster_policies[index].name = name;
+        return next;
+    }
     match rng.random_range(0..4) {
         0 if !next.pods.is_empty() => {
             let index = rng.random_range(0..next.pods.len());
@@ -726,6 +943,22 @@ fn compiled_state_agrees_with_the_reference_evaluator() {
         "isolated {} of {}",
         tally.isolated,
         tally.packets
+    );
+}
+
+#[test]
+fn compiled_tiers_agree_with_the_reference_evaluator() {
+    let tally = run(0x7135_2026, 400, Mix::Tiers);
+    assert!(tally.packets >= 15_000, "only {} packets", tally.packets);
+    assert!(
+        tally.allowed > tally.packets / 10,
+        "allowed {} of {}",
+        tally.allowed,
+        tally.packets
+    );
+    assert!(
+        tally.packets - tally.allowed > tally.packets / 10,
+        "denied too rare"
     );
 }
 

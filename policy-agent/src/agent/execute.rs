@@ -19,7 +19,7 @@ use super::{
 use crate::{
     datapath::{ApplyError, ApplyStats, Datapath, DatapathError, EndpointDifference},
     discovery::{Discovery, DiscoveryError, Wiring},
-    policy::state::{Delta, NodeState, PodRef, RuleRef},
+    policy::state::{Delta, NodeState, PodRef, PolicyRule},
 };
 
 /// What a reconcile reads from the kernel's view of the node.
@@ -49,7 +49,7 @@ pub(super) trait NodeDatapath {
         desired: &NodeState,
         interfaces: &BTreeMap<PodRef, u32>,
     ) -> Result<ApplyStats, ApplyError>;
-    fn set_rules(&mut self, rules: &BTreeMap<u32, RuleRef>) -> Result<(), DatapathError>;
+    fn set_rules(&mut self, rules: &BTreeMap<u32, PolicyRule>) -> Result<(), DatapathError>;
     fn apply(
         &mut self,
         delta: &Delta,
@@ -122,7 +122,7 @@ impl NodeDatapath for Datapath {
         Datapath::sync(self, desired, |pod| interfaces.get(pod).copied())
     }
 
-    fn set_rules(&mut self, rules: &BTreeMap<u32, RuleRef>) -> Result<(), DatapathError> {
+    fn set_rules(&mut self, rules: &BTreeMap<u32, PolicyRule>) -> Result<(), DatapathError> {
         Datapath::set_rules(self, rules)
     }
 
@@ -406,7 +406,7 @@ mod tests {
             Ok(ApplyStats { writes: 1 })
         }
 
-        fn set_rules(&mut self, rules: &BTreeMap<u32, RuleRef>) -> Result<(), DatapathError> {
+        fn set_rules(&mut self, rules: &BTreeMap<u32, PolicyRule>) -> Result<(), DatapathError> {
             self.call(format!("rules {}", rules.len()));
             Ok(())
         }

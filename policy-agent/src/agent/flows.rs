@@ -16,7 +16,7 @@ use std::{
 
 use jiff::{SignedDuration, Timestamp};
 use nix::time::{ClockId, clock_gettime};
-use policy_common::verdict::{Direction, Verdict};
+use policy_common::verdict::{Direction, DropReason, Verdict};
 pub use policy_core::telemetry::FlowRecord;
 use tracing::{debug, warn};
 
@@ -24,7 +24,7 @@ use crate::{
     datapath::{AsyncEventReader, Flow},
     policy::{
         model::{Pod, Snapshot},
-        state::{NodeState, PodRef, RuleRef},
+        state::{NodeState, PodRef, PolicyRule},
     },
 };
 
@@ -34,7 +34,7 @@ pub struct FlowContext {
     node: String,
     pods_by_ip: BTreeMap<IpAddr, PodRef>,
     endpoints: BTreeMap<u32, EndpointNames>,
-    rules: BTreeMap<u32, RuleRef>,
+    rules: BTreeMap<u32, PolicyRule>,
 }
 
 /// A local endpoint and the policies that isolate it, per direction.
@@ -104,6 +104,9 @@ impl FlowContext {
         let decided_by = match flow.outcome {
             Ok(Verdict::Policy) => self.rules.get(&flow.rule_id).map(ToString::to_string),
             Ok(_) => None,
+            Err(DropReason::AdminDenied | DropReason::BaselineDenied) => {
+                self.rules.get(&flow.rule_id).map(ToString::to_string)
+            }
             Err(_) => endpoint.and_then(|endpoint| {
                 let isolated_by = match flow.direction {
                     Direction::Ingress => &endpoint.ingress_isolated_by,

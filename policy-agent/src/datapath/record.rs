@@ -18,7 +18,10 @@ use policy_common::verdict::Direction;
 use serde::{Deserialize, Serialize};
 
 use super::DatapathError;
-use crate::policy::state::{PodRef, RuleRef};
+use crate::policy::{
+    cluster::{ClusterRuleRef, Tier},
+    state::{PodRef, PolicyRule, RuleRef},
+};
 
 /// The pod behind one endpoint-map entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +37,7 @@ pub struct EndpointRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     pub endpoints: BTreeMap<u32, EndpointRecord>,
-    pub rules: BTreeMap<u32, RuleRef>,
+    pub rules: BTreeMap<u32, PolicyRule>,
 }
 
 impl Record {
@@ -102,13 +105,26 @@ struct EndpointEntry {
     endpoint_id: Option<u32>,
 }
 
+/// A rule id and what it stands for: a NetworkPolicy's rule (with its namespace), or a
+/// ClusterNetworkPolicy's (with its tier, and its name when it has one).
 #[derive(Serialize, Deserialize)]
 struct RuleEntry {
     id: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     namespace: String,
     policy: String,
     direction: DirectionName,
     index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tier: Option<TierName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rule_name: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum TierName {
+    Admin,
+    Baseline,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,6 +132,63 @@ struct RuleEntry {
 enum DirectionName {
     Ingress,
     Egress,
+}
+
+impl RuleEntry {
+    fn of(id: u32, rule: &PolicyRule) -> RuleEntry {
+        let direction = |direction| match direction {
+            Direction::Ingress => DirectionName::Ingress,
+            Direction::Egress => DirectionName::Egress,
+        };
+        match rule {
+            PolicyRule::Network(rule) => RuleEntry {
+                id,
+                namespace: rule.namespace.clone(),
+                policy: rule.policy.clone(),
+                direction: direction(rule.direction),
+                index: rule.index,
+                tier: None,
+                rule_name: None,
+            },
+            PolicyRule::Cluster(rule) => RuleEntry {
+                id,
+                namespace: String::new(),
+                policy: rule.policy.clone(),
+                direction: direction(rule.direction),
+                index: rule.index,
+                tier: Some(match rule.tier {
+                    Tier::Admin => TierName::Admin,
+                    Tier::Baseline => TierName::Baseline,
+                }),
+                rule_name: rule.name.clone(),
+            },
+        }
+    }
+
+    fn rule(self) -> PolicyRule {
+        let direction = match self.direction {
+            DirectionName::Ingress => Direction::Ingress,
+            DirectionName::Egress => Direction::Egress,
+        };
+        match self.tier {
+            None => PolicyRule::Network(RuleRef {
+                namespace: self.namespace,
+                policy: self.policy,
+                direction,
+                index: self.index,
+            }),
+            Some(tier) => PolicyRule::Cluster(ClusterRuleRef {
+                tier: match tier {
+                    TierName::Admin => Tier::Admin,
+                    TierName::Baseline => Tier::Baseline,
+                },
+                policy: self.policy,
+                direction,
+                index: self.index,
+                name: self.rule_name,
+            }),
+        }
+    }
 }
 
 impl From<&Record> for RecordFile {
@@ -135,16 +208,7 @@ impl From<&Record> for RecordFile {
             rules: record
                 .rules
                 .iter()
-                .map(|(&id, rule)| RuleEntry {
-                    id,
-                    namespace: rule.namespace.clone(),
-                    policy: rule.policy.clone(),
-                    direction: match rule.direction {
-                        Direction::Ingress => DirectionName::Ingress,
-                        Direction::Egress => DirectionName::Egress,
-                    },
-                    index: rule.index,
-                })
+                .map(|(&id, rule)| RuleEntry::of(id, rule))
                 .collect(),
         }
     }
@@ -171,18 +235,7 @@ impl From<RecordFile> for Record {
             rules: file
                 .rules
                 .into_iter()
-                .map(|entry| {
-                    let rule = RuleRef {
-                        namespace: entry.namespace,
-                        policy: entry.policy,
-                        direction: match entry.direction {
-                            DirectionName::Ingress => Direction::Ingress,
-                            DirectionName::Egress => Direction::Egress,
-                        },
-                        index: entry.index,
-                    };
-                    (entry.id, rule)
-                })
+                .map(|entry| (entry.id, entry.rule()))
                 .collect(),
         }
     }
@@ -207,12 +260,22 @@ mod tests {
         );
         record.rules.insert(
             3,
-            RuleRef {
+            PolicyRule::Network(RuleRef {
                 namespace: "prod".into(),
                 policy: "allow-web".into(),
                 direction: Direction::Egress,
                 index: 1,
-            },
+            }),
+        );
+        record.rules.insert(
+            4,
+            PolicyRule::Cluster(ClusterRuleRef {
+                tier: Tier::Baseline,
+                policy: "default-deny".into(),
+                direction: Direction::Ingress,
+                index: 0,
+                name: Some("deny-all".into()),
+            }),
         );
         record
     }

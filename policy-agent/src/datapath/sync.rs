@@ -19,7 +19,7 @@ use super::{
     hold,
     record::EndpointRecord,
 };
-use crate::policy::state::{Delta, EndpointState, NodeState, PodRef, Prefix, RuleRef};
+use crate::policy::state::{Delta, EndpointState, NodeState, PodRef, PolicyRule, Prefix};
 
 /// What one update wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -401,7 +401,7 @@ impl Datapath {
     }
 
     /// Records what each rule id stands for (no map holds it).
-    pub fn set_rules(&mut self, rules: &BTreeMap<u32, RuleRef>) -> Result<(), DatapathError> {
+    pub fn set_rules(&mut self, rules: &BTreeMap<u32, PolicyRule>) -> Result<(), DatapathError> {
         if &self.record.rules != rules {
             self.record.rules = rules.clone();
             self.record.save(&self.config.state_file)?;
@@ -410,7 +410,7 @@ impl Datapath {
     }
 
     /// The rule a rule id stands for, as last recorded.
-    pub fn rule(&self, rule_id: u32) -> Option<&RuleRef> {
+    pub fn rule(&self, rule_id: u32) -> Option<&PolicyRule> {
         self.record.rules.get(&rule_id)
     }
 

@@ -387,9 +387,10 @@ mod tests {
             decode_flow(&record(3, 0, 0)),
             Err(EventError::UnknownFamily { code: 3 })
         );
+        let unknown = OUTCOMES as u8;
         assert_eq!(
-            decode_flow(&record(FAMILY_V4, 18, 0)),
-            Err(EventError::UnknownOutcome { code: 18 })
+            decode_flow(&record(FAMILY_V4, unknown, 0)),
+            Err(EventError::UnknownOutcome { code: unknown })
         );
         assert_eq!(
             decode_flow(&record(FAMILY_V4, 0, 2)),

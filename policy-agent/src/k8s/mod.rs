@@ -290,6 +290,9 @@ impl KubeSource {
                         .and_then(|value| convert::rejected_network_policy(&value))
                 },
             ),
+            // This source does not watch ClusterNetworkPolicies (nor the Nodes their peers
+            // select) yet: on a cluster it enforces NetworkPolicy only.
+            ..Snapshot::default()
         };
         let Converted {
             mut versions,

@@ -19,7 +19,7 @@ use futures_util::{
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::StreamBody;
-use policy_common::verdict::Direction;
+use policy_common::verdict::{Direction, DropReason};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -553,7 +553,10 @@ async fn a_policy_with_a_leading_zero_cidr_keeps_its_pod_isolated() {
     assert!(!endpoint.info.isolated(Direction::Egress));
     assert_eq!(
         state.decide(&prometheus, Direction::Ingress, web, 6, 9090),
-        Some(Decision::Denied)
+        Some(Decision::Denied {
+            reason: DropReason::PolicyDenied,
+            rule_id: 0
+        })
     );
     assert_ne!(content.generation, before.generation);
 }

@@ -24,7 +24,7 @@ use policy_common::{
     maps::{
         ANY_PEER_CLASS, ANY_PROTOCOL, Counter, CtKey, CtValue, EndpointInfo, FAMILY_V4, FAMILY_V6,
         FlowEvent, FragKey, FragValue, HostAddrKey, PLAN_ANY_PEER, PLAN_ANY_PROTOCOL, PeerClass,
-        PolicyKey, PolicyValue, counter_index,
+        PolicyAction, PolicyKey, PolicyValue, counter_index,
     },
     names,
     ports::range_to_prefixes,
@@ -34,13 +34,15 @@ use policy_testbed::bpf;
 
 /// One allow rule of an endpoint, as the agent would encode it.
 #[derive(Clone, Copy, Debug)]
-pub struct Allow {
+pub struct Entry {
     pub direction: Direction,
     /// A peer class or `ANY_PEER_CLASS`.
     pub class: u32,
     /// An IP protocol or `ANY_PROTOCOL` (then `ports` is ignored).
     pub protocol: u8,
     pub ports: (u16, u16),
+    /// What the entry does: allows, or drops as a ClusterNetworkPolicy `Deny` or isolation.
+    pub action: PolicyAction,
     pub rule_id: u32,
 }
 
@@ -238,14 +240,14 @@ impl Datapath {
     }
 
     /// Programs an endpoint of a pod with addresses `pod` on `ifindex`, with `flags` and the
-    /// policy entries and lookup plans of `allows`.
+    /// policy entries and lookup plans of `entries`.
     pub fn setup_endpoint(
         &mut self,
         ifindex: u32,
         endpoint_id: u32,
         pod: &[IpAddr],
         flags: u32,
-        allows: &[Allow],
+        entries: &[Entry],
     ) -> EndpointInfo {
         let mut info = EndpointInfo {
             endpoint_id,
@@ -258,37 +260,37 @@ impl Datapath {
                 IpAddr::V6(addr) => info.addr6 = addr.octets(),
             }
         }
-        for allow in allows {
-            let plan = match allow.direction {
+        for entry in entries {
+            let plan = match entry.direction {
                 Direction::Ingress => &mut info.ingress_plan,
                 Direction::Egress => &mut info.egress_plan,
             };
-            if allow.class == ANY_PEER_CLASS {
+            if entry.class == ANY_PEER_CLASS {
                 *plan |= PLAN_ANY_PEER;
             }
             let mut entries = Vec::new();
-            if allow.protocol == ANY_PROTOCOL {
+            if entry.protocol == ANY_PROTOCOL {
                 *plan |= PLAN_ANY_PROTOCOL;
                 entries.push((0, 0));
             } else {
-                range_to_prefixes(allow.ports.0, allow.ports.1, |port, len| {
+                range_to_prefixes(entry.ports.0, entry.ports.1, |port, len| {
                     entries.push((port, len))
                 });
             }
             for (port, len) in entries {
-                if allow.protocol != ANY_PROTOCOL {
+                if entry.protocol != ANY_PROTOCOL {
                     *plan |= 1 << len;
                 }
                 let key = PolicyKey {
                     endpoint_id,
-                    peer_class: allow.class,
+                    peer_class: entry.class,
                     port,
-                    direction: allow.direction as u8,
-                    protocol: allow.protocol,
+                    direction: entry.direction as u8,
+                    protocol: entry.protocol,
                     port_prefix_len: len,
                     _pad: [0; 3],
                 };
-                self.allow(key, allow.rule_id);
+                self.set_policy(key, PolicyValue::new(entry.action, entry.rule_id));
             }
         }
         self.set_endpoint(ifindex, info);
@@ -336,10 +338,10 @@ impl Datapath {
         }
     }
 
-    pub fn allow(&mut self, key: PolicyKey, rule_id: u32) {
+    pub fn set_policy(&mut self, key: PolicyKey, value: PolicyValue) {
         let mut map: HashMap<&mut MapData, PolicyKey, PolicyValue> =
             HashMap::try_from(self.map(names::POLICY_MAP)).expect("policy map");
-        map.insert(&key, &PolicyValue { rule_id }, 0)
+        map.insert(&key, &value, 0)
             .expect("inserting a policy entry");
     }
 

@@ -12,13 +12,16 @@ use k8s_openapi::{
 };
 use policy_common::verdict::Direction;
 
-use crate::policy::{
-    model::{
-        ContainerPort, IpBlock, LabelSelector, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope,
-        NetworkPolicy, Operator, Peer, Pod, PodPeer, PodPhase, PortSpec, PortValue, Protocol,
-        Requirement, Rule, Service, ServicePort, ServiceType,
+use crate::{
+    manifest::cluster::ClusterFieldError,
+    policy::{
+        model::{
+            ContainerPort, IpBlock, LabelSelector, NAMESPACE_NAME_LABEL, Namespace, NamespaceScope,
+            NetworkPolicy, Operator, Peer, Pod, PodPeer, PodPhase, PortSpec, PortValue, Protocol,
+            Requirement, Rule, Service, ServicePort, ServiceType,
+        },
+        state::{Prefix, PrefixParseError},
     },
-    state::{Prefix, PrefixParseError},
 };
 
 /// What is wrong with one field of an object.
@@ -70,6 +73,8 @@ pub enum FieldError {
     EmptyPeer,
     #[error("ipBlock cannot be combined with podSelector or namespaceSelector")]
     IpBlockWithSelector,
+    #[error(transparent)]
+    Cluster(ClusterFieldError),
 }
 
 /// A [`FieldError`] and the field it is about.
@@ -79,7 +84,7 @@ pub struct Invalid {
     pub error: FieldError,
 }
 
-fn invalid(field: impl Into<String>, error: FieldError) -> Invalid {
+pub(crate) fn invalid(field: impl Into<String>, error: FieldError) -> Invalid {
     Invalid {
         field: field.into(),
         error,
@@ -449,7 +454,7 @@ fn port_spec(port: &NetworkPolicyPort, field: &str) -> Result<PortSpec> {
     })
 }
 
-fn label_selector(selector: &meta::LabelSelector, field: &str) -> Result<LabelSelector> {
+pub(crate) fn label_selector(selector: &meta::LabelSelector, field: &str) -> Result<LabelSelector> {
     let mut converted = LabelSelector {
         match_labels: selector.match_labels.clone().unwrap_or_default(),
         match_expressions: Vec::new(),
@@ -514,7 +519,7 @@ fn protocol(value: Option<&str>, field: &str) -> Result<Protocol> {
     }
 }
 
-fn port_number(value: i64, field: &str) -> Result<u16> {
+pub(crate) fn port_number(value: i64, field: &str) -> Result<u16> {
     u16::try_from(value)
         .ok()
         .filter(|port| *port != 0)

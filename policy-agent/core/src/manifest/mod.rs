@@ -11,6 +11,7 @@
 //! apiVersion are an error.
 
 mod addresses;
+pub mod cluster;
 pub mod convert;
 mod strict;
 
@@ -29,7 +30,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy as ApiPolicy;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::policy::model::{Namespace, NetworkPolicy, Pod, Service, Snapshot};
+use crate::{
+    api,
+    policy::{
+        cluster::{ClusterNetworkPolicy, Node},
+        model::{Namespace, NetworkPolicy, Pod, Service, Snapshot},
+    },
+};
 
 /// A file, document or object that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +156,9 @@ pub struct Loaded {
     pub snapshot: Snapshot,
     pub errors: Vec<ManifestError>,
     pub skipped: Vec<Skipped>,
-    /// Indices into `errors` of the rejected NetworkPolicies that `snapshot` holds as what
-    /// [`convert::rejected_network_policy`] makes of them: isolation with none of their rules.
+    /// Indices into `errors` of the rejected policies that `snapshot` holds as what
+    /// [`convert::rejected_network_policy`] (isolation with none of their rules) and
+    /// [`cluster::rejected_cluster_network_policy`] (denying all from their subject) make of them.
     pub isolating: BTreeSet<usize>,
     /// The file that defined each loaded object, by its name (`Pod shop/web`).
     defined: BTreeMap<String, PathBuf>,
@@ -310,11 +318,12 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
     };
     let name = text("name").unwrap_or_else(|| "<unnamed>".to_owned());
     let object = match (kind.as_str(), text("namespace")) {
-        ("Namespace", _) => format!("Namespace {name}"),
+        ("Namespace" | "Node" | "ClusterNetworkPolicy", _) => format!("{kind} {name}"),
         (_, Some(namespace)) => format!("{kind} {namespace}/{name}"),
         (_, None) => format!("{kind} default/{name}"),
     };
-    let original = (kind == "NetworkPolicy").then(|| value.clone());
+    let original =
+        matches!(kind.as_str(), "NetworkPolicy" | "ClusterNetworkPolicy").then(|| value.clone());
     let converted = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => {
             typed(path, &object, &kind, value, convert::namespace).map(Converted::Namespace)
@@ -330,9 +339,14 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
             })
             .map(Converted::Policy)
         }
+        (api::API_VERSION, api::KIND) => {
+            typed(path, &object, &kind, value, cluster::cluster_network_policy)
+                .map(Converted::ClusterPolicy)
+        }
+        ("v1", "Node") => typed(path, &object, &kind, value, cluster::node).map(Converted::Node),
         // A kind the agent reads under another version: an old or mistyped apiVersion, not
         // some other resource to pass over.
-        (_, "Namespace" | "Pod" | "Service") => Err(ManifestError::ApiVersion {
+        (_, "Namespace" | "Pod" | "Service" | "Node") => Err(ManifestError::ApiVersion {
             path: path.to_owned(),
             object: object.clone(),
             api_version,
@@ -343,6 +357,12 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
             object: object.clone(),
             api_version,
             expected: "networking.k8s.io/v1",
+        }),
+        (_, api::KIND) => Err(ManifestError::ApiVersion {
+            path: path.to_owned(),
+            object: object.clone(),
+            api_version,
+            expected: api::API_VERSION,
         }),
         _ => {
             loaded.skipped.push(Skipped {
@@ -357,12 +377,18 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
         Err(error) => {
             let stand_in = original
                 .as_ref()
-                .and_then(convert::rejected_network_policy)
+                .and_then(|original| match kind.as_str() {
+                    "NetworkPolicy" => {
+                        convert::rejected_network_policy(original).map(Converted::Policy)
+                    }
+                    _ => cluster::rejected_cluster_network_policy(original)
+                        .map(Converted::ClusterPolicy),
+                })
                 .filter(|_| !loaded.defined.contains_key(&object));
-            if let Some(policy) = stand_in {
+            if let Some(stand_in) = stand_in {
                 loaded.defined.insert(object, path.to_owned());
                 loaded.isolating.insert(loaded.errors.len());
-                loaded.snapshot.policies.push(policy);
+                loaded.snapshot.add(stand_in);
             }
             loaded.errors.push(error);
             return;
@@ -377,13 +403,7 @@ fn load_object(path: &Path, value: serde_json::Value, loaded: &mut Loaded) {
         return;
     }
     loaded.defined.insert(object, path.to_owned());
-    let snapshot = &mut loaded.snapshot;
-    match converted {
-        Converted::Namespace(namespace) => snapshot.namespaces.push(namespace),
-        Converted::Pod(pod) => snapshot.pods.push(pod),
-        Converted::Service(service) => snapshot.services.push(service),
-        Converted::Policy(policy) => snapshot.policies.push(policy),
-    }
+    loaded.snapshot.add(converted);
 }
 
 /// One object of a kind the snapshot holds.
@@ -392,6 +412,21 @@ enum Converted {
     Pod(Pod),
     Service(Service),
     Policy(NetworkPolicy),
+    ClusterPolicy(ClusterNetworkPolicy),
+    Node(Node),
+}
+
+impl Snapshot {
+    fn add(&mut self, object: Converted) {
+        match object {
+            Converted::Namespace(namespace) => self.namespaces.push(namespace),
+            Converted::Pod(pod) => self.pods.push(pod),
+            Converted::Service(service) => self.services.push(service),
+            Converted::Policy(policy) => self.policies.push(policy),
+            Converted::ClusterPolicy(policy) => self.cluster_policies.push(policy),
+            Converted::Node(node) => self.nodes.push(node),
+        }
+    }
 }
 
 /// Decodes strictly into the k8s-openapi type `A`, then converts.

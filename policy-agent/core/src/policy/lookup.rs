@@ -3,24 +3,42 @@
 
 use std::net::IpAddr;
 
-use policy_common::{maps::WORLD_CLASS, ports::probe_policy, verdict::Direction};
+use policy_common::{
+    maps::{WORLD_CLASS, policy_outcome},
+    ports::probe_policy,
+    verdict::{Direction, DropReason, Verdict},
+};
 
 use crate::policy::state::{NodeState, PodRef, Prefix};
 
 /// What an endpoint's programs decide for the first packet of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// The endpoint is not isolated in this direction.
+    /// No policy isolates the endpoint in this direction, and no ClusterNetworkPolicy rule
+    /// decides the packet.
     NotIsolated,
-    /// The policy map has an entry for the packet, put there for this rule.
+    /// The policy map has an entry for the packet that allows it, put there for this rule.
     Allowed { rule_id: u32 },
-    /// Isolated, and no entry matches.
-    Denied,
+    /// Dropped for `reason`: isolated and no entry allows it (`PolicyDenied`, rule 0), or a
+    /// `Deny` rule of a ClusterNetworkPolicy decided it.
+    Denied { reason: DropReason, rule_id: u32 },
 }
 
 impl Decision {
     pub const fn allows(self) -> bool {
-        !matches!(self, Decision::Denied)
+        !matches!(self, Decision::Denied { .. })
+    }
+
+    /// Whether the decision allows traffic NetworkPolicy exempts (between the pod and its own
+    /// node, or to itself through its Service): only a ClusterNetworkPolicy `Deny` drops it.
+    pub const fn allows_exempt(self) -> bool {
+        !matches!(
+            self,
+            Decision::Denied {
+                reason: DropReason::AdminDenied | DropReason::BaselineDenied,
+                ..
+            }
+        )
     }
 }
 
@@ -46,7 +64,7 @@ impl NodeState {
     ) -> Option<Decision> {
         let endpoint = self.endpoints.get(pod)?;
         let info = endpoint.info;
-        if !info.isolated(direction) {
+        if !info.decides(direction) {
             return Some(Decision::NotIsolated);
         }
         let class = self.peer_class(peer);
@@ -59,11 +77,10 @@ impl NodeState {
             port,
             |key| self.policy.get(key).copied(),
         );
-        Some(match hit {
-            Some(value) => Decision::Allowed {
-                rule_id: value.rule_id,
-            },
-            None => Decision::Denied,
+        Some(match policy_outcome(info.isolated(direction), hit) {
+            (Ok(Verdict::Policy), rule_id) => Decision::Allowed { rule_id },
+            (Ok(_), _) => Decision::NotIsolated,
+            (Err(reason), rule_id) => Decision::Denied { reason, rule_id },
         })
     }
 }

@@ -4,8 +4,10 @@
 //! milliseconds without a cluster or a kernel.
 
 pub mod adopt;
+pub mod cluster;
 pub mod lookup;
 pub mod model;
 pub mod resolve;
 pub mod spec;
 pub mod state;
+mod tiers;

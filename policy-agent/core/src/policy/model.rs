@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 use policy_common::verdict::Direction;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::state::{ObjectRef, PodRef, Prefix};
+use crate::policy::{
+    cluster::{ClusterNetworkPolicy, Node},
+    state::{ObjectRef, PodRef, Prefix},
+};
 
 /// The label the API server puts on every namespace, whose value is the namespace's name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -21,6 +24,24 @@ pub struct Snapshot {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub policies: Vec<NetworkPolicy>,
+    pub cluster_policies: Vec<ClusterNetworkPolicy>,
+    /// The nodes `nodes` peers of ClusterNetworkPolicies select from.
+    pub nodes: Vec<Node>,
+}
+
+impl Snapshot {
+    /// The labels selectors see on namespace `name`: its own and the name label, also for a
+    /// namespace the snapshot does not list.
+    pub fn namespace_labels(&self, name: &str) -> Labels {
+        match self.namespaces.iter().find(|ns| ns.name == name) {
+            Some(namespace) => namespace.effective_labels(),
+            None => Namespace {
+                name: name.to_owned(),
+                labels: Labels::new(),
+            }
+            .effective_labels(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,9 +17,10 @@ use std::{
 
 use policy_common::{
     maps::{
-        ANY_PEER_CLASS, ANY_PROTOCOL, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED,
-        EndpointInfo, LookupPlan, MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_POLICY_ENTRIES,
-        PLAN_ANY_PEER, PLAN_ANY_PROTOCOL, PolicyKey, PolicyValue, WORLD_CLASS,
+        ANY_PEER_CLASS, ANY_PROTOCOL, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_EGRESS_TIERED,
+        ENDPOINT_INGRESS_ISOLATED, ENDPOINT_INGRESS_TIERED, EndpointInfo, LookupPlan,
+        MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_POLICY_ENTRIES, PLAN_ANY_PEER, PLAN_ANY_PROTOCOL,
+        PolicyKey, PolicyValue, WORLD_CLASS,
     },
     ports::range_to_prefixes,
     verdict::Direction,
@@ -27,11 +28,16 @@ use policy_common::{
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::policy::{
+    cluster::{ClusterProtocol, ClusterRule, ClusterRuleRef},
     model::{
         ContainerPort, IpBlock, Labels, NamespaceScope, NetworkPolicy, Peer, Pod, PortValue,
-        Protocol, Snapshot,
+        Protocol, Rule, Snapshot,
     },
-    state::{Allocations, ClassKey, Degraded, EndpointState, NodeState, PodRef, Prefix, RuleRef},
+    state::{
+        Allocations, ClassKey, Degraded, EndpointState, NodeState, PodRef, PolicyRule, Prefix,
+        RuleRef,
+    },
+    tiers::{ClusterPolicies, RuleMatch, TierRule, Tiers, class_id},
 };
 
 /// The policy entries one NetworkPolicy may give one pod (both directions together). A policy
@@ -119,8 +125,52 @@ pub fn resolve(
         })
         .collect();
 
-    let rules = allocate_rules(&policies, &relevant, previous, &mut ids)?;
-    let peers = RelevantPeers::collect(&policies, &relevant);
+    // The ClusterNetworkPolicies whose subject is each endpoint, by direction with rules.
+    let cluster_policies = ClusterPolicies::new(&snapshot.cluster_policies, &snapshot.nodes);
+    let subject_of: Vec<[Vec<usize>; 2]> = endpoints
+        .iter()
+        .map(|pod| {
+            let labels = snapshot.namespace_labels(&pod.namespace);
+            let mut by_direction: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+            for (index, policy) in cluster_policies.policies.iter().enumerate() {
+                if !policy.subject.pods().matches(pod, &labels) {
+                    continue;
+                }
+                for direction in Direction::ALL {
+                    if !policy.rules(direction).is_empty() {
+                        by_direction[direction as usize].push(index);
+                    }
+                }
+            }
+            by_direction
+        })
+        .collect();
+    let relevant_cluster: BTreeSet<(usize, Direction)> = subject_of
+        .iter()
+        .flat_map(|by_direction| {
+            Direction::ALL.into_iter().flat_map(move |direction| {
+                by_direction[direction as usize]
+                    .iter()
+                    .map(move |&index| (index, direction))
+            })
+        })
+        .collect();
+
+    let wanted_rules = relevant
+        .iter()
+        .flat_map(|&(index, direction)| {
+            let policy = policies[index];
+            (0..policy.rules(direction).len())
+                .map(move |i| PolicyRule::Network(rule_ref(policy, direction, i)))
+        })
+        .chain(relevant_cluster.iter().flat_map(|&(index, direction)| {
+            let policy = cluster_policies.policies[index];
+            (0..policy.rules(direction).len())
+                .map(move |i| PolicyRule::Cluster(ClusterRuleRef::of(policy, direction, i)))
+        }));
+    let rules = allocate_rules(wanted_rules, previous, &mut ids)?;
+    let mut peers = RelevantPeers::collect(&policies, &relevant);
+    peers.add_cluster(&cluster_policies, &relevant_cluster);
     let classes = Classes::compute(&cluster, &peers);
     let class_ids = allocate_classes(&classes, &peers, &mut ids)?;
 
@@ -151,7 +201,8 @@ pub fn resolve(
 
     let endpoint_ids = allocate_endpoints(&endpoints, node, previous, &mut ids)?;
     let mut compiled: Vec<CompiledEndpoint> = Vec::with_capacity(endpoints.len());
-    for ((pod, by_direction), endpoint_id) in endpoints.iter().zip(&selecting).zip(endpoint_ids) {
+    let endpoint_inputs = endpoints.iter().zip(&selecting).zip(&subject_of);
+    for (((pod, by_direction), cluster), endpoint_id) in endpoint_inputs.zip(endpoint_ids) {
         let pod_ref = pod.pod_ref();
         let mut info = EndpointInfo {
             endpoint_id,
@@ -169,11 +220,21 @@ pub fn resolve(
         if !by_direction[Direction::Egress as usize].is_empty() {
             info.flags |= ENDPOINT_EGRESS_ISOLATED;
         }
+        // A direction a ClusterNetworkPolicy applies to is painted from every tier below;
+        // the others get the union of their NetworkPolicies' entries.
+        let tiered = Direction::ALL.map(|direction| !cluster[direction as usize].is_empty());
+        if tiered[Direction::Ingress as usize] {
+            info.flags |= ENDPOINT_INGRESS_TIERED;
+        }
+        if tiered[Direction::Egress as usize] {
+            info.flags |= ENDPOINT_EGRESS_TIERED;
+        }
         let mut applying: Vec<usize> = by_direction.concat();
         applying.sort_unstable();
         applying.dedup();
         let mut entries: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
         let mut plans: [LookupPlan; 2] = [0, 0];
+        let mut admitted: Vec<usize> = Vec::new();
         for index in applying {
             let policy = policies[index];
             let mut own: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
@@ -189,8 +250,10 @@ pub fn resolve(
                     policy: &mut own,
                 };
                 for (rule_index, rule) in policy.rules(direction).iter().enumerate() {
-                    let rule_id = rules[&rule_ref(policy, direction, rule_index)];
-                    compiler.rule(pod, rule, rule_id, &peers, &classes, &class_ids);
+                    let rule_id =
+                        rules[&PolicyRule::Network(rule_ref(policy, direction, rule_index))];
+                    let matched = network_match(pod, rule, direction, &peers, &classes);
+                    compiler.emit_match(&matched, &class_ids, PolicyValue::allow(rule_id));
                 }
                 own_plans[direction as usize] = compiler.plan;
             }
@@ -203,15 +266,46 @@ pub fn resolve(
                 });
                 continue;
             }
-            for (plan, own_plan) in plans.iter_mut().zip(own_plans) {
-                *plan |= own_plan;
+            admitted.push(index);
+            for direction in Direction::ALL.into_iter().filter(|d| !tiered[*d as usize]) {
+                plans[direction as usize] |= own_plans[direction as usize];
             }
             for (key, value) in own {
+                if tiered[usize::from(key.direction)] {
+                    continue;
+                }
                 entries
                     .entry(key)
                     .and_modify(|held| held.rule_id = held.rule_id.min(value.rule_id))
                     .or_insert(value);
             }
+        }
+        for direction in Direction::ALL.into_iter().filter(|d| tiered[*d as usize]) {
+            let mut compiler = EntryCompiler {
+                endpoint_id,
+                direction,
+                plan: 0,
+                policy: &mut entries,
+            };
+            let inputs = TierInputs {
+                pod,
+                direction,
+                peers: &peers,
+                classes: &classes,
+                rules: &rules,
+            };
+            inputs.paint(
+                &mut compiler,
+                &class_ids,
+                &cluster_policies,
+                &cluster[direction as usize],
+                !by_direction[direction as usize].is_empty(),
+                admitted
+                    .iter()
+                    .filter(|index| by_direction[direction as usize].contains(index))
+                    .map(|&index| policies[index]),
+            );
+            plans[direction as usize] = compiler.plan;
         }
         info.ingress_plan = plans[Direction::Ingress as usize];
         info.egress_plan = plans[Direction::Egress as usize];
@@ -425,42 +519,34 @@ fn rule_ref(policy: &NetworkPolicy, direction: Direction, index: usize) -> RuleR
 
 /// Ids for every rule of the relevant policies, kept from `previous` where the rule existed.
 fn allocate_rules(
-    policies: &[&NetworkPolicy],
-    relevant: &BTreeSet<(usize, Direction)>,
+    wanted: impl Iterator<Item = PolicyRule>,
     previous: &NodeState,
     ids: &mut Allocations,
-) -> Result<BTreeMap<RuleRef, u32>, ResolveError> {
-    let known: HashMap<&RuleRef, u32> = previous.rules.iter().map(|(id, r)| (r, *id)).collect();
+) -> Result<BTreeMap<PolicyRule, u32>, ResolveError> {
+    let wanted: BTreeSet<PolicyRule> = wanted.collect();
+    let known: HashMap<&PolicyRule, u32> = previous.rules.iter().map(|(id, r)| (r, *id)).collect();
     let recent: HashSet<u32> = previous.rules.keys().copied().collect();
-    let mut in_use: HashSet<u32> = relevant
+    let mut in_use: HashSet<u32> = wanted
         .iter()
-        .flat_map(|&(index, direction)| {
-            let policy = policies[index];
-            (0..policy.rules(direction).len()).map(move |i| rule_ref(policy, direction, i))
-        })
-        .filter_map(|rule| known.get(&rule).copied())
+        .filter_map(|rule| known.get(rule).copied())
         .collect();
     let mut rules = BTreeMap::new();
-    for &(index, direction) in relevant {
-        let policy = policies[index];
-        for rule_index in 0..policy.rules(direction).len() {
-            let rule = rule_ref(policy, direction, rule_index);
-            let id = match known.get(&rule) {
-                Some(id) => *id,
-                None => {
-                    let id = next_free(
-                        &mut ids.next_rule,
-                        u32::MAX,
-                        |id| in_use.contains(&id),
-                        |id| recent.contains(&id),
-                    )
-                    .ok_or(ResolveError::IdsExhausted { what: "rule" })?;
-                    in_use.insert(id);
-                    id
-                }
-            };
-            rules.insert(rule, id);
-        }
+    for rule in wanted {
+        let id = match known.get(&rule) {
+            Some(id) => *id,
+            None => {
+                let id = next_free(
+                    &mut ids.next_rule,
+                    u32::MAX,
+                    |id| in_use.contains(&id),
+                    |id| recent.contains(&id),
+                )
+                .ok_or(ResolveError::IdsExhausted { what: "rule" })?;
+                in_use.insert(id);
+                id
+            }
+        };
+        rules.insert(rule, id);
     }
     Ok(rules)
 }
@@ -555,26 +641,61 @@ impl<'a> RelevantPeers<'a> {
         for &(index, direction) in relevant {
             for rule in policies[index].rules(direction) {
                 for peer in &rule.peers {
-                    if let Entry::Vacant(vacant) = peers.ids.entry(peer) {
-                        vacant.insert(peers.peers.len());
-                        peers.peers.push(peer);
-                    }
+                    peers.add(peer);
                 }
                 if direction == Direction::Egress {
                     for spec in &rule.ports {
-                        if let Some(PortValue::Name(name)) = &spec.port
-                            && let Entry::Vacant(vacant) = peers
-                                .egress_port_name_ids
-                                .entry((name.as_str(), spec.protocol))
-                        {
-                            vacant.insert(peers.egress_port_names.len() as u32);
-                            peers.egress_port_names.push((name.as_str(), spec.protocol));
+                        if let Some(PortValue::Name(name)) = &spec.port {
+                            peers.add_port_name(name, spec.protocol);
                         }
                     }
                 }
             }
         }
         peers
+    }
+}
+
+impl<'a> RelevantPeers<'a> {
+    /// Adds the peers of the ClusterNetworkPolicies that apply to a local endpoint, and their
+    /// egress named ports, which resolve with the named container port's own protocol.
+    fn add_cluster(
+        &mut self,
+        cluster: &'a ClusterPolicies<'a>,
+        relevant: &BTreeSet<(usize, Direction)>,
+    ) {
+        for &(index, direction) in relevant {
+            let policy = cluster.policies[index];
+            let rules = policy.rules(direction).iter();
+            for (rule, peers) in rules.zip(&cluster.peers[index][direction as usize]) {
+                for peer in peers.iter().flatten().flatten() {
+                    self.add(peer);
+                }
+                if direction == Direction::Egress {
+                    for protocol in &rule.protocols {
+                        if let ClusterProtocol::Named(name) = protocol {
+                            for protocol in Protocol::ALL {
+                                self.add_port_name(name, protocol);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, peer: &'a Peer) {
+        if let Entry::Vacant(vacant) = self.ids.entry(peer) {
+            vacant.insert(self.peers.len());
+            self.peers.push(peer);
+        }
+    }
+
+    fn add_port_name(&mut self, name: &'a str, protocol: Protocol) {
+        if let Entry::Vacant(vacant) = self.egress_port_name_ids.entry((name, protocol)) {
+            vacant.insert(self.egress_port_names.len() as u32);
+            self.egress_port_names.push((name, protocol));
+        }
     }
 }
 
@@ -835,6 +956,218 @@ fn allocate_classes(
     Ok(assigned)
 }
 
+/// What a NetworkPolicy rule matches at `pod` in `direction`.
+fn network_match(
+    pod: &Pod,
+    rule: &Rule,
+    direction: Direction,
+    peers: &RelevantPeers<'_>,
+    classes: &Classes,
+) -> RuleMatch {
+    // Classes the rule's peers reach; `None`: every peer. A named port resolves against the
+    // pod that receives the traffic whichever peer matched, ipBlocks included.
+    let reached: Option<BTreeSet<usize>> = (!rule.peers.is_empty()).then(|| {
+        rule.peers
+            .iter()
+            .flat_map(|peer| classes.of_peer[peers.ids[peer]].iter().copied())
+            .collect()
+    });
+    // The ports that are the same for every peer: numbers, and on ingress the names, which
+    // resolve on the endpoint itself.
+    let mut ranges: Vec<(Option<u8>, u16, u16)> = Vec::new();
+    if rule.ports.is_empty() {
+        ranges.push((None, 0, u16::MAX));
+    }
+    for spec in &rule.ports {
+        let protocol = Some(spec.protocol.number());
+        match &spec.port {
+            None => ranges.push((protocol, 0, u16::MAX)),
+            Some(PortValue::Number(port)) => {
+                ranges.push((protocol, *port, spec.end_port.unwrap_or(*port)))
+            }
+            Some(PortValue::Name(name)) => {
+                if direction == Direction::Ingress
+                    && let Some(port) = pod.named_port(name, spec.protocol)
+                {
+                    ranges.push((protocol, port, port));
+                }
+            }
+        }
+    }
+    coalesce(&mut ranges);
+    // Egress names resolve per destination. Only the classes of pod addresses carry ports,
+    // so an address that is no pod's matches no name.
+    let mut by_class: BTreeMap<usize, Vec<(u8, u16)>> = BTreeMap::new();
+    if direction == Direction::Egress {
+        for spec in &rule.ports {
+            let Some(PortValue::Name(name)) = &spec.port else {
+                continue;
+            };
+            for class in candidates(&reached, classes) {
+                let resolved = classes
+                    .ports(class)
+                    .iter()
+                    .find(|p| p.protocol == spec.protocol && p.name.as_deref() == Some(name));
+                if let Some(resolved) = resolved {
+                    by_class
+                        .entry(class)
+                        .or_default()
+                        .push((spec.protocol.number(), resolved.port));
+                }
+            }
+        }
+    }
+    RuleMatch {
+        reached,
+        ranges,
+        by_class,
+    }
+}
+
+/// The classes a rule that reaches `reached` can match (every class for `None`).
+fn candidates(reached: &Option<BTreeSet<usize>>, classes: &Classes) -> Vec<usize> {
+    match reached {
+        None => (0..classes.keys.len()).collect(),
+        Some(reached) => reached.iter().copied().collect(),
+    }
+}
+
+/// What one endpoint's tiers are compiled from.
+struct TierInputs<'a, 'p> {
+    pod: &'a Pod,
+    direction: Direction,
+    peers: &'a RelevantPeers<'p>,
+    classes: &'a Classes,
+    rules: &'a BTreeMap<PolicyRule, u32>,
+}
+
+impl TierInputs<'_, '_> {
+    /// Paints the verdicts of every tier for the endpoint and direction: the ClusterNetworkPolicy
+    /// rules of `applying` (indices into `cluster`, in reading order) and the admitted
+    /// NetworkPolicies `network`, which decide when `isolated`.
+    fn paint<'n>(
+        &self,
+        compiler: &mut EntryCompiler<'_>,
+        class_ids: &[u32],
+        cluster: &ClusterPolicies<'_>,
+        applying: &[usize],
+        isolated: bool,
+        network: impl Iterator<Item = &'n NetworkPolicy>,
+    ) {
+        let direction = self.direction;
+        let mut network_matches = Vec::new();
+        for policy in network {
+            for (index, rule) in policy.rules(direction).iter().enumerate() {
+                let id = self.rules[&PolicyRule::Network(rule_ref(policy, direction, index))];
+                let matched = network_match(self.pod, rule, direction, self.peers, self.classes);
+                network_matches.push((matched, id));
+            }
+        }
+        let mut cluster_matches = Vec::new();
+        for &index in applying {
+            let policy = cluster.policies[index];
+            let peers = &cluster.peers[index][direction as usize];
+            for (rule_index, (rule, rule_peers)) in
+                policy.rules(direction).iter().zip(peers).enumerate()
+            {
+                let rule_ref = ClusterRuleRef::of(policy, direction, rule_index);
+                let id = self.rules[&PolicyRule::Cluster(rule_ref)];
+                cluster_matches.push((
+                    policy.tier,
+                    rule.action,
+                    id,
+                    self.cluster_match(rule, rule_peers),
+                ));
+            }
+        }
+        let tier_rules = |tier| {
+            cluster_matches
+                .iter()
+                .filter(|(of, ..)| *of == tier)
+                .map(|(_, action, rule_id, matched)| TierRule {
+                    action: *action,
+                    rule_id: *rule_id,
+                    matched,
+                })
+                .collect()
+        };
+        let tiers = Tiers {
+            admin: tier_rules(crate::policy::cluster::Tier::Admin),
+            network: network_matches
+                .iter()
+                .map(|(matched, id)| (matched, *id))
+                .collect(),
+            isolated,
+            baseline: tier_rules(crate::policy::cluster::Tier::Baseline),
+        };
+        for painted in tiers.paint() {
+            compiler.emit(
+                class_id(painted.row, class_ids),
+                painted.protocol,
+                painted.first,
+                painted.last,
+                painted.value,
+            );
+        }
+    }
+
+    /// What a ClusterNetworkPolicy rule matches at the endpoint; `peers` are its peers as the
+    /// resolver's (`None`: every address).
+    fn cluster_match(&self, rule: &ClusterRule, peers: &[Option<Vec<Peer>>]) -> RuleMatch {
+        let reached: Option<BTreeSet<usize>> = if peers.iter().any(Option::is_none) {
+            None
+        } else {
+            Some(
+                peers
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .flat_map(|peer| self.classes.of_peer[self.peers.ids[peer]].iter().copied())
+                    .collect(),
+            )
+        };
+        let mut ranges = Vec::new();
+        let mut by_class: BTreeMap<usize, Vec<(u8, u16)>> = BTreeMap::new();
+        if rule.protocols.is_empty() {
+            ranges.push((None, 0, u16::MAX));
+        }
+        for protocol in &rule.protocols {
+            match protocol {
+                ClusterProtocol::Ports { protocol, ports } => {
+                    ranges.push((Some(protocol.number()), ports.first, ports.last));
+                }
+                // A named port resolves with each protocol it is declared for, to its first
+                // declaration with that protocol (as `Pod::named_port` reads it).
+                ClusterProtocol::Named(name) if self.direction == Direction::Ingress => {
+                    for protocol in Protocol::ALL {
+                        if let Some(port) = self.pod.named_port(name, protocol) {
+                            ranges.push((Some(protocol.number()), port, port));
+                        }
+                    }
+                }
+                ClusterProtocol::Named(name) => {
+                    for class in candidates(&reached, self.classes) {
+                        for port in self.classes.ports(class) {
+                            if port.name.as_deref() == Some(name.as_str()) {
+                                by_class
+                                    .entry(class)
+                                    .or_default()
+                                    .push((port.protocol.number(), port.port));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        coalesce(&mut ranges);
+        RuleMatch {
+            reached,
+            ranges,
+            by_class,
+        }
+    }
+}
+
 /// Writes the policy entries of one endpoint and direction, and collects its lookup plan.
 struct EntryCompiler<'s> {
     endpoint_id: u32,
@@ -844,95 +1177,41 @@ struct EntryCompiler<'s> {
 }
 
 impl EntryCompiler<'_> {
-    fn rule(
-        &mut self,
-        pod: &Pod,
-        rule: &crate::policy::model::Rule,
-        rule_id: u32,
-        peers: &RelevantPeers<'_>,
-        classes: &Classes,
-        class_ids: &[u32],
-    ) {
-        // Classes the rule's peers reach; `None`: every peer. A named port resolves against the
-        // pod that receives the traffic whichever peer matched, ipBlocks included.
-        let reached: Option<BTreeSet<usize>> = (!rule.peers.is_empty()).then(|| {
-            rule.peers
-                .iter()
-                .flat_map(|peer| classes.of_peer[peers.ids[peer]].iter().copied())
-                .collect()
-        });
-
-        // The ports that are the same for every peer: numbers, and on ingress the names, which
-        // resolve on the endpoint itself.
-        let mut ranges: Vec<(Option<u8>, u16, u16)> = Vec::new();
-        if rule.ports.is_empty() {
-            ranges.push((None, 0, u16::MAX));
-        }
-        for spec in &rule.ports {
-            let protocol = Some(spec.protocol.number());
-            match &spec.port {
-                None => ranges.push((protocol, 0, u16::MAX)),
-                Some(PortValue::Number(port)) => {
-                    ranges.push((protocol, *port, spec.end_port.unwrap_or(*port)))
-                }
-                Some(PortValue::Name(name)) => {
-                    if self.direction == Direction::Ingress
-                        && let Some(port) = pod.named_port(name, spec.protocol)
-                    {
-                        ranges.push((protocol, port, port));
-                    }
-                }
-            }
-        }
-        coalesce(&mut ranges);
-        match &reached {
+    /// Writes the entries that give what `matched` matches `value`, for a NetworkPolicy rule:
+    /// where rules overlap, any of them allows.
+    fn emit_match(&mut self, matched: &RuleMatch, class_ids: &[u32], value: PolicyValue) {
+        match &matched.reached {
             None => {
-                for &(protocol, first, last) in &ranges {
-                    self.emit(ANY_PEER_CLASS, protocol, first, last, rule_id);
+                for &(protocol, first, last) in &matched.ranges {
+                    self.emit(ANY_PEER_CLASS, protocol, first, last, value);
                 }
             }
             Some(reached) => {
                 for &class in reached {
-                    for &(protocol, first, last) in &ranges {
-                        self.emit(class_ids[class], protocol, first, last, rule_id);
+                    for &(protocol, first, last) in &matched.ranges {
+                        self.emit(class_ids[class], protocol, first, last, value);
                     }
                 }
             }
         }
-
-        if self.direction == Direction::Ingress {
-            return;
-        }
-        // Egress names resolve per destination. Only the classes of pod addresses carry ports,
-        // so an address that is no pod's matches no name.
-        let candidates: Vec<usize> = match &reached {
-            None => (0..classes.keys.len()).collect(),
-            Some(reached) => reached.iter().copied().collect(),
-        };
-        for spec in &rule.ports {
-            let Some(PortValue::Name(name)) = &spec.port else {
-                continue;
-            };
-            let protocol = spec.protocol;
-            for &class in &candidates {
-                let resolved = classes
-                    .ports(class)
-                    .iter()
-                    .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name));
-                if let Some(resolved) = resolved {
-                    self.emit(
-                        class_ids[class],
-                        Some(protocol.number()),
-                        resolved.port,
-                        resolved.port,
-                        rule_id,
-                    );
-                }
+        for (&class, ports) in &matched.by_class {
+            for &(protocol, port) in ports {
+                self.emit(class_ids[class], Some(protocol), port, port, value);
             }
         }
     }
 
-    fn emit(&mut self, peer_class: u32, protocol: Option<u8>, first: u16, last: u16, rule: u32) {
+    /// Writes `value` for `first..=last` of `protocol` (`None`: any protocol) from peers of
+    /// `peer_class`. Where an entry is there already, the lower rule id stays: the entries of
+    /// one NetworkPolicy endpoint all allow, and painted entries never overlap.
+    fn emit(
+        &mut self,
+        peer_class: u32,
+        protocol: Option<u8>,
+        first: u16,
+        last: u16,
+        value: PolicyValue,
+    ) {
         if peer_class == ANY_PEER_CLASS {
             self.plan |= PLAN_ANY_PEER;
         }
@@ -945,8 +1224,8 @@ impl EntryCompiler<'_> {
         let mut insert = |key: PolicyKey| {
             self.policy
                 .entry(key)
-                .and_modify(|value| value.rule_id = value.rule_id.min(rule))
-                .or_insert(PolicyValue { rule_id: rule });
+                .and_modify(|held| held.rule_id = held.rule_id.min(value.rule_id))
+                .or_insert(value);
         };
         match protocol {
             None => {

@@ -14,7 +14,10 @@ use policy_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::policy::model::{ContainerPort, Peer};
+use crate::policy::{
+    cluster::ClusterRuleRef,
+    model::{ContainerPort, Peer},
+};
 
 /// A namespaced object (a pod, a Service), by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -180,6 +183,22 @@ impl fmt::Display for RuleRef {
     }
 }
 
+/// What a rule id stands for: a NetworkPolicy rule or a ClusterNetworkPolicy rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyRule {
+    Network(RuleRef),
+    Cluster(ClusterRuleRef),
+}
+
+impl fmt::Display for PolicyRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyRule::Network(rule) => rule.fmt(f),
+            PolicyRule::Cluster(rule) => rule.fmt(f),
+        }
+    }
+}
+
 /// The desired datapath state of one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeState {
@@ -191,7 +210,7 @@ pub struct NodeState {
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// Every rule of the policies that select a local endpoint (so every rule id in `policy`),
     /// and what it stands for.
-    pub rules: BTreeMap<u32, RuleRef>,
+    pub rules: BTreeMap<u32, PolicyRule>,
     /// What each peer class stands for, and where the next new ids start.
     pub ids: Allocations,
     /// What the resolver left out so that the maps can hold the rest, sorted.
@@ -568,7 +587,8 @@ impl NodeState {
     }
 }
 
-fn direction_name(direction: Direction) -> &'static str {
+/// The API spelling of a direction.
+pub fn direction_name(direction: Direction) -> &'static str {
     match direction {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
@@ -647,10 +667,10 @@ mod tests {
         };
         let mut old = NodeState::default();
         old.peers.insert(prefix("10.0.0.1/32"), 1);
-        old.policy.insert(key(7, 1, 80), PolicyValue { rule_id: 1 });
+        old.policy.insert(key(7, 1, 80), PolicyValue::allow(1));
         let mut new = NodeState::default();
         new.peers.insert(prefix("10.0.0.1/32"), 2);
-        new.policy.insert(key(7, 2, 81), PolicyValue { rule_id: 2 });
+        new.policy.insert(key(7, 2, 81), PolicyValue::allow(2));
         let delta = Delta::between(&old, &new);
         let [(bridged, bridge)] = delta.peer_bridges[..] else {
             panic!("one bridge: {delta:?}");
@@ -660,11 +680,11 @@ mod tests {
             delta.policy_upserts.iter().copied().collect();
         assert_eq!(
             upserted.get(&key(7, bridge, 80)),
-            Some(&PolicyValue { rule_id: 1 })
+            Some(&PolicyValue::allow(1))
         );
         assert_eq!(
             upserted.get(&key(7, bridge, 81)),
-            Some(&PolicyValue { rule_id: 2 })
+            Some(&PolicyValue::allow(2))
         );
         assert!(delta.policy_removals.contains(&key(7, bridge, 80)));
         assert!(delta.policy_removals.contains(&key(7, bridge, 81)));
