@@ -163,6 +163,24 @@ pub struct Scenario {
     pub steps: Vec<Step>,
 }
 
+impl Scenario {
+    /// Whether a step applies a ClusterNetworkPolicy.
+    pub fn has_cluster_policies(&self) -> bool {
+        self.steps.iter().any(|step| {
+            step.manifests.iter().any(|(name, text)| {
+                policy_core::manifest::objects(std::path::Path::new(name), text).is_ok_and(
+                    |objects| {
+                        objects.iter().any(|object| {
+                            object.get("kind").and_then(|kind| kind.as_str())
+                                == Some(policy_core::api::KIND)
+                        })
+                    },
+                )
+            })
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScenarioSpec {

@@ -300,6 +300,14 @@ impl Cluster {
         let mut failed = Vec::new();
         let mut waits = Vec::new();
         for scenario in scenarios {
+            if scenario.has_cluster_policies() {
+                println!(
+                    "skip   {}: the Kubernetes source does not watch ClusterNetworkPolicies yet; \
+                     the lab runs it",
+                    scenario.name
+                );
+                continue;
+            }
             let started = Instant::now();
             let result = scenario.steps.iter().enumerate().try_fold(
                 Vec::new(),
@@ -654,14 +662,17 @@ mod tests {
         );
     }
 
-    /// Every scenario step renders to objects the Kubernetes schemas accept, once its lab nodes
-    /// are given kind workers.
+    /// Every scenario step a kind run applies renders to objects the Kubernetes schemas accept,
+    /// once its lab nodes are given kind workers.
     #[test]
     fn every_scenario_renders_to_valid_objects() {
         let mut schemas = crate::schema::Schemas::vendored().unwrap();
         let (_, scenarios) = scenario::load_all(&scenario::scenarios_dir(), None).unwrap();
         let mut rendered = 0;
-        for step in scenarios.iter().flat_map(|scenario| &scenario.steps) {
+        let in_kind = scenarios
+            .iter()
+            .filter(|scenario| !scenario.has_cluster_policies());
+        for step in in_kind.flat_map(|scenario| &scenario.steps) {
             for text in step.manifests.values() {
                 for value in objects(Path::new("step.yaml"), text).unwrap() {
                     let object = match value["kind"].as_str() {
