@@ -114,16 +114,7 @@ pub fn resolve(
             by_direction
         })
         .collect();
-    let relevant: BTreeSet<(usize, Direction)> = selecting
-        .iter()
-        .flat_map(|by_direction| {
-            Direction::ALL.into_iter().flat_map(move |direction| {
-                by_direction[direction as usize]
-                    .iter()
-                    .map(move |&index| (index, direction))
-            })
-        })
-        .collect();
+    let relevant = applying_pairs(&selecting);
 
     // The ClusterNetworkPolicies whose subject is each endpoint, by direction with rules.
     let cluster_policies = ClusterPolicies::new(&snapshot.cluster_policies, &snapshot.nodes);
@@ -145,16 +136,7 @@ pub fn resolve(
             by_direction
         })
         .collect();
-    let relevant_cluster: BTreeSet<(usize, Direction)> = subject_of
-        .iter()
-        .flat_map(|by_direction| {
-            Direction::ALL.into_iter().flat_map(move |direction| {
-                by_direction[direction as usize]
-                    .iter()
-                    .map(move |&index| (index, direction))
-            })
-        })
-        .collect();
+    let relevant_cluster = applying_pairs(&subject_of);
 
     let wanted_rules = relevant
         .iter()
@@ -331,6 +313,21 @@ pub fn resolve(
     state.degraded.sort();
     state.ids = ids;
     Ok(state)
+}
+
+/// Every (policy, direction) that applies to some endpoint, from each endpoint's policies by
+/// direction.
+fn applying_pairs(by_endpoint: &[[Vec<usize>; 2]]) -> BTreeSet<(usize, Direction)> {
+    by_endpoint
+        .iter()
+        .flat_map(|by_direction| {
+            Direction::ALL.into_iter().flat_map(move |direction| {
+                by_direction[direction as usize]
+                    .iter()
+                    .map(move |&index| (index, direction))
+            })
+        })
+        .collect()
 }
 
 /// One endpoint's entry and policy entries, before they join the node's state.

@@ -192,7 +192,8 @@ impl Tiers<'_> {
             starts.sort_unstable();
             starts.dedup();
             starts.retain(|&start| start <= u32::from(u16::MAX));
-            let mut run: Option<(u16, u16, PolicyValue)> = None;
+            // Segments to write, neighbours of one value merged into one range.
+            let mut runs: Vec<Painted> = Vec::new();
             for (i, &start) in starts.iter().enumerate() {
                 let first = start as u16;
                 let last = starts
@@ -204,32 +205,23 @@ impl Tiers<'_> {
                     (None, Some(_)) => self.verdict(None, Some(protocol), first),
                     (None, None) => self.miss(),
                 };
-                let wanted = (value != fallback).then_some(value);
-                match (&mut run, wanted) {
-                    (Some((_, end, held)), Some(value)) if *held == value => *end = last,
-                    (_, wanted) => {
-                        if let Some((first, last, value)) = run.take() {
-                            painted.push(Painted {
-                                row,
-                                protocol: Some(protocol),
-                                first,
-                                last,
-                                value,
-                            });
-                        }
-                        run = wanted.map(|value| (first, last, value));
+                if value == fallback {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some(run) if run.value == value && u32::from(run.last) + 1 == start => {
+                        run.last = last;
                     }
+                    _ => runs.push(Painted {
+                        row,
+                        protocol: Some(protocol),
+                        first,
+                        last,
+                        value,
+                    }),
                 }
             }
-            if let Some((first, last, value)) = run {
-                painted.push(Painted {
-                    row,
-                    protocol: Some(protocol),
-                    first,
-                    last,
-                    value,
-                });
-            }
+            painted.extend(runs);
         }
     }
 }
