@@ -263,10 +263,11 @@ impl Suite<'_> {
                     if tally.failures > 0 {
                         mismatches.push(format!(
                             "step {}: steady traffic {from} -> {to} (TCP/80, allowed before and \
-                             after) lost {} of {} connections during the change",
+                             after) lost {} of {} connections during the change ({})",
                             index + 1,
                             tally.failures,
-                            tally.attempts
+                            tally.attempts,
+                            tally.describe_failures()
                         ));
                     }
                 }

@@ -4,6 +4,7 @@
 //! never drop what stays allowed.
 
 use std::{
+    fmt,
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc,
@@ -14,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
+use jiff::Timestamp;
 use policy_core::matrix::{Cell, Matrix};
 use policy_lab::{netns, state::State};
 
@@ -24,12 +26,53 @@ const PORT: u16 = 80;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The pause between two connections.
 const INTERVAL: Duration = Duration::from_millis(5);
+/// How many failures a tally describes.
+const DESCRIBED_FAILURES: usize = 5;
 
 /// Connections made and failed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     pub attempts: u32,
     pub failures: u32,
+    /// The first failures: when the attempt started and how it failed, for a failure to be
+    /// matched with the change in progress and the agents' drop records.
+    pub described: Vec<Failure>,
+}
+
+/// One failed attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub started: Timestamp,
+    pub error: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.started.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            self.error
+        )
+    }
+}
+
+impl Tally {
+    /// The described failures, `; `-separated.
+    pub fn describe_failures(&self) -> String {
+        let described: Vec<String> = self.described.iter().map(Failure::to_string).collect();
+        described.join("; ")
+    }
+
+    fn count(&mut self, started: Timestamp, outcome: Result<(), String>) {
+        self.attempts += 1;
+        if let Err(error) = outcome {
+            self.failures += 1;
+            if self.described.len() < DESCRIBED_FAILURES {
+                self.described.push(Failure { started, error });
+            }
+        }
+    }
 }
 
 /// What a steady client exchanges with its server.
@@ -111,19 +154,14 @@ impl Steady {
             let mut tally = Tally::default();
             let mut answer = [0_u8; 64];
             while !stopping.load(Ordering::Relaxed) {
-                tally.attempts += 1;
-                let through = match &udp {
-                    None => TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).is_ok(),
-                    Some(socket) => {
-                        socket.send_to(b"steady", address).is_ok()
-                            && socket
-                                .recv_from(&mut answer)
-                                .is_ok_and(|(_, from)| from == address)
-                    }
+                let started = Timestamp::now();
+                let outcome = match &udp {
+                    None => TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)
+                        .map(drop)
+                        .map_err(|error| format!("connect: {error}")),
+                    Some(socket) => exchange(socket, address, &mut answer),
                 };
-                if !through {
-                    tally.failures += 1;
-                }
+                tally.count(started, outcome);
                 thread::sleep(INTERVAL);
             }
             Ok(tally)
@@ -142,6 +180,18 @@ impl Steady {
         self.worker
             .join()
             .map_err(|_| anyhow!("the steady-traffic thread panicked"))?
+    }
+}
+
+/// One datagram to `server` and its answer.
+fn exchange(socket: &UdpSocket, server: SocketAddr, answer: &mut [u8]) -> Result<(), String> {
+    socket
+        .send_to(b"steady", server)
+        .map_err(|error| format!("send: {error}"))?;
+    match socket.recv_from(answer) {
+        Ok((_, from)) if from == server => Ok(()),
+        Ok((_, from)) => Err(format!("an answer from {from}")),
+        Err(error) => Err(format!("receive: {error}")),
     }
 }
 
@@ -165,5 +215,21 @@ mod tests {
         );
         before.set("x/b", "y/a", Cell::Denied);
         assert_eq!(stable_pair(&before, &after), None);
+    }
+
+    #[test]
+    fn a_tally_counts_every_failure_and_describes_the_first_ones() {
+        let mut tally = Tally::default();
+        let started = Timestamp::UNIX_EPOCH;
+        tally.count(started, Ok(()));
+        for n in 0..7 {
+            tally.count(started, Err(format!("failure {n}")));
+        }
+        assert_eq!((tally.attempts, tally.failures), (8, 7));
+        assert_eq!(tally.described.len(), DESCRIBED_FAILURES);
+        assert_eq!(
+            tally.described[0].to_string(),
+            "1970-01-01T00:00:00.000Z: failure 0"
+        );
     }
 }
