@@ -261,9 +261,13 @@ impl Suite<'_> {
                     self.steady_connections += tally.attempts;
                     self.steady_changes += 1;
                     if tally.failures > 0 {
+                        let overflows = steady::listen_overflows(&to).map_or_else(
+                            |error| format!("{error:#}"),
+                            |count| format!("{to}'s accept queue overflowed {count} times"),
+                        );
                         mismatches.push(format!(
                             "step {}: steady traffic {from} -> {to} (TCP/80, allowed before and \
-                             after) lost {} of {} connections during the change ({})",
+                             after) lost {} of {} connections during the change ({}; {overflows})",
                             index + 1,
                             tally.failures,
                             tally.attempts,

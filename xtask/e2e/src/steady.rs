@@ -183,6 +183,40 @@ impl Steady {
     }
 }
 
+/// How often the accept queue of pod `pod`'s listeners overflowed (`TcpExtListenOverflows` of
+/// its network namespace): a SYN lost there is the server's, not the datapath's.
+pub fn listen_overflows(pod: &str) -> anyhow::Result<u64> {
+    let plan = State::require()?.plan;
+    let netns = plan
+        .pods
+        .iter()
+        .find(|candidate| candidate.key.to_string() == pod)
+        .ok_or_else(|| anyhow!("the lab has no pod {pod}"))?
+        .netns();
+    let netstat = thread::spawn(move || -> anyhow::Result<String> {
+        netns::enter(&netns)?;
+        std::fs::read_to_string("/proc/net/netstat").context("reading /proc/net/netstat")
+    })
+    .join()
+    .map_err(|_| anyhow!("the netstat thread panicked"))??;
+    tcp_ext(&netstat, "ListenOverflows")
+        .with_context(|| format!("no TcpExt ListenOverflows in {pod}'s /proc/net/netstat"))
+}
+
+/// A `TcpExt` counter of `/proc/net/netstat` (a line of names, then a line of values).
+fn tcp_ext(netstat: &str, counter: &str) -> Option<u64> {
+    let mut lines = netstat
+        .lines()
+        .filter_map(|line| line.strip_prefix("TcpExt:"));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == counter)
+        .and_then(|(_, value)| value.parse().ok())
+}
+
 /// One datagram to `server` and its answer.
 fn exchange(socket: &UdpSocket, server: SocketAddr, answer: &mut [u8]) -> Result<(), String> {
     socket
@@ -231,5 +265,15 @@ mod tests {
             tally.described[0].to_string(),
             "1970-01-01T00:00:00.000Z: failure 0"
         );
+    }
+
+    #[test]
+    fn a_tcp_ext_counter_is_read_by_name() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\n\
+                       TcpExt: 0 7 9\n\
+                       IpExt: InNoRoutes\n\
+                       IpExt: 3\n";
+        assert_eq!(tcp_ext(netstat, "ListenOverflows"), Some(7));
+        assert_eq!(tcp_ext(netstat, "InNoRoutes"), None);
     }
 }

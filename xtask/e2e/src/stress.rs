@@ -16,7 +16,7 @@ use policy_lab::names;
 
 use super::{
     lab::Lab,
-    steady::{Steady, Traffic},
+    steady::{self, Steady, Traffic},
     write_manifests,
 };
 
@@ -135,8 +135,12 @@ pub fn run(lab: &Lab, dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Re
                     format!("{failure} during flip {during}")
                 })
                 .collect();
+            let overflows = match steady::listen_overflows(&to) {
+                Ok(count) => format!("{to}'s accept queue overflowed {count} times"),
+                Err(error) => format!("{error:#}"),
+            };
             lost.push(format!(
-                "{from} -> {to} ({}/80) lost {} of {} ({})",
+                "{from} -> {to} ({}/80) lost {} of {} ({}; {overflows})",
                 traffic.name(),
                 tally.failures,
                 tally.attempts,
