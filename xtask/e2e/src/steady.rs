@@ -4,14 +4,14 @@
 //! never drop what stays allowed.
 
 use std::{
-    fmt,
+    fmt, io,
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow};
@@ -142,14 +142,10 @@ impl Steady {
             netns::enter(&client)?;
             let udp = match traffic {
                 Traffic::Tcp => None,
-                Traffic::Udp => {
-                    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-                        .context("binding the steady UDP client")?;
-                    socket
-                        .set_read_timeout(Some(CONNECT_TIMEOUT))
-                        .context("setting the steady UDP client's timeout")?;
-                    Some(socket)
-                }
+                Traffic::Udp => Some(
+                    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+                        .context("binding the steady UDP client")?,
+                ),
             };
             let mut tally = Tally::default();
             let mut answer = [0_u8; 64];
@@ -217,15 +213,28 @@ fn tcp_ext(netstat: &str, counter: &str) -> Option<u64> {
         .and_then(|(_, value)| value.parse().ok())
 }
 
-/// One datagram to `server` and its answer.
+/// One datagram to `server` and its answer within [`CONNECT_TIMEOUT`]. A receive that a signal
+/// interrupts (the kernel never restarts a receive with a timeout, and a stopped and continued
+/// process sees the same) waits on for the rest of the time: it says nothing about the datagram.
 fn exchange(socket: &UdpSocket, server: SocketAddr, answer: &mut [u8]) -> Result<(), String> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
     socket
         .send_to(b"steady", server)
         .map_err(|error| format!("send: {error}"))?;
-    match socket.recv_from(answer) {
-        Ok((_, from)) if from == server => Ok(()),
-        Ok((_, from)) => Err(format!("an answer from {from}")),
-        Err(error) => Err(format!("receive: {error}")),
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("receive: timed out after an interrupted wait".to_owned());
+        }
+        socket
+            .set_read_timeout(Some(left))
+            .map_err(|error| format!("setting the receive timeout: {error}"))?;
+        match socket.recv_from(answer) {
+            Ok((_, from)) if from == server => return Ok(()),
+            Ok((_, from)) => return Err(format!("an answer from {from}")),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(format!("receive: {error}")),
+        }
     }
 }
 
@@ -275,5 +284,24 @@ mod tests {
                        IpExt: 3\n";
         assert_eq!(tcp_ext(netstat, "ListenOverflows"), Some(7));
         assert_eq!(tcp_ext(netstat, "InNoRoutes"), None);
+    }
+
+    #[test]
+    fn an_exchange_needs_the_servers_answer_within_the_timeout() {
+        let server = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let address = server.local_addr().unwrap();
+        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let answering = thread::spawn(move || {
+            let mut buffer = [0_u8; 16];
+            let (_, peer) = server.recv_from(&mut buffer).unwrap();
+            server.send_to(b"ok", peer).unwrap();
+        });
+        let mut answer = [0_u8; 16];
+        assert_eq!(exchange(&client, address, &mut answer), Ok(()));
+        answering.join().unwrap();
+        let started = Instant::now();
+        let error = exchange(&client, address, &mut answer).unwrap_err();
+        assert!(error.starts_with("receive: "), "{error}");
+        assert!(started.elapsed() >= CONNECT_TIMEOUT);
     }
 }
