@@ -263,7 +263,7 @@ pub fn objects(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, Manife
 pub fn load_text(path: &Path, text: &str, loaded: &mut Loaded) {
     for document in documents(path, text) {
         match document {
-            Ok(document) => load_document(path, &document, loaded),
+            Ok(document) => load_owned_document(path, document, loaded),
             Err(error) => loaded.errors.push(error),
         }
     }
@@ -271,30 +271,40 @@ pub fn load_text(path: &Path, text: &str, loaded: &mut Loaded) {
 
 /// Loads the objects of one document into `loaded`; `path` only names the source.
 pub fn load_document(path: &Path, document: &Document, loaded: &mut Loaded) {
+    load_owned_document(path, document.clone(), loaded);
+}
+
+/// [`load_document`] for a document the caller no longer needs: its objects are moved into
+/// the conversion, not copied (a deep copy of every object is most of an allocation-bound load).
+fn load_owned_document(path: &Path, document: Document, loaded: &mut Loaded) {
+    let Document {
+        number,
+        line,
+        mut value,
+    } = document;
     let shape_error = |problem| ManifestError::Shape {
         path: path.to_owned(),
-        document: document.number,
-        line: document.line,
+        document: number,
+        line,
         problem,
     };
-    match document.value.get("kind").and_then(|k| k.as_str()) {
+    let is_list = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .map(|kind| kind == "List");
+    match is_list {
         None => loaded
             .errors
             .push(shape_error("not a Kubernetes object (no kind)")),
-        Some("List")
-            if document
-                .value
-                .get("items")
-                .and_then(|i| i.as_array())
-                .is_none() =>
-        {
-            loaded.errors.push(shape_error("a List without items"));
-        }
-        Some(_) => {
-            for object in document.objects() {
-                load_object(path, object.clone(), loaded);
+        Some(true) => match value.get_mut("items").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(items)) => {
+                for object in items {
+                    load_object(path, object, loaded);
+                }
             }
-        }
+            _ => loaded.errors.push(shape_error("a List without items")),
+        },
+        Some(false) => load_object(path, value, loaded),
     }
 }
 
