@@ -14,7 +14,7 @@ use policy_agent::{
     cli::{self, flows::FlowsOptions},
     datapath::{BPFFS_ROOT, DEFAULT_PIN_DIR, ensure_bpffs},
     explain::{self, ExplainOptions, OutputFormat},
-    manifest,
+    k8s, manifest,
     policy::model::Protocol,
     printable,
 };
@@ -45,6 +45,9 @@ enum Command {
     /// Mount bpffs at /sys/fs/bpf unless it is mounted there, and exit (the DaemonSet's init
     /// container, the one privileged step, runs this).
     MountBpffs,
+    /// Print the CustomResourceDefinition of ClusterNetworkPolicy that the agent's types
+    /// generate (what deploy/ ships), as YAML.
+    Crd,
 }
 
 #[derive(clap::Args)]
@@ -246,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generation { dir } => println!("{}", manifest::generation(&dir)?),
         Command::MountBpffs => ensure_bpffs(Path::new(BPFFS_ROOT))?,
+        Command::Crd => print!("{}", k8s::resource::crd_yaml()?),
     }
     Ok(())
 }

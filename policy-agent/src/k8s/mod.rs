@@ -6,10 +6,14 @@
 //!   of every namespace as peers, so every pod is cached, not only this node's.
 //! - Namespaces (labels, for namespaceSelectors), NetworkPolicies (the whole spec) and Services
 //!   (ClusterIPs, selector, ports).
-//! - This node's own Node (field selector `metadata.name=NODE`). The agent enforces on the pods
-//!   whose `spec.nodeName` is its `--node-name`; if no such Node exists, the name is wrong and
-//!   enforcing would silently cover no pod, so no snapshot is given (the reconcile fails with a
-//!   clear error) until the Node exists. Its addresses are logged when it appears.
+//! - ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`, the whole spec; [`resource`]).
+//!   A cluster without their CRD has none: the list's 404 counts as an empty list, so the agent
+//!   enforces NetworkPolicy there, and the watch keeps retrying until the CRD is installed.
+//! - Nodes (name, labels and addresses), for the `nodes` peers of ClusterNetworkPolicies. The
+//!   agent enforces on the pods whose `spec.nodeName` is its `--node-name`; if no such Node
+//!   exists, the name is wrong and enforcing would silently cover no pod, so no snapshot is
+//!   given (the reconcile fails with a clear error) until the Node exists. Its addresses are
+//!   logged when it appears.
 //!
 //! EndpointSlices are not watched: the datapath decides a pod's egress to a ClusterIP after
 //! kube-proxy's DNAT, against the backend pod's own IP (which the Pods already give), so it only
@@ -23,9 +27,12 @@
 //!
 //! Objects the conversion rejects are reported one by one (object and field) and left out; the
 //! rest applies. A rejected NetworkPolicy still isolates the pods it selects, with none of its
-//! rules ([`convert::rejected_network_policy`]), so rejecting it never opens them.
+//! rules ([`convert::rejected_network_policy`]), and a rejected ClusterNetworkPolicy still denies
+//! all to its subject at its tier and priority ([`cluster::rejected_cluster_network_policy`]), so
+//! rejecting either never opens what it would have closed.
 //! Pods without IPs or without a node are simply not endpoints or peers yet.
 
+pub mod resource;
 mod strip;
 #[cfg(test)]
 mod tests;
@@ -58,9 +65,13 @@ use sha2::{Digest, Sha256};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
+use self::resource::ClusterNetworkPolicy;
 use crate::{
     error_chain,
-    manifest::convert::{self, FieldError, Invalid},
+    manifest::{
+        cluster,
+        convert::{self, FieldError, Invalid},
+    },
     policy::model::Snapshot,
 };
 
@@ -128,15 +139,17 @@ enum Kind {
     Service,
     NetworkPolicy,
     Node,
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::NetworkPolicy,
         Kind::Node,
+        Kind::ClusterNetworkPolicy,
     ];
 
     const fn name(self) -> &'static str {
@@ -146,7 +159,13 @@ impl Kind {
             Kind::Service => "Service",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Node => "Node",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
+    }
+
+    /// Whether the API server may not serve the kind at all (a CRD that is not installed).
+    const fn optional(self) -> bool {
+        matches!(self, Kind::ClusterNetworkPolicy)
     }
 }
 
@@ -179,8 +198,9 @@ pub struct KubeSource {
     services: Store<Service>,
     policies: Store<NetworkPolicy>,
     nodes: Store<Node>,
+    cluster_policies: Store<ClusterNetworkPolicy>,
     /// Per [`Kind`] (by position in [`Kind::ALL`]): whether its first list is complete.
-    listed: Arc<[AtomicBool; 5]>,
+    listed: Arc<[AtomicBool; Kind::ALL.len()]>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -197,7 +217,7 @@ impl KubeSource {
     /// modified or deleted object, or a completed list) sends one `()`.
     pub fn start(client: Client, node_name: &str) -> (KubeSource, mpsc::UnboundedReceiver<()>) {
         let (changes, receiver) = mpsc::unbounded_channel();
-        let listed = Arc::new([const { AtomicBool::new(false) }; 5]);
+        let listed = Arc::new([const { AtomicBool::new(false) }; Kind::ALL.len()]);
         let mut tasks = Vec::new();
         let mut watch = Watch {
             changes: &changes,
@@ -233,13 +253,26 @@ impl KubeSource {
             strip::network_policy,
             |_| {},
         );
+        let own_node = node_name.to_owned();
         let nodes = watch.spawn(
             Kind::Node,
-            Api::all(client),
-            everything().fields(&format!("metadata.name={node_name}")),
+            Api::all(client.clone()),
+            everything(),
             strip::node,
-            log_node,
+            move |node: &Node| {
+                if node.metadata.name.as_deref() == Some(own_node.as_str()) {
+                    log_node(node);
+                }
+            },
         );
+        let cluster_policies = watch.spawn(
+            Kind::ClusterNetworkPolicy,
+            Api::all(client),
+            everything(),
+            strip::cluster_network_policy,
+            |_| {},
+        );
+
         let source = KubeSource {
             node_name: node_name.to_owned(),
             namespaces,
@@ -247,6 +280,7 @@ impl KubeSource {
             services,
             policies,
             nodes,
+            cluster_policies,
             listed,
             tasks,
         };
@@ -290,9 +324,17 @@ impl KubeSource {
                         .and_then(|value| convert::rejected_network_policy(&value))
                 },
             ),
-            // This source does not watch ClusterNetworkPolicies (nor the Nodes their peers
-            // select) yet: on a cluster it enforces NetworkPolicy only.
-            ..Snapshot::default()
+            cluster_policies: converted.all_or(
+                Kind::ClusterNetworkPolicy,
+                &self.cluster_policies,
+                |policy| cluster::cluster_network_policy(&policy.to_api()),
+                |policy| {
+                    serde_json::to_value(policy.to_api())
+                        .ok()
+                        .and_then(|value| cluster::rejected_cluster_network_policy(&value))
+                },
+            ),
+            nodes: converted.all(Kind::Node, &self.nodes, cluster::node),
         };
         let Converted {
             mut versions,
@@ -317,7 +359,7 @@ impl KubeSource {
 /// What [`KubeSource::start`] shares with each watch task.
 struct Watch<'a> {
     changes: &'a mpsc::UnboundedSender<()>,
-    listed: &'a Arc<[AtomicBool; 5]>,
+    listed: &'a Arc<[AtomicBool; Kind::ALL.len()]>,
     tasks: &'a mut Vec<JoinHandle<()>>,
 }
 
@@ -329,7 +371,7 @@ impl Watch<'_> {
         api: Api<K>,
         config: watcher::Config,
         strip: fn(&mut K),
-        on_apply: fn(&K),
+        on_apply: impl Fn(&K) + Send + 'static,
     ) -> Store<K>
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -361,6 +403,21 @@ impl Watch<'_> {
                     Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                         info!(kind = kind.name(), "watch expired (410 Gone): relisting");
                         continue;
+                    }
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                        if status.code == 404 && kind.optional() =>
+                    {
+                        // No such resource: nothing of the kind exists, which is a complete
+                        // list. The watcher retries, so an installed CRD is picked up.
+                        if !listed[index].swap(true, Ordering::AcqRel) {
+                            warn!(
+                                kind = kind.name(),
+                                "the API server does not serve this kind (CRD not installed?): \
+                                 none apply until it does"
+                            );
+                        } else {
+                            continue;
+                        }
                     }
                     Err(error) => {
                         warn!(kind = kind.name(), "{}; retrying", error_chain(&error));

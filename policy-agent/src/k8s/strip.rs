@@ -14,6 +14,8 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+use super::resource::ClusterNetworkPolicy;
+
 /// Keeps name, namespace, labels, uid and resourceVersion.
 fn metadata(metadata: &mut ObjectMeta) {
     *metadata = ObjectMeta {
@@ -74,6 +76,12 @@ pub fn network_policy(policy: &mut NetworkPolicy) {
     metadata(&mut policy.metadata);
 }
 
+/// Keeps the whole spec, as for NetworkPolicies; the status is the API server's, not read.
+pub fn cluster_network_policy(policy: &mut ClusterNetworkPolicy) {
+    metadata(&mut policy.metadata);
+    policy.status = None;
+}
+
 /// Keeps the ClusterIPs, the selector and the ports (number, protocol, targetPort).
 pub fn service(service: &mut Service) {
     metadata(&mut service.metadata);
@@ -97,10 +105,9 @@ pub fn service(service: &mut Service) {
     service.status = None;
 }
 
-/// Keeps the node's addresses, which the agent logs when the node appears.
+/// Keeps the node's labels and addresses: what `nodes` peers select and match.
 pub fn node(node: &mut Node) {
     metadata(&mut node.metadata);
-    node.metadata.labels = None;
     node.spec = None;
     node.status = node.status.take().map(|status| NodeStatus {
         addresses: status.addresses,

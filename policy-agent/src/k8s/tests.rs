@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::policy::{
+    cluster::Tier,
     lookup::Decision,
     model::Protocol,
     resolve::resolve,
@@ -35,6 +36,7 @@ const PODS: &str = "/api/v1/pods";
 const SERVICES: &str = "/api/v1/services";
 const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 const NODES: &str = "/api/v1/nodes";
+const CLUSTER_POLICIES: &str = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
 const NODE: &str = "node-a";
 /// kube's default watch backoff starts at 0.8 s (plus up to 100% jitter).
 const MIN_BACKOFF: Duration = Duration::from_millis(800);
@@ -42,6 +44,8 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 const PODS_WATCH: &str = include_str!("../../tests/kube/pods-watch.jsonl");
 const POLICIES_WATCH: &str = include_str!("../../tests/kube/networkpolicies-watch.jsonl");
+const CLUSTER_POLICIES_WATCH: &str =
+    include_str!("../../tests/kube/clusternetworkpolicies-watch.jsonl");
 const FORBIDDEN: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden: User \"system:serviceaccount:kube-system:policy-agent\" cannot list resource \"pods\" in API group \"\" at the cluster scope","reason":"Forbidden","details":{"kind":"pods"},"code":403}"#;
 
 fn recorded_list(path: &str) -> String {
@@ -51,6 +55,7 @@ fn recorded_list(path: &str) -> String {
         SERVICES => include_str!("../../tests/kube/services.json"),
         POLICIES => include_str!("../../tests/kube/networkpolicies.json"),
         NODES => include_str!("../../tests/kube/nodes.json"),
+        CLUSTER_POLICIES => include_str!("../../tests/kube/clusternetworkpolicies.json"),
         _ => panic!("no recorded list for {path}"),
     }
     .to_owned()
@@ -196,7 +201,14 @@ impl Harness {
     fn start(first: &[(&'static str, StatusCode, String)]) -> Harness {
         let server = ApiServer::default();
         let mut watches = HashMap::new();
-        for path in [NAMESPACES, PODS, SERVICES, POLICIES, NODES] {
+        for path in [
+            NAMESPACES,
+            PODS,
+            SERVICES,
+            POLICIES,
+            NODES,
+            CLUSTER_POLICIES,
+        ] {
             for (_, status, text) in first.iter().filter(|(p, _, _)| *p == path) {
                 server.then_list(path, *status, text.clone());
             }
@@ -323,6 +335,32 @@ async fn the_initial_list_converts_every_kind() {
     );
     assert_eq!(content.snapshot.policies.len(), 1);
     assert_eq!(content.snapshot.policies[0].name, "web-from-db");
+    let cluster_policies: Vec<(&str, Tier, u32)> = content
+        .snapshot
+        .cluster_policies
+        .iter()
+        .map(|policy| (policy.name.as_str(), policy.tier, policy.priority))
+        .collect();
+    assert_eq!(
+        cluster_policies,
+        [
+            ("default-keeps-off-the-control-plane", Tier::Baseline, 5),
+            ("web-reaches-only-monitoring", Tier::Admin, 10)
+        ]
+    );
+    let nodes: Vec<(&str, &[IpAddr])> = content
+        .snapshot
+        .nodes
+        .iter()
+        .map(|node| (node.name.as_str(), node.addresses.as_slice()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            (NODE, &[ip("172.18.0.2")][..]),
+            ("node-b", &[ip("172.18.0.3"), ip("203.0.113.3")][..])
+        ]
+    );
     assert!(content.rejected.is_empty());
     assert_eq!(content.generation.len(), 64);
 
@@ -400,9 +438,17 @@ async fn the_cache_holds_only_the_fields_the_agent_reads() {
         assert_eq!(spec.cluster_ips.as_ref().map(Vec::len), Some(2));
     }
     let nodes = source.nodes.state();
-    assert_eq!(nodes.len(), 1);
-    let node = &nodes[0];
-    assert_eq!(node.metadata.labels, None);
+    assert_eq!(nodes.len(), 2);
+    let node = nodes
+        .iter()
+        .find(|node| node.metadata.name.as_deref() == Some(NODE))
+        .expect("own node cached");
+    assert!(
+        node.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|labels| labels["kubernetes.io/hostname"] == NODE)
+    );
     assert_eq!(node.metadata.annotations, None);
     assert_eq!(node.spec, None);
     let status = node.status.as_ref().expect("status kept");
@@ -411,6 +457,138 @@ async fn the_cache_holds_only_the_fields_the_agent_reads() {
     assert_eq!(status.node_info, None);
     assert_eq!(status.images, None);
     assert_eq!(status.addresses.as_ref().map(Vec::len), Some(2));
+    for policy in source.cluster_policies.state() {
+        assert_eq!(policy.metadata.annotations, None);
+        assert_eq!(policy.metadata.managed_fields, None);
+        assert_eq!(policy.metadata.creation_timestamp, None);
+        assert_eq!(policy.status, None);
+        assert!(policy.spec.0.tier.is_some());
+    }
+}
+
+#[tokio::test]
+async fn cluster_policies_decide_in_their_tiers_with_node_peers_from_the_node_list() {
+    let mut harness = Harness::start(&[]);
+    let content = harness.content().await;
+    let state = resolved(&content, &NodeState::default());
+    let web = pod_ref("default", WEB_POD);
+    let (prometheus, db) = (ip("10.244.1.9"), ip("10.244.2.7"));
+    let decide = |peer, port| {
+        state
+            .decide(&web, Direction::Egress, peer, 6, port)
+            .expect("an endpoint of this node")
+    };
+    // Admin: web scrapes monitoring on 9090 and reaches no other pod.
+    assert!(matches!(decide(prometheus, 9090), Decision::Allowed { .. }));
+    for (peer, port) in [(prometheus, 9091), (db, 5432)] {
+        let denied = decide(peer, port);
+        let Decision::Denied {
+            reason: DropReason::AdminDenied,
+            rule_id,
+        } = denied
+        else {
+            panic!("{denied:?}");
+        };
+        assert_eq!(
+            state.rules[&rule_id].to_string(),
+            "Admin web-reaches-only-monitoring, egress rule \"no-other-pods\""
+        );
+    }
+    // Baseline: default's pods do not reach the control plane's addresses, InternalIP and
+    // ExternalIP alike (no Admin rule matches nodes); other addresses stay open.
+    for node_address in [ip("172.18.0.3"), ip("203.0.113.3")] {
+        assert!(matches!(
+            decide(node_address, 443),
+            Decision::Denied {
+                reason: DropReason::BaselineDenied,
+                ..
+            }
+        ));
+    }
+    assert_eq!(decide(ip("172.18.0.2"), 443), Decision::NotIsolated);
+}
+
+#[tokio::test]
+async fn an_invalid_cluster_policy_is_rejected_by_field_and_still_denies_its_subject() {
+    let mut harness = Harness::start(&[]);
+    harness.content().await;
+    let watch = harness.watch(CLUSTER_POLICIES).await;
+    watch.send(event(CLUSTER_POLICIES_WATCH, 0));
+    let content = harness
+        .until(|content| content.ok().filter(|c| !c.rejected.is_empty()))
+        .await;
+    let [rejected] = &content.rejected[..] else {
+        panic!("{:?}", content.rejected);
+    };
+    assert_eq!(rejected.object, "ClusterNetworkPolicy too-important");
+    assert_eq!(rejected.field, "spec.priority");
+    // It stands as a denial of all egress from its subject, at the priority that decides
+    // first: the Accept it asked for opens nothing, and what it covers is closed.
+    let state = resolved(&content, &NodeState::default());
+    let web = pod_ref("default", WEB_POD);
+    let denied = state
+        .decide(&web, Direction::Egress, ip("192.0.2.1"), 6, 443)
+        .expect("an endpoint of this node");
+    let Decision::Denied {
+        reason: DropReason::AdminDenied,
+        rule_id,
+    } = denied
+    else {
+        panic!("{denied:?}");
+    };
+    assert_eq!(
+        state.rules[&rule_id].to_string(),
+        "Admin too-important, egress rule 0"
+    );
+    let prometheus = pod_ref("monitoring", "prometheus-0");
+    assert_eq!(
+        state.decide(&prometheus, Direction::Egress, ip("192.0.2.1"), 6, 443),
+        Some(Decision::NotIsolated)
+    );
+    watch.send(event(CLUSTER_POLICIES_WATCH, 1));
+    let content = harness
+        .until(|content| {
+            content.ok().filter(|c| {
+                c.snapshot
+                    .cluster_policies
+                    .iter()
+                    .all(|policy| policy.name != "web-reaches-only-monitoring")
+            })
+        })
+        .await;
+    let names: Vec<&str> = content
+        .snapshot
+        .cluster_policies
+        .iter()
+        .map(|policy| policy.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["default-keeps-off-the-control-plane", "too-important"]
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_crd_enforces_network_policy_and_picks_the_crd_up_later() {
+    let not_found = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#;
+    let mut harness = Harness::start(&[(
+        CLUSTER_POLICIES,
+        StatusCode::NOT_FOUND,
+        not_found.to_owned(),
+    )]);
+    let without = harness.content().await;
+    assert!(without.snapshot.cluster_policies.is_empty());
+    assert_eq!(without.snapshot.policies.len(), 1);
+    // The watcher retries the list; once the CRD is served its objects apply.
+    let with = harness
+        .until(|content| {
+            content
+                .ok()
+                .filter(|c| !c.snapshot.cluster_policies.is_empty())
+        })
+        .await;
+    assert_eq!(with.snapshot.cluster_policies.len(), 2);
+    assert_ne!(with.generation, without.generation);
 }
 
 #[tokio::test]

@@ -126,13 +126,16 @@ pub fn cluster_network_policy(object: &api::ClusterNetworkPolicy) -> Result<Clus
 /// What a ClusterNetworkPolicy the conversion rejects still means, read from the object as
 /// written: in each direction it has rules for, it denies everything from its subject at its
 /// tier and priority, so that rejecting it never opens what it would have closed (an Admin
-/// `Deny` that cannot be read still denies). `None` when the name, tier, priority or subject
-/// cannot be read: nothing says whom it would deny.
+/// `Deny` that cannot be read still denies). A tier or priority that cannot be read is taken
+/// as the one that decides first (Admin, 0): wherever the policy would have stood, its denial
+/// comes no later. `None` when the name or the subject cannot be read: nothing says whom it
+/// would deny, and denying every pod would spread one object's error over the cluster.
 pub fn rejected_cluster_network_policy(object: &serde_json::Value) -> Option<ClusterNetworkPolicy> {
     let name = object.get("metadata")?.get("name")?.as_str()?.to_owned();
     let spec = object.get("spec")?;
-    let tier = tier(spec.get("tier").and_then(serde_json::Value::as_str)).ok()?;
-    let priority = priority(spec.get("priority").and_then(serde_json::Value::as_i64)).ok()?;
+    let tier = tier(spec.get("tier").and_then(serde_json::Value::as_str)).unwrap_or(Tier::Admin);
+    let priority =
+        priority(spec.get("priority").and_then(serde_json::Value::as_i64)).unwrap_or_default();
     let subject = spec
         .get("subject")
         .and_then(|value| serde_json::from_value::<api::Subject>(value.clone()).ok())
@@ -162,7 +165,8 @@ pub fn rejected_cluster_network_policy(object: &serde_json::Value) -> Option<Clu
     })
 }
 
-/// Converts a Node: its name, labels and the addresses of `status.addresses` that are IPs.
+/// Converts a Node: its name, labels and the InternalIP and ExternalIP addresses of
+/// `status.addresses`, the ones a `nodes` peer matches.
 pub fn node(object: &core::Node) -> Result<Node> {
     let (_, name) = object_key(&object.metadata, false)?;
     let mut addresses = Vec::new();
@@ -172,8 +176,9 @@ pub fn node(object: &core::Node) -> Result<Node> {
         .and_then(|status| status.addresses.as_deref())
         .unwrap_or_default();
     for address in listed {
-        // Hostname and DNS entries name the node; only IPs can match a packet.
-        if let Ok(ip) = address.address.parse::<IpAddr>()
+        let matched = matches!(address.type_.as_str(), "InternalIP" | "ExternalIP");
+        if matched
+            && let Ok(ip) = address.address.parse::<IpAddr>()
             && !addresses.contains(&ip)
         {
             addresses.push(ip);
@@ -613,5 +618,186 @@ mod tests {
         })
         .unwrap();
         assert!(node.addresses.is_empty());
+    }
+
+    /// A valid policy with `patch` merged into its spec (a `null` removes a field).
+    fn policy_with(patch: serde_json::Value) -> serde_json::Value {
+        let mut object = serde_json::json!({
+            "apiVersion": api::API_VERSION,
+            "kind": api::KIND,
+            "metadata": {"name": "p"},
+            "spec": {
+                "tier": "Admin",
+                "priority": 10,
+                "subject": {"namespaces": {}},
+                "ingress": [{"name": "in", "action": "Deny", "from": [{"namespaces": {}}]}],
+                "egress": [{
+                    "action": "Accept",
+                    "to": [{"networks": ["10.0.0.0/8"]}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 443}}}]
+                }]
+            }
+        });
+        let spec = object["spec"].as_object_mut().expect("an object");
+        for (key, value) in patch.as_object().expect("an object") {
+            if value.is_null() {
+                spec.remove(key);
+            } else {
+                spec.insert(key.clone(), value.clone());
+            }
+        }
+        object
+    }
+
+    fn convert(object: &serde_json::Value) -> Result<ClusterNetworkPolicy> {
+        cluster_network_policy(&serde_json::from_value(object.clone()).expect("the API shape"))
+    }
+
+    #[test]
+    fn invalid_policies_are_rejected_naming_the_field() {
+        use serde_json::json;
+        let peer = |peer: serde_json::Value| json!({"egress": [{"action": "Deny", "to": [peer]}]});
+        let protocol = |protocol: serde_json::Value| {
+            json!({"ingress": [{"action": "Deny", "from": [{"namespaces": {}}],
+                                "protocols": [protocol]}]})
+        };
+        let rules = |count: usize| {
+            let rule = json!({"action": "Deny", "from": [{"namespaces": {}}]});
+            json!({ "ingress": vec![rule; count] })
+        };
+        let cases = [
+            (json!({"tier": null}), "spec.tier", "is required"),
+            (
+                json!({"tier": "admin"}),
+                "spec.tier",
+                "unknown tier \"admin\"",
+            ),
+            (json!({"priority": null}), "spec.priority", "is required"),
+            (
+                json!({"priority": 1001}),
+                "spec.priority",
+                "priority 1001 is outside",
+            ),
+            (
+                json!({"priority": -1}),
+                "spec.priority",
+                "priority -1 is outside",
+            ),
+            (json!({"subject": null}), "spec.subject", "is required"),
+            (json!({"subject": {}}), "spec.subject", "exactly one of"),
+            (
+                json!({"subject": {"namespaces": {}, "pods": {"podSelector": {}}}}),
+                "spec.subject",
+                "exactly one of",
+            ),
+            (
+                json!({"subject": {"pods": {"namespaceSelector": {}}}}),
+                "spec.subject.pods.podSelector",
+                "is required",
+            ),
+            (rules(26), "spec.ingress", "holds 26 items; at most 25"),
+            (
+                json!({"ingress": [{"from": [{"namespaces": {}}]}]}),
+                "spec.ingress[0].action",
+                "is required",
+            ),
+            (
+                json!({"ingress": [{"action": "Allow", "from": [{"namespaces": {}}]}]}),
+                "spec.ingress[0].action",
+                "unknown action \"Allow\"",
+            ),
+            (
+                json!({"ingress": [{"action": "Deny", "from": []}]}),
+                "spec.ingress[0].from",
+                "at least one item",
+            ),
+            (
+                json!({"ingress": [{"name": "n".repeat(101), "action": "Deny",
+                                    "from": [{"namespaces": {}}]}]}),
+                "spec.ingress[0].name",
+                "101 characters long",
+            ),
+            (
+                peer(json!({"namespaces": {}, "networks": ["10.0.0.0/8"]})),
+                "spec.egress[0].to[0]",
+                "exactly one of",
+            ),
+            (
+                peer(json!({"networks": ["10.0.0.0/33"]})),
+                "spec.egress[0].to[0].networks[0]",
+                "not a CIDR",
+            ),
+            (
+                peer(json!({"networks": ["10.0.0.0/8", "10.0.0.0/8"]})),
+                "spec.egress[0].to[0].networks[1]",
+                "listed twice",
+            ),
+            (
+                peer(json!({"networks": ["::ffff:10.0.0.0/104"]})),
+                "spec.egress[0].to[0].networks[0]",
+                "IPv4-mapped",
+            ),
+            (
+                peer(json!({"domainNames": ["-bad-.example"]})),
+                "spec.egress[0].to[0].domainNames[0]",
+                "not a domain name",
+            ),
+            (
+                protocol(json!({})),
+                "spec.ingress[0].protocols[0]",
+                "exactly one of",
+            ),
+            (
+                protocol(json!({"tcp": {"destinationPort": {"number": 0}}})),
+                "spec.ingress[0].protocols[0].tcp.destinationPort.number",
+                "",
+            ),
+            (
+                protocol(json!({"udp": {"destinationPort": {"range": {"start": 90, "end": 80}}}})),
+                "spec.ingress[0].protocols[0].udp.destinationPort.range",
+                "start port 90 must be less than end port 80",
+            ),
+            (
+                json!({"egress": [{"action": "Accept", "to": [{"networks": ["10.0.0.0/8"]}],
+                                   "protocols": [{"destinationNamedPort": "http"}]}]}),
+                "spec.egress[0]",
+                "only pods have named ports",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (patch, field, message) in cases {
+            match convert(&policy_with(patch.clone())) {
+                Ok(policy) => wrong.push(format!("{patch} was accepted: {policy:?}")),
+                Err(error)
+                    if error.field != field || !error.error.to_string().contains(message) =>
+                {
+                    wrong.push(format!("{patch}: {}: {}", error.field, error.error));
+                }
+                Err(_) => {}
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        assert!(convert(&policy_with(serde_json::json!({}))).is_ok());
+    }
+
+    #[test]
+    fn a_rejected_policy_denies_all_from_its_subject_at_the_first_place_it_could_stand() {
+        let readable = policy_with(serde_json::json!({"tier": "Baseline", "priority": 7,
+            "egress": [{"action": "Bogus", "to": []}]}));
+        let standing = rejected_cluster_network_policy(&readable).expect("a stand-in");
+        assert_eq!((standing.tier, standing.priority), (Tier::Baseline, 7));
+        for rules in [&standing.ingress, &standing.egress] {
+            assert_eq!(rules.len(), 1);
+            assert_eq!(rules[0].action, Action::Deny);
+            assert_eq!(rules[0].peers, [ClusterPeer::Unknown]);
+        }
+        let unreadable = policy_with(serde_json::json!({"tier": "admin", "priority": 5000,
+            "ingress": null}));
+        let standing = rejected_cluster_network_policy(&unreadable).expect("a stand-in");
+        assert_eq!((standing.tier, standing.priority), (Tier::Admin, 0));
+        assert!(standing.ingress.is_empty());
+        assert_eq!(standing.egress.len(), 1);
+        let no_subject = policy_with(serde_json::json!({"subject": {}}));
+        assert_eq!(rejected_cluster_network_policy(&no_subject), None);
     }
 }
