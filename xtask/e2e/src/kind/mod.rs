@@ -302,8 +302,8 @@ impl Cluster {
         for scenario in scenarios {
             if scenario.has_cluster_policies() {
                 println!(
-                    "skip   {}: the Kubernetes source does not watch ClusterNetworkPolicies yet; \
-                     the lab runs it",
+                    "skip   {}: this backend does not apply cluster-scoped policies (nor \
+                     their CRD) yet; the lab runs it",
                     scenario.name
                 );
                 continue;
