@@ -294,6 +294,18 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("an address")
 }
 
+/// The rule an Admin `Deny` decision names; any other decision fails the test.
+fn admin_denial(state: &NodeState, decision: Decision) -> String {
+    let Decision::Denied {
+        reason: DropReason::AdminDenied,
+        rule_id,
+    } = decision
+    else {
+        panic!("not an Admin denial: {decision:?}");
+    };
+    state.rules[&rule_id].to_string()
+}
+
 const API_POD: &str = "api-5c8f-xk2p9";
 const WEB_POD: &str = "web-7d4b9c-abcde";
 
@@ -481,16 +493,8 @@ async fn cluster_policies_decide_in_their_tiers_with_node_peers_from_the_node_li
     // Admin: web scrapes monitoring on 9090 and reaches no other pod.
     assert!(matches!(decide(prometheus, 9090), Decision::Allowed { .. }));
     for (peer, port) in [(prometheus, 9091), (db, 5432)] {
-        let denied = decide(peer, port);
-        let Decision::Denied {
-            reason: DropReason::AdminDenied,
-            rule_id,
-        } = denied
-        else {
-            panic!("{denied:?}");
-        };
         assert_eq!(
-            state.rules[&rule_id].to_string(),
+            admin_denial(&state, decide(peer, port)),
             "Admin web-reaches-only-monitoring, egress rule \"no-other-pods\""
         );
     }
@@ -529,15 +533,8 @@ async fn an_invalid_cluster_policy_is_rejected_by_field_and_still_denies_its_sub
     let denied = state
         .decide(&web, Direction::Egress, ip("192.0.2.1"), 6, 443)
         .expect("an endpoint of this node");
-    let Decision::Denied {
-        reason: DropReason::AdminDenied,
-        rule_id,
-    } = denied
-    else {
-        panic!("{denied:?}");
-    };
     assert_eq!(
-        state.rules[&rule_id].to_string(),
+        admin_denial(&state, denied),
         "Admin too-important, egress rule 0"
     );
     let prometheus = pod_ref("monitoring", "prometheus-0");
