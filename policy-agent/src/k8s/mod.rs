@@ -13,7 +13,9 @@
 //!   agent enforces on the pods whose `spec.nodeName` is its `--node-name`; if no such Node
 //!   exists, the name is wrong and enforcing would silently cover no pod, so no snapshot is
 //!   given (the reconcile fails with a clear error) until the Node exists. Its addresses are
-//!   logged when it appears.
+//!   logged when it appears. Nodes report their status every few minutes; only an update of
+//!   their labels or addresses announces a change, so thousands of Nodes do not keep the agent
+//!   resolving.
 //!
 //! EndpointSlices are not watched: the datapath decides a pod's egress to a ClusterIP after
 //! kube-proxy's DNAT, against the backend pod's own IP (which the Pods already give), so it only
@@ -38,7 +40,9 @@ mod strip;
 mod tests;
 
 use std::{
+    collections::HashMap,
     fmt::Debug,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
     path::Path,
     sync::{
         Arc,
@@ -230,6 +234,7 @@ impl KubeSource {
             Api::all(client.clone()),
             everything(),
             strip::namespace,
+            Relevance::Every,
             |_| {},
         );
         let pods = watch.spawn(
@@ -237,6 +242,7 @@ impl KubeSource {
             Api::all(client.clone()),
             everything(),
             strip::pod,
+            Relevance::Every,
             |_| {},
         );
         let services = watch.spawn(
@@ -244,6 +250,7 @@ impl KubeSource {
             Api::all(client.clone()),
             everything(),
             strip::service,
+            Relevance::Every,
             |_| {},
         );
         let policies = watch.spawn(
@@ -251,6 +258,7 @@ impl KubeSource {
             Api::all(client.clone()),
             everything(),
             strip::network_policy,
+            Relevance::Every,
             |_| {},
         );
         let own_node = node_name.to_owned();
@@ -259,6 +267,7 @@ impl KubeSource {
             Api::all(client.clone()),
             everything(),
             strip::node,
+            Relevance::Fingerprint(node_fingerprint),
             move |node: &Node| {
                 if node.metadata.name.as_deref() == Some(own_node.as_str()) {
                     log_node(node);
@@ -270,6 +279,7 @@ impl KubeSource {
             Api::all(client),
             everything(),
             strip::cluster_network_policy,
+            Relevance::Every,
             |_| {},
         );
 
@@ -371,6 +381,7 @@ impl Watch<'_> {
         api: Api<K>,
         config: watcher::Config,
         strip: fn(&mut K),
+        relevance: Relevance<K>,
         on_apply: impl Fn(&K) + Send + 'static,
     ) -> Store<K>
     where
@@ -386,20 +397,40 @@ impl Watch<'_> {
             .reflect(writer)
             .boxed();
         self.tasks.push(tokio::spawn(async move {
+            // What the agent read of each object, for kinds that change in other ways often.
+            let mut seen = HashMap::new();
+            let mut relisted = HashMap::new();
             while let Some(event) = events.next().await {
                 match event {
                     Ok(watcher::Event::InitDone) => {
+                        seen = std::mem::take(&mut relisted);
                         listed[index].store(true, Ordering::Release);
                         info!(kind = kind.name(), "listed");
                     }
-                    Ok(watcher::Event::Apply(object)) => on_apply(&object),
-                    Ok(watcher::Event::Delete(_)) => {}
+                    Ok(watcher::Event::Apply(object)) => {
+                        if let Relevance::Fingerprint(fingerprint) = relevance {
+                            let read = fingerprint(&object);
+                            if seen.insert(object_key(&object), read) == Some(read) {
+                                continue;
+                            }
+                        }
+                        on_apply(&object);
+                    }
+                    Ok(watcher::Event::Delete(object)) => {
+                        seen.remove(&object_key(&object));
+                    }
                     // Until InitDone the store still holds the previous content.
                     Ok(watcher::Event::InitApply(object)) => {
+                        if let Relevance::Fingerprint(fingerprint) = relevance {
+                            relisted.insert(object_key(&object), fingerprint(&object));
+                        }
                         on_apply(&object);
                         continue;
                     }
-                    Ok(watcher::Event::Init) => continue,
+                    Ok(watcher::Event::Init) => {
+                        relisted.clear();
+                        continue;
+                    }
                     Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                         info!(kind = kind.name(), "watch expired (410 Gone): relisting");
                         continue;
@@ -430,6 +461,43 @@ impl Watch<'_> {
         }));
         store
     }
+}
+
+/// Which updates of a kind's objects concern the agent.
+enum Relevance<K> {
+    /// Every update.
+    Every,
+    /// Those that change this digest of what the agent reads: Nodes report their status every
+    /// few minutes, and a cluster of thousands of them would otherwise keep the agent resolving.
+    Fingerprint(fn(&K) -> u64),
+}
+
+impl<K> Clone for Relevance<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for Relevance<K> {}
+
+/// What the agent reads of a Node: its labels and addresses.
+fn node_fingerprint(node: &Node) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    node.metadata.labels.hash(&mut hasher);
+    for address in node
+        .status
+        .iter()
+        .flat_map(|status| status.addresses.iter().flatten())
+    {
+        (&address.type_, &address.address).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// An object's namespace and name.
+fn object_key<K: Resource>(object: &K) -> (Option<String>, Option<String>) {
+    let metadata = object.meta();
+    (metadata.namespace.clone(), metadata.name.clone())
 }
 
 /// Logs the node's addresses when it appears or changes.

@@ -847,3 +847,53 @@ async fn nothing_is_given_until_the_own_node_exists() {
     let content = harness.content().await;
     assert_eq!(content.snapshot.pods.len(), 3);
 }
+
+#[tokio::test]
+async fn a_node_update_the_agent_does_not_read_changes_nothing() {
+    let mut harness = Harness::start(&[]);
+    harness.content().await;
+    let watch = harness.watch(NODES).await;
+    while harness.changes.try_recv().is_ok() {}
+    let list: serde_json::Value =
+        serde_json::from_str(&recorded_list(NODES)).expect("recorded list");
+    let mut node = list["items"][0].clone();
+    node["metadata"]["resourceVersion"] = "1100".into();
+    node["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-05T10:35:00Z".into();
+    let modified = |node: &serde_json::Value| {
+        format!(
+            "{}\n",
+            serde_json::json!({"type": "MODIFIED", "object": node})
+        )
+    };
+    watch.send(modified(&node));
+    // The heartbeat reached the cache, and no change was announced for it.
+    tokio::time::timeout(PATIENCE, async {
+        while harness
+            .source
+            .nodes
+            .state()
+            .iter()
+            .all(|cached| cached.metadata.resource_version.as_deref() != Some("1100"))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the update cached in time");
+    assert!(harness.changes.try_recv().is_err());
+
+    node["metadata"]["resourceVersion"] = "1200".into();
+    node["status"]["addresses"][0]["address"] = "172.18.0.12".into();
+    watch.send(modified(&node));
+    let content = harness
+        .until(|content| {
+            content.ok().filter(|c| {
+                c.snapshot
+                    .nodes
+                    .iter()
+                    .any(|node| node.addresses.contains(&ip("172.18.0.12")))
+            })
+        })
+        .await;
+    assert_eq!(content.snapshot.nodes.len(), 2);
+}
