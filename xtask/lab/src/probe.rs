@@ -11,9 +11,14 @@
 
 use std::{
     collections::BTreeMap,
-    io::ErrorKind,
+    io::{self, ErrorKind},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
-    sync::Mutex,
+    ops::Range,
+    process,
+    sync::{
+        Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -34,6 +39,14 @@ use super::{
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The source ports of UDP probes: below Linux's ephemeral range (32768-60999), handed out in
+/// turn from an offset of the process. With ports the kernel picks at random, a probe now and
+/// then reused the 5-tuple of one a minute earlier, rode on the conntrack entry of that flow
+/// (established flows outlive a policy change, by design) and read as allowed where the policy
+/// now denies.
+const UDP_SOURCE_PORTS: Range<u16> = 20_000..32_768;
+/// Probes sent from [`UDP_SOURCE_PORTS`] by this process.
+static UDP_PROBES: AtomicU16 = AtomicU16::new(0);
 /// How long `probe` waits for the agents to apply the manifests.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Probes in flight at once.
@@ -354,7 +367,7 @@ pub fn probe(protocol: Protocol, address: SocketAddr) -> Outcome {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
             };
             let exchange = || -> std::io::Result<()> {
-                let socket = UdpSocket::bind(local)?;
+                let socket = udp_probe_socket(local.ip())?;
                 socket.connect(address)?;
                 socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
                 socket.send(b"probe")?;
@@ -368,6 +381,25 @@ pub fn probe(protocol: Protocol, address: SocketAddr) -> Outcome {
             }
         }
     }
+}
+
+/// A UDP socket on `ip` and the next free port of [`UDP_SOURCE_PORTS`].
+fn udp_probe_socket(ip: IpAddr) -> io::Result<UdpSocket> {
+    let span = UDP_SOURCE_PORTS.end - UDP_SOURCE_PORTS.start;
+    // Processes probing one after the other start far apart.
+    let offset = (process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let turn = UDP_PROBES.fetch_add(1, Ordering::Relaxed);
+        let port = UDP_SOURCE_PORTS.start + offset.wrapping_add(turn) % span;
+        match UdpSocket::bind((ip, port)) {
+            Err(error) if error.kind() == ErrorKind::AddrInUse => {}
+            bound => return bound,
+        }
+    }
+    Err(io::Error::new(
+        ErrorKind::AddrInUse,
+        "every source port of the UDP probes is in use",
+    ))
 }
 
 /// The probe's matrix, in the shape of `policy-agent explain -o json` plus `via` and `wait_ms`.
@@ -442,4 +474,26 @@ fn print_table(
     println!(
         "ok: answered   rst: refused (reached the pod, nothing listens)   --: no answer in 1 s   unr: unreachable   .: no target"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_probes_take_ports_in_turn_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..3)
+            .map(|_| {
+                udp_probe_socket(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                    .and_then(|socket| socket.local_addr())
+                    .map(|address| address.port())
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            ports.iter().all(|port| UDP_SOURCE_PORTS.contains(port)),
+            "{ports:?}"
+        );
+        assert!(ports[0] != ports[1] && ports[1] != ports[2], "{ports:?}");
+    }
 }
