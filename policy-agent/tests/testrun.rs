@@ -3229,6 +3229,63 @@ fn an_isolation_entry_denies_where_a_class_would_fall_back_to_an_allow() {
     );
 }
 
+/// The node's connection to a pod whose egress an Admin `Deny` of the node decides: the pod's
+/// replies pass, its own connections to the node are dropped.
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn replies_to_the_node_pass_a_cluster_policy_deny_of_the_node() {
+    let egress = Direction::Egress;
+    let mut dp = setup_with(
+        ENDPOINT_EGRESS_TIERED,
+        &[decided(
+            egress,
+            ANY_PEER_CLASS,
+            ANY_PROTOCOL,
+            (0, 0),
+            PolicyAction::DenyAdmin,
+            RULE_ADMIN,
+        )],
+    );
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_tcp4(HOST4, POD4, 40000, 8080, SYN),
+        Ok(Verdict::Host),
+    );
+    check_verdict(
+        &mut dp,
+        egress,
+        &pkt_tcp4(POD4, HOST4, 8080, 40000, SYN | ACK),
+        Ok(Verdict::Reply),
+    );
+    check_verdict(
+        &mut dp,
+        Direction::Ingress,
+        &pkt_tcp4(HOST4, POD4, 40000, 8080, ACK),
+        Ok(Verdict::Established),
+    );
+    check_verdict(
+        &mut dp,
+        egress,
+        &pkt_tcp4(POD4, HOST4, 41000, 10250, SYN),
+        Err(DropReason::AdminDenied),
+    );
+    // A pod whose egress no ClusterNetworkPolicy decides leaves node traffic untracked.
+    let mut plain = setup_with(0, &[]);
+    check_verdict(
+        &mut plain,
+        Direction::Ingress,
+        &pkt_tcp4(HOST4, POD4, 40000, 8080, SYN),
+        Ok(Verdict::Host),
+    );
+    check_verdict(
+        &mut plain,
+        Direction::Ingress,
+        &pkt_tcp4(HOST4, POD4, 40000, 8080, ACK),
+        Ok(Verdict::Host),
+    );
+}
+
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
 fn node_traffic_is_exempt_from_isolation_but_not_from_a_cluster_policy_deny() {

@@ -384,7 +384,18 @@ fn decide(
     let deferring = hook == Hook::FromPod && shape != Shape::IcmpError;
     if !deferring && policy::is_host(packet, direction) {
         let peer = *policy::peer_addr(packet, direction);
-        return exempt(endpoint, direction, packet, &peer, Verdict::Host);
+        let host = exempt(endpoint, direction, packet, &peer, Verdict::Host);
+        // Node traffic is not tracked, except a flow the node opens to a pod whose egress a
+        // ClusterNetworkPolicy decides: only the entry tells the pod's reply from a flow the
+        // pod opens to its node, which a `Deny` of the node would drop.
+        if hook == Hook::ToPod
+            && shape == Shape::Flow
+            && host.result.is_ok()
+            && endpoint.tiered(Direction::Egress)
+        {
+            conntrack::insert(&key, 0, packet.tcp_flags, now, 0);
+        }
+        return host;
     }
     let decision = match shape {
         Shape::LaterFragment => {
