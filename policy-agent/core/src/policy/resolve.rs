@@ -20,7 +20,7 @@ use policy_common::{
         ANY_PEER_CLASS, ANY_PROTOCOL, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_EGRESS_TIERED,
         ENDPOINT_INGRESS_ISOLATED, ENDPOINT_INGRESS_TIERED, EndpointInfo, LookupPlan,
         MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_POLICY_ENTRIES, PLAN_ANY_PEER, PLAN_ANY_PROTOCOL,
-        PolicyKey, PolicyValue, WORLD_CLASS,
+        PolicyAction, PolicyKey, PolicyValue, WORLD_CLASS,
     },
     ports::range_to_prefixes,
     verdict::Direction,
@@ -341,6 +341,10 @@ struct CompiledEndpoint {
 /// Makes the endpoints' policy entries fit the policy map: while they do not, the endpoint that
 /// needs the most (the first by pod on a tie) loses its entries and denies all traffic in both
 /// directions. Deterministic, and it picks the pods whose policies ask for the most.
+///
+/// Its Admin `Deny` entries stay: they alone still decide the traffic NetworkPolicy exempts
+/// (between the pod and its own node), so a namespace owner cannot shed an operator's `Deny` by
+/// writing policies that outgrow the map. Everything else they match is denied anyway.
 fn fit_policy_map(node: &str, compiled: &mut [CompiledEndpoint], degraded: &mut Vec<Degraded>) {
     let capacity = MAX_POLICY_ENTRIES as usize;
     let needed: usize = compiled.iter().map(|endpoint| endpoint.entries.len()).sum();
@@ -358,18 +362,31 @@ fn fit_policy_map(node: &str, compiled: &mut [CompiledEndpoint], degraded: &mut 
             break;
         }
         let endpoint = &mut compiled[index];
-        total -= endpoint.entries.len();
+        let entries = endpoint.entries.len();
         degraded.push(Degraded::NodeOverCapacity {
             node: node.to_owned(),
             pod: endpoint.pod.clone(),
-            entries: endpoint.entries.len(),
+            entries,
             needed,
             capacity: MAX_POLICY_ENTRIES,
         });
-        endpoint.entries.clear();
+        endpoint
+            .entries
+            .retain(|_, value| value.action == PolicyAction::DenyAdmin as u8);
+        total -= entries - endpoint.entries.len();
         endpoint.info.flags |= ENDPOINT_INGRESS_ISOLATED | ENDPOINT_EGRESS_ISOLATED;
-        endpoint.info.ingress_plan = 0;
-        endpoint.info.egress_plan = 0;
+        let denies = |direction: Direction| {
+            endpoint
+                .entries
+                .keys()
+                .any(|key| key.direction == direction as u8)
+        };
+        if !denies(Direction::Ingress) {
+            endpoint.info.ingress_plan = 0;
+        }
+        if !denies(Direction::Egress) {
+            endpoint.info.egress_plan = 0;
+        }
     }
 }
 
@@ -1570,6 +1587,66 @@ mod tests {
         }
         assert_eq!(entries_of(&state, "big-08"), 16_000);
         assert_eq!(entries_of(&state, "small"), 1);
+    }
+
+    #[test]
+    fn a_pod_over_capacity_keeps_the_admin_denies_of_its_own_node_traffic() {
+        // The same 40 big pods, and an operator's Admin Deny of the kubelet port of the node
+        // (10.9.0.1): it decides traffic NetworkPolicy exempts, so a namespace owner must not
+        // shed it by outgrowing the map.
+        let ports: Vec<u16> = (0..8000).map(|n| 2 * n + 1).collect();
+        let pods: Vec<Pod> = (0..40)
+            .map(|n| pod(&format!("big-{n:02}"), n + 10, "big"))
+            .collect();
+        let mut loaded = crate::manifest::Loaded::default();
+        crate::manifest::load_text(
+            std::path::Path::new("kubelet.yaml"),
+            r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-kubelet}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - action: Deny
+    to: [{networks: [10.9.0.1/32]}]
+    protocols: [{tcp: {destinationPort: {number: 10250}}}]
+"#,
+            &mut loaded,
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let snapshot = Snapshot {
+            pods,
+            policies: vec![ingress_policy("big", "big", 2, &ports)],
+            cluster_policies: loaded.snapshot.cluster_policies,
+            ..Snapshot::default()
+        };
+        let state = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        let degraded = pod("big-00", 0, "big").pod_ref();
+        assert!(state.degraded.iter().any(|problem| matches!(
+            problem,
+            Degraded::NodeOverCapacity { pod, .. } if *pod == degraded
+        )));
+        let kubelet: IpAddr = "10.9.0.1".parse().unwrap();
+        let decide = |port: u16| {
+            state
+                .decide(&degraded, Direction::Egress, kubelet, 6, port)
+                .unwrap()
+        };
+        assert!(!decide(10250).allows_exempt(), "{:?}", decide(10250));
+        assert!(decide(10255).allows_exempt());
+        assert!(!decide(10255).allows());
+        let peer: IpAddr = "10.0.0.11".parse().unwrap();
+        assert!(
+            !state
+                .decide(&degraded, Direction::Ingress, peer, 6, 1)
+                .unwrap()
+                .allows()
+        );
+        assert!(entries_of(&state, "big-00") > 0);
+        assert!(entries_of(&state, "big-00") < 10);
     }
 
     #[test]
