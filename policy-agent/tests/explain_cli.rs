@@ -119,7 +119,7 @@ fn a_rejected_policy_fails_the_run_and_still_isolates_its_pods() {
     assert!(
         run.out.starts_with(
             "shop/web -> shop/db TCP/80: DENIED\n\
-             \x20 shop/web egress (to 10.244.1.2): allowed, not isolated (no policy selects it for egress)\n\
+             \x20 shop/web egress (to 10.244.1.2): allowed, not isolated (no NetworkPolicy selects it for egress)\n\
              \x20 shop/db ingress (from 10.244.2.2): isolated by shop/db; denied: no rule allows it\n"
         ),
         "{}",

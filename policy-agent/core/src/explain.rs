@@ -6,9 +6,13 @@
 //! name more). A connection from `a` to `b` is allowed when `a`'s node state lets `a` send it
 //! (egress) and `b`'s node state lets `b` receive it (ingress), each looked up as the kernel does:
 //! longest-prefix match for the peer's class, then the policy-map probes. A pod always reaches
-//! itself: that traffic never crosses its veth. Pods that are not policy peers (hostNetwork,
-//! Succeeded or Failed) are left out. The address pair is the server's first address (IPv4
-//! first) and the client's address of the same family.
+//! itself: that traffic never crosses its veth. Traffic between a pod and an address of its own
+//! node is exempt from NetworkPolicy, and only a ClusterNetworkPolicy rule decides it.
+//!
+//! A hostNetwork pod takes part with its node's addresses, so that rules about nodes can be
+//! checked: it is a row and a column like any pod, but never an endpoint, so only the other end's
+//! programs decide its connections. Succeeded and Failed pods are left out. The address pair is
+//! the server's first address (IPv4 first) and the client's address of the same family.
 //!
 //! What could not be loaded is never silently left out: each problem is printed before the
 //! answer and the run ends with [`ExplainError::Incomplete`]. The answer treats problems as the
@@ -30,7 +34,7 @@ use crate::{
         lookup::Decision,
         model::{Pod, Protocol, Snapshot},
         resolve::{ResolveError, resolve},
-        spec::{Evaluation, evaluate},
+        spec::{self, Decider, Probe, Route, evaluate},
         state::{Degraded, NodeState},
     },
     printable, steers_terminal,
@@ -228,7 +232,11 @@ impl Cluster {
             states.insert(node, state);
         }
         let mut pods: Vec<usize> = (0..snapshot.pods.len())
-            .filter(|&i| snapshot.pods[i].is_peer())
+            .filter(|&i| {
+                let pod = &snapshot.pods[i];
+                pod.is_peer()
+                    || (pod.host_network && !pod.phase.is_terminated() && !pod.ips.is_empty())
+            })
             .collect();
         pods.sort_by_key(|&i| snapshot.pods[i].pod_ref().to_string());
         Ok(Cluster {
@@ -257,7 +265,22 @@ impl Cluster {
             })
     }
 
-    /// The kernel's decision at `pod` for a packet whose other end is `peer`.
+    /// How `peer` reaches `pod`: exempt from NetworkPolicy when it is an address of the pod's
+    /// own node.
+    fn route(&self, pod: &Pod, peer: IpAddr) -> Route {
+        let own_node =
+            self.snapshot.nodes.iter().any(|node| {
+                Some(&node.name) == pod.node.as_ref() && node.addresses.contains(&peer)
+            });
+        if own_node {
+            Route::Exempt
+        } else {
+            Route::Direct
+        }
+    }
+
+    /// The kernel's decision at `pod` for a packet whose other end is `peer`; `None` for a
+    /// hostNetwork pod, which has no programs of its own.
     fn decide(
         &self,
         pod: &Pod,
@@ -265,9 +288,13 @@ impl Cluster {
         peer: IpAddr,
         protocol: Protocol,
         port: u16,
-    ) -> Decision {
-        // Every pod in `pods` is an endpoint of its node, whose state is compiled.
-        pod.node
+    ) -> Option<Decision> {
+        if pod.host_network {
+            return None;
+        }
+        // Every other pod in `pods` is an endpoint of its node, whose state is compiled.
+        let decision = pod
+            .node
             .as_ref()
             .and_then(|node| self.states.get(node))
             .and_then(|state| {
@@ -276,6 +303,23 @@ impl Cluster {
             .unwrap_or(Decision::Denied {
                 reason: DropReason::PolicyDenied,
                 rule_id: 0,
+            });
+        Some(decision)
+    }
+
+    /// Whether `pod`'s side lets the packet through.
+    fn side_allows(
+        &self,
+        pod: &Pod,
+        direction: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> bool {
+        self.decide(pod, direction, peer, protocol, port)
+            .is_none_or(|decision| match self.route(pod, peer) {
+                Route::Direct => decision.allows(),
+                Route::Exempt => decision.allows_exempt(),
             })
     }
 
@@ -288,11 +332,8 @@ impl Cluster {
         let Some((client_ip, server_ip)) = address_pair(client, server) else {
             return false;
         };
-        self.decide(client, Direction::Egress, server_ip, protocol, port)
-            .allows()
-            && self
-                .decide(server, Direction::Ingress, client_ip, protocol, port)
-                .allows()
+        self.side_allows(client, Direction::Egress, server_ip, protocol, port)
+            && self.side_allows(server, Direction::Ingress, client_ip, protocol, port)
     }
 
     pub fn matrix(&self, protocol: Protocol, port: u16) -> Reachability {
@@ -336,6 +377,7 @@ impl Cluster {
             port,
             allowed: self.allowed(client, server, protocol, port),
             same_pod: client.pod_ref() == server.pod_ref(),
+            common_family: false,
             egress: None,
             ingress: None,
         };
@@ -345,11 +387,13 @@ impl Cluster {
         let Some((client_ip, server_ip)) = address_pair(client, server) else {
             return Ok(verdict);
         };
-        verdict.egress = Some(self.side(client, Direction::Egress, server_ip, protocol, port));
-        verdict.ingress = Some(self.side(server, Direction::Ingress, client_ip, protocol, port));
+        verdict.common_family = true;
+        verdict.egress = self.side(client, Direction::Egress, server_ip, protocol, port);
+        verdict.ingress = self.side(server, Direction::Ingress, client_ip, protocol, port);
         Ok(verdict)
     }
 
+    /// `pod`'s side of a connection, with the reasons; `None` for a hostNetwork pod.
     fn side(
         &self,
         pod: &Pod,
@@ -357,12 +401,17 @@ impl Cluster {
         peer: IpAddr,
         protocol: Protocol,
         port: u16,
-    ) -> Side {
-        let decision = self.decide(pod, direction, peer, protocol, port);
-        let Evaluation {
-            isolated_by,
-            allowing,
-        } = evaluate(
+    ) -> Option<Side> {
+        let decision = self.decide(pod, direction, peer, protocol, port)?;
+        let route = self.route(pod, peer);
+        let probe = Probe {
+            peer,
+            protocol: protocol.number(),
+            port,
+            route,
+        };
+        let reference = spec::decide(&self.snapshot, pod, direction, probe);
+        let evaluation = evaluate(
             &self.snapshot,
             pod,
             direction,
@@ -377,14 +426,27 @@ impl Cluster {
                 .map(ToString::to_string),
             Decision::NotIsolated => None,
         };
-        Side {
+        Some(Side {
             pod: pod.pod_ref().to_string(),
             peer: peer.to_string(),
-            allowed: decision.allows(),
-            isolated_by,
+            allowed: match route {
+                Route::Direct => decision.allows(),
+                Route::Exempt => decision.allows_exempt(),
+            },
+            own_node: route == Route::Exempt,
+            tier: match &reference.decider {
+                Decider::Cluster(rule) => Some(rule.tier.name()),
+                _ => None,
+            },
+            isolated_by: evaluation.isolated_by,
             decided_by,
-            allowing_rules: allowing.iter().map(ToString::to_string).collect(),
-        }
+            passed: reference.passed.iter().map(ToString::to_string).collect(),
+            allowing_rules: evaluation
+                .allowing
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        })
     }
 }
 
@@ -409,8 +471,12 @@ pub struct Verdict {
     pub allowed: bool,
     /// A pod always reaches itself.
     pub same_pod: bool,
-    /// The client's side; absent for a pod reaching itself or pods with no common family.
+    /// Whether the pods have an address family in common.
+    pub common_family: bool,
+    /// The client's side; absent for a pod reaching itself, pods with no common family and
+    /// hostNetwork pods, which have no programs of their own.
     pub egress: Option<Side>,
+    /// The server's side, absent as the client's is.
     pub ingress: Option<Side>,
 }
 
@@ -421,11 +487,18 @@ pub struct Side {
     /// The address at the other end.
     pub peer: String,
     pub allowed: bool,
-    /// The policies that isolate the pod in this direction.
+    /// The other end is an address of the pod's own node: NetworkPolicy allows the traffic,
+    /// and only a ClusterNetworkPolicy rule decides it.
+    pub own_node: bool,
+    /// The tier (`Admin` or `Baseline`) whose ClusterNetworkPolicy rule decided, if one did.
+    pub tier: Option<&'static str>,
+    /// The NetworkPolicies that isolate the pod in this direction.
     pub isolated_by: Vec<String>,
     /// The rule of the policy-map entry the kernel finds.
     pub decided_by: Option<String>,
-    /// Every rule that allows the connection.
+    /// The ClusterNetworkPolicy `Pass` rules read on the way to the decision.
+    pub passed: Vec<String>,
+    /// Every NetworkPolicy rule that allows the connection.
     pub allowing_rules: Vec<String>,
 }
 
@@ -445,12 +518,21 @@ impl Verdict {
             );
             return text;
         }
-        match (&self.egress, &self.ingress) {
-            (Some(egress), Some(ingress)) => {
-                text.push_str(&egress.text("egress", "to"));
-                text.push_str(&ingress.text("ingress", "from"));
+        if !self.common_family {
+            text.push_str("  the pods have no address family in common\n");
+            return text;
+        }
+        for (side, direction, preposition, end) in [
+            (&self.egress, "egress", "to", &self.from),
+            (&self.ingress, "ingress", "from", &self.to),
+        ] {
+            match side {
+                Some(side) => text.push_str(&side.text(direction, preposition)),
+                None => text.push_str(&format!(
+                    "  {} {direction}: a hostNetwork pod, no programs of its own\n",
+                    printable(end)
+                )),
             }
-            _ => text.push_str("  the pods have no address family in common\n"),
         }
         text
     }
@@ -463,26 +545,39 @@ impl Side {
             printable(&self.pod),
             self.peer
         );
-        if self.isolated_by.is_empty() {
-            text.push_str(&format!(
-                "allowed, not isolated (no policy selects it for {direction})\n"
-            ));
-            return text;
-        }
-        text.push_str(&format!(
-            "isolated by {}; ",
-            printable(&self.isolated_by.join(", "))
-        ));
-        match &self.decided_by {
-            Some(rule) => {
-                text.push_str(&format!("allowed by {}\n", printable(rule)));
-                let others: Vec<&String> =
-                    self.allowing_rules.iter().filter(|r| *r != rule).collect();
-                for other in others {
-                    text.push_str(&format!("    also allowed by {}\n", printable(other)));
+        let outcome = if self.allowed { "allowed" } else { "denied" };
+        let decided_by = self.decided_by.as_deref().map(printable);
+        match (self.tier, &decided_by) {
+            (Some(_), Some(rule)) => text.push_str(&format!("{outcome} by {rule}\n")),
+            _ if self.isolated_by.is_empty() => text.push_str(&format!(
+                "allowed, not isolated (no NetworkPolicy selects it for {direction}{})\n",
+                if self.passed.is_empty() {
+                    ""
+                } else {
+                    " and no ClusterNetworkPolicy rule decides"
+                }
+            )),
+            _ => {
+                text.push_str(&format!(
+                    "isolated by {}; ",
+                    printable(&self.isolated_by.join(", "))
+                ));
+                match &decided_by {
+                    Some(rule) => {
+                        text.push_str(&format!("allowed by {rule}\n"));
+                        for other in self.allowing_rules.iter().filter(|r| **r != *rule) {
+                            text.push_str(&format!("    also allowed by {}\n", printable(other)));
+                        }
+                    }
+                    None if self.own_node => text.push_str(
+                        "allowed: NetworkPolicy exempts traffic between a pod and its own node\n",
+                    ),
+                    None => text.push_str("denied: no rule allows it\n"),
                 }
             }
-            None => text.push_str("denied: no rule allows it\n"),
+        }
+        for rule in &self.passed {
+            text.push_str(&format!("    passed on by {}\n", printable(rule)));
         }
         text
     }

@@ -559,6 +559,132 @@ spec:
 }
 
 #[test]
+fn host_network_pods_are_rows_and_columns_that_only_the_other_end_decides() {
+    // node-2 is described (an infra node at 192.168.0.2); node-1 and node-3 are not, so they get
+    // the rule's addresses (172.31.0.1 and 172.31.0.3) and no labels.
+    let placed = |namespace: &str, name: &str, spec: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{{spec}, containers: [{{name: c, image: i}}]}}\n---\n"
+        )
+    };
+    let objects = [
+        namespace("a", "team: a"),
+        placed("a", "web", "nodeName: node-1"),
+        placed("a", "client", "nodeName: node-2"),
+        placed(
+            "kube-system",
+            "agent",
+            "nodeName: node-2, hostNetwork: true",
+        ),
+        placed(
+            "kube-system",
+            "probe",
+            "nodeName: node-3, hostNetwork: true",
+        ),
+    ]
+    .concat();
+    let nodes = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-2, labels: {role: infra}}
+status: {addresses: [{type: InternalIP, address: 192.168.0.2}, {type: Hostname, address: node-2}]}
+"#;
+    let policies = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-client, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}, {ipBlock: {cidr: 192.168.0.2/32}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-deny-all, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Ingress]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: infra-nodes}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {team: a}}}
+  egress:
+  - {name: to-infra, action: Accept, to: [{nodes: {matchLabels: {role: infra}}}]}
+  - {name: no-nodes, action: Deny, to: [{nodes: {}}]}
+"#;
+    let dir = ManifestDir::new(
+        "host-network",
+        &[
+            ("objects.yaml", &objects),
+            ("nodes.yaml", nodes),
+            ("policies.yaml", policies),
+        ],
+    );
+    let pods = [
+        "a/client",
+        "a/web",
+        "kube-system/agent",
+        "kube-system/probe",
+    ];
+    assert_matrix(
+        &dir,
+        Protocol::Tcp,
+        80,
+        &pods,
+        &["YYY-", "-YY-", "YYYY", "--YY"],
+    );
+
+    let (text, _) = explain(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Some(("kube-system/agent", "a/client")),
+        OutputFormat::Table,
+    );
+    assert!(
+        text.starts_with("kube-system/agent -> a/client TCP/80: ALLOWED\n")
+            && text.contains("kube-system/agent egress: a hostNetwork pod, no programs of its own")
+            && text.contains(
+                "a/client ingress (from 192.168.0.2): isolated by a/client-deny-all; allowed: \
+                 NetworkPolicy exempts traffic between a pod and its own node"
+            ),
+        "{text}"
+    );
+
+    let (json, _) = explain(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Some(("a/client", "kube-system/agent")),
+        OutputFormat::Json,
+    );
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["allowed"], true, "{json}");
+    assert_eq!(json["egress"]["own_node"], true, "{json}");
+    assert_eq!(json["egress"]["tier"], "Admin", "{json}");
+    assert_eq!(json["egress"]["peer"], "192.168.0.2", "{json}");
+    assert_eq!(json["ingress"], Value::Null, "{json}");
+
+    let (text, _) = explain(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Some(("a/web", "kube-system/probe")),
+        OutputFormat::Table,
+    );
+    assert!(
+        text.contains(
+            "a/web egress (to 172.31.0.3): denied by Admin infra-nodes, egress rule \"no-nodes\""
+        ),
+        "{text}"
+    );
+}
+
+#[test]
 fn unknown_pod_and_half_pair_are_errors() {
     let dir = ManifestDir::new("errors", &[("pod.yaml", &pod("a", "b", "x: y", ""))]);
     let mut options = ExplainOptions {

@@ -509,12 +509,77 @@ spec: {nodeName: worker}
     );
     assert_eq!(got["w/own"], expect("node-1", &["10.244.1.2"]));
     assert_eq!(got["y/done"], expect("node-2", &[]));
-    assert_eq!(got["y/host"], expect("node-1", &[]));
+    // A hostNetwork pod has its node's addresses.
+    assert_eq!(
+        got["y/host"],
+        expect("node-1", &["172.31.0.1", "fd00:172:31::1"])
+    );
     // A node not named node-K is numbered after the others.
     assert_eq!(
         got["z/odd"],
         expect("worker", &["10.244.3.2", "fd00:10:244:3::2"])
     );
+    // Every node a pod is on gets a Node with its addresses.
+    let nodes: Vec<(String, Vec<String>)> = snapshot
+        .nodes
+        .iter()
+        .map(|node| {
+            (
+                node.name.clone(),
+                node.addresses.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            expect("node-1", &["172.31.0.1", "fd00:172:31::1"]),
+            expect("node-2", &["172.31.0.2", "fd00:172:31::2"]),
+            expect("worker", &["172.31.0.3", "fd00:172:31::3"]),
+        ]
+    );
+}
+
+#[test]
+fn node_documents_keep_their_addresses_and_lend_them_to_host_network_pods() {
+    let text = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {role: infra}}
+status: {addresses: [{type: InternalIP, address: 192.168.0.1}, {type: Hostname, address: n1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+status: {addresses: [{type: Hostname, address: n2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: k}
+spec: {nodeName: node-1, hostNetwork: true}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: k}
+spec: {nodeName: node-2, hostNetwork: true}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: given, namespace: k}
+spec: {nodeName: node-2, hostNetwork: true}
+status: {podIPs: [{ip: 198.51.100.2}]}
+"#;
+    let mut snapshot = load_str(text).snapshot;
+    assign_addresses(&mut snapshot, 2).unwrap();
+    let ips = |name: &str| -> Vec<String> {
+        let pod = snapshot.pods.iter().find(|pod| pod.name == name).unwrap();
+        pod.ips.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(ips("agent"), ["192.168.0.1"]);
+    assert_eq!(ips("other"), ["172.31.0.2", "fd00:172:31::2"]);
+    assert_eq!(ips("given"), ["198.51.100.2"]);
+    assert_eq!(snapshot.nodes.len(), 2);
+    assert_eq!(snapshot.nodes[0].labels["role"], "infra");
 }
 
 #[test]

@@ -12,6 +12,12 @@
 //! - Host `H` on node `K` has the addresses `10.244.K.H` and `fd00:10:244:K::H` (the IPv6 groups
 //!   `K` and `H` written in hex), IPv4 first, of the families the cluster runs; node `K`'s pod
 //!   CIDRs are `10.244.K.0/24` and `fd00:10:244:K::/64`.
+//! - Node `node-K` has the addresses `172.31.0.K` and `fd00:172:31::K` (its InternalIPs, the
+//!   IPv6 group `K` in hex), of the families the cluster runs. A node a pod is on and no Node
+//!   document describes gets a Node with those addresses and no labels; a Node document that
+//!   gives no IP address gets them too.
+//! - A hostNetwork pod (not Succeeded or Failed) without addresses gets its node's IP addresses,
+//!   as the kubelet reports them.
 //! - Services without a cluster IP (and not headless) get `10.96.0.<10+j>` and
 //!   `fd00:10:96::<10+j in hex>`, `j` being their index in (namespace, name) order among such
 //!   Services.
@@ -30,7 +36,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{
-    model::Snapshot,
+    cluster::Node,
+    model::{Labels, Snapshot},
     state::{ObjectRef, PodRef, Prefix},
 };
 
@@ -77,6 +84,26 @@ pub enum AddressError {
     },
     #[error("Pod {pod}: status.podIPs: {ip} is used twice")]
     UsedTwice { pod: PodRef, ip: IpAddr },
+    #[error(
+        "Pod {pod}: status.podIPs: {ip} is not an address of {node}, as a hostNetwork pod's \
+         must be ({})",
+        node_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    NotNodeAddress {
+        pod: PodRef,
+        ip: IpAddr,
+        node: String,
+        node_ips: Vec<IpAddr>,
+    },
+    #[error(
+        "Node {node}: status.addresses: {ip} is not an address of the lab's {node} ({})",
+        node_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    ForeignNodeAddress {
+        node: String,
+        ip: IpAddr,
+        node_ips: Vec<IpAddr>,
+    },
     #[error(
         "Service {service}: spec.clusterIPs: {ip} is of a family the cluster does not run \
          ({family})"
@@ -173,6 +200,27 @@ pub fn node_cidrs(k: usize, family: IpFamily) -> Vec<Prefix> {
     cidrs
 }
 
+/// Node `k`'s own addresses (its InternalIPs) of `family`, IPv4 first.
+pub fn node_addresses(k: usize, family: IpFamily) -> Vec<IpAddr> {
+    let node = k as u8;
+    [
+        IpAddr::V4(Ipv4Addr::new(172, 31, 0, node)),
+        IpAddr::V6(Ipv6Addr::new(
+            0xfd00,
+            0x172,
+            0x31,
+            0,
+            0,
+            0,
+            0,
+            u16::from(node),
+        )),
+    ]
+    .into_iter()
+    .filter(|ip| family.allows(*ip))
+    .collect()
+}
+
 /// The name of node number `number`.
 pub fn node_name(number: usize) -> String {
     format!("node-{number}")
@@ -198,7 +246,9 @@ pub fn assign_addresses(snapshot: &mut Snapshot, nodes: usize) -> Result<(), Add
     let nodes = nodes.max(1);
     schedule(snapshot, nodes);
     let numbers = node_numbers(snapshot, nodes)?;
-    assign_hosts(snapshot, &numbers, IpFamily::Dual)
+    assign_hosts(snapshot, &numbers, IpFamily::Dual)?;
+    describe_nodes(snapshot, &numbers, IpFamily::Dual);
+    assign_host_network(snapshot, None)
 }
 
 /// Lays pods and Services out on a cluster of exactly `nodes` nodes running `family`, by the rule
@@ -228,8 +278,12 @@ pub fn address_cluster(
     }
     schedule(snapshot, nodes);
     check_pod_addresses(snapshot, family)?;
-    let numbers = node_numbers(snapshot, nodes)?;
+    let mut numbers = node_numbers(snapshot, nodes)?;
+    numbers.extend((1..=nodes).map(|k| (node_name(k), k)));
     assign_hosts(snapshot, &numbers, family)?;
+    check_node_addresses(snapshot, &numbers, family)?;
+    describe_nodes(snapshot, &numbers, family);
+    assign_host_network(snapshot, Some(family))?;
     assign_service_addresses(snapshot, family)
 }
 
@@ -294,7 +348,7 @@ fn check_pod_addresses(snapshot: &Snapshot, family: IpFamily) -> Result<(), Addr
     let mut used = BTreeSet::new();
     for index in sorted_pods(snapshot) {
         let pod = &snapshot.pods[index];
-        if pod.phase.is_terminated() {
+        if pod.phase.is_terminated() || pod.host_network {
             continue;
         }
         let node = pod.node.clone().unwrap_or_default();
@@ -372,6 +426,77 @@ fn assign_hosts(
             .filter(|ip| family.allows(*ip))
             .collect();
         *host += 1;
+    }
+    Ok(())
+}
+
+/// Fails when a Node document gives an address the lab's node of that name does not have.
+fn check_node_addresses(
+    snapshot: &Snapshot,
+    numbers: &BTreeMap<String, usize>,
+    family: IpFamily,
+) -> Result<(), AddressError> {
+    for node in &snapshot.nodes {
+        let Some(&number) = numbers.get(&node.name) else {
+            continue;
+        };
+        let node_ips = node_addresses(number, family);
+        if let Some(&ip) = node.addresses.iter().find(|ip| !node_ips.contains(ip)) {
+            return Err(AddressError::ForeignNodeAddress {
+                node: node.name.clone(),
+                ip,
+                node_ips,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gives every node in `numbers` a Node with IP addresses: the document's, else the rule's.
+fn describe_nodes(snapshot: &mut Snapshot, numbers: &BTreeMap<String, usize>, family: IpFamily) {
+    for (name, &number) in numbers {
+        match snapshot.nodes.iter_mut().find(|node| node.name == *name) {
+            Some(node) if node.addresses.is_empty() => {
+                node.addresses = node_addresses(number, family);
+            }
+            Some(_) => {}
+            None => snapshot.nodes.push(Node {
+                name: name.clone(),
+                labels: Labels::new(),
+                addresses: node_addresses(number, family),
+            }),
+        }
+    }
+}
+
+/// Gives every hostNetwork pod without addresses those of its node. In the lab (`family` given),
+/// the addresses a hostNetwork pod gives must be its node's.
+fn assign_host_network(
+    snapshot: &mut Snapshot,
+    family: Option<IpFamily>,
+) -> Result<(), AddressError> {
+    let Snapshot { pods, nodes, .. } = snapshot;
+    for pod in pods
+        .iter_mut()
+        .filter(|pod| pod.host_network && !pod.phase.is_terminated())
+    {
+        let node_ips = nodes
+            .iter()
+            .find(|node| Some(&node.name) == pod.node.as_ref())
+            .map(|node| node.addresses.clone())
+            .unwrap_or_default();
+        if pod.ips.is_empty() {
+            pod.ips = node_ips;
+        } else if family.is_some()
+            && let Some(&ip) = pod.ips.iter().find(|ip| !node_ips.contains(ip))
+        {
+            return Err(AddressError::NotNodeAddress {
+                pod: pod.pod_ref(),
+                ip,
+                node: pod.node.clone().unwrap_or_default(),
+                node_ips,
+            });
+        }
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::{
 
 pub use addresses::{
     AddressError, IpFamily, IpFamilyParseError, MAX_NODES, address_cluster, assign_addresses,
-    node_cidr_v4, node_cidr_v6, node_cidrs, node_count, node_name, node_number,
+    node_addresses, node_cidr_v4, node_cidr_v6, node_cidrs, node_count, node_name, node_number,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy as ApiPolicy;
 use serde::de::DeserializeOwned;
