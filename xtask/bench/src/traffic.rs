@@ -505,6 +505,7 @@ fn placeholder_pod() -> LabPod {
         ips: Vec::new(),
         ports: Vec::new(),
         labels: BTreeMap::new(),
+        host_network: false,
     }
 }
 

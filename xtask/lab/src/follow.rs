@@ -89,6 +89,16 @@ pub fn pod_changes(built: &Plan, wanted: &Plan) -> Vec<String> {
         match (built.get(key), wanted.get(key)) {
             (None, Some(pod)) => changes.push(format!("{key} is new, for {}", node_name(pod.node))),
             (Some(_), None) => changes.push(format!("{key} is gone")),
+            (Some(old), Some(new)) if old.host_network != new.host_network => {
+                changes.push(format!(
+                    "{key} {} hostNetwork",
+                    if new.host_network {
+                        "turns to"
+                    } else {
+                        "leaves"
+                    }
+                ))
+            }
             (Some(old), Some(new)) if old.node != new.node => changes.push(format!(
                 "{key} moves from {} to {}",
                 node_name(old.node),

@@ -123,12 +123,6 @@ pub fn from_texts(texts: &[(String, String)]) -> Result<Manifests> {
 
 /// What valid manifests may ask for that the lab cannot build.
 fn check_supported(snapshot: &Snapshot) -> Result<()> {
-    if let Some(pod) = snapshot.pods.iter().find(|pod| pod.host_network) {
-        bail!(
-            "Pod {}: spec.hostNetwork: hostNetwork pods are not supported by the lab",
-            pod.pod_ref()
-        );
-    }
     for service in &snapshot.services {
         let service_type = service.service_type;
         for (i, port) in service.ports.iter().enumerate() {

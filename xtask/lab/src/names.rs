@@ -47,14 +47,19 @@ pub fn pods_run_dir() -> PathBuf {
     PathBuf::from(RUN_DIR).join("pods")
 }
 
-/// Created by a pod's server once it listens.
-pub fn server_ready_file(pod_netns: &str) -> PathBuf {
-    pods_run_dir().join(format!("{pod_netns}.ready"))
+/// Created by a pod's server once it listens (`pod` is the pod's [`pod_netns`] name).
+pub fn server_ready_file(pod: &str) -> PathBuf {
+    pods_run_dir().join(format!("{pod}.ready"))
 }
 
 /// The output of a pod's server.
-pub fn server_log(pod_netns: &str) -> PathBuf {
-    pods_run_dir().join(format!("{pod_netns}.log"))
+pub fn server_log(pod: &str) -> PathBuf {
+    pods_run_dir().join(format!("{pod}.log"))
+}
+
+/// The process id of a hostNetwork pod's server, which no namespace of its own ends.
+pub fn server_pid_file(pod: &str) -> PathBuf {
+    pods_run_dir().join(format!("{pod}.pid"))
 }
 
 pub fn node_netns(k: usize) -> String {

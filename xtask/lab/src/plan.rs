@@ -26,10 +26,23 @@ pub struct LabPod {
     pub ips: Vec<IpAddr>,
     pub ports: Vec<ContainerPort>,
     pub labels: BTreeMap<String, String>,
+    /// `spec.hostNetwork`: the pod runs in its node's namespace, with its node's addresses.
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 impl LabPod {
+    /// The network namespace the pod's processes run in.
     pub fn netns(&self) -> String {
+        if self.host_network {
+            names::node_netns(self.node)
+        } else {
+            self.name()
+        }
+    }
+
+    /// A name of the pod's own, for its server's files: the name its namespace would have.
+    pub fn name(&self) -> String {
         names::pod_netns(self.node, &self.key)
     }
 
@@ -116,6 +129,7 @@ impl Plan {
                 ips: v4_first(&pod.ips),
                 ports: pod.ports.clone(),
                 labels: pod.labels.clone(),
+                host_network: pod.host_network,
             })
             .collect();
         let mut addressed: Vec<_> = snapshot

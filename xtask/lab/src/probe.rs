@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     io::{self, ErrorKind},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     ops::Range,
     process,
     sync::{
@@ -28,6 +28,7 @@ use policy_core::{
     matrix::{Matrix, Reachability},
     policy::model::Protocol,
 };
+use socket2::{Domain, Socket, Type};
 
 use super::{
     agent,
@@ -302,7 +303,12 @@ pub fn probe_all(
                 client.ip(v6),
                 target(plan, client, server, port, protocol, via, v6),
             ) {
-                (Some(_), Some(address)) => jobs.push(((c, s), client.netns(), address)),
+                (Some(ip), Some(address)) => {
+                    // A hostNetwork pod speaks from its node address, not from whichever
+                    // address of the node the route would pick.
+                    let source = client.host_network.then_some(ip);
+                    jobs.push(((c, s), client.netns(), source, address));
+                }
                 _ => {
                     results.insert((c, s), None);
                 }
@@ -317,12 +323,12 @@ pub fn probe_all(
             scope.spawn(|| {
                 loop {
                     let job = queue.lock().ok().and_then(|mut jobs| jobs.next());
-                    let Some((pair, netns_name, address)) = job else {
+                    let Some((pair, netns_name, source, address)) = job else {
                         return;
                     };
                     match netns::enter(&netns_name) {
                         Ok(()) => {
-                            let outcome = probe(protocol, address);
+                            let outcome = probe(protocol, source, address);
                             if let Ok(mut done) = done.lock() {
                                 done.push((pair, Some(outcome)));
                             }
@@ -348,38 +354,41 @@ pub fn probe_all(
     Ok(results)
 }
 
-/// One probe from the calling thread's network namespace.
-pub fn probe(protocol: Protocol, address: SocketAddr) -> Outcome {
+/// One probe from the calling thread's network namespace, from `source` if given.
+pub fn probe(protocol: Protocol, source: Option<IpAddr>, address: SocketAddr) -> Outcome {
     let outcome = |error: std::io::Error| match error.kind() {
         ErrorKind::ConnectionRefused => Outcome::Refused,
         ErrorKind::TimedOut | ErrorKind::WouldBlock => Outcome::Silent,
         _ => Outcome::Unreachable,
     };
-    match protocol {
-        Protocol::Tcp => match TcpStream::connect_timeout(&address, PROBE_TIMEOUT) {
-            Ok(_) => Outcome::Answered,
-            Err(error) => outcome(error),
-        },
-        Protocol::Udp | Protocol::Sctp => {
-            let local = if address.is_ipv6() {
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-            } else {
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
-            };
-            let exchange = || -> std::io::Result<()> {
-                let socket = udp_probe_socket(local.ip())?;
+    let local = source.unwrap_or(if address.is_ipv6() {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    });
+    let exchange = || -> io::Result<()> {
+        match protocol {
+            Protocol::Tcp => {
+                let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+                if source.is_some() {
+                    socket.bind(&SocketAddr::new(local, 0).into())?;
+                }
+                socket.connect_timeout(&address.into(), PROBE_TIMEOUT)
+            }
+            Protocol::Udp | Protocol::Sctp => {
+                let socket = udp_probe_socket(local)?;
                 socket.connect(address)?;
                 socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
                 socket.send(b"probe")?;
                 let mut buffer = [0_u8; 512];
                 socket.recv(&mut buffer)?;
                 Ok(())
-            };
-            match exchange() {
-                Ok(()) => Outcome::Answered,
-                Err(error) => outcome(error),
             }
         }
+    };
+    match exchange() {
+        Ok(()) => Outcome::Answered,
+        Err(error) => outcome(error),
     }
 }
 

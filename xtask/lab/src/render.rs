@@ -1,25 +1,31 @@
 //! The rendered copy of the manifest directory that the agents watch: the user's manifests with
 //! what a real cluster would have filled in (every Pod's node, phase and addresses, every
-//! Service's cluster IPs) and a Namespace object for every namespace only named by objects.
+//! Service's cluster IPs, every lab Node's addresses), a Namespace object for every namespace
+//! only named by objects, and a Node object for every lab node no manifest describes.
 //! Files are written elsewhere and renamed into place, so a watcher never reads half a file.
 
 use std::{collections::BTreeMap, fs, net::IpAddr, path::Path};
 
 use anyhow::{Context, Result, bail};
-use policy_core::{manifest::node_name, policy::state::ObjectRef};
+use policy_core::{
+    manifest::{node_addresses, node_name, node_number},
+    policy::state::ObjectRef,
+};
 use serde_json::{Value, json};
 
 use super::{manifest::Manifests, plan::Plan};
 
 /// The file that holds the Namespace objects the lab adds.
 const IMPLIED_NAMESPACES_FILE: &str = "lab-namespaces.yaml";
+/// The file that holds the Node objects the lab adds.
+const IMPLIED_NODES_FILE: &str = "lab-nodes.yaml";
 
 /// The rendered files, by file name.
 pub fn render(manifests: &Manifests, plan: &Plan) -> Result<BTreeMap<String, String>> {
     let mut files = BTreeMap::new();
     for file in &manifests.files {
-        if file.name == IMPLIED_NAMESPACES_FILE {
-            bail!("{IMPLIED_NAMESPACES_FILE} is a file name the lab reserves; rename it");
+        if [IMPLIED_NAMESPACES_FILE, IMPLIED_NODES_FILE].contains(&file.name.as_str()) {
+            bail!("{} is a file name the lab reserves; rename it", file.name);
         }
         let mut text = String::new();
         for object in &file.objects {
@@ -49,6 +55,27 @@ pub fn render(manifests: &Manifests, plan: &Plan) -> Result<BTreeMap<String, Str
             text.push_str(&serde_norway::to_string(&object).context("rendering a Namespace")?);
         }
         files.insert(IMPLIED_NAMESPACES_FILE.to_owned(), text);
+    }
+    let described: Vec<&str> = manifests
+        .files
+        .iter()
+        .flat_map(|file| &file.objects)
+        .filter(|object| object.get("kind").and_then(Value::as_str) == Some("Node"))
+        .filter_map(|object| object.pointer("/metadata/name").and_then(Value::as_str))
+        .collect();
+    let mut text = String::new();
+    for k in (1..=plan.nodes).filter(|k| !described.contains(&node_name(*k).as_str())) {
+        let mut object = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node_name(k)},
+        });
+        fill_in(&mut object, plan);
+        text.push_str("---\n");
+        text.push_str(&serde_norway::to_string(&object).context("rendering a Node")?);
+    }
+    if !text.is_empty() {
+        files.insert(IMPLIED_NODES_FILE.to_owned(), text);
     }
     Ok(files)
 }
@@ -106,6 +133,35 @@ fn fill_in(value: &mut Value, plan: &Plan) {
                     .map(|ip| json!({"ip": ip.to_string()}))
                     .collect();
                 status.insert("podIPs".into(), Value::Array(ips));
+            }
+        }
+        Some("Node") => {
+            let Some(k) = node_number(&key.name).filter(|k| *k <= plan.nodes) else {
+                return;
+            };
+            let Some(status) = object_field(value, "status") else {
+                return;
+            };
+            let gives_ips = status
+                .get("addresses")
+                .and_then(Value::as_array)
+                .is_some_and(|addresses| {
+                    addresses.iter().any(|address| {
+                        matches!(
+                            address.get("type").and_then(Value::as_str),
+                            Some("InternalIP" | "ExternalIP")
+                        )
+                    })
+                });
+            if !gives_ips {
+                let mut addresses: Vec<Value> = node_addresses(k, plan.family)
+                    .iter()
+                    .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+                    .collect();
+                if let Some(given) = status.get("addresses").and_then(Value::as_array) {
+                    addresses.extend(given.iter().cloned());
+                }
+                status.insert("addresses".into(), Value::Array(addresses));
             }
         }
         Some("Service") => {

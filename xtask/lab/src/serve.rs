@@ -4,14 +4,16 @@
 use std::{
     fs,
     io::Write,
-    net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     os::fd::AsRawFd as _,
     path::PathBuf,
     thread,
 };
 
-use anyhow::{Context, Result, bail};
-use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, sockopt};
+use anyhow::{Context, Result};
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, sockopt,
+};
 
 /// Arguments of the pod server.
 #[derive(clap::Args)]
@@ -19,6 +21,9 @@ pub struct ServeArgs {
     /// A port to answer on, over TCP and UDP.
     #[arg(long = "port", required = true)]
     ports: Vec<u16>,
+    /// Answer on these addresses only (default: every address, IPv4 and IPv6).
+    #[arg(long = "address")]
+    addresses: Vec<IpAddr>,
     /// Created once every socket is bound.
     #[arg(long)]
     ready_file: PathBuf,
@@ -35,20 +40,17 @@ const ACCEPT_BACKLOG: i32 = 4096;
 
 /// A TCP listener on `address` with [`ACCEPT_BACKLOG`].
 fn listen(address: SocketAddr) -> Result<TcpListener> {
-    let socket = socket::socket(
-        AddressFamily::Inet6,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let family = if address.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let socket = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&socket, sockopt::ReuseAddr, &true)?;
-    socket::bind(
-        socket.as_raw_fd(),
-        &SockaddrIn6::from(match address {
-            SocketAddr::V6(v6) => v6,
-            SocketAddr::V4(_) => bail!("the server listens on [::] only"),
-        }),
-    )?;
+    match address {
+        SocketAddr::V4(v4) => socket::bind(socket.as_raw_fd(), &SockaddrIn::from(v4))?,
+        SocketAddr::V6(v6) => socket::bind(socket.as_raw_fd(), &SockaddrIn6::from(v6))?,
+    }
     socket::listen(&socket, Backlog::new(ACCEPT_BACKLOG)?)?;
     Ok(TcpListener::from(socket))
 }
@@ -57,11 +59,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let reply = format!("{}\n", args.reply);
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
+    // [::] with IPV6_V6ONLY off (the Linux default) serves IPv4 too.
+    let ips = if args.addresses.is_empty() {
+        vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
+    } else {
+        args.addresses.clone()
+    };
     for port in &args.ports {
-        // [::] with IPV6_V6ONLY off (the Linux default) serves IPv4 too.
-        let address = SocketAddr::from((Ipv6Addr::UNSPECIFIED, *port));
-        tcp.push(listen(address).with_context(|| format!("listening on TCP port {port}"))?);
-        udp.push(UdpSocket::bind(address).with_context(|| format!("binding UDP port {port}"))?);
+        for &ip in &ips {
+            let address = SocketAddr::new(ip, *port);
+            tcp.push(listen(address).with_context(|| format!("listening on TCP {address}"))?);
+            udp.push(UdpSocket::bind(address).with_context(|| format!("binding UDP {address}"))?);
+        }
     }
     fs::write(&args.ready_file, "")
         .with_context(|| format!("writing {}", args.ready_file.display()))?;

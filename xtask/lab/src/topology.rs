@@ -194,22 +194,27 @@ pub fn create_pod(pod: &LabPod, family: IpFamily) -> Result<()> {
 /// Detaches the pod from its node and deletes its namespace (which stops its server).
 pub fn delete_pod(pod: &LabPod, family: IpFamily) -> Result<()> {
     let node_netns = names::node_netns(pod.node);
-    if netns::exists(&node_netns) {
-        let (host_if, mac) = (names::host_veth(&pod.key), names::pod_mac(&pod.key));
-        let link = PodLink {
-            node: &node_netns,
-            pod: &pod.netns(),
-            host_if: &host_if,
-            pod_if: names::POD_LINK,
-            mac: Some(&mac),
-            addresses: &pod.ips,
-        };
-        wire::detach(&link, &wiring(pod.node, family));
+    if pod.host_network {
+        stop_host_server(pod)?;
+    } else {
+        if netns::exists(&node_netns) {
+            let (host_if, mac) = (names::host_veth(&pod.key), names::pod_mac(&pod.key));
+            let link = PodLink {
+                node: &node_netns,
+                pod: &pod.netns(),
+                host_if: &host_if,
+                pod_if: names::POD_LINK,
+                mac: Some(&mac),
+                addresses: &pod.ips,
+            };
+            wire::detach(&link, &wiring(pod.node, family));
+        }
+        netns::delete(&pod.netns())?;
     }
-    netns::delete(&pod.netns())?;
     for file in [
-        names::server_ready_file(&pod.netns()),
-        names::server_log(&pod.netns()),
+        names::server_ready_file(&pod.name()),
+        names::server_log(&pod.name()),
+        names::server_pid_file(&pod.name()),
     ] {
         match std::fs::remove_file(&file) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
@@ -217,6 +222,32 @@ pub fn delete_pod(pod: &LabPod, family: IpFamily) -> Result<()> {
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Stops a hostNetwork pod's server: the process its pid file names, if that is still the
+/// pod's server (a pid outlives its process and may be reused).
+fn stop_host_server(pod: &LabPod) -> Result<()> {
+    let file = names::server_pid_file(&pod.name());
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Ok(());
+    };
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("reading {}", file.display()))?;
+    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let reply = pod.key.to_string();
+    let is_server = command_line
+        .split(|byte| *byte == 0)
+        .any(|argument| argument == reply.as_bytes());
+    if is_server {
+        // Gone already is as good as stopped.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     Ok(())
 }

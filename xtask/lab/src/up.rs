@@ -180,6 +180,7 @@ pub fn up(args: &UpArgs) -> Result<Up> {
                 && old.node == pod.node
                 && old.ips == pod.ips
                 && old.ports == pod.ports
+                && old.host_network == pod.host_network
         }) && netns::exists(&pod.netns())
             && !fresh_nodes.contains(&pod.node)
     };
@@ -208,7 +209,9 @@ pub fn up(args: &UpArgs) -> Result<Up> {
         .then(|| build::binary("policy-lab", Profile::Debug))
         .transpose()?;
     for pod in plan.pods.iter().filter(|pod| !unchanged(pod)) {
-        topology::create_pod(pod, plan.family)?;
+        if !pod.host_network {
+            topology::create_pod(pod, plan.family)?;
+        }
         if let Some(server) = &server {
             start_server(server, pod)?;
         }
@@ -268,7 +271,7 @@ fn start_server(server: &Path, pod: &LabPod) -> Result<()> {
     if ports.is_empty() {
         return Ok(());
     }
-    let ready = names::server_ready_file(&pod.netns());
+    let ready = names::server_ready_file(&pod.name());
     if ready.exists() {
         fs::remove_file(&ready).with_context(|| format!("removing {}", ready.display()))?;
     }
@@ -280,17 +283,28 @@ fn start_server(server: &Path, pod: &LabPod) -> Result<()> {
     for port in ports {
         command.args(["--port", &port.to_string()]);
     }
-    let log = names::server_log(&pod.netns());
-    netns::spawn_detached(&pod.netns(), &mut command, &log)?;
+    // On its node's namespace, the server answers from the address it was reached on, as the
+    // probes expect, and leaves the node's other addresses alone.
+    if pod.host_network {
+        for ip in &pod.ips {
+            command.args(["--address", &ip.to_string()]);
+        }
+    }
+    let log = names::server_log(&pod.name());
+    let pid = netns::spawn_detached(&pod.netns(), &mut command, &log)?;
+    if pod.host_network {
+        let file = names::server_pid_file(&pod.name());
+        fs::write(&file, pid.to_string()).with_context(|| format!("writing {}", file.display()))?;
+    }
     Ok(())
 }
 
 fn wait_servers_ready(pods: &[&LabPod]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     for pod in pods.iter().filter(|pod| !pod.served_ports().is_empty()) {
-        while !names::server_ready_file(&pod.netns()).exists() {
+        while !names::server_ready_file(&pod.name()).exists() {
             if Instant::now() > deadline {
-                let log = names::server_log(&pod.netns());
+                let log = names::server_log(&pod.name());
                 bail!(
                     "the server of pod {} did not start: {}",
                     pod.key,
