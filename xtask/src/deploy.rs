@@ -31,22 +31,26 @@ pub fn check_manifests(deploy_dir: &Path) -> anyhow::Result<(usize, usize)> {
     yaml_files(deploy_dir, &mut files)?;
     files.sort();
     let mut problems = Vec::new();
-    let mut objects = 0;
+    let mut documents = Vec::new();
     for path in &files {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let values = match manifest::objects(path, &text) {
-            Ok(values) => values,
-            Err(error) => {
-                problems.push(format!("{:#}", anyhow::Error::new(error)));
-                continue;
-            }
-        };
-        for value in values {
-            objects += 1;
-            for problem in check_object(&mut schemas, &value)? {
-                problems.push(format!("{}: {problem}", path.display()));
-            }
+        match manifest::objects(path, &text) {
+            Ok(values) => documents.extend(values.into_iter().map(|value| (path, value))),
+            Err(error) => problems.push(format!("{:#}", anyhow::Error::new(error))),
+        }
+    }
+    // The custom resources `deploy/` defines are checked against the schemas it ships.
+    for (path, value) in &documents {
+        if value.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
+            schemas
+                .add_custom_resource(value)
+                .with_context(|| format!("reading the CRD in {}", path.display()))?;
+        }
+    }
+    for (path, value) in &documents {
+        for problem in check_object(&mut schemas, value)? {
+            problems.push(format!("{}: {problem}", path.display()));
         }
     }
     if !problems.is_empty() {
@@ -57,7 +61,7 @@ pub fn check_manifests(deploy_dir: &Path) -> anyhow::Result<(usize, usize)> {
             problems.join("\n")
         );
     }
-    Ok((objects, files.len()))
+    Ok((documents.len(), files.len()))
 }
 
 /// What is wrong with one document: a kind cluster configuration or a Kubernetes object.

@@ -2,13 +2,14 @@
 //!
 //! The schemas are vendored in `xtask/e2e/schemas/kubernetes-v1.37.0` (see its README): the strict
 //! variant, in which a field the API does not know is an error, as it is for
-//! `kubectl apply --validate=strict`. Nothing is fetched: a kind without a vendored schema is an
-//! error that names it.
+//! `kubectl apply --validate=strict`. Custom resources are checked against the schema of their
+//! CustomResourceDefinition, made strict in the same way. Nothing is fetched: a kind without a
+//! schema is an error that names it.
 
 use std::{collections::BTreeMap, fmt, fs, path::PathBuf};
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The Kubernetes version of the vendored schemas.
 pub const KUBERNETES_VERSION: &str = "v1.37.0";
@@ -16,11 +17,15 @@ pub const KUBERNETES_VERSION: &str = "v1.37.0";
 /// Where every `$ref` of the vendored schemas points: the shared definitions.
 const DEFINITIONS_REF: &str = "/api/_definitions.json#";
 const DEFINITIONS_FILE: &str = "_definitions.json";
+/// The definition of every object's `metadata`.
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
 /// Validators for the kinds that have a vendored schema, built on first use.
 pub struct Schemas {
     dir: PathBuf,
     definitions: Value,
+    /// The schemas of custom resources, by the file name a vendored schema would have.
+    custom: BTreeMap<String, Value>,
     validators: BTreeMap<String, jsonschema::Validator>,
 }
 
@@ -63,8 +68,47 @@ impl Schemas {
         Ok(Self {
             dir,
             definitions,
+            custom: BTreeMap::new(),
             validators: BTreeMap::new(),
         })
+    }
+
+    /// Adds the kinds a CustomResourceDefinition defines, one per served version, with their
+    /// `openAPIV3Schema` made strict.
+    pub fn add_custom_resource(&mut self, crd: &Value) -> anyhow::Result<()> {
+        let text = |pointer: &str| {
+            crd.pointer(pointer)
+                .and_then(Value::as_str)
+                .with_context(|| format!("the CRD has no {pointer}"))
+        };
+        let (group, kind) = (text("/spec/group")?, text("/spec/names/kind")?);
+        let versions = crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .context("the CRD has no spec.versions")?;
+        for version in versions {
+            let name = version
+                .get("name")
+                .and_then(Value::as_str)
+                .context("a version of the CRD has no name")?;
+            let mut schema = version
+                .pointer("/schema/openAPIV3Schema")
+                .cloned()
+                .with_context(|| format!("version {name} of the CRD has no schema"))?;
+            let api_version = format!("{group}/{name}");
+            // The API server supplies these three for every custom resource.
+            if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+                properties.insert("apiVersion".to_owned(), json!({"enum": [api_version]}));
+                properties.insert("kind".to_owned(), json!({"enum": [kind]}));
+                properties.insert(
+                    "metadata".to_owned(),
+                    json!({"$ref": format!("{DEFINITIONS_REF}/$defs/{OBJECT_META}")}),
+                );
+            }
+            make_strict(&mut schema);
+            self.custom.insert(schema_file(&api_version, kind), schema);
+        }
+        Ok(())
     }
 
     /// What is wrong with `object`: nothing when it matches the schema of its kind.
@@ -86,6 +130,14 @@ impl Schemas {
             }]);
         };
         let file = schema_file(api_version, kind);
+        if let Some(schema) = self.custom.get(&file)
+            && !self.validators.contains_key(&file)
+        {
+            let validator = self
+                .compile(schema)
+                .with_context(|| format!("compiling the CRD's schema for {kind}"))?;
+            self.validators.insert(file.clone(), validator);
+        }
         if !self.validators.contains_key(&file) {
             let path = self.dir.join(&file);
             if !path.is_file() {
@@ -144,6 +196,33 @@ fn schema_file(api_version: &str, kind: &str) -> String {
     format!("{}-{version}.json", kind.to_lowercase())
 }
 
+/// Forbids the fields a structural schema does not declare, as strict field validation does:
+/// every object with `properties` that does not keep unknown fields gets
+/// `additionalProperties: false`.
+fn make_strict(schema: &mut Value) {
+    let Value::Object(map) = schema else {
+        return;
+    };
+    let keeps_unknown = map
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if map.contains_key("properties") && !keeps_unknown && !map.contains_key("additionalProperties")
+    {
+        map.insert("additionalProperties".to_owned(), Value::Bool(false));
+    }
+    for (key, child) in map.iter_mut() {
+        match (key.as_str(), child) {
+            ("properties", Value::Object(properties)) => {
+                properties.values_mut().for_each(make_strict);
+            }
+            // Not into allOf, anyOf and oneOf: their branches name only some of the fields.
+            ("items" | "additionalProperties", child) => make_strict(child),
+            _ => {}
+        }
+    }
+}
+
 /// Points every reference to the shared definitions at the document's own `$defs`.
 fn localize_refs(value: &mut Value) {
     match value {
@@ -188,8 +267,6 @@ fn read_json(path: &std::path::Path) -> anyhow::Result<Value> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     fn daemonset() -> Value {
@@ -209,6 +286,31 @@ mod tests {
                 },
             },
         })
+    }
+
+    #[test]
+    fn custom_resources_are_checked_strictly_against_their_crd() {
+        let mut schemas = Schemas::vendored().unwrap();
+        let path = policy_lab::workspace_root().join("deploy/05-clusternetworkpolicy-crd.yaml");
+        let crd: Value = serde_norway::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        schemas.add_custom_resource(&crd).unwrap();
+        let mut policy = json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "guard"},
+            "spec": {
+                "tier": "Admin",
+                "priority": 10,
+                "subject": {"namespaces": {}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+            },
+        });
+        assert_eq!(schemas.validate(&policy).unwrap(), []);
+        policy["spec"]["ingress"][0]["acton"] = json!("Accept");
+        let violations = schemas.validate(&policy).unwrap();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].field, "spec.ingress[0]");
+        assert!(violations[0].message.contains("acton"), "{violations:?}");
     }
 
     #[test]
