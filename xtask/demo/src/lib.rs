@@ -78,7 +78,7 @@ struct Step {
     ports: &'static [Port],
 }
 
-const STEPS: [Step; 4] = [
+const STEPS: [Step; 5] = [
     Step {
         file: "01-db-from-api-only.yaml",
         title: "The database takes connections only from the API tier, on 3306; the web tier \
@@ -100,6 +100,13 @@ const STEPS: [Step; 4] = [
         file: "04-metrics-from-monitoring.yaml",
         title: "Prometheus, in another namespace, may scrape the API's metrics on 9090",
         ports: &[tcp(9090)],
+    },
+    Step {
+        file: "05-cluster-tiers.yaml",
+        title: "The operator's ClusterNetworkPolicies: an Admin Deny keeps other namespaces out \
+                of production whatever its owners allow, a Pass hands Prometheus back to them, \
+                and a Baseline default deny covers the namespaces without policies",
+        ports: &[tcp(80), tcp(9090), udp(53)],
     },
 ];
 
