@@ -2131,21 +2131,69 @@ fn pkt_tcp_from(peer: IpAddr, src_port: u16, dst_port: u16, flags: u8) -> Vec<u8
     }
 }
 
+/// What the sized endpoints' entries stand for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tiers {
+    /// NetworkPolicy only: allows, and isolation denies the rest.
+    NetworkPolicy,
+    /// ClusterNetworkPolicies too: the endpoint reads its entries as compiled verdicts of
+    /// every tier.
+    Cluster,
+}
+
+impl Tiers {
+    /// The prefix of the figures' case names.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::NetworkPolicy => "",
+            Self::Cluster => "cluster-",
+        }
+    }
+}
+
 /// An endpoint isolated both ways with `entries` policy entries in each direction: half as
-/// many peer classes (one address each), every class allowing TCP 80 and TCP 8000-8007 to and
-/// from the pod, so the plans probe two prefix lengths whatever the size. Returns the peer
-/// address of the middle class.
-fn setup_sized(family: Family, entries: u32) -> (Datapath, IpAddr) {
+/// many peer classes (one address each), every class allowing TCP 80 to and from the pod and,
+/// with NetworkPolicy only, TCP 8000-8007, so the plans probe two prefix lengths whatever the
+/// size. With ClusterNetworkPolicies, an Admin `Deny` takes 8000-8007 instead, and one more
+/// Admin `Deny` of TCP 22 from any peer makes every miss probe the any-peer keys too. Returns
+/// the peer address of the middle class.
+fn setup_sized(family: Family, entries: u32, tiers: Tiers) -> (Datapath, IpAddr) {
     let classes = entries / 2;
     let mut allows = Vec::new();
     for class in 1..=classes {
         for direction in Direction::ALL {
             allows.push(allow(direction, class, TCP, 80, 80, class));
-            allows.push(allow(direction, class, TCP, 8000, 8007, class));
+            allows.push(match tiers {
+                Tiers::NetworkPolicy => allow(direction, class, TCP, 8000, 8007, class),
+                Tiers::Cluster => decided(
+                    direction,
+                    class,
+                    TCP,
+                    (8000, 8007),
+                    PolicyAction::DenyAdmin,
+                    RULE_ADMIN,
+                ),
+            });
         }
     }
+    let flags = match tiers {
+        Tiers::NetworkPolicy => ISOLATED,
+        Tiers::Cluster => {
+            for direction in Direction::ALL {
+                allows.push(decided(
+                    direction,
+                    ANY_PEER_CLASS,
+                    TCP,
+                    (22, 22),
+                    PolicyAction::DenyAdmin,
+                    RULE_ADMIN,
+                ));
+            }
+            ISOLATED | TIERED
+        }
+    };
     let mut dp = Datapath::load();
-    dp.setup_endpoint(setup_test_ifindex(), EP, &POD, ISOLATED, &allows);
+    dp.setup_endpoint(setup_test_ifindex(), EP, &POD, flags, &allows);
     let prefix_len = match family {
         Family::V4 => 32,
         Family::V6 => 128,
@@ -2172,7 +2220,8 @@ fn print_figure(family: Family, entries: u32, case: &str, round: u32, ns: f64) {
 
 /// Prints the programs' sizes, then ns per packet through BPF_PROG_TEST_RUN for the
 /// established, new allowed and new denied paths, IPv4 and IPv6, at every size of `SIZES`,
-/// next to an empty classifier (the floor: what TEST_RUN itself costs per repetition), over
+/// with NetworkPolicy only and with ClusterNetworkPolicies (`cluster-` cases), next to an
+/// empty classifier (the floor: what TEST_RUN itself costs per repetition), over
 /// `ROUNDS` interleaved rounds, each on freshly loaded programs and maps. Checks that every
 /// repetition took the path it is named after; timing is left to the bench's report.
 ///
@@ -2200,14 +2249,17 @@ fn measure_instructions_and_ns_per_packet() {
                 common::empty_classifier_ns(&pkt_tcp_from(family.peer(1), 999, 80, ACK), REPEAT);
             print_figure(family, 0, "empty", round, f64::from(floor));
             for entries in SIZES {
-                measure_sized(family, entries, round);
+                for tiers in [Tiers::NetworkPolicy, Tiers::Cluster] {
+                    measure_sized(family, entries, tiers, round);
+                }
             }
         }
     }
 }
 
-fn measure_sized(family: Family, entries: u32, round: u32) {
-    let (mut dp, peer) = setup_sized(family, entries);
+fn measure_sized(family: Family, entries: u32, tiers: Tiers, round: u32) {
+    let (mut dp, peer) = setup_sized(family, entries, tiers);
+    let case = |name: &str| format!("{}{name}", tiers.prefix());
     // A handshake confirms the flow, as every established connection is.
     assert_eq!(
         dp.run(Direction::Ingress, &pkt_tcp_from(peer, 999, 80, SYN)),
@@ -2231,7 +2283,7 @@ fn measure_sized(family: Family, entries: u32, round: u32) {
     print_figure(
         family,
         entries,
-        "established",
+        &case("established"),
         round,
         per_run.as_nanos() as f64,
     );
@@ -2243,7 +2295,7 @@ fn measure_sized(family: Family, entries: u32, round: u32) {
     print_figure(
         family,
         entries,
-        "new-allowed",
+        &case("new-allowed"),
         round,
         per_run.as_nanos() as f64,
     );
@@ -2264,12 +2316,14 @@ fn measure_sized(family: Family, entries: u32, round: u32) {
     print_figure(
         family,
         entries,
-        "new-denied",
+        &case("new-denied"),
         round,
         denied_total as f64 / f64::from(REPEAT),
     );
 
-    measure_source_check(&mut dp, family, entries, round, peer);
+    if tiers == Tiers::NetworkPolicy {
+        measure_source_check(&mut dp, family, entries, round, peer);
+    }
 }
 
 /// What `from_pod` costs with the source check and with it skipped (`ENDPOINT_ANY_SOURCE`), on

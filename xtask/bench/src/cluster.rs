@@ -3,7 +3,9 @@
 //! source reads. Namespaces carry `team` and `env` labels; pods carry `app`, `tier` and `version`
 //! labels, two named container ports and dual-stack addresses, 100 to a node; policies are ten
 //! kinds (default deny, pod and namespace selectors, egress, ipBlock with except, port ranges,
-//! named ports, allow-all, both directions) spread over the namespaces.
+//! named ports, allow-all, both directions) spread over the namespaces; ClusterNetworkPolicies,
+//! when asked for, are five kinds over both tiers (Admin `Deny`, `Accept` and `Pass`, Baseline
+//! `Deny` with networks and port ranges) with priorities in turn.
 //!
 //! Pods are placed by `node = (pod / namespaces) % nodes`, so every node, the measured one
 //! (`node-0`) included, gets `pods / nodes` pods from every namespace.
@@ -27,6 +29,8 @@ pub struct ClusterSize {
     pub pods: usize,
     pub policies: usize,
     pub namespaces: usize,
+    /// ClusterNetworkPolicies, in `cluster-policies.yaml`.
+    pub cluster_policies: usize,
 }
 
 impl ClusterSize {
@@ -159,14 +163,83 @@ pub fn generate(size: ClusterSize) -> Cluster {
         })
         .collect();
     let policies = (0..size.policies).map(|i| policy(i, size.namespaces));
-    Cluster {
-        files: vec![
-            ("namespaces.yaml".to_owned(), stream(namespaces)),
-            ("pods.yaml".to_owned(), stream(pods)),
-            ("policies.yaml".to_owned(), stream(policies)),
-        ],
-        local_pods,
+    let mut files = vec![
+        ("namespaces.yaml".to_owned(), stream(namespaces)),
+        ("pods.yaml".to_owned(), stream(pods)),
+        ("policies.yaml".to_owned(), stream(policies)),
+    ];
+    if size.cluster_policies > 0 {
+        let cluster_policies = (0..size.cluster_policies).map(cluster_policy);
+        files.push(("cluster-policies.yaml".to_owned(), stream(cluster_policies)));
     }
+    Cluster { files, local_pods }
+}
+
+/// ClusterNetworkPolicy `i`: kind `i % 5`, priority `i % 1000`.
+fn cluster_policy(i: usize) -> Value {
+    let env = |offset: usize| ENVS[(i + offset) % 3];
+    let team = format!("team-{}", i % 10);
+    let tcp = |port: u16| json!({"tcp": {"destinationPort": {"number": port}}});
+    let (tier, subject, rules) = match i % 5 {
+        0 => (
+            "Admin",
+            json!({"namespaces": {"matchLabels": {"env": env(0)}}}),
+            json!({"ingress": [{
+                "name": "not-from-other-envs",
+                "action": "Deny",
+                "from": [{"namespaces": {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": [env(0)]}]}}],
+                "protocols": [tcp(5432), tcp(6379)],
+            }]}),
+        ),
+        1 => (
+            "Admin",
+            json!({"pods": {"namespaceSelector": {"matchLabels": {"team": team}}, "podSelector": {"matchLabels": {"tier": "web"}}}}),
+            json!({"ingress": [{
+                "name": "monitoring",
+                "action": "Accept",
+                "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": format!("app-{}", i % APPS)}}}}],
+                "protocols": [tcp(9090)],
+            }]}),
+        ),
+        2 => (
+            "Admin",
+            json!({"namespaces": {"matchLabels": {"team": team}}}),
+            json!({"egress": [{
+                "name": "to-owners",
+                "action": "Pass",
+                "to": [{"namespaces": {"matchLabels": {"env": env(1)}}}],
+            }]}),
+        ),
+        3 => (
+            "Admin",
+            json!({"namespaces": {}}),
+            json!({"egress": [{
+                "name": "no-metadata",
+                "action": "Deny",
+                "to": [{"networks": [format!("169.254.{}.0/24", i % 250), "fd00:ec2::/64"]}],
+            }]}),
+        ),
+        _ => (
+            "Baseline",
+            json!({"namespaces": {"matchLabels": {"env": env(2)}}}),
+            json!({"ingress": [{
+                "name": "default-deny",
+                "action": "Deny",
+                "from": [{"namespaces": {}}],
+                "protocols": [{"tcp": {"destinationPort": {"range": {"start": 30000, "end": 32767}}}}],
+            }]}),
+        ),
+    };
+    let mut spec = json!({"tier": tier, "priority": i % 1000, "subject": subject});
+    if let (Some(spec), Some(rules)) = (spec.as_object_mut(), rules.as_object()) {
+        spec.extend(rules.clone());
+    }
+    json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": format!("cluster-policy-{i}")},
+        "spec": spec,
+    })
 }
 
 /// Policy `i`: kind `i / namespaces % 10` in namespace `i % namespaces`.
@@ -248,7 +321,10 @@ mod tests {
         path::Path,
     };
 
-    use policy_core::manifest::objects;
+    use policy_core::{
+        manifest::{Loaded, load_text, objects},
+        policy::cluster::Tier,
+    };
 
     use super::*;
 
@@ -256,6 +332,7 @@ mod tests {
         pods: 1_000,
         policies: 500,
         namespaces: 100,
+        cluster_policies: 0,
     };
 
     fn documents(cluster: &Cluster) -> Vec<Value> {
@@ -340,6 +417,30 @@ mod tests {
             pod_ips(49_999).0,
             Ipv4Addr::new(10, 244, 196, 79),
             "still inside 10.244.0.0/16"
+        );
+    }
+
+    #[test]
+    fn cluster_policies_cover_both_tiers_and_load_without_errors() {
+        let cluster = generate(ClusterSize {
+            cluster_policies: 10,
+            ..SMALL
+        });
+        let (name, text) = cluster.files.last().unwrap();
+        assert_eq!(name, "cluster-policies.yaml");
+        let mut loaded = Loaded::default();
+        load_text(Path::new(name), text, &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let policies = &loaded.snapshot.cluster_policies;
+        assert_eq!(policies.len(), 10);
+        for tier in Tier::ALL {
+            assert!(policies.iter().any(|policy| policy.tier == tier), "{tier}");
+        }
+        assert!(
+            generate(SMALL)
+                .files
+                .iter()
+                .all(|(name, _)| name != "cluster-policies.yaml")
         );
     }
 

@@ -43,15 +43,18 @@ pub struct Settings {
     pub rounds_per_run: usize,
     /// The pod counts of the start benchmark.
     pub start_pods: &'static [usize],
+    /// One more start: at this many pods, with this many ClusterNetworkPolicies.
+    pub start_with_cluster_policies: Option<(usize, usize)>,
 }
 
 impl Settings {
     /// What `cargo xtask bench` measures: five runs, 100 samples of every change, and starts
-    /// at 1,000, 10,000 and 50,000 pods.
+    /// at 1,000, 10,000 and 50,000 pods, and at 10,000 pods with 200 ClusterNetworkPolicies.
     pub const FULL: Settings = Settings {
         runs: 5,
         rounds_per_run: 20,
         start_pods: &[1_000, 10_000, 50_000],
+        start_with_cluster_policies: Some((10_000, 200)),
     };
 }
 
@@ -62,6 +65,7 @@ const CHANGE_CLUSTER: ClusterSize = ClusterSize {
     pods: 1_000,
     policies: 500,
     namespaces: 100,
+    cluster_policies: 0,
 };
 /// The start benchmark's policies and namespaces.
 const START_POLICIES: usize = 1_000;
@@ -134,6 +138,7 @@ struct Sample {
 pub struct StartFigures {
     pub pods: usize,
     pub policies: usize,
+    pub cluster_policies: usize,
     pub namespaces: usize,
     pub endpoints: usize,
     pub first_generation_ms: f64,
@@ -215,14 +220,20 @@ fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>>
         runs: Vec<Start>,
     }
     let mut scales = Vec::new();
-    for &pods in settings.start_pods {
+    let starts = settings
+        .start_pods
+        .iter()
+        .map(|&pods| (pods, 0))
+        .chain(settings.start_with_cluster_policies);
+    for (pods, cluster_policies) in starts {
         let size = ClusterSize {
             pods,
             policies: START_POLICIES,
             namespaces: START_NAMESPACES,
+            cluster_policies,
         };
         let cluster = cluster::generate(size);
-        let dir = write_cluster(&format!("start-{pods}"), &cluster)?;
+        let dir = write_cluster(&format!("start-{pods}-{cluster_policies}"), &cluster)?;
         let addresses: Vec<Ipv4Addr> = cluster.local_pods.iter().map(|pod| pod.ipv4).collect();
         scales.push(Scale {
             generation: generation(agent, &dir)?,
@@ -239,13 +250,13 @@ fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>>
             // the previous agent were removed, the agent was seconds slower to resolve and
             // write its maps, which is not a first programming.
             let mut bed = Bed::new(&format!("start-{}", scale.size.pods))?;
+            let label = scale_label(scale.size.pods, scale.size.cluster_policies);
             bed.add_sink_endpoints(&scale.addresses)?;
             let start = bed.measure_start(agent, &scale.dir, MEASURED_NODE, &scale.generation)?;
             drop(bed);
             println!(
-                "  run {run}, {} pods: first generation after {:.0} ms, peak RSS {:.1} MB, \
+                "  run {run}, {label}: first generation after {:.0} ms, peak RSS {:.1} MB, \
                  map memory {:.1} MB",
-                scale.size.pods,
                 start.first_generation_ms,
                 start.peak_rss_bytes as f64 / 1e6,
                 map_bytes(&start.maps) as f64 / 1e6
@@ -273,6 +284,7 @@ fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>>
             StartFigures {
                 pods: scale.size.pods,
                 policies: scale.size.policies,
+                cluster_policies: scale.size.cluster_policies,
                 namespaces: scale.size.namespaces,
                 endpoints: scale.endpoints,
                 first_generation_ms,
@@ -283,6 +295,15 @@ fn measure_starts(agent: &Path, settings: Settings) -> Result<Vec<StartFigures>>
             }
         })
         .collect())
+}
+
+/// `10000 pods`, or `10000 pods + 200 ClusterNetworkPolicies`.
+fn scale_label(pods: usize, cluster_policies: usize) -> String {
+    if cluster_policies == 0 {
+        format!("{pods} pods")
+    } else {
+        format!("{pods} pods + {cluster_policies} ClusterNetworkPolicies")
+    }
 }
 
 /// The report's sections: change to enforcement, then the agent's start.
@@ -452,6 +473,7 @@ fn start_section(starts: &[StartFigures]) -> Section {
             vec![
                 start.pods.to_string(),
                 start.policies.to_string(),
+                start.cluster_policies.to_string(),
                 start.endpoints.to_string(),
                 format!("{:.0}", start.first_generation_ms),
                 phase(start, |p| p.load_ms),
@@ -464,8 +486,9 @@ fn start_section(starts: &[StartFigures]) -> Section {
         .collect();
     let mut map_columns = vec!["map".to_owned(), "max entries".to_owned()];
     for start in starts {
-        map_columns.push(format!("{} pods: entries", start.pods));
-        map_columns.push(format!("{} pods: MB", start.pods));
+        let label = scale_label(start.pods, start.cluster_policies);
+        map_columns.push(format!("{label}: entries"));
+        map_columns.push(format!("{label}: MB"));
     }
     let map_rows = starts
         .first()
@@ -489,6 +512,14 @@ fn start_section(starts: &[StartFigures]) -> Section {
         })
         .unwrap_or_default();
     let pods = |start: &StartFigures| start.pods as f64;
+    let all_starts = starts;
+    // Curves, targets and growth are about NetworkPolicy only; the start with
+    // ClusterNetworkPolicies is compared with the one of the same size.
+    let starts: Vec<&StartFigures> = all_starts
+        .iter()
+        .filter(|start| start.cluster_policies == 0)
+        .collect();
+    let starts = starts.as_slice();
     let series = vec![
         Series {
             name: "agent peak RSS".to_owned(),
@@ -546,6 +577,27 @@ fn start_section(starts: &[StartFigures]) -> Section {
             met: entries_ratio <= pods_ratio,
         });
     }
+    for tiered in all_starts.iter().filter(|start| start.cluster_policies > 0) {
+        let Some(alone) = starts.iter().find(|start| start.pods == tiered.pods) else {
+            continue;
+        };
+        let policy_entries = |start: &StartFigures| entries(start, POLICY_MAP);
+        let added = policy_entries(tiered).saturating_sub(policy_entries(alone));
+        targets.push(Target {
+            what: format!(
+                "{} pods: map memory with {} ClusterNetworkPolicies against without",
+                tiered.pods, tiered.cluster_policies
+            ),
+            goal: "grows with the rules, not pods x pods".to_owned(),
+            measured: format!(
+                "{} MB against {} MB; {added} more policy entries for {} endpoints",
+                mb(tiered.map_memory_bytes),
+                mb(alone.map_memory_bytes),
+                tiered.endpoints
+            ),
+            met: added <= (tiered.endpoints * tiered.cluster_policies * 4) as u64,
+        });
+    }
     Section {
         title: "Control plane: full resolve and first programming".to_owned(),
         setup: format!(
@@ -570,8 +622,10 @@ fn start_section(starts: &[StartFigures]) -> Section {
              on a freshly wired node (an agent started with empty pins on interfaces a previous \
              agent had programmed took about 3 s longer to resolve and write its maps, which \
              is not measured here); the figures are medians, the map table is from the median \
-             run.{breakdown}",
-            breakdown = breakdown(starts),
+             run. One more start has ClusterNetworkPolicies too (five kinds over both tiers: \
+             Admin `Deny`, `Accept` and `Pass`, Baseline `Deny` with networks and port ranges, \
+             priorities in turn).{breakdown}",
+            breakdown = breakdown(all_starts),
             sizes = starts
                 .iter()
                 .map(|start| start.pods.to_string())
@@ -587,6 +641,7 @@ fn start_section(starts: &[StartFigures]) -> Section {
                 columns: [
                     "pods",
                     "policies",
+                    "cluster policies",
                     "endpoints",
                     "first generation ms",
                     "load ms",
@@ -1059,6 +1114,7 @@ mod tests {
             runs: 1,
             rounds_per_run: 2,
             start_pods: &[1_000, 2_000],
+            start_with_cluster_policies: Some((1_000, 20)),
         };
         let figures = measure(&agent, settings).unwrap();
         for change in &figures.changes.changes {
@@ -1111,6 +1167,7 @@ mod tests {
         StartFigures {
             pods,
             policies: 1_000,
+            cluster_policies: 0,
             namespaces: 100,
             endpoints: 100,
             first_generation_ms: ms,

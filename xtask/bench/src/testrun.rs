@@ -27,6 +27,9 @@ const GOALS_NS: [(&str, f64); 3] = [
 ];
 /// How much slower the largest size may be than the smallest.
 const SCALING_GOAL: f64 = 1.5;
+/// How much slower a packet may be with ClusterNetworkPolicies than with NetworkPolicy only,
+/// at the largest size.
+const CLUSTER_GOAL: f64 = 1.1;
 
 /// Runs the measurement and returns its section.
 pub fn measure() -> anyhow::Result<Section> {
@@ -145,6 +148,12 @@ impl Figures {
             }
         }
         for family in FAMILIES {
+            if let Some((table, cluster_targets)) = self.cluster_table(family) {
+                tables.push(table);
+                targets.extend(cluster_targets);
+            }
+        }
+        for family in FAMILIES {
             tables.extend(self.source_check_table(family));
         }
         if !self.programs.is_empty() {
@@ -179,7 +188,11 @@ impl Figures {
                  {} rounds, and the targets are judged net of the floor. The same cases of the \
                  pod's egress (`from_pod`) run once with the source check and once with the \
                  endpoint exempted from it (`ENDPOINT_ANY_SOURCE`): the difference is what the \
-                 check costs. The machine is shared, so figures are noisy.",
+                 check costs. With ClusterNetworkPolicies, the same endpoint reads its entries as \
+                 the compiled verdicts of every tier: TCP 8000-8007 is an Admin `Deny` instead \
+                 of an allow, and an Admin `Deny` of TCP 22 from any peer makes every packet no \
+                 entry of its class matches (the new denied flow) probe the any-peer keys too. \
+                 The machine is shared, so figures are noisy.",
                 self.rounds()
             ),
             tables,
@@ -197,6 +210,62 @@ impl Figures {
 }
 
 impl Figures {
+    /// Each case with NetworkPolicy only and with ClusterNetworkPolicies, net of the empty
+    /// program, and the targets of the largest size.
+    fn cluster_table(&self, family: &str) -> Option<(Table, Vec<Target>)> {
+        let floor = self.median(family, 0, "empty").unwrap_or(0.0);
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for entries in SIZES {
+            let mut row = vec![entries.to_string()];
+            for (case, title) in CASES {
+                let alone = self.median(family, entries, case)? - floor;
+                let tiered = self.median(family, entries, &format!("cluster-{case}"))? - floor;
+                let ratio = tiered / alone;
+                row.push(format!("{alone:.1}"));
+                row.push(format!("{tiered:.1}"));
+                row.push(format!("{ratio:.2}"));
+                if entries == SIZES[SIZES.len() - 1] {
+                    targets.push(Target {
+                        what: format!(
+                            "{title}, {}, {entries} entries: with ClusterNetworkPolicies \
+                             against NetworkPolicy only",
+                            family_title(family)
+                        ),
+                        goal: format!("<= {CLUSTER_GOAL:.2}x"),
+                        measured: format!("{ratio:.2}x ({tiered:.1} ns against {alone:.1} ns)"),
+                        met: ratio <= CLUSTER_GOAL,
+                    });
+                }
+            }
+            rows.push(row);
+        }
+        let table = Table {
+            caption: format!(
+                "{}: NetworkPolicy only against ClusterNetworkPolicies too, ns per packet net of \
+                 the empty program, median of {} rounds",
+                family_title(family),
+                self.rounds()
+            ),
+            columns: [
+                "policy entries",
+                "established",
+                "with cluster policies",
+                "ratio",
+                "new allowed",
+                "with cluster policies",
+                "ratio",
+                "new denied",
+                "with cluster policies",
+                "ratio",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        };
+        Some((table, targets))
+    }
+
     /// `from_pod` with its source check and with the check skipped for the endpoint, net of the
     /// empty program: what validating sources costs per packet.
     fn source_check_table(&self, family: &str) -> Option<Table> {
