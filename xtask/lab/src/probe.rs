@@ -275,12 +275,11 @@ fn target(
         }
         Via::NodePort => {
             let (_, service_port) = service_port()?;
-            let node = if v6 {
+            let ip = if v6 {
                 topology::underlay_v6(client.node)
             } else {
                 topology::underlay_v4(client.node)
             };
-            let ip: IpAddr = node.parse().ok()?;
             Some(SocketAddr::new(ip, service_port.node_port?))
         }
     }

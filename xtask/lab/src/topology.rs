@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
-use policy_core::manifest::{IpFamily, node_cidr_v4, node_cidr_v6, node_name};
+use policy_core::manifest::{IpFamily, node_addresses, node_cidr_v4, node_cidr_v6, node_name};
 use policy_testbed::wire::{
     self, Bridge, Gateway, LINK_LOCAL_GATEWAYS, Neighbours, PodLink, Wiring,
 };
@@ -38,13 +38,13 @@ impl CniStyle {
     }
 }
 
-/// Node `k`'s underlay addresses.
-pub fn underlay_v4(k: usize) -> String {
-    format!("172.31.0.{k}")
+/// Node `k`'s underlay addresses: its addresses by the core's rule, which explain assumes too.
+pub fn underlay_v4(k: usize) -> IpAddr {
+    node_addresses(k, IpFamily::Ipv4)[0]
 }
 
-pub fn underlay_v6(k: usize) -> String {
-    format!("fd00:172:31::{k:x}")
+pub fn underlay_v6(k: usize) -> IpAddr {
+    node_addresses(k, IpFamily::Ipv6)[0]
 }
 
 /// The namespace that links the nodes: one bridge, one port per node.
