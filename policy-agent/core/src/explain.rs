@@ -317,10 +317,7 @@ impl Cluster {
         port: u16,
     ) -> bool {
         self.decide(pod, direction, peer, protocol, port)
-            .is_none_or(|decision| match self.route(pod, peer) {
-                Route::Direct => decision.allows(),
-                Route::Exempt => decision.allows_exempt(),
-            })
+            .is_none_or(|decision| decision.allows_by(self.route(pod, peer)))
     }
 
     /// Whether `client` may open a connection to `server`'s `port`, over the address pair the
@@ -429,10 +426,7 @@ impl Cluster {
         Some(Side {
             pod: pod.pod_ref().to_string(),
             peer: peer.to_string(),
-            allowed: match route {
-                Route::Direct => decision.allows(),
-                Route::Exempt => decision.allows_exempt(),
-            },
+            allowed: decision.allows_by(route),
             own_node: route == Route::Exempt,
             tier: match &reference.decider {
                 Decider::Cluster(rule) => Some(rule.tier.name()),

@@ -1244,11 +1244,7 @@ fn side(cluster: &Cluster, pod: &Pod, direction: Direction, probe: Probe) -> (bo
             probe.port,
         )
         .unwrap_or_else(|| panic!("{} is not an endpoint", pod.pod_ref()));
-    let compiled = match probe.route {
-        Route::Direct => decision.allows(),
-        Route::Exempt => decision.allows_exempt(),
-    };
-    (compiled, reference)
+    (decision.allows_by(probe.route), reference)
 }
 
 /// Whether `ip` is an address of `pod`'s node.

@@ -9,7 +9,10 @@ use policy_common::{
     verdict::{Direction, DropReason, Verdict},
 };
 
-use crate::policy::state::{NodeState, PodRef, Prefix};
+use crate::policy::{
+    spec::Route,
+    state::{NodeState, PodRef, Prefix},
+};
 
 /// What an endpoint's programs decide for the first packet of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +30,14 @@ pub enum Decision {
 impl Decision {
     pub const fn allows(self) -> bool {
         !matches!(self, Decision::Denied { .. })
+    }
+
+    /// Whether the decision allows a packet that travels by `route`.
+    pub const fn allows_by(self, route: Route) -> bool {
+        match route {
+            Route::Direct => self.allows(),
+            Route::Exempt => self.allows_exempt(),
+        }
     }
 
     /// Whether the decision allows traffic NetworkPolicy exempts (between the pod and its own
