@@ -1129,14 +1129,16 @@ mod tests {
                 .and_then(|map| map.entries)
                 .unwrap()
         };
-        let [small, large] = &figures.starts[..] else {
-            panic!("two start sizes expected");
+        let [small, large, tiered] = &figures.starts[..] else {
+            panic!("two start sizes and one with ClusterNetworkPolicies expected");
         };
         use policy_common::names::{ENDPOINTS_MAP, PEERS_V4_MAP};
         assert_eq!(entries(small, ENDPOINTS_MAP), 100);
         assert_eq!(entries(large, ENDPOINTS_MAP), 100);
         assert!(entries(large, PEERS_V4_MAP) > entries(small, PEERS_V4_MAP));
         assert!(small.peak_rss_bytes > 0 && small.map_memory_bytes > 0);
+        assert_eq!((tiered.pods, tiered.cluster_policies), (1_000, 20));
+        assert!(entries(tiered, POLICY_MAP) > entries(small, POLICY_MAP));
     }
 
     fn start(pods: usize, ms: f64, rss_mb: u64, peer_entries: u64) -> StartFigures {
