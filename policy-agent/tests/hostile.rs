@@ -37,7 +37,7 @@ use policy_agent::{
 use policy_common::{
     maps::{
         CtKey, CtValue, ENDPOINT_ANY_SOURCE, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED,
-        EndpointInfo, FAMILY_V4, PolicyKey, PolicyValue,
+        EndpointInfo, FAMILY_V4, LookupPlan, PolicyKey, PolicyValue,
     },
     names::CONNTRACK_MAP,
     verdict::{Direction, DropReason, Verdict},
@@ -45,8 +45,11 @@ use policy_common::{
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
-/// One exact port: the plan bit of port prefix length 16.
-const EXACT_PORT_PLAN: u32 = 1 << 16;
+/// One exact port from a peer class: the plan bit of port prefix length 16.
+const EXACT_PORT_PLAN: LookupPlan = LookupPlan {
+    class: 1 << 16,
+    any_peer: 0,
+};
 /// How long a frame may take to cross the node before it counts as not delivered.
 const SETTLE: Duration = Duration::from_millis(400);
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -169,7 +172,13 @@ impl Bed {
                 .iter()
                 .filter(|(name, _)| *name == spec.name)
                 .fold(0, |flags, (_, flag)| flags | flag);
-            let plan = |rules: &[Rule]| if rules.is_empty() { 0 } else { EXACT_PORT_PLAN };
+            let plan = |rules: &[Rule]| {
+                if rules.is_empty() {
+                    LookupPlan::EMPTY
+                } else {
+                    EXACT_PORT_PLAN
+                }
+            };
             state.endpoints.insert(
                 pod_ref(spec.name),
                 EndpointState {
@@ -272,8 +281,8 @@ impl Drop for Bed {
 fn setup_endpoint_info(
     endpoint_id: u32,
     flags: u32,
-    ingress_plan: u32,
-    egress_plan: u32,
+    ingress_plan: LookupPlan,
+    egress_plan: LookupPlan,
     pod: &Pod,
 ) -> EndpointInfo {
     EndpointInfo {

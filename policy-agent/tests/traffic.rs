@@ -30,7 +30,7 @@ use policy_agent::{
 use policy_common::{
     maps::{
         CtKey, CtValue, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, ENDPOINT_NOT_READY,
-        EndpointInfo, FragKey, FragValue, MAX_ENDPOINTS, MAX_POLICY_ENTRIES, PolicyKey,
+        EndpointInfo, FragKey, FragValue, LookupPlan, MAX_ENDPOINTS, MAX_POLICY_ENTRIES, PolicyKey,
         PolicyValue,
     },
     names::{CONNTRACK_MAP, ENDPOINT_IDS_MAP, ENDPOINTS_MAP, FRAGMENTS_MAP, POLICY_MAP},
@@ -39,8 +39,11 @@ use policy_common::{
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
-/// One exact port: the plan bit of port prefix length 16.
-const EXACT_PORT_PLAN: u32 = 1 << 16;
+/// One exact port from a peer class: the plan bit of port prefix length 16.
+const EXACT_PORT_PLAN: LookupPlan = LookupPlan {
+    class: 1 << 16,
+    any_peer: 0,
+};
 
 const CLASS_A: u32 = 10;
 const CLASS_B: u32 = 20;
@@ -97,9 +100,17 @@ impl Lab {
     fn desired(&self) -> NodeState {
         let mut state = NodeState::default();
         let flags = [
-            (ENDPOINT_INGRESS_ISOLATED, 0, 0),
-            (ENDPOINT_INGRESS_ISOLATED, EXACT_PORT_PLAN, 0),
-            (ENDPOINT_EGRESS_ISOLATED, 0, EXACT_PORT_PLAN),
+            (
+                ENDPOINT_INGRESS_ISOLATED,
+                LookupPlan::EMPTY,
+                LookupPlan::EMPTY,
+            ),
+            (
+                ENDPOINT_INGRESS_ISOLATED,
+                EXACT_PORT_PLAN,
+                LookupPlan::EMPTY,
+            ),
+            (ENDPOINT_EGRESS_ISOLATED, LookupPlan::EMPTY, EXACT_PORT_PLAN),
         ];
         for ((pod, name, id, class), (flags, ingress_plan, egress_plan)) in
             self.pods().into_iter().zip(flags)

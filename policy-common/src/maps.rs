@@ -56,16 +56,61 @@ pub const ENDPOINT_INGRESS_TIERED: u32 = 1 << 5;
 /// `EndpointInfo::flags`: a ClusterNetworkPolicy applies to the pod's egress.
 pub const ENDPOINT_EGRESS_TIERED: u32 = 1 << 6;
 
-/// `LookupPlan` bits 0 to 16: some entry of this direction has that port prefix length.
+/// `PrefixPlan` bits 0 to 16: some entry has that port prefix length.
 pub const PLAN_PORT_PREFIX_BITS: u32 = (1 << 17) - 1;
-/// `LookupPlan` bit: some entry of this direction has protocol [`ANY_PROTOCOL`].
+/// `PrefixPlan` bit: some entry has protocol [`ANY_PROTOCOL`].
 pub const PLAN_ANY_PROTOCOL: u32 = 1 << 24;
-/// `LookupPlan` bit: some entry of this direction has peer class [`ANY_PEER_CLASS`].
-pub const PLAN_ANY_PEER: u32 = 1 << 25;
+
+/// Which keys of one kind of peer class can exist: bits 0 to 16 are port prefix lengths, plus
+/// [`PLAN_ANY_PROTOCOL`]. Zero: no key at all.
+pub type PrefixPlan = u32;
 
 /// Which policy-map keys can exist for one endpoint and direction, so the programs probe only
-/// those: bits 0 to 16 are port prefix lengths, plus [`PLAN_ANY_PROTOCOL`] and [`PLAN_ANY_PEER`].
-pub type LookupPlan = u32;
+/// those. The any-peer keys have a plan of their own: the few wildcard rules of a
+/// ClusterNetworkPolicy rarely use every port prefix that the class keys do, and a packet no
+/// class key matches probes them all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LookupPlan {
+    /// Keys of the packet's own peer class.
+    pub class: PrefixPlan,
+    /// Keys of [`ANY_PEER_CLASS`].
+    pub any_peer: PrefixPlan,
+}
+
+impl LookupPlan {
+    /// No key: every probe misses.
+    pub const EMPTY: Self = Self {
+        class: 0,
+        any_peer: 0,
+    };
+
+    /// Adds what probing for `key` needs.
+    pub const fn record(&mut self, key: &PolicyKey) {
+        let bit = if key.protocol == ANY_PROTOCOL {
+            PLAN_ANY_PROTOCOL
+        } else {
+            1 << key.port_prefix_len
+        };
+        if key.peer_class == ANY_PEER_CLASS {
+            self.any_peer |= bit;
+        } else {
+            self.class |= bit;
+        }
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        self.class == 0 && self.any_peer == 0
+    }
+}
+
+impl core::ops::BitOrAssign for LookupPlan {
+    /// The probes of both plans.
+    fn bitor_assign(&mut self, other: Self) {
+        self.class |= other.class;
+        self.any_peer |= other.any_peer;
+    }
+}
 
 /// Value of [`crate::names::ENDPOINTS_MAP`], keyed by the host-side ifindex (`u32`).
 #[repr(C)]
@@ -476,7 +521,8 @@ pub struct FlowEvent {
     pub dst_addr: [u8; 16],
 }
 
-const _: () = assert!(size_of::<EndpointInfo>() == 36);
+const _: () = assert!(size_of::<LookupPlan>() == 8);
+const _: () = assert!(size_of::<EndpointInfo>() == 44);
 const _: () = assert!(size_of::<PeerClass>() == 4);
 const _: () = assert!(size_of::<PolicyKey>() == 16);
 const _: () = assert!(size_of::<PolicyValue>() == 8);

@@ -14,7 +14,7 @@
 #[macro_export]
 macro_rules! map_name {
     (ENDPOINTS_MAP) => {
-        "NP_ENDPOINT_V2"
+        "NP_ENDPOINT_V3"
     };
     (PEERS_V4_MAP) => {
         "NP_PEER4_V1"
@@ -41,7 +41,7 @@ macro_rules! map_name {
         "NP_SVC_V1"
     };
     (ENDPOINT_IDS_MAP) => {
-        "NP_EPID_V2"
+        "NP_EPID_V3"
     };
     (COUNTERS_MAP) => {
         "NP_COUNTER_V4"
@@ -51,8 +51,8 @@ macro_rules! map_name {
     };
 }
 
-/// Endpoints by host-side ifindex: `u32` (host order) -> [`crate::maps::EndpointInfo`]. `_V2`:
-/// the value carries the pod's addresses.
+/// Endpoints by host-side ifindex: `u32` (host order) -> [`crate::maps::EndpointInfo`]. `_V3`:
+/// the value carries the pod's addresses and a lookup plan of its own for the any-peer keys.
 pub const ENDPOINTS_MAP: &str = map_name!(ENDPOINTS_MAP);
 /// Peer classes of IPv4 prefixes: LPM trie of `[u8; 4]` -> [`crate::maps::PeerClass`].
 pub const PEERS_V4_MAP: &str = map_name!(PEERS_V4_MAP);
@@ -74,7 +74,7 @@ pub const HOST_ADDRS_MAP: &str = map_name!(HOST_ADDRS_MAP);
 /// The ClusterIPs of every Service: [`crate::maps::HostAddrKey`] -> `u8` (always 1).
 pub const SERVICES_MAP: &str = map_name!(SERVICES_MAP);
 /// Endpoints by endpoint id: array of [`crate::maps::EndpointInfo`] indexed by the id; an unused
-/// slot has endpoint id 0. `_V2`: as [`ENDPOINTS_MAP`].
+/// slot has endpoint id 0. `_V3`: as [`ENDPOINTS_MAP`].
 pub const ENDPOINT_IDS_MAP: &str = map_name!(ENDPOINT_IDS_MAP);
 /// Per-CPU packet and byte counters, indexed by [`crate::maps::counter_index`]. `_V4`: 20
 /// outcome codes (verdicts 0 to 9, drops 10 to 19).

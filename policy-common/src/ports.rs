@@ -4,9 +4,7 @@
 //! pairs that covers it exactly, so that a lookup is a handful of exact-match hash probes: one per
 //! prefix length that the endpoint actually uses (its [`LookupPlan`]), never one per rule.
 
-use crate::maps::{
-    ANY_PEER_CLASS, ANY_PROTOCOL, LookupPlan, PLAN_ANY_PEER, PLAN_ANY_PROTOCOL, PolicyKey,
-};
+use crate::maps::{ANY_PEER_CLASS, ANY_PROTOCOL, LookupPlan, PLAN_ANY_PROTOCOL, PolicyKey};
 
 /// The mask that keeps the top `prefix_len` bits of a port (0 to 16).
 #[inline(always)]
@@ -59,13 +57,17 @@ pub fn probe_policy<V>(
     port: u16,
     mut lookup: impl FnMut(&PolicyKey) -> Option<V>,
 ) -> Option<V> {
-    let classes = [peer_class, ANY_PEER_CLASS];
-    let class_count = if plan & PLAN_ANY_PEER != 0 { 2 } else { 1 };
+    let classes = [(peer_class, plan.class), (ANY_PEER_CLASS, plan.any_peer)];
     let mut c = 0;
-    while c < class_count {
+    while c < classes.len() {
+        let (class, class_plan) = classes[c];
+        c += 1;
+        if class_plan == 0 {
+            continue;
+        }
         let mut key = PolicyKey {
             endpoint_id,
-            peer_class: classes[c],
+            peer_class: class,
             port: 0,
             direction,
             protocol,
@@ -75,7 +77,7 @@ pub fn probe_policy<V>(
         let mut prefix_len: u8 = 17;
         while prefix_len > 0 {
             prefix_len -= 1;
-            if plan & (1 << prefix_len) != 0 {
+            if class_plan & (1 << prefix_len) != 0 {
                 key.port = port & port_mask(prefix_len);
                 key.port_prefix_len = prefix_len;
                 if let Some(value) = lookup(&key) {
@@ -83,7 +85,7 @@ pub fn probe_policy<V>(
                 }
             }
         }
-        if plan & PLAN_ANY_PROTOCOL != 0 {
+        if class_plan & PLAN_ANY_PROTOCOL != 0 {
             key.protocol = ANY_PROTOCOL;
             key.port = 0;
             key.port_prefix_len = 0;
@@ -91,7 +93,6 @@ pub fn probe_policy<V>(
                 return Some(value);
             }
         }
-        c += 1;
     }
     None
 }
@@ -161,7 +162,10 @@ mod tests {
 
     #[test]
     fn probe_visits_only_planned_keys_longest_first() {
-        let plan = (1 << 16) | (1 << 4) | PLAN_ANY_PROTOCOL | PLAN_ANY_PEER;
+        let plan = LookupPlan {
+            class: (1 << 16) | (1 << 4) | PLAN_ANY_PROTOCOL,
+            any_peer: (1 << 4) | PLAN_ANY_PROTOCOL,
+        };
         let mut seen = Vec::new();
         let hit: Option<()> = probe_policy(3, plan, 0, 9, 6, 0x1234, |key| {
             seen.push((key.peer_class, key.protocol, key.port, key.port_prefix_len));
@@ -174,7 +178,6 @@ mod tests {
                 (9, 6, 0x1234, 16),
                 (9, 6, 0x1000, 4),
                 (9, 0, 0, 0),
-                (ANY_PEER_CLASS, 6, 0x1234, 16),
                 (ANY_PEER_CLASS, 6, 0x1000, 4),
                 (ANY_PEER_CLASS, 0, 0, 0),
             ]
@@ -182,11 +185,55 @@ mod tests {
     }
 
     #[test]
+    fn probe_skips_a_kind_of_class_without_keys() {
+        let mut seen = Vec::new();
+        let only_any_peer = LookupPlan {
+            class: 0,
+            any_peer: 1 << 16,
+        };
+        let _: Option<()> = probe_policy(3, only_any_peer, 0, 9, 6, 22, |key| {
+            seen.push(key.peer_class);
+            None
+        });
+        let _: Option<()> = probe_policy(3, LookupPlan::EMPTY, 0, 9, 6, 22, |key| {
+            seen.push(key.peer_class);
+            None
+        });
+        assert_eq!(seen, vec![ANY_PEER_CLASS]);
+    }
+
+    #[test]
     fn probe_stops_at_first_hit() {
-        let plan = (1 << 16) | (1 << 0);
+        let plan = LookupPlan {
+            class: (1 << 16) | (1 << 0),
+            any_peer: 1 << 16,
+        };
         let hit = probe_policy(1, plan, 1, 2, 17, 53, |key| {
             (key.port_prefix_len == 0).then_some(42)
         });
         assert_eq!(hit, Some(42));
+    }
+
+    #[test]
+    fn a_plan_records_each_key_under_its_kind_of_class() {
+        let mut plan = LookupPlan::EMPTY;
+        let key = |peer_class, protocol, port_prefix_len| PolicyKey {
+            endpoint_id: 1,
+            peer_class,
+            protocol,
+            port_prefix_len,
+            ..PolicyKey::default()
+        };
+        plan.record(&key(5, 6, 16));
+        plan.record(&key(5, ANY_PROTOCOL, 0));
+        plan.record(&key(ANY_PEER_CLASS, 17, 13));
+        assert_eq!(
+            plan,
+            LookupPlan {
+                class: (1 << 16) | PLAN_ANY_PROTOCOL,
+                any_peer: 1 << 13,
+            }
+        );
+        assert!(!plan.is_empty() && LookupPlan::EMPTY.is_empty());
     }
 }

@@ -239,7 +239,7 @@ mod tests {
                 ],
             }],
             maps: vec![MapUsage {
-                map: "NP_ENDPOINT_V2".into(),
+                map: "NP_ENDPOINT_V3".into(),
                 entries: 2,
                 capacity: 1024,
             }],
@@ -288,7 +288,7 @@ CONFLICT  BOUND TO      CLAIMED BY (HELD CLOSED)
 shop/db   veth1a2b (7)  veth9c8d (9), ifindex 11
 
 MAP             ENTRIES  CAPACITY  FILL
-NP_ENDPOINT_V2  2        1024      0.2%
+NP_ENDPOINT_V3  2        1024      0.2%
 
 FAILURE         OBJECT                                         SINCE                 COUNT  ERROR
 invalid-object  NetworkPolicy shop/bad (/etc/netpol/bad.yaml)  2026-11-26T07:00:00Z  1      invalid cidr

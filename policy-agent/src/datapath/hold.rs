@@ -7,7 +7,7 @@
 //! overwrites the entry with the real one ([`Datapath::apply`]); the record never names held
 //! interfaces, and [`Datapath::sync`] leaves their entries alone.
 
-use policy_common::maps::{ENDPOINT_NOT_READY, EndpointInfo};
+use policy_common::maps::{ENDPOINT_NOT_READY, EndpointInfo, LookupPlan};
 
 use super::{Datapath, DatapathError, error::is_not_found};
 
@@ -15,8 +15,8 @@ use super::{Datapath, DatapathError, error::is_not_found};
 pub const HELD: EndpointInfo = EndpointInfo {
     endpoint_id: 0,
     flags: ENDPOINT_NOT_READY,
-    ingress_plan: 0,
-    egress_plan: 0,
+    ingress_plan: LookupPlan::EMPTY,
+    egress_plan: LookupPlan::EMPTY,
     addr6: [0; 16],
     addr4: [0; 4],
 };

@@ -22,9 +22,9 @@ use aya::{
 };
 use policy_common::{
     maps::{
-        ANY_PEER_CLASS, ANY_PROTOCOL, Counter, CtKey, CtValue, EndpointInfo, FAMILY_V4, FAMILY_V6,
-        FlowEvent, FragKey, FragValue, HostAddrKey, PLAN_ANY_PEER, PLAN_ANY_PROTOCOL, PeerClass,
-        PolicyAction, PolicyKey, PolicyValue, counter_index,
+        ANY_PROTOCOL, Counter, CtKey, CtValue, EndpointInfo, FAMILY_V4, FAMILY_V6, FlowEvent,
+        FragKey, FragValue, HostAddrKey, PeerClass, PolicyAction, PolicyKey, PolicyValue,
+        counter_index,
     },
     names,
     ports::range_to_prefixes,
@@ -265,12 +265,8 @@ impl Datapath {
                 Direction::Ingress => &mut info.ingress_plan,
                 Direction::Egress => &mut info.egress_plan,
             };
-            if entry.class == ANY_PEER_CLASS {
-                *plan |= PLAN_ANY_PEER;
-            }
             let mut entries = Vec::new();
             if entry.protocol == ANY_PROTOCOL {
-                *plan |= PLAN_ANY_PROTOCOL;
                 entries.push((0, 0));
             } else {
                 range_to_prefixes(entry.ports.0, entry.ports.1, |port, len| {
@@ -278,9 +274,6 @@ impl Datapath {
                 });
             }
             for (port, len) in entries {
-                if entry.protocol != ANY_PROTOCOL {
-                    *plan |= 1 << len;
-                }
                 let key = PolicyKey {
                     endpoint_id,
                     peer_class: entry.class,
@@ -290,6 +283,7 @@ impl Datapath {
                     port_prefix_len: len,
                     _pad: [0; 3],
                 };
+                plan.record(&key);
                 self.set_policy(key, PolicyValue::new(entry.action, entry.rule_id));
             }
         }

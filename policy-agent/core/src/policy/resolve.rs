@@ -19,8 +19,8 @@ use policy_common::{
     maps::{
         ANY_PEER_CLASS, ANY_PROTOCOL, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_EGRESS_TIERED,
         ENDPOINT_INGRESS_ISOLATED, ENDPOINT_INGRESS_TIERED, EndpointInfo, LookupPlan,
-        MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_POLICY_ENTRIES, PLAN_ANY_PEER, PLAN_ANY_PROTOCOL,
-        PolicyAction, PolicyKey, PolicyValue, WORLD_CLASS,
+        MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_POLICY_ENTRIES, PolicyAction, PolicyKey, PolicyValue,
+        WORLD_CLASS,
     },
     ports::range_to_prefixes,
     verdict::Direction,
@@ -215,12 +215,12 @@ pub fn resolve(
         applying.sort_unstable();
         applying.dedup();
         let mut entries: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
-        let mut plans: [LookupPlan; 2] = [0, 0];
+        let mut plans = [LookupPlan::EMPTY; 2];
         let mut admitted: Vec<usize> = Vec::new();
         for index in applying {
             let policy = policies[index];
             let mut own: BTreeMap<PolicyKey, PolicyValue> = BTreeMap::new();
-            let mut own_plans: [LookupPlan; 2] = [0, 0];
+            let mut own_plans = [LookupPlan::EMPTY; 2];
             for direction in Direction::ALL {
                 if !by_direction[direction as usize].contains(&index) {
                     continue;
@@ -228,7 +228,7 @@ pub fn resolve(
                 let mut compiler = EntryCompiler {
                     endpoint_id,
                     direction,
-                    plan: 0,
+                    plan: LookupPlan::EMPTY,
                     policy: &mut own,
                 };
                 for (rule_index, rule) in policy.rules(direction).iter().enumerate() {
@@ -266,7 +266,7 @@ pub fn resolve(
             let mut compiler = EntryCompiler {
                 endpoint_id,
                 direction,
-                plan: 0,
+                plan: LookupPlan::EMPTY,
                 policy: &mut entries,
             };
             let inputs = TierInputs {
@@ -382,10 +382,10 @@ fn fit_policy_map(node: &str, compiled: &mut [CompiledEndpoint], degraded: &mut 
                 .any(|key| key.direction == direction as u8)
         };
         if !denies(Direction::Ingress) {
-            endpoint.info.ingress_plan = 0;
+            endpoint.info.ingress_plan = LookupPlan::EMPTY;
         }
         if !denies(Direction::Egress) {
-            endpoint.info.egress_plan = 0;
+            endpoint.info.egress_plan = LookupPlan::EMPTY;
         }
     }
 }
@@ -1226,9 +1226,6 @@ impl EntryCompiler<'_> {
         last: u16,
         value: PolicyValue,
     ) {
-        if peer_class == ANY_PEER_CLASS {
-            self.plan |= PLAN_ANY_PEER;
-        }
         let mut key = PolicyKey {
             endpoint_id: self.endpoint_id,
             peer_class,
@@ -1243,16 +1240,16 @@ impl EntryCompiler<'_> {
         };
         match protocol {
             None => {
-                self.plan |= PLAN_ANY_PROTOCOL;
                 key.protocol = ANY_PROTOCOL;
+                self.plan.record(&key);
                 insert(key);
             }
             Some(protocol) => {
                 key.protocol = protocol;
                 range_to_prefixes(first, last, |port, len| {
-                    self.plan |= 1 << len;
                     key.port = port;
                     key.port_prefix_len = len;
+                    self.plan.record(&key);
                     insert(key);
                 });
             }
@@ -1516,7 +1513,16 @@ mod tests {
             "{message}"
         );
         // Still isolated; only the other policy's rule is there.
-        assert_eq!(ingress(&state, "server"), (true, 1 << 16));
+        assert_eq!(
+            ingress(&state, "server"),
+            (
+                true,
+                LookupPlan {
+                    class: 1 << 16,
+                    any_peer: 0
+                }
+            )
+        );
         assert_eq!(entries_of(&state, "server"), 1);
         let decide = |pod: &Pod, peer: &str, port| {
             state
@@ -1541,7 +1547,7 @@ mod tests {
         );
         assert!(decide(&pod("other", 2, "other"), "10.1.0.1", 443));
         assert!(!decide(&pod("other", 2, "other"), "10.1.0.1", 444));
-        assert_eq!(ingress(&state, "open"), (false, 0));
+        assert_eq!(ingress(&state, "open"), (false, LookupPlan::EMPTY));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use policy_common::{
-    maps::{ANY_PEER_CLASS, EndpointInfo, PolicyKey, PolicyValue, WORLD_CLASS},
+    maps::{ANY_PEER_CLASS, EndpointInfo, LookupPlan, PolicyKey, PolicyValue, WORLD_CLASS},
     verdict::Direction,
 };
 use serde::{Deserialize, Serialize};
@@ -504,7 +504,7 @@ impl NodeState {
         use policy_common::maps::ANY_PROTOCOL;
 
         let mut text = String::new();
-        let plan = |plan: u32| {
+        let prefixes = |plan: u32| {
             let mut parts: Vec<String> = (0..=16u32)
                 .rev()
                 .filter(|len| plan & (1 << len) != 0)
@@ -513,10 +513,16 @@ impl NodeState {
             if plan & policy_common::maps::PLAN_ANY_PROTOCOL != 0 {
                 parts.push("any-protocol".to_owned());
             }
-            if plan & policy_common::maps::PLAN_ANY_PEER != 0 {
-                parts.push("any-peer".to_owned());
-            }
             parts.join(" ")
+        };
+        let plan = |plan: LookupPlan| {
+            let class = prefixes(plan.class);
+            match plan.any_peer {
+                0 => class,
+                any_peer => format!("{class} any-peer({})", prefixes(any_peer))
+                    .trim_start()
+                    .to_owned(),
+            }
         };
         let mut pods_by_id = BTreeMap::new();
         text.push_str("endpoints:\n");
