@@ -2155,7 +2155,8 @@ impl Tiers {
 /// many peer classes (one address each), every class allowing TCP 80 to and from the pod and,
 /// with NetworkPolicy only, TCP 8000-8007, so the plans probe two prefix lengths whatever the
 /// size. With ClusterNetworkPolicies, an Admin `Deny` takes 8000-8007 instead, and one more
-/// Admin `Deny` of TCP 22 from any peer makes every miss probe the any-peer keys too. Returns
+/// Admin `Deny` of TCP 22 from any peer makes every miss probe the any-peer keys too (at one
+/// port prefix length: the any-peer keys have a plan of their own). Returns
 /// the peer address of the middle class.
 fn setup_sized(family: Family, entries: u32, tiers: Tiers) -> (Datapath, IpAddr) {
     let classes = entries / 2;

@@ -191,8 +191,8 @@ impl Figures {
                  check costs. With ClusterNetworkPolicies, the same endpoint reads its entries as \
                  the compiled verdicts of every tier: TCP 8000-8007 is an Admin `Deny` instead \
                  of an allow, and an Admin `Deny` of TCP 22 from any peer makes every packet no \
-                 entry of its class matches (the new denied flow) probe the any-peer keys too. \
-                 The machine is shared, so figures are noisy.",
+                 entry of its class matches (the new denied flow) probe the any-peer keys too, \
+                 at the one port prefix length they use. The machine is shared, so figures are noisy.",
                 self.rounds()
             ),
             tables,
