@@ -164,15 +164,17 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Whether a step applies a ClusterNetworkPolicy.
-    pub fn has_cluster_policies(&self) -> bool {
+    /// Whether a step describes nodes: a Node document or a hostNetwork pod, whose addresses
+    /// and labels only the lab gives as the scenario's expectations assume.
+    pub fn describes_nodes(&self) -> bool {
         self.steps.iter().any(|step| {
             step.manifests.iter().any(|(name, text)| {
                 policy_core::manifest::objects(std::path::Path::new(name), text).is_ok_and(
                     |objects| {
                         objects.iter().any(|object| {
-                            object.get("kind").and_then(|kind| kind.as_str())
-                                == Some(policy_core::api::KIND)
+                            object.get("kind").and_then(|kind| kind.as_str()) == Some("Node")
+                                || object.pointer("/spec/hostNetwork")
+                                    == Some(&serde_json::Value::Bool(true))
                         })
                     },
                 )

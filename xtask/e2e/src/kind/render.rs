@@ -207,8 +207,9 @@ pub fn service(document: &Value) -> Value {
     service
 }
 
-/// The NetworkPolicy for kind: lab CIDRs in ipBlocks replaced through `addresses`.
-pub fn network_policy(document: &Value, addresses: &BTreeMap<String, String>) -> Value {
+/// The NetworkPolicy or ClusterNetworkPolicy for kind: lab CIDRs in ipBlocks and `networks`
+/// replaced through `addresses`.
+pub fn policy(document: &Value, addresses: &BTreeMap<String, String>) -> Value {
     let mut policy = without_status(document);
     for (rules, peers) in [("ingress", "from"), ("egress", "to")] {
         let Some(rules) = policy
@@ -221,14 +222,21 @@ pub fn network_policy(document: &Value, addresses: &BTreeMap<String, String>) ->
             let Some(peers) = rule.get_mut(peers).and_then(Value::as_array_mut) else {
                 continue;
             };
-            for block in peers.iter_mut().filter_map(|peer| peer.get_mut("ipBlock")) {
-                if let Some(cidr) = block.get_mut("cidr") {
-                    translate(cidr, addresses);
+            for peer in peers {
+                if let Some(block) = peer.get_mut("ipBlock") {
+                    if let Some(cidr) = block.get_mut("cidr") {
+                        translate(cidr, addresses);
+                    }
+                    if let Some(excepts) = block.get_mut("except").and_then(Value::as_array_mut) {
+                        excepts
+                            .iter_mut()
+                            .for_each(|except| translate(except, addresses));
+                    }
                 }
-                if let Some(excepts) = block.get_mut("except").and_then(Value::as_array_mut) {
-                    excepts
+                if let Some(networks) = peer.get_mut("networks").and_then(Value::as_array_mut) {
+                    networks
                         .iter_mut()
-                        .for_each(|except| translate(except, addresses));
+                        .for_each(|network| translate(network, addresses));
                 }
             }
         }
@@ -374,7 +382,7 @@ mod tests {
 
     #[test]
     fn ip_blocks_are_translated_and_other_cidrs_kept() {
-        let policy: Value = serde_norway::from_str(
+        let document: Value = serde_norway::from_str(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
              metadata: {name: p, namespace: x}\n\
              spec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.244.0.0/16, except: [10.244.1.10/32]}\n\
@@ -385,13 +393,41 @@ mod tests {
             ("10.244.1.10/32".to_owned(), "10.244.2.7/32".to_owned()),
             ("10.244.1.0/24".to_owned(), "10.244.2.0/24".to_owned()),
         ]);
-        let rendered = network_policy(&policy, &addresses);
+        let rendered = policy(&document, &addresses);
         let block = &rendered["spec"]["ingress"][0]["from"][0]["ipBlock"];
         assert_eq!(block["cidr"], "10.244.0.0/16");
         assert_eq!(block["except"], json!(["10.244.2.7/32"]));
         assert_eq!(
             rendered["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"],
             "10.244.2.0/24"
+        );
+    }
+
+    #[test]
+    fn cluster_policy_networks_are_translated_and_other_cidrs_kept() {
+        let document = json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "guard"},
+            "spec": {
+                "tier": "Admin",
+                "priority": 5,
+                "subject": {"namespaces": {}},
+                "egress": [{
+                    "action": "Deny",
+                    "to": [{"networks": ["10.244.1.0/24", "0.0.0.0/0"]}, {"namespaces": {}}],
+                }],
+            },
+        });
+        let addresses = BTreeMap::from([("10.244.1.0/24".to_owned(), "10.244.2.0/24".to_owned())]);
+        let rendered = policy(&document, &addresses);
+        assert_eq!(
+            rendered["spec"]["egress"][0]["to"][0]["networks"],
+            json!(["10.244.2.0/24", "0.0.0.0/0"])
+        );
+        assert_eq!(
+            rendered["spec"]["egress"][0]["to"][1],
+            json!({"namespaces": {}})
         );
     }
 
