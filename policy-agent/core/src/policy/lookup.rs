@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use policy_common::{
-    maps::{WORLD_CLASS, policy_outcome},
+    maps::{ENDPOINT_NOT_READY, WORLD_CLASS, policy_outcome},
     ports::probe_policy,
     verdict::{Direction, DropReason, Verdict},
 };
@@ -22,8 +22,9 @@ pub enum Decision {
     NotIsolated,
     /// The policy map has an entry for the packet that allows it, put there for this rule.
     Allowed { rule_id: u32 },
-    /// Dropped for `reason`: isolated and no entry allows it (`PolicyDenied`, rule 0), or a
-    /// `Deny` rule of a ClusterNetworkPolicy decided it.
+    /// Dropped for `reason`: isolated and no entry allows it (`PolicyDenied`, rule 0), a
+    /// `Deny` rule of a ClusterNetworkPolicy decided it, or the endpoint drops everything
+    /// (`NotReady`, rule 0).
     Denied { reason: DropReason, rule_id: u32 },
 }
 
@@ -41,12 +42,13 @@ impl Decision {
     }
 
     /// Whether the decision allows traffic NetworkPolicy exempts (between the pod and its own
-    /// node, or to itself through its Service): only a ClusterNetworkPolicy `Deny` drops it.
+    /// node, or to itself through its Service): only a ClusterNetworkPolicy `Deny`, or an
+    /// endpoint that drops everything, drops it.
     pub const fn allows_exempt(self) -> bool {
         !matches!(
             self,
             Decision::Denied {
-                reason: DropReason::AdminDenied | DropReason::BaselineDenied,
+                reason: DropReason::AdminDenied | DropReason::BaselineDenied | DropReason::NotReady,
                 ..
             }
         )
@@ -75,6 +77,12 @@ impl NodeState {
     ) -> Option<Decision> {
         let endpoint = self.endpoints.get(pod)?;
         let info = endpoint.info;
+        if info.flags & ENDPOINT_NOT_READY != 0 {
+            return Some(Decision::Denied {
+                reason: DropReason::NotReady,
+                rule_id: 0,
+            });
+        }
         if !info.decides(direction) {
             return Some(Decision::NotIsolated);
         }

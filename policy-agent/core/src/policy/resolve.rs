@@ -18,9 +18,9 @@ use std::{
 use policy_common::{
     maps::{
         ANY_PEER_CLASS, ANY_PROTOCOL, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_EGRESS_TIERED,
-        ENDPOINT_INGRESS_ISOLATED, ENDPOINT_INGRESS_TIERED, EndpointInfo, LookupPlan,
-        MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_POLICY_ENTRIES, PolicyAction, PolicyKey, PolicyValue,
-        WORLD_CLASS,
+        ENDPOINT_INGRESS_ISOLATED, ENDPOINT_INGRESS_TIERED, ENDPOINT_NOT_READY, EndpointInfo,
+        LookupPlan, MAX_ENDPOINTS, MAX_PEER_PREFIXES, MAX_POLICY_ENTRIES, PolicyAction, PolicyKey,
+        PolicyValue, WORLD_CLASS,
     },
     ports::range_to_prefixes,
     verdict::Direction,
@@ -344,7 +344,10 @@ struct CompiledEndpoint {
 ///
 /// Its Admin `Deny` entries stay: they alone still decide the traffic NetworkPolicy exempts
 /// (between the pod and its own node), so a namespace owner cannot shed an operator's `Deny` by
-/// writing policies that outgrow the map. Everything else they match is denied anyway.
+/// writing policies that outgrow the map; an endpoint with nothing else is left as it is. Should
+/// the Admin `Deny` entries still overflow the map (an operator's `Deny` of very many peer
+/// classes and port ranges), the endpoints lose them too, in the same order, and drop every
+/// packet (`ENDPOINT_NOT_READY`): that needs no entry and opens nothing.
 fn fit_policy_map(node: &str, compiled: &mut [CompiledEndpoint], degraded: &mut Vec<Degraded>) {
     let capacity = MAX_POLICY_ENTRIES as usize;
     let needed: usize = compiled.iter().map(|endpoint| endpoint.entries.len()).sum();
@@ -357,35 +360,52 @@ fn fit_policy_map(node: &str, compiled: &mut [CompiledEndpoint], degraded: &mut 
         (b.entries.len(), &a.pod).cmp(&(a.entries.len(), &b.pod))
     });
     let mut total = needed;
-    for index in order {
-        if total <= capacity {
-            break;
-        }
-        let endpoint = &mut compiled[index];
-        let entries = endpoint.entries.len();
-        degraded.push(Degraded::NodeOverCapacity {
-            node: node.to_owned(),
-            pod: endpoint.pod.clone(),
-            entries,
-            needed,
-            capacity: MAX_POLICY_ENTRIES,
-        });
-        endpoint
-            .entries
-            .retain(|_, value| value.action == PolicyAction::DenyAdmin as u8);
-        total -= entries - endpoint.entries.len();
-        endpoint.info.flags |= ENDPOINT_INGRESS_ISOLATED | ENDPOINT_EGRESS_ISOLATED;
-        let denies = |direction: Direction| {
+    let mut reported = vec![false; compiled.len()];
+    for last_resort in [false, true] {
+        for &index in &order {
+            if total <= capacity {
+                return;
+            }
+            let endpoint = &mut compiled[index];
+            let is_admin_deny = |value: &PolicyValue| value.action == PolicyAction::DenyAdmin as u8;
+            let entries = endpoint.entries.len();
+            let kept = if last_resort {
+                0
+            } else {
+                endpoint
+                    .entries
+                    .values()
+                    .filter(|v| is_admin_deny(v))
+                    .count()
+            };
+            if kept == entries {
+                continue;
+            }
+            if !reported[index] {
+                reported[index] = true;
+                degraded.push(Degraded::NodeOverCapacity {
+                    node: node.to_owned(),
+                    pod: endpoint.pod.clone(),
+                    entries,
+                    needed,
+                    capacity: MAX_POLICY_ENTRIES,
+                });
+            }
             endpoint
                 .entries
-                .keys()
-                .any(|key| key.direction == direction as u8)
-        };
-        if !denies(Direction::Ingress) {
-            endpoint.info.ingress_plan = LookupPlan::EMPTY;
-        }
-        if !denies(Direction::Egress) {
-            endpoint.info.egress_plan = LookupPlan::EMPTY;
+                .retain(|_, value| !last_resort && is_admin_deny(value));
+            total -= entries - kept;
+            endpoint.info.flags |= if last_resort {
+                ENDPOINT_NOT_READY
+            } else {
+                ENDPOINT_INGRESS_ISOLATED | ENDPOINT_EGRESS_ISOLATED
+            };
+            let mut plans = [LookupPlan::EMPTY; 2];
+            for key in endpoint.entries.keys() {
+                plans[usize::from(key.direction)].record(key);
+            }
+            endpoint.info.ingress_plan = plans[Direction::Ingress as usize];
+            endpoint.info.egress_plan = plans[Direction::Egress as usize];
         }
     }
 }
@@ -1653,6 +1673,78 @@ spec:
         );
         assert!(entries_of(&state, "big-00") > 0);
         assert!(entries_of(&state, "big-00") < 10);
+    }
+
+    #[test]
+    fn admin_denies_that_alone_overflow_the_map_drop_everything_at_the_pods_that_keep_the_most() {
+        // 3 policies of 25 rules, each a Deny of its own address on every TCP, UDP and SCTP port
+        // but 0 and 65535 (30 port prefixes each): 6,750 entries for each of 100 pods, 675,000
+        // together, and nothing a pod could lose while keeping its Admin Deny entries.
+        let range = "destinationPort: {range: {start: 1, end: 65534}}";
+        let mut yaml = String::new();
+        for policy in 0..3 {
+            yaml.push_str(&format!(
+                "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                 metadata: {{name: wide-{policy}}}\nspec:\n  tier: Admin\n  priority: {policy}\n\
+                 \x20 subject: {{namespaces: {{}}}}\n  egress:\n"
+            ));
+            for rule in 0..25 {
+                yaml.push_str(&format!(
+                    "  - action: Deny\n    to: [{{networks: [10.200.{policy}.{rule}/32]}}]\n\
+                     \x20   protocols: [{{tcp: {{{range}}}}}, {{udp: {{{range}}}}}, \
+                     {{sctp: {{{range}}}}}]\n"
+                ));
+            }
+        }
+        let mut loaded = crate::manifest::Loaded::default();
+        crate::manifest::load_text(std::path::Path::new("wide.yaml"), &yaml, &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let snapshot = Snapshot {
+            pods: (0..100)
+                .map(|n| pod(&format!("pod-{n:03}"), n + 10, "any"))
+                .collect(),
+            cluster_policies: loaded.snapshot.cluster_policies,
+            ..Snapshot::default()
+        };
+        let state = resolve(&snapshot, "node-1", &NodeState::default()).unwrap();
+        assert!(state.policy.len() <= MAX_POLICY_ENTRIES as usize);
+        let per_pod = entries_of(&state, "pod-099");
+        let dropping = (100 * per_pod - MAX_POLICY_ENTRIES as usize).div_ceil(per_pod);
+        assert!(per_pod >= 6_750 && dropping > 0, "{per_pod} entries a pod");
+        let degraded: Vec<String> = state
+            .degraded
+            .iter()
+            .map(|problem| match problem {
+                Degraded::NodeOverCapacity { pod, .. } => pod.name.clone(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        let expected: Vec<String> = (0..dropping).map(|n| format!("pod-{n:03}")).collect();
+        assert_eq!(degraded, expected);
+        let denied: IpAddr = "10.200.1.7".parse().unwrap();
+        let elsewhere: IpAddr = "10.9.9.9".parse().unwrap();
+        let decide = |name: &str, peer: IpAddr, port: u16| {
+            state
+                .decide(
+                    &pod(name, 0, "any").pod_ref(),
+                    Direction::Egress,
+                    peer,
+                    6,
+                    port,
+                )
+                .unwrap()
+        };
+        for name in &expected {
+            assert_eq!(entries_of(&state, name), 0);
+            for peer in [denied, elsewhere] {
+                assert!(!decide(name, peer, 0).allows_exempt(), "{name} {peer}");
+            }
+        }
+        let kept = format!("pod-{dropping:03}");
+        assert_eq!(entries_of(&state, &kept), per_pod);
+        assert!(!decide(&kept, denied, 80).allows_exempt());
+        assert!(decide(&kept, denied, 0).allows());
+        assert!(decide(&kept, elsewhere, 80).allows());
     }
 
     #[test]
