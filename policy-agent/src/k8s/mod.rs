@@ -8,7 +8,8 @@
 //!   (ClusterIPs, selector, ports).
 //! - ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`, the whole spec; [`resource`]).
 //!   A cluster without their CRD has none: the list's 404 counts as an empty list, so the agent
-//!   enforces NetworkPolicy there, and the watch keeps retrying until the CRD is installed.
+//!   enforces NetworkPolicy there, and the watch keeps retrying until the CRD is installed. A
+//!   CRD removed while the agent runs (a 404 on relisting or rewatching) empties the cache.
 //! - Nodes (name, labels and addresses), for the `nodes` peers of ClusterNetworkPolicies. The
 //!   agent enforces on the pods whose `spec.nodeName` is its `--node-name`; if no such Node
 //!   exists, the name is wrong and enforcing would silently cover no pod, so no snapshot is
@@ -387,20 +388,19 @@ impl Watch<'_> {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
-        let (store, writer) = reflector::store();
+        let (store, mut writer) = reflector::store();
         let index = kind as usize;
         let changes = self.changes.clone();
         let listed = Arc::clone(self.listed);
-        let mut events = watcher(api, config)
-            .default_backoff()
-            .modify(strip)
-            .reflect(writer)
-            .boxed();
+        let mut events = watcher(api, config).default_backoff().modify(strip).boxed();
         self.tasks.push(tokio::spawn(async move {
             // What the agent read of each object, for kinds that change in other ways often.
             let mut seen = HashMap::new();
             let mut relisted = HashMap::new();
             while let Some(event) = events.next().await {
+                if let Ok(event) = &event {
+                    writer.apply_watcher_event(event);
+                }
                 match event {
                     Ok(watcher::Event::InitDone) => {
                         seen = std::mem::take(&mut relisted);
@@ -435,12 +435,20 @@ impl Watch<'_> {
                         info!(kind = kind.name(), "watch expired (410 Gone): relisting");
                         continue;
                     }
-                    Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                        if status.code == 404 && kind.optional() =>
-                    {
+                    Err(
+                        watcher::Error::InitialListFailed(kube::Error::Api(status))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(status)),
+                    ) if status.code == 404 && kind.optional() => {
                         // No such resource: nothing of the kind exists, which is a complete
-                        // list. The watcher retries, so an installed CRD is picked up.
-                        if !listed[index].swap(true, Ordering::AcqRel) {
+                        // list, and a CRD removed while watched took its objects with it. The
+                        // watcher retries, so a CRD installed later is picked up.
+                        let cached = !writer.as_reader().is_empty();
+                        if cached {
+                            writer.apply_watcher_event(&watcher::Event::Init);
+                            writer.apply_watcher_event(&watcher::Event::InitDone);
+                            seen.clear();
+                        }
+                        if !listed[index].swap(true, Ordering::AcqRel) || cached {
                             warn!(
                                 kind = kind.name(),
                                 "the API server does not serve this kind (CRD not installed?): \

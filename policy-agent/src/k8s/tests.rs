@@ -48,6 +48,8 @@ const CLUSTER_POLICIES_WATCH: &str =
     include_str!("../../tests/kube/clusternetworkpolicies-watch.jsonl");
 const FORBIDDEN: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden: User \"system:serviceaccount:kube-system:policy-agent\" cannot list resource \"pods\" in API group \"\" at the cluster scope","reason":"Forbidden","details":{"kind":"pods"},"code":403}"#;
 
+const NOT_FOUND: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#;
+
 fn recorded_list(path: &str) -> String {
     match path {
         NAMESPACES => include_str!("../../tests/kube/namespaces.json"),
@@ -567,11 +569,10 @@ async fn an_invalid_cluster_policy_is_rejected_by_field_and_still_denies_its_sub
 
 #[tokio::test]
 async fn a_cluster_without_the_crd_enforces_network_policy_and_picks_the_crd_up_later() {
-    let not_found = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#;
     let mut harness = Harness::start(&[(
         CLUSTER_POLICIES,
         StatusCode::NOT_FOUND,
-        not_found.to_owned(),
+        NOT_FOUND.to_owned(),
     )]);
     let without = harness.content().await;
     assert!(without.snapshot.cluster_policies.is_empty());
@@ -586,6 +587,30 @@ async fn a_cluster_without_the_crd_enforces_network_policy_and_picks_the_crd_up_
         .await;
     assert_eq!(with.snapshot.cluster_policies.len(), 2);
     assert_ne!(with.generation, without.generation);
+}
+
+#[tokio::test]
+async fn a_crd_removed_while_watched_takes_its_policies_with_it() {
+    let mut harness = Harness::start(&[]);
+    let with = harness.content().await;
+    assert_eq!(with.snapshot.cluster_policies.len(), 2);
+    let watch = harness.watch(CLUSTER_POLICIES).await;
+    harness.server.then_list(
+        CLUSTER_POLICIES,
+        StatusCode::NOT_FOUND,
+        NOT_FOUND.to_owned(),
+    );
+    // The watch expires and the relist finds no such resource.
+    watch.send(event(PODS_WATCH, 4));
+    let without = harness
+        .until(|content| {
+            content
+                .ok()
+                .filter(|c| c.snapshot.cluster_policies.is_empty())
+        })
+        .await;
+    assert_eq!(without.snapshot.policies, with.snapshot.policies);
+    assert_ne!(without.generation, with.generation);
 }
 
 #[tokio::test]
