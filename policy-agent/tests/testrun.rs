@@ -2155,9 +2155,9 @@ impl Tiers {
 /// many peer classes (one address each), every class allowing TCP 80 to and from the pod and,
 /// with NetworkPolicy only, TCP 8000-8007, so the plans probe two prefix lengths whatever the
 /// size. With ClusterNetworkPolicies, an Admin `Deny` takes 8000-8007 instead, and one more
-/// Admin `Deny` of TCP 22 from any peer makes every miss probe the any-peer keys too (at one
-/// port prefix length: the any-peer keys have a plan of their own). Returns
-/// the peer address of the middle class.
+/// Admin `Deny` of TCP 22 from any peer gives the endpoint an any-peer key, which a packet no
+/// class key matches probes unless the any-peer filter rules its port out (as it does for the
+/// denied flow's port 81). Returns the peer address of the middle class.
 fn setup_sized(family: Family, entries: u32, tiers: Tiers) -> (Datapath, IpAddr) {
     let classes = entries / 2;
     let mut allows = Vec::new();

@@ -42,7 +42,7 @@ const UDP: u8 = 17;
 /// One exact port from a peer class: the plan bit of port prefix length 16.
 const EXACT_PORT_PLAN: LookupPlan = LookupPlan {
     class: 1 << 16,
-    any_peer: 0,
+    ..LookupPlan::EMPTY
 };
 
 const CLASS_A: u32 = 10;

@@ -68,7 +68,8 @@ pub type PrefixPlan = u32;
 /// Which policy-map keys can exist for one endpoint and direction, so the programs probe only
 /// those. The any-peer keys have a plan of their own: the few wildcard rules of a
 /// ClusterNetworkPolicy rarely use every port prefix that the class keys do, and a packet no
-/// class key matches probes them all.
+/// class key matches probes them all. They have a filter too, so that a packet whose protocol
+/// and port no wildcard rule names (the common miss) skips them without a probe.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LookupPlan {
@@ -76,6 +77,10 @@ pub struct LookupPlan {
     pub class: PrefixPlan,
     /// Keys of [`ANY_PEER_CLASS`].
     pub any_peer: PrefixPlan,
+    /// A Bloom filter of the any-peer keys with a protocol: the bit
+    /// [`any_peer_filter_bit`] of each key's protocol, port and prefix length. A key whose bit
+    /// is clear does not exist; one whose bit is set may.
+    pub any_peer_filter: u32,
 }
 
 impl LookupPlan {
@@ -83,6 +88,7 @@ impl LookupPlan {
     pub const EMPTY: Self = Self {
         class: 0,
         any_peer: 0,
+        any_peer_filter: 0,
     };
 
     /// Adds what probing for `key` needs.
@@ -94,6 +100,10 @@ impl LookupPlan {
         };
         if key.peer_class == ANY_PEER_CLASS {
             self.any_peer |= bit;
+            if key.protocol != ANY_PROTOCOL {
+                self.any_peer_filter |=
+                    any_peer_filter_bit(key.protocol, key.port, key.port_prefix_len);
+            }
         } else {
             self.class |= bit;
         }
@@ -109,7 +119,17 @@ impl core::ops::BitOrAssign for LookupPlan {
     fn bitor_assign(&mut self, other: Self) {
         self.class |= other.class;
         self.any_peer |= other.any_peer;
+        self.any_peer_filter |= other.any_peer_filter;
     }
+}
+
+/// The bit of [`LookupPlan::any_peer_filter`] for a key of `protocol` (not [`ANY_PROTOCOL`]),
+/// masked `port` and `prefix_len`: a multiplicative hash of the three, cheap enough for every
+/// packet that misses its class keys.
+#[inline(always)]
+pub const fn any_peer_filter_bit(protocol: u8, port: u16, prefix_len: u8) -> u32 {
+    let key = (port as u32) | ((protocol as u32) << 16) | ((prefix_len as u32) << 24);
+    1 << (key.wrapping_mul(0x9e37_79b1) >> 27)
 }
 
 /// Value of [`crate::names::ENDPOINTS_MAP`], keyed by the host-side ifindex (`u32`).
@@ -521,8 +541,8 @@ pub struct FlowEvent {
     pub dst_addr: [u8; 16],
 }
 
-const _: () = assert!(size_of::<LookupPlan>() == 8);
-const _: () = assert!(size_of::<EndpointInfo>() == 44);
+const _: () = assert!(size_of::<LookupPlan>() == 12);
+const _: () = assert!(size_of::<EndpointInfo>() == 52);
 const _: () = assert!(size_of::<PeerClass>() == 4);
 const _: () = assert!(size_of::<PolicyKey>() == 16);
 const _: () = assert!(size_of::<PolicyValue>() == 8);

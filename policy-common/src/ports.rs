@@ -4,7 +4,9 @@
 //! pairs that covers it exactly, so that a lookup is a handful of exact-match hash probes: one per
 //! prefix length that the endpoint actually uses (its [`LookupPlan`]), never one per rule.
 
-use crate::maps::{ANY_PEER_CLASS, ANY_PROTOCOL, LookupPlan, PLAN_ANY_PROTOCOL, PolicyKey};
+use crate::maps::{
+    ANY_PEER_CLASS, ANY_PROTOCOL, LookupPlan, PLAN_ANY_PROTOCOL, PolicyKey, any_peer_filter_bit,
+};
 
 /// The mask that keeps the top `prefix_len` bits of a port (0 to 16).
 #[inline(always)]
@@ -46,7 +48,8 @@ pub fn range_to_prefixes(first: u16, last: u16, mut emit: impl FnMut(u16, u8)) {
 ///
 /// Order: the packet's class before [`ANY_PEER_CLASS`]; within a class, the packet's protocol
 /// from the longest port prefix down, then [`ANY_PROTOCOL`]. Only keys the plan says can exist
-/// are probed, so the number of probes depends on the plan, not on the number of entries.
+/// are probed (for the any-peer keys with a protocol, those its filter does not rule out), so
+/// the number of probes depends on the plan, not on the number of entries.
 #[inline(always)]
 pub fn probe_policy<V>(
     endpoint_id: u32,
@@ -65,6 +68,7 @@ pub fn probe_policy<V>(
         if class_plan == 0 {
             continue;
         }
+        let filtered = class == ANY_PEER_CLASS;
         let mut key = PolicyKey {
             endpoint_id,
             peer_class: class,
@@ -80,6 +84,12 @@ pub fn probe_policy<V>(
             if class_plan & (1 << prefix_len) != 0 {
                 key.port = port & port_mask(prefix_len);
                 key.port_prefix_len = prefix_len;
+                if filtered
+                    && plan.any_peer_filter & any_peer_filter_bit(protocol, key.port, prefix_len)
+                        == 0
+                {
+                    continue;
+                }
                 if let Some(value) = lookup(&key) {
                     return Some(value);
                 }
@@ -165,6 +175,7 @@ mod tests {
         let plan = LookupPlan {
             class: (1 << 16) | (1 << 4) | PLAN_ANY_PROTOCOL,
             any_peer: (1 << 4) | PLAN_ANY_PROTOCOL,
+            any_peer_filter: u32::MAX,
         };
         let mut seen = Vec::new();
         let hit: Option<()> = probe_policy(3, plan, 0, 9, 6, 0x1234, |key| {
@@ -190,6 +201,7 @@ mod tests {
         let only_any_peer = LookupPlan {
             class: 0,
             any_peer: 1 << 16,
+            any_peer_filter: u32::MAX,
         };
         let _: Option<()> = probe_policy(3, only_any_peer, 0, 9, 6, 22, |key| {
             seen.push(key.peer_class);
@@ -207,6 +219,7 @@ mod tests {
         let plan = LookupPlan {
             class: (1 << 16) | (1 << 0),
             any_peer: 1 << 16,
+            any_peer_filter: u32::MAX,
         };
         let hit = probe_policy(1, plan, 1, 2, 17, 53, |key| {
             (key.port_prefix_len == 0).then_some(42)
@@ -214,26 +227,72 @@ mod tests {
         assert_eq!(hit, Some(42));
     }
 
-    #[test]
-    fn a_plan_records_each_key_under_its_kind_of_class() {
-        let mut plan = LookupPlan::EMPTY;
-        let key = |peer_class, protocol, port_prefix_len| PolicyKey {
+    fn key(peer_class: u32, protocol: u8, port: u16, port_prefix_len: u8) -> PolicyKey {
+        PolicyKey {
             endpoint_id: 1,
             peer_class,
             protocol,
+            port,
             port_prefix_len,
             ..PolicyKey::default()
-        };
-        plan.record(&key(5, 6, 16));
-        plan.record(&key(5, ANY_PROTOCOL, 0));
-        plan.record(&key(ANY_PEER_CLASS, 17, 13));
+        }
+    }
+
+    #[test]
+    fn a_plan_records_each_key_under_its_kind_of_class() {
+        let mut plan = LookupPlan::EMPTY;
+        plan.record(&key(5, 6, 80, 16));
+        plan.record(&key(5, ANY_PROTOCOL, 0, 0));
+        plan.record(&key(ANY_PEER_CLASS, 17, 0x1000, 13));
+        plan.record(&key(ANY_PEER_CLASS, ANY_PROTOCOL, 0, 0));
         assert_eq!(
             plan,
             LookupPlan {
                 class: (1 << 16) | PLAN_ANY_PROTOCOL,
-                any_peer: 1 << 13,
+                any_peer: (1 << 13) | PLAN_ANY_PROTOCOL,
+                any_peer_filter: any_peer_filter_bit(17, 0x1000, 13),
             }
         );
         assert!(!plan.is_empty() && LookupPlan::EMPTY.is_empty());
+    }
+
+    #[test]
+    fn the_filter_skips_any_peer_keys_it_rules_out_and_never_one_that_exists() {
+        // An Admin Deny of TCP 22 from any peer: a TCP packet to 81 (whose bit is clear) makes
+        // no any-peer probe; to 22 it finds the key.
+        let mut plan = LookupPlan::EMPTY;
+        plan.record(&key(ANY_PEER_CLASS, 6, 22, 16));
+        assert_eq!(plan.any_peer_filter & any_peer_filter_bit(6, 81, 16), 0);
+        let mut probed = Vec::new();
+        let _: Option<()> = probe_policy(1, plan, 0, 9, 6, 81, |key| {
+            probed.push(key.port);
+            None
+        });
+        assert!(probed.is_empty(), "{probed:?}");
+        // Every key of a set of thousands, recorded, is found again: the filter only skips keys
+        // that do not exist.
+        let mut keys = Vec::new();
+        let mut seed = 0x2545_f491_u32;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let len = (seed % 17) as u8;
+            let port = (seed >> 8) as u16 & port_mask(len);
+            let protocol = [6, 17, 132][(seed >> 5) as usize % 3];
+            keys.push(key(ANY_PEER_CLASS, protocol, port, len));
+        }
+        for (count, wanted) in keys.iter().enumerate() {
+            let mut plan = LookupPlan::EMPTY;
+            keys[..=count]
+                .iter()
+                .step_by(97)
+                .for_each(|k| plan.record(k));
+            plan.record(wanted);
+            let hit = probe_policy(1, plan, 0, 9, wanted.protocol, wanted.port, |key| {
+                (key == wanted).then_some(())
+            });
+            assert_eq!(hit, Some(()), "{wanted:?}");
+        }
     }
 }

@@ -190,9 +190,10 @@ impl Figures {
                  endpoint exempted from it (`ENDPOINT_ANY_SOURCE`): the difference is what the \
                  check costs. With ClusterNetworkPolicies, the same endpoint reads its entries as \
                  the compiled verdicts of every tier: TCP 8000-8007 is an Admin `Deny` instead \
-                 of an allow, and an Admin `Deny` of TCP 22 from any peer makes every packet no \
-                 entry of its class matches (the new denied flow) probe the any-peer keys too, \
-                 at the one port prefix length they use. The machine is shared, so figures are noisy.",
+                 of an allow, and an Admin `Deny` of TCP 22 from any peer adds an any-peer key, \
+                 which a packet no entry of its class matches (the new denied flow, to port 81) \
+                 probes unless the endpoint's any-peer filter rules its port out. The machine \
+                 is shared, so figures are noisy.",
                 self.rounds()
             ),
             tables,

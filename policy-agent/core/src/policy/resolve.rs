@@ -1539,7 +1539,7 @@ mod tests {
                 true,
                 LookupPlan {
                     class: 1 << 16,
-                    any_peer: 0
+                    ..LookupPlan::EMPTY
                 }
             )
         );
