@@ -13,7 +13,7 @@ use policy_agent::{
     agent::{self, DEFAULT_INTERFACE_PREFIX, NewEndpointPolicy, NewEndpoints, RunConfig, Source},
     cli::{self, flows::FlowsOptions},
     datapath::{BPFFS_ROOT, DEFAULT_PIN_DIR, ensure_bpffs},
-    explain::{self, ExplainOptions, OutputFormat},
+    explain::{self, ExplainOptions, OutputFormat, Via},
     k8s, manifest,
     policy::model::Protocol,
     printable,
@@ -140,6 +140,10 @@ struct ExplainArgs {
     /// The connection's protocol.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
     protocol: ProtocolArg,
+    /// How the client addresses the server: its pod IP, or a Service (or node port) that
+    /// translates to it, where a pod reaching itself is decided by ClusterNetworkPolicy.
+    #[arg(long, value_enum, default_value_t = ViaArg::Pod)]
+    via: ViaArg,
     /// The client, as NAMESPACE/POD (with --to).
     #[arg(long, requires = "to")]
     from: Option<String>,
@@ -159,6 +163,12 @@ enum ProtocolArg {
     Udp,
     #[value(name = "SCTP")]
     Sctp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ViaArg {
+    Pod,
+    Service,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -194,6 +204,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ProtocolArg::Tcp => Protocol::Tcp,
                     ProtocolArg::Udp => Protocol::Udp,
                     ProtocolArg::Sctp => Protocol::Sctp,
+                },
+                via: match args.via {
+                    ViaArg::Pod => Via::Pod,
+                    ViaArg::Service => Via::Service,
                 },
                 from: args.from,
                 to: args.to,

@@ -6,8 +6,11 @@
 //! name more). A connection from `a` to `b` is allowed when `a`'s node state lets `a` send it
 //! (egress) and `b`'s node state lets `b` receive it (ingress), each looked up as the kernel does:
 //! longest-prefix match for the peer's class, then the policy-map probes. A pod always reaches
-//! itself: that traffic never crosses its veth. Traffic between a pod and an address of its own
-//! node is exempt from NetworkPolicy, and only a ClusterNetworkPolicy rule decides it.
+//! its own address: that traffic never crosses its veth. Traffic between a pod and an address of
+//! its own node is exempt from NetworkPolicy, and only a ClusterNetworkPolicy rule decides it.
+//! Through a Service ([`Via::Service`]) every verdict is the one by pod IP except a pod's to
+//! itself: that packet leaves by its veth and comes back translated, so it is exempt from
+//! NetworkPolicy and decided by ClusterNetworkPolicy like traffic with the pod's own node.
 //!
 //! A hostNetwork pod takes part with its node's addresses, so that rules about nodes can be
 //! checked: it is a row and a column like any pod, but never an endpoint, so only the other end's
@@ -81,11 +84,33 @@ pub enum OutputFormat {
     Json,
 }
 
+/// How the client addresses the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The server's pod IP.
+    #[default]
+    Pod,
+    /// An address the node translates to the server's pod IP: a Service's cluster IP or a node
+    /// port.
+    Service,
+}
+
+impl Via {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Service => "service",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ExplainOptions {
     pub paths: Vec<PathBuf>,
     pub port: u16,
     pub protocol: Protocol,
+    pub via: Via,
     pub from: Option<String>,
     pub to: Option<String>,
     pub output: OutputFormat,
@@ -129,13 +154,14 @@ pub fn run(
     Ok(())
 }
 
-/// The matrix of `paths` for `protocol`/`port`, for programs that compare it with something:
-/// anything that could not be loaded or compiled is an error that lists every problem, where
-/// [`run`] would answer for the rest.
+/// The matrix of `paths` for `protocol`/`port` reached `via`, for programs that compare it with
+/// something: anything that could not be loaded or compiled is an error that lists every
+/// problem, where [`run`] would answer for the rest.
 pub fn complete_matrix(
     paths: &[PathBuf],
     protocol: Protocol,
     port: u16,
+    via: Via,
 ) -> Result<Reachability, ExplainError> {
     let loaded = manifest::load(paths);
     let mut problems: Vec<String> = loaded
@@ -148,7 +174,7 @@ pub fn complete_matrix(
     if !problems.is_empty() {
         return Err(ExplainError::Problems(problems));
     }
-    Ok(cluster.matrix(protocol, port))
+    Ok(cluster.matrix(protocol, port, via))
 }
 
 fn answer(
@@ -158,7 +184,7 @@ fn answer(
 ) -> Result<(), ExplainError> {
     match (&options.from, &options.to) {
         (None, None) => {
-            let matrix = cluster.matrix(options.protocol, options.port);
+            let matrix = cluster.matrix(options.protocol, options.port, options.via);
             match options.output {
                 OutputFormat::Json => {
                     let text = serde_json::to_string_pretty(&matrix).map_err(ExplainError::Json)?;
@@ -170,7 +196,7 @@ fn answer(
             }
         }
         (Some(from), Some(to)) => {
-            let verdict = cluster.verdict(from, to, options.protocol, options.port)?;
+            let verdict = cluster.verdict(from, to, options.protocol, options.port, options.via)?;
             match options.output {
                 OutputFormat::Json => {
                     let text =
@@ -265,14 +291,19 @@ impl Cluster {
             })
     }
 
-    /// How `peer` reaches `pod`: exempt from NetworkPolicy when it is an address of the pod's
-    /// own node.
-    fn route(&self, pod: &Pod, peer: IpAddr) -> Route {
-        let own_node =
-            self.snapshot.nodes.iter().any(|node| {
-                Some(&node.name) == pod.node.as_ref() && node.addresses.contains(&peer)
-            });
-        if own_node {
+    /// Whether `peer` is an address of `pod`'s own node.
+    fn own_node(&self, pod: &Pod, peer: IpAddr) -> bool {
+        self.snapshot
+            .nodes
+            .iter()
+            .any(|node| Some(&node.name) == pod.node.as_ref() && node.addresses.contains(&peer))
+    }
+
+    /// How a packet between `pod` and `peer` reaches `pod`'s programs: exempt from
+    /// NetworkPolicy when `peer` is an address of the pod's own node or the pod reaches itself
+    /// through its Service (`hairpin`).
+    fn route(&self, pod: &Pod, peer: IpAddr, hairpin: bool) -> Route {
+        if hairpin || self.own_node(pod, peer) {
             Route::Exempt
         } else {
             Route::Direct
@@ -313,27 +344,49 @@ impl Cluster {
         pod: &Pod,
         direction: Direction,
         peer: IpAddr,
+        hairpin: bool,
         protocol: Protocol,
         port: u16,
     ) -> bool {
         self.decide(pod, direction, peer, protocol, port)
-            .is_none_or(|decision| decision.allows_by(self.route(pod, peer)))
+            .is_none_or(|decision| decision.allows_by(self.route(pod, peer, hairpin)))
     }
 
-    /// Whether `client` may open a connection to `server`'s `port`, over the address pair the
-    /// module documentation describes.
-    pub fn allowed(&self, client: &Pod, server: &Pod, protocol: Protocol, port: u16) -> bool {
-        if client.pod_ref() == server.pod_ref() {
+    /// Whether `client` may open a connection to `server`'s `port` reached `via`, over the
+    /// address pair the module documentation describes.
+    pub fn allowed(
+        &self,
+        client: &Pod,
+        server: &Pod,
+        protocol: Protocol,
+        port: u16,
+        via: Via,
+    ) -> bool {
+        let same_pod = client.pod_ref() == server.pod_ref();
+        if same_pod && via == Via::Pod {
             return true;
         }
         let Some((client_ip, server_ip)) = address_pair(client, server) else {
             return false;
         };
-        self.side_allows(client, Direction::Egress, server_ip, protocol, port)
-            && self.side_allows(server, Direction::Ingress, client_ip, protocol, port)
+        self.side_allows(
+            client,
+            Direction::Egress,
+            server_ip,
+            same_pod,
+            protocol,
+            port,
+        ) && self.side_allows(
+            server,
+            Direction::Ingress,
+            client_ip,
+            same_pod,
+            protocol,
+            port,
+        )
     }
 
-    pub fn matrix(&self, protocol: Protocol, port: u16) -> Reachability {
+    pub fn matrix(&self, protocol: Protocol, port: u16, via: Via) -> Reachability {
         let names: Vec<String> = self
             .pods
             .iter()
@@ -346,14 +399,14 @@ impl Cluster {
             .map(|(&i, name)| (name.as_str(), self.pod(i)))
             .collect();
         let matrix = Matrix::from_fn(names.clone(), |client, server| {
-            self.allowed(by_name[client], by_name[server], protocol, port)
+            self.allowed(by_name[client], by_name[server], protocol, port, via)
                 .into()
         });
         Reachability {
             protocol: protocol.name().to_owned(),
             port,
             matrix,
-            via: None,
+            via: (via != Via::Pod).then(|| via.name().to_owned()),
             wait_ms: None,
         }
     }
@@ -364,29 +417,46 @@ impl Cluster {
         to: &str,
         protocol: Protocol,
         port: u16,
+        via: Via,
     ) -> Result<Verdict, ExplainError> {
         let client = self.pod(self.find(from)?);
         let server = self.pod(self.find(to)?);
+        let same_pod = client.pod_ref() == server.pod_ref();
         let mut verdict = Verdict {
             from: from.to_owned(),
             to: to.to_owned(),
             protocol: protocol.name(),
             port,
-            allowed: self.allowed(client, server, protocol, port),
-            same_pod: client.pod_ref() == server.pod_ref(),
+            via,
+            allowed: self.allowed(client, server, protocol, port, via),
+            same_pod,
             common_family: false,
             egress: None,
             ingress: None,
         };
-        if verdict.same_pod {
+        if same_pod && via == Via::Pod {
             return Ok(verdict);
         }
         let Some((client_ip, server_ip)) = address_pair(client, server) else {
             return Ok(verdict);
         };
         verdict.common_family = true;
-        verdict.egress = self.side(client, Direction::Egress, server_ip, protocol, port);
-        verdict.ingress = self.side(server, Direction::Ingress, client_ip, protocol, port);
+        verdict.egress = self.side(
+            client,
+            Direction::Egress,
+            server_ip,
+            same_pod,
+            protocol,
+            port,
+        );
+        verdict.ingress = self.side(
+            server,
+            Direction::Ingress,
+            client_ip,
+            same_pod,
+            protocol,
+            port,
+        );
         Ok(verdict)
     }
 
@@ -396,11 +466,12 @@ impl Cluster {
         pod: &Pod,
         direction: Direction,
         peer: IpAddr,
+        hairpin: bool,
         protocol: Protocol,
         port: u16,
     ) -> Option<Side> {
         let decision = self.decide(pod, direction, peer, protocol, port)?;
-        let route = self.route(pod, peer);
+        let route = self.route(pod, peer, hairpin);
         let probe = Probe {
             peer,
             protocol: protocol.number(),
@@ -427,7 +498,8 @@ impl Cluster {
             pod: pod.pod_ref().to_string(),
             peer: peer.to_string(),
             allowed: decision.allows_by(route),
-            own_node: route == Route::Exempt,
+            own_node: self.own_node(pod, peer),
+            own_service: hairpin,
             tier: match &reference.decider {
                 Decider::Cluster(rule) => Some(rule.tier.name()),
                 _ => None,
@@ -462,13 +534,15 @@ pub struct Verdict {
     pub to: String,
     pub protocol: &'static str,
     pub port: u16,
+    pub via: Via,
     pub allowed: bool,
-    /// A pod always reaches itself.
+    /// The client is the server: always allowed by pod IP, decided by ClusterNetworkPolicy
+    /// alone through a Service.
     pub same_pod: bool,
     /// Whether the pods have an address family in common.
     pub common_family: bool,
-    /// The client's side; absent for a pod reaching itself, pods with no common family and
-    /// hostNetwork pods, which have no programs of their own.
+    /// The client's side; absent for a pod reaching its own address, pods with no common family
+    /// and hostNetwork pods, which have no programs of their own.
     pub egress: Option<Side>,
     /// The server's side, absent as the client's is.
     pub ingress: Option<Side>,
@@ -484,6 +558,9 @@ pub struct Side {
     /// The other end is an address of the pod's own node: NetworkPolicy allows the traffic,
     /// and only a ClusterNetworkPolicy rule decides it.
     pub own_node: bool,
+    /// The pod reaches itself through a Service: NetworkPolicy allows it, and only a
+    /// ClusterNetworkPolicy rule decides it.
+    pub own_service: bool,
     /// The tier (`Admin` or `Baseline`) whose ClusterNetworkPolicy rule decided, if one did.
     pub tier: Option<&'static str>,
     /// The NetworkPolicies that isolate the pod in this direction.
@@ -499,16 +576,21 @@ pub struct Side {
 impl Verdict {
     pub fn text(&self) -> String {
         let outcome = if self.allowed { "ALLOWED" } else { "DENIED" };
+        let via = match self.via {
+            Via::Pod => String::new(),
+            Via::Service => format!(" via {}", Via::Service.name()),
+        };
         let mut text = format!(
-            "{} -> {} {}/{}: {outcome}\n",
+            "{} -> {} {}/{}{via}: {outcome}\n",
             printable(&self.from),
             printable(&self.to),
             self.protocol,
             self.port
         );
-        if self.same_pod {
+        if self.same_pod && self.via == Via::Pod {
             text.push_str(
-                "  a pod always reaches itself: its own traffic never crosses its veth\n",
+                "  a pod always reaches itself by its own address: that traffic never crosses \
+                 its veth\n",
             );
             return text;
         }
@@ -563,6 +645,9 @@ impl Side {
                             text.push_str(&format!("    also allowed by {}\n", printable(other)));
                         }
                     }
+                    None if self.own_service => text.push_str(
+                        "allowed: NetworkPolicy exempts a pod reaching itself through a Service\n",
+                    ),
                     None if self.own_node => text.push_str(
                         "allowed: NetworkPolicy exempts traffic between a pod and its own node\n",
                     ),

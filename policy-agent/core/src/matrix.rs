@@ -137,7 +137,8 @@ pub struct Reachability {
     pub port: u16,
     #[serde(flatten)]
     pub matrix: Matrix,
-    /// How the probe reached the server (`pod`, `service`, `nodeport`); only from the probe.
+    /// How the client reached the server (`pod`, `service`, `nodeport`): from the probe, and
+    /// from `explain --via service`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
     /// How long the probe waited for the agents to apply the manifests; only from the probe.
@@ -154,11 +155,21 @@ impl Reachability {
     /// A grid for people: rows are clients, columns servers (numbered as the rows).
     pub fn table(&self) -> String {
         let pods = self.matrix.pods();
-        let mut text = format!(
-            "{}/{}: rows are clients (from), columns servers (to); Y allowed, - denied.\n\
-             A pod always reaches itself (its own traffic never crosses its veth).\n\n",
-            self.protocol, self.port
-        );
+        let mut text = match self.via.as_deref() {
+            None | Some("pod") => format!(
+                "{}/{}: rows are clients (from), columns servers (to); Y allowed, - denied.\n\
+                 A pod always reaches its own address (that traffic never crosses its veth).\n\n",
+                self.protocol, self.port
+            ),
+            Some(via) => format!(
+                "{}/{} via {}: rows are clients (from), columns servers (to); Y allowed, - \
+                 denied.\nA pod reaching itself this way is decided by ClusterNetworkPolicy \
+                 alone.\n\n",
+                self.protocol,
+                self.port,
+                printable(via)
+            ),
+        };
         let names: Vec<_> = pods.iter().map(|pod| printable(pod)).collect();
         let width = names
             .iter()

@@ -4,7 +4,7 @@
 use std::{fs, path::PathBuf};
 
 use policy_core::{
-    explain::{ExplainOptions, OutputFormat, run},
+    explain::{ExplainOptions, OutputFormat, Via, run},
     policy::model::Protocol,
 };
 use serde_json::Value;
@@ -37,10 +37,22 @@ fn explain(
     pair: Option<(&str, &str)>,
     output: OutputFormat,
 ) -> (String, String) {
+    explain_via(dir, protocol, port, Via::Pod, pair, output)
+}
+
+fn explain_via(
+    dir: &ManifestDir,
+    protocol: Protocol,
+    port: u16,
+    via: Via,
+    pair: Option<(&str, &str)>,
+    output: OutputFormat,
+) -> (String, String) {
     let options = ExplainOptions {
         paths: vec![dir.0.clone()],
         port,
         protocol,
+        via,
         from: pair.map(|p| p.0.to_owned()),
         to: pair.map(|p| p.1.to_owned()),
         output,
@@ -56,11 +68,28 @@ fn explain(
 
 /// Asserts the JSON matrix: `rows[i]` has one character per server, `Y` allowed and `-` denied.
 fn assert_matrix(dir: &ManifestDir, protocol: Protocol, port: u16, pods: &[&str], rows: &[&str]) {
-    let (out, notes) = explain(dir, protocol, port, None, OutputFormat::Json);
+    assert_matrix_via(dir, protocol, port, Via::Pod, pods, rows);
+}
+
+fn assert_matrix_via(
+    dir: &ManifestDir,
+    protocol: Protocol,
+    port: u16,
+    via: Via,
+    pods: &[&str],
+    rows: &[&str],
+) {
+    let (out, notes) = explain_via(dir, protocol, port, via, None, OutputFormat::Json);
     assert!(notes.is_empty(), "unexpected notes: {notes}");
     let json: Value = serde_json::from_str(&out).unwrap();
     let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    match via {
+        Via::Pod => assert_eq!(keys.len(), 4, "{keys:?}"),
+        Via::Service => {
+            assert_eq!(keys.len(), 5, "{keys:?}");
+            assert_eq!(json["via"], "service");
+        }
+    }
     assert_eq!(json["protocol"], protocol.name());
     assert_eq!(json["port"], port);
     let listed: Vec<&str> = json["pods"]
@@ -685,12 +714,104 @@ spec:
 }
 
 #[test]
+fn a_pod_through_its_own_service_is_decided_by_cluster_network_policy_alone() {
+    // x keeps its own pods out of x with an Admin Deny, as upstream's hairpin conformance test
+    // does, and both namespaces isolate their ingress with no rule.
+    let objects = [
+        namespace("x", "team: x"),
+        namespace("y", "team: y"),
+        pod("x", "a", "app: a", ""),
+        pod("x", "b", "app: b", ""),
+        pod("y", "c", "app: c", ""),
+    ]
+    .concat();
+    let policies = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: y}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: x-keeps-out-x}
+spec:
+  tier: Admin
+  priority: 15
+  subject: {namespaces: {matchLabels: {team: x}}}
+  ingress:
+  - {name: no-x, action: Deny, from: [{namespaces: {matchLabels: {team: x}}}]}
+"#;
+    let dir = ManifestDir::new(
+        "own-service",
+        &[("objects.yaml", &objects), ("policies.yaml", policies)],
+    );
+    let pods = ["x/a", "x/b", "y/c"];
+    assert_matrix(&dir, Protocol::Tcp, 80, &pods, &["Y--", "-Y-", "--Y"]);
+    assert_matrix_via(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Via::Service,
+        &pods,
+        &["---", "---", "--Y"],
+    );
+
+    let (text, _) = explain_via(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Via::Service,
+        Some(("x/a", "x/a")),
+        OutputFormat::Table,
+    );
+    assert!(
+        text.starts_with("x/a -> x/a TCP/80 via service: DENIED\n")
+            && text.contains("x/a ingress (from 10.")
+            && text.contains("denied by Admin x-keeps-out-x, ingress rule \"no-x\""),
+        "{text}"
+    );
+    let (text, _) = explain_via(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Via::Service,
+        Some(("y/c", "y/c")),
+        OutputFormat::Table,
+    );
+    assert!(
+        text.starts_with("y/c -> y/c TCP/80 via service: ALLOWED\n")
+            && text.contains(
+                "isolated by y/deny-all; allowed: NetworkPolicy exempts a pod reaching itself \
+                 through a Service"
+            ),
+        "{text}"
+    );
+    let (json, _) = explain(
+        &dir,
+        Protocol::Tcp,
+        80,
+        Some(("x/a", "x/a")),
+        OutputFormat::Json,
+    );
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["allowed"], true, "{json}");
+    assert_eq!(json["via"], "pod", "{json}");
+    assert_eq!(json["ingress"], Value::Null, "{json}");
+}
+
+#[test]
 fn unknown_pod_and_half_pair_are_errors() {
     let dir = ManifestDir::new("errors", &[("pod.yaml", &pod("a", "b", "x: y", ""))]);
     let mut options = ExplainOptions {
         paths: vec![dir.0.clone()],
         port: 80,
         protocol: Protocol::Tcp,
+        via: Via::Pod,
         from: Some("a/b".to_owned()),
         to: Some("a/missing".to_owned()),
         output: OutputFormat::Table,

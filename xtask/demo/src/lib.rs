@@ -499,8 +499,13 @@ fn explain(port: &Port) -> anyhow::Result<Matrix> {
         "UDP" => Protocol::Udp,
         _ => Protocol::Tcp,
     };
-    let answer = explain::complete_matrix(std::slice::from_ref(&rendered), protocol, port.number)
-        .with_context(|| format!("explaining {}", rendered.display()))?;
+    let answer = explain::complete_matrix(
+        std::slice::from_ref(&rendered),
+        protocol,
+        port.number,
+        explain::Via::Pod,
+    )
+    .with_context(|| format!("explaining {}", rendered.display()))?;
     Ok(answer.matrix)
 }
 

@@ -327,7 +327,7 @@ impl Suite<'_> {
             return Ok(None);
         };
         let answer: Matrix = explain
-            .matrix(probe.port, probe.protocol)?
+            .matrix(probe.port, probe.protocol, probe.via)?
             .masked_by(&probe.expected);
         Ok(probe.expected.difference(&answer).map(|difference| {
             format!(
