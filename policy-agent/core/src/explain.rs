@@ -310,16 +310,9 @@ impl Cluster {
         }
     }
 
-    /// The kernel's decision at `pod` for a packet whose other end is `peer`; `None` for a
-    /// hostNetwork pod, which has no programs of its own.
-    fn decide(
-        &self,
-        pod: &Pod,
-        direction: Direction,
-        peer: IpAddr,
-        protocol: Protocol,
-        port: u16,
-    ) -> Option<Decision> {
+    /// The kernel's decision at `pod` for `packet`; `None` for a hostNetwork pod, which has no
+    /// programs of its own.
+    fn decide(&self, pod: &Pod, direction: Direction, packet: Packet) -> Option<Decision> {
         if pod.host_network {
             return None;
         }
@@ -329,7 +322,13 @@ impl Cluster {
             .as_ref()
             .and_then(|node| self.states.get(node))
             .and_then(|state| {
-                state.decide(&pod.pod_ref(), direction, peer, protocol.number(), port)
+                state.decide(
+                    &pod.pod_ref(),
+                    direction,
+                    packet.peer,
+                    packet.protocol.number(),
+                    packet.port,
+                )
             })
             .unwrap_or(Decision::Denied {
                 reason: DropReason::PolicyDenied,
@@ -338,18 +337,10 @@ impl Cluster {
         Some(decision)
     }
 
-    /// Whether `pod`'s side lets the packet through.
-    fn side_allows(
-        &self,
-        pod: &Pod,
-        direction: Direction,
-        peer: IpAddr,
-        hairpin: bool,
-        protocol: Protocol,
-        port: u16,
-    ) -> bool {
-        self.decide(pod, direction, peer, protocol, port)
-            .is_none_or(|decision| decision.allows_by(self.route(pod, peer, hairpin)))
+    /// Whether `pod`'s side lets `packet` through.
+    fn side_allows(&self, pod: &Pod, direction: Direction, packet: Packet) -> bool {
+        self.decide(pod, direction, packet)
+            .is_none_or(|decision| decision.allows_by(self.route(pod, packet.peer, packet.hairpin)))
     }
 
     /// Whether `client` may open a connection to `server`'s `port` reached `via`, over the
@@ -369,21 +360,9 @@ impl Cluster {
         let Some((client_ip, server_ip)) = address_pair(client, server) else {
             return false;
         };
-        self.side_allows(
-            client,
-            Direction::Egress,
-            server_ip,
-            same_pod,
-            protocol,
-            port,
-        ) && self.side_allows(
-            server,
-            Direction::Ingress,
-            client_ip,
-            same_pod,
-            protocol,
-            port,
-        )
+        let packet = |peer| Packet::new(peer, same_pod, protocol, port);
+        self.side_allows(client, Direction::Egress, packet(server_ip))
+            && self.side_allows(server, Direction::Ingress, packet(client_ip))
     }
 
     pub fn matrix(&self, protocol: Protocol, port: u16, via: Via) -> Reachability {
@@ -441,36 +420,21 @@ impl Cluster {
             return Ok(verdict);
         };
         verdict.common_family = true;
-        verdict.egress = self.side(
-            client,
-            Direction::Egress,
-            server_ip,
-            same_pod,
-            protocol,
-            port,
-        );
-        verdict.ingress = self.side(
-            server,
-            Direction::Ingress,
-            client_ip,
-            same_pod,
-            protocol,
-            port,
-        );
+        let packet = |peer| Packet::new(peer, same_pod, protocol, port);
+        verdict.egress = self.side(client, Direction::Egress, packet(server_ip));
+        verdict.ingress = self.side(server, Direction::Ingress, packet(client_ip));
         Ok(verdict)
     }
 
     /// `pod`'s side of a connection, with the reasons; `None` for a hostNetwork pod.
-    fn side(
-        &self,
-        pod: &Pod,
-        direction: Direction,
-        peer: IpAddr,
-        hairpin: bool,
-        protocol: Protocol,
-        port: u16,
-    ) -> Option<Side> {
-        let decision = self.decide(pod, direction, peer, protocol, port)?;
+    fn side(&self, pod: &Pod, direction: Direction, packet: Packet) -> Option<Side> {
+        let Packet {
+            peer,
+            hairpin,
+            protocol,
+            port,
+        } = packet;
+        let decision = self.decide(pod, direction, packet)?;
         let route = self.route(pod, peer, hairpin);
         let probe = Probe {
             peer,
@@ -513,6 +477,28 @@ impl Cluster {
                 .map(ToString::to_string)
                 .collect(),
         })
+    }
+}
+
+/// A packet of a connection as one end's programs see it.
+#[derive(Clone, Copy)]
+struct Packet {
+    /// The address at the other end.
+    peer: IpAddr,
+    /// The pod reaches itself through a Service.
+    hairpin: bool,
+    protocol: Protocol,
+    port: u16,
+}
+
+impl Packet {
+    const fn new(peer: IpAddr, hairpin: bool, protocol: Protocol, port: u16) -> Packet {
+        Packet {
+            peer,
+            hairpin,
+            protocol,
+            port,
+        }
     }
 }
 
