@@ -564,7 +564,7 @@ impl Verdict {
         let outcome = if self.allowed { "ALLOWED" } else { "DENIED" };
         let via = match self.via {
             Via::Pod => String::new(),
-            Via::Service => format!(" via {}", Via::Service.name()),
+            via => format!(" via {}", via.name()),
         };
         let mut text = format!(
             "{} -> {} {}/{}{via}: {outcome}\n",

@@ -67,12 +67,12 @@ pub struct Explain;
 impl Explain {
     /// The matrix for `port`/`protocol` reached `via`; anything in the manifests that could not
     /// be loaded or compiled makes it an error, as it makes `policy-agent explain` fail.
-    pub fn matrix(&self, port: u16, protocol: Protocol, via: Via) -> anyhow::Result<Matrix> {
-        // A node port the client's own node translates reaches the pod as a Service does.
-        let via = match via {
-            Via::Pod => explain::Via::Pod,
-            Via::Service | Via::NodePort => explain::Via::Service,
-        };
+    pub fn matrix(
+        &self,
+        port: u16,
+        protocol: Protocol,
+        via: explain::Via,
+    ) -> anyhow::Result<Matrix> {
         let answer =
             explain::complete_matrix(&[PathBuf::from(RENDERED)], protocol.model(), port, via)
                 .with_context(|| format!("explaining {RENDERED}"))?;

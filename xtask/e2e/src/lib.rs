@@ -323,11 +323,14 @@ impl Suite<'_> {
 
     /// What `explain` gets wrong for `probe`, if anything.
     fn check_explain(&self, probe: &Probe) -> anyhow::Result<Option<String>> {
-        let Some(explain) = self.explain.filter(|_| probe.explain) else {
+        let (Some(explain), Some(via)) = (
+            self.explain.filter(|_| probe.explain),
+            probe.via.explained(),
+        ) else {
             return Ok(None);
         };
         let answer: Matrix = explain
-            .matrix(probe.port, probe.protocol, probe.via)?
+            .matrix(probe.port, probe.protocol, via)?
             .masked_by(&probe.expected);
         Ok(probe.expected.difference(&answer).map(|difference| {
             format!(

@@ -34,7 +34,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use policy_core::matrix::Matrix;
+use policy_core::{explain, matrix::Matrix};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -88,6 +88,17 @@ impl Via {
             Self::Pod => "pod",
             Self::Service => "service",
             Self::NodePort => "nodeport",
+        }
+    }
+
+    /// How `explain` answers the probe; none for a node port, whose traffic kube-proxy
+    /// masquerades to the node before the server's ingress decides it, which explain cannot
+    /// know.
+    pub fn explained(self) -> Option<explain::Via> {
+        match self {
+            Self::Pod => Some(explain::Via::Pod),
+            Self::Service => Some(explain::Via::Service),
+            Self::NodePort => None,
         }
     }
 }
@@ -354,6 +365,12 @@ pub fn load(dir: &Path, base: &BTreeMap<String, String>) -> anyhow::Result<Scena
 }
 
 fn probe_from_spec(spec: ProbeSpec, pods: &[String]) -> anyhow::Result<Probe> {
+    ensure!(
+        !spec.explain || spec.via.explained().is_some(),
+        "a `via: {}` probe needs `explain: false`: explain cannot know what the server's ingress \
+         sees of it",
+        spec.via.as_str()
+    );
     let expected = Expectation::parse(&spec.expect)
         .and_then(|expectation| expectation.expand(pods))
         .context("in `expect`")?;
@@ -580,6 +597,7 @@ steps:
             "{port: 80, protocol: SCTP, expect: allow all}",
             "{port: 80, protocol: TCP, family: 5, expect: allow all}",
             "{port: 80, protocol: TCP, expected: allow all}",
+            "{port: 80, protocol: TCP, via: nodeport, expect: allow all}",
         ] {
             write(
                 &dir,
