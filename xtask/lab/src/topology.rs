@@ -124,6 +124,11 @@ pub fn create_node(k: usize, nodes: usize, family: IpFamily) -> Result<()> {
         }
     }
     cmd::ip_batch(&node, &commands)?;
+    // The port first: its link-watch work enables it on the underlay bridge, whose forwarding
+    // brings the bridge's carrier.
+    wire::wait_until_up(names::UNDERLAY_NETNS, &port)?;
+    wire::wait_until_up(names::UNDERLAY_NETNS, names::UNDERLAY_BRIDGE)?;
+    wire::wait_until_up(&node, uplink)?;
     if let Wiring::Bridge { bridge, .. } = wiring(k, family) {
         bridge.create(&node)?;
         // Bridged pod-to-pod traffic must pass the node's iptables, or replies from a Service

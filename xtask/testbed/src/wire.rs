@@ -3,7 +3,11 @@
 //! address through it) and the bridge plugin (the host-side veths ports of a bridge that holds
 //! the gateway, the pods in its subnets, reaching each other without routing).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -122,8 +126,36 @@ pub struct PodLink<'a> {
     pub addresses: &'a [IpAddr],
 }
 
+/// How long a link that was just brought up may take to be able to send.
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Returns once `ifname` in `netns` can send. A veth end has its carrier as soon as both ends
+/// are up, but the kernel starts its transmit queue (and a bridge enables its port) only when
+/// the link-watch work runs, and until then drops all it sends: a pod probed at once would lose
+/// its first ARP request or neighbour solicitation, and with it a second of its first
+/// connection. Asking for the link by name runs the pending work (Linux 6.8 and later), so the
+/// first answer normally says it is up; earlier kernels are asked again until it is.
+pub fn wait_until_up(netns: &str, ifname: &str) -> Result<()> {
+    let deadline = Instant::now() + LINK_UP_TIMEOUT;
+    loop {
+        let link = cmd::ip(netns, &["-o", "link", "show", "dev", ifname])?;
+        if link.contains(" state UP ") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{ifname} in network namespace {netns} is not up {LINK_UP_TIMEOUT:?} after \
+                 being brought up: {}",
+                link.trim()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Creates the pod's veth and wires both ends: its addresses and default routes in the pod,
-/// its routes (ptp) or bridge port (bridge) in the node.
+/// its routes (ptp) or bridge port (bridge) in the node. Returns once both ends (and the
+/// bridge) can send.
 pub fn attach(link: &PodLink, wiring: &Wiring) -> Result<()> {
     let PodLink {
         node,
@@ -200,6 +232,13 @@ pub fn attach(link: &PodLink, wiring: &Wiring) -> Result<()> {
                 "-n", node, "fdb", "replace", mac, "dev", host_if, "master", "static",
             ],
         )?;
+    }
+    wait_until_up(pod, pod_if)?;
+    // The host end first: its link-watch work is what enables the bridge port, whose
+    // forwarding brings the bridge's own carrier.
+    wait_until_up(node, host_if)?;
+    if let Wiring::Bridge { bridge, .. } = wiring {
+        wait_until_up(node, &bridge.name)?;
     }
     Ok(())
 }
