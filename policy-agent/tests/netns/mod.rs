@@ -6,7 +6,7 @@
 //! nothing behind.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Command,
     sync::{
@@ -14,7 +14,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use policy_testbed::{
@@ -317,8 +317,12 @@ fn echo_stream(mut stream: TcpStream) {
 
 /// Opens a TCP connection from inside `netns`, or `None` when it does not complete in time.
 pub fn connect(netns: &Netns, to: SocketAddr) -> Option<TcpStream> {
+    try_connect(netns, to).ok()
+}
+
+fn try_connect(netns: &Netns, to: SocketAddr) -> io::Result<TcpStream> {
     netns
-        .run(move || TcpStream::connect_timeout(&to, DROP_TIMEOUT).ok())
+        .run(move || TcpStream::connect_timeout(&to, DROP_TIMEOUT))
         .expect("run in the network namespace")
 }
 
@@ -336,12 +340,32 @@ pub fn echoes(stream: &mut TcpStream, message: &[u8]) -> bool {
 
 /// Whether a TCP connection from `netns` to `to` opens and echoes.
 pub fn tcp_works(netns: &Netns, to: SocketAddr) -> bool {
-    connect(netns, to).is_some_and(|mut stream| echoes(&mut stream, b"ping"))
+    let start = Instant::now();
+    let failure = match try_connect(netns, to) {
+        Err(error) => Some(format!("TCP connect: {error}")),
+        Ok(mut stream) => (!echoes(&mut stream, b"ping")).then(|| "TCP: no echo".to_owned()),
+    };
+    report(netns, to, failure, start)
+}
+
+/// Prints why a probe failed and how long it took, and returns whether it worked: in a failing
+/// test's output a timeout near [`DROP_TIMEOUT`] is a lost packet, one far longer a stalled test.
+fn report(netns: &Netns, to: SocketAddr, failure: Option<String>, start: Instant) -> bool {
+    let Some(failure) = failure else {
+        return true;
+    };
+    eprintln!(
+        "{} -> {to}: {failure} after {} ms",
+        netns.name(),
+        start.elapsed().as_millis()
+    );
+    false
 }
 
 /// Whether a UDP datagram from `netns` to `to` is echoed back in time.
 pub fn udp_works(netns: &Netns, to: SocketAddr) -> bool {
-    netns.run(move || {
+    let start = Instant::now();
+    let echoed = netns.run(move || {
         let local: SocketAddr = match to {
             SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("addr"),
             SocketAddr::V6(_) => "[::]:0".parse().expect("addr"),
@@ -353,5 +377,11 @@ pub fn udp_works(netns: &Netns, to: SocketAddr) -> bool {
         socket.send_to(b"ping", to).expect("send");
         let mut buf = [0; 16];
         matches!(socket.recv_from(&mut buf), Ok((4, from)) if from == to && &buf[..4] == b"ping")
-    }).expect("run in the network namespace")
+    }).expect("run in the network namespace");
+    report(
+        netns,
+        to,
+        (!echoed).then(|| "UDP: no echo".to_owned()),
+        start,
+    )
 }
