@@ -140,8 +140,8 @@ struct ExplainArgs {
     /// The connection's protocol.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
     protocol: ProtocolArg,
-    /// How the client addresses the server: its pod IP, or a Service (or node port) that
-    /// translates to it, where a pod reaching itself is decided by ClusterNetworkPolicy.
+    /// How the client addresses the server: its pod IP, or a Service's cluster IP that translates
+    /// to it, where a pod reaching itself is decided by ClusterNetworkPolicy.
     #[arg(long, value_enum, default_value_t = ViaArg::Pod)]
     via: ViaArg,
     /// The client, as NAMESPACE/POD (with --to).

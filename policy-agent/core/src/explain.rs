@@ -91,8 +91,8 @@ pub enum Via {
     /// The server's pod IP.
     #[default]
     Pod,
-    /// An address the node translates to the server's pod IP: a Service's cluster IP or a node
-    /// port.
+    /// A Service's cluster IP, which the node translates to the server's pod IP. Not a node
+    /// port: kube-proxy masquerades that traffic, so the server's ingress sees the node.
     Service,
 }
 
